@@ -1,0 +1,54 @@
+"""The Starlette application: GraphQL over HTTP and WebSocket, health, metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route, WebSocketRoute
+
+from gateway.graphql_schema import build_schema
+from gateway.health import healthz, metrics, readyz
+from gateway.metrics import REGISTRY, PoolCollector
+from gateway.middleware import RequestIdMiddleware
+from gateway.view import GraphQLView
+from services.container import Services
+from services.settings import Settings, get_settings
+
+log = logging.getLogger("tradeql.api")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    view = GraphQLView(build_schema(), settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = Services.from_settings(settings)
+        app.state.services = services
+        app.state.draining = False
+        pool_collector = PoolCollector(services.engine)
+        REGISTRY.register(pool_collector)
+        log.info("api started")
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            REGISTRY.unregister(pool_collector)
+            await services.close()
+            log.info("api stopped")
+
+    return Starlette(
+        routes=[
+            Route("/graphql", view),
+            WebSocketRoute("/graphql", view),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ],
+        middleware=[Middleware(RequestIdMiddleware)],
+        lifespan=lifespan,
+    )

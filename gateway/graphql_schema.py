@@ -1,0 +1,53 @@
+"""The strawberry Schema with its guards and caches, as every API process serves it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
+
+from gateway.errors import MaskInternalErrors, log_errors
+from gateway.metrics import MetricsExtension
+from schema.root import Mutation, Query
+from schema.scalars import SCALAR_OVERRIDES
+
+DOCUMENT_CACHE_SIZE = 4096
+MAX_DEPTH = 12
+MAX_ALIASES = 30
+MAX_TOKENS = 2000
+
+
+class TradeQLSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        log_errors(errors, execution_context)
+
+
+def build_schema() -> strawberry.Schema:
+    extensions: list[Any] = [
+        MetricsExtension,
+        ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
+        ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
+        QueryDepthLimiter(max_depth=MAX_DEPTH),
+        MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        MaskInternalErrors(),
+    ]
+    return TradeQLSchema(
+        query=Query,
+        mutation=Mutation,
+        extensions=extensions,
+        scalar_overrides=SCALAR_OVERRIDES,
+        config=StrawberryConfig(auto_camel_case=True),
+    )

@@ -1,0 +1,101 @@
+"""Prometheus metrics (prometheus_client): operations, latency, errors, WebSockets, pool use."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+from graphql import GraphQLError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncEngine
+from strawberry.extensions import SchemaExtension
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+OPERATIONS = Counter(
+    "tradeql_graphql_operations_total",
+    "GraphQL operations by name, type and outcome",
+    ["operation", "type", "outcome"],
+    registry=REGISTRY,
+)
+OPERATION_SECONDS = Histogram(
+    "tradeql_graphql_operation_seconds",
+    "GraphQL operation latency",
+    ["operation", "type"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "tradeql_graphql_errors_total", "GraphQL errors by code", ["code"], registry=REGISTRY
+)
+HTTP_REQUESTS = Histogram(
+    "tradeql_http_request_seconds",
+    "HTTP requests by route and status",
+    ["path", "method", "status"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+    registry=REGISTRY,
+)
+WEBSOCKETS_OPEN = Gauge(
+    "tradeql_websockets_open", "WebSocket connections open", registry=REGISTRY
+)
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_OPERATION_LABELS = 500
+_seen_operations: set[str] = set()
+
+
+def operation_label(name: str | None) -> str:
+    """Bound the label's cardinality: clients choose operation names, Prometheus pays for each."""
+    if not name or not _NAME.match(name):
+        return "anonymous"
+    if name in _seen_operations:
+        return name
+    if len(_seen_operations) >= MAX_OPERATION_LABELS:
+        return "other"
+    _seen_operations.add(name)
+    return name
+
+
+def error_code(error: GraphQLError) -> str:
+    code = (error.extensions or {}).get("code")
+    if isinstance(code, str):
+        return code
+    return "INTERNAL_SERVER_ERROR" if error.original_error else "GRAPHQL_VALIDATION_FAILED"
+
+
+class MetricsExtension(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        context = self.execution_context
+        try:
+            op_type = context.operation_type.value
+        except Exception:  # the document did not parse: no operation type to report
+            op_type = "unknown"
+        name = operation_label(context.operation_name)
+        errors = getattr(context.result, "errors", None) or context.pre_execution_errors or []
+        OPERATIONS.labels(name, op_type, "error" if errors else "ok").inc()
+        OPERATION_SECONDS.labels(name, op_type).observe(time.perf_counter() - started)
+        for error in errors:
+            ERRORS.labels(error_code(error)).inc()
+
+
+class PoolCollector(Collector):
+    """Connections of the PostgreSQL pool in use, idle and allowed, read when scraped."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pool = self._engine.pool
+        family = GaugeMetricFamily(
+            "tradeql_db_pool_connections", "PostgreSQL pool connections", labels=["state"]
+        )
+        for state in ("checkedout", "checkedin", "size", "overflow"):
+            reader = getattr(pool, state, None)
+            if callable(reader):
+                family.add_metric([state], float(reader()))
+        yield family

@@ -1,0 +1,129 @@
+"""The GraphQL endpoint: strawberry's ASGI view, with our context, auth and JSON errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from cross_web import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema import BaseSchema
+from strawberry.types.unset import UnsetType
+
+from gateway.metrics import WEBSOCKETS_OPEN
+from resolvers.context import Context
+from services.container import Services
+from services.request_context import current_request_id
+from services.settings import Settings
+
+
+def bearer_token(value: object) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value, or None."""
+    if not isinstance(value, str):
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def error_body(message: str, code: str) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code}}]}
+
+
+def is_request_error(response: Mapping[str, Any]) -> bool:
+    """No data and only errors without a path: the document itself was refused (parse, validate)."""
+    errors = response.get("errors") or []
+    return response.get("data") is None and bool(errors) and all(
+        not e.get("path") for e in errors
+    )
+
+
+class GraphQLView(GraphQL[Context, None]):
+    def __init__(self, schema: BaseSchema, settings: Settings) -> None:
+        super().__init__(
+            schema,
+            graphql_ide="graphiql" if settings.graphiql else None,
+            connection_init_wait_timeout=timedelta(
+                seconds=settings.ws_connection_init_timeout_seconds
+            ),
+            max_subscriptions_per_connection=settings.ws_max_subscriptions,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            WEBSOCKETS_OPEN.inc()
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                WEBSOCKETS_OPEN.dec()
+            return
+        try:
+            response = await self.run(Request(scope, receive=receive))
+        except HTTPException as exc:
+            code = "METHOD_NOT_ALLOWED" if exc.status_code == 405 else "BAD_REQUEST"
+            response = JSONResponse(error_body(exc.reason, code), status_code=exc.status_code)
+            if exc.status_code == 405:
+                response.headers["Allow"] = "GET, POST"
+        await response(scope, receive, send)
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:
+        services: Services = request.app.state.services
+        context = Context(
+            services=services,
+            request=request,
+            response=response,
+            request_id=current_request_id() or uuid.uuid4().hex,
+        )
+        if isinstance(request, Request):
+            token = bearer_token(request.headers.get("authorization"))
+            if token:
+                context.token = token
+                context.session = await services.sessions.authenticate(token)
+        return context
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        params = context.connection_params or {}
+        if not isinstance(params, dict):
+            raise ConnectionRejectionError({"message": "connection_init payload must be an object"})
+        raw = params.get("Authorization", params.get("authorization"))
+        if raw is None:
+            return None  # anonymous: public fields work, private ones answer UNAUTHENTICATED
+        token = bearer_token(raw)
+        session = await context.services.sessions.authenticate(token) if token else None
+        if session is None:
+            raise ConnectionRejectionError({"message": "invalid or expired session token"})
+        context.token = token
+        context.session = session
+        return None
+
+    async def process_result(self, request: Request, result: Any) -> GraphQLHTTPResponse:
+        processed = await super().process_result(request, result)
+        for error in processed.get("errors") or []:
+            extensions = error.setdefault("extensions", {})
+            if "code" not in extensions and not error.get("path"):
+                parse_failed = error.get("message", "").startswith("Syntax Error")
+                extensions["code"] = (
+                    "GRAPHQL_PARSE_FAILED" if parse_failed else "GRAPHQL_VALIDATION_FAILED"
+                )
+        return processed
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        response = super().create_response(response_data, sub_response)
+        if isinstance(response_data, dict) and is_request_error(response_data):
+            response.status_code = 400
+        return response

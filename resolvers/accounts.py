@@ -1,0 +1,73 @@
+"""Accounts and sessions: register, login, logout, me, deposit, portfolio."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import strawberry
+
+from resolvers.context import Info, require_session
+from resolvers.errors import to_user_error
+from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
+from services import users
+from services.accounts import Balances
+from services.errors import DomainError
+
+
+def to_user(user: users.User) -> User:
+    return User(id=strawberry.ID(str(user.id)), email=user.email, created_at=user.created_at)
+
+
+def to_portfolio(balances: Balances) -> Portfolio:
+    return Portfolio(cash=balances.cash, buying_power=balances.buying_power)
+
+
+def _signed_in(result: users.SignedIn) -> AuthPayload:
+    return AuthPayload(token=result.token, expires_at=result.expires_at, user=to_user(result.user))
+
+
+async def register(info: Info, email: str, password: str) -> AuthPayload:
+    try:
+        return _signed_in(await info.context.services.users.register(email, password))
+    except DomainError as error:
+        return AuthPayload(errors=[to_user_error(error)])
+
+
+async def login(info: Info, email: str, password: str) -> AuthPayload:
+    try:
+        return _signed_in(await info.context.services.users.login(email, password))
+    except DomainError as error:
+        return AuthPayload(errors=[to_user_error(error)])
+
+
+async def logout(info: Info) -> bool:
+    require_session(info)
+    token = info.context.token
+    assert token is not None  # a session implies the token that found it
+    revoked = await info.context.services.sessions.revoke(token)
+    info.context.session = None
+    return revoked is not None
+
+
+async def me(info: Info) -> User | None:
+    session = info.context.session
+    if session is None:
+        return None
+    (user,) = await info.context.services.users.users_by_id([session.user_id])
+    return to_user(user) if user else None
+
+
+async def deposit(info: Info, amount: Decimal, idempotency_key: str) -> DepositPayload:
+    session = require_session(info)
+    try:
+        balances = await info.context.services.cash.deposit(
+            session.user_id, amount, idempotency_key
+        )
+    except DomainError as error:
+        return DepositPayload(errors=[to_user_error(error)])
+    return DepositPayload(portfolio=to_portfolio(balances))
+
+
+async def portfolio(info: Info) -> Portfolio:
+    session = require_session(info)
+    return to_portfolio(await info.context.services.cash.balances(session.user_id))

@@ -1,0 +1,41 @@
+"""What every resolver sees: the process's services and this request's session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+
+from services.container import Services
+from services.sessions import SessionInfo
+
+
+@dataclass
+class Context:
+    services: Services
+    request: Request | WebSocket
+    response: Response | WebSocket | None
+    request_id: str
+    token: str | None = None
+    session: SessionInfo | None = None
+    connection_params: dict[str, Any] | None = field(default=None)
+
+
+Info = strawberry.Info[Context, None]
+
+
+class Unauthenticated(GraphQLError):
+    def __init__(self, message: str = "sign in first: this field needs a live session") -> None:
+        super().__init__(message, extensions={"code": "UNAUTHENTICATED"})
+
+
+def require_session(info: Info) -> SessionInfo:
+    session = info.context.session
+    if session is None:
+        raise Unauthenticated()
+    return session

@@ -1,0 +1,127 @@
+"""Session tokens: 256 random bits, only a hash stored, cached in Redis, revocable at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services import audit
+from services.settings import Settings
+
+REVOKED_CHANNEL = "tq:sessions:revoked"
+MAX_TOKEN_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    session_id: UUID
+    user_id: UUID
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    token: str
+    session: SessionInfo
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _cache_key(token_hash: str) -> str:
+    return f"tq:session:{token_hash}"
+
+
+async def issue(conn: AsyncConnection, settings: Settings, user_id: UUID) -> IssuedSession:
+    token = secrets.token_urlsafe(32)
+    expires_at = datetime.now(UTC) + timedelta(seconds=settings.session_ttl_seconds)
+    session_id = (
+        await conn.execute(
+            text(
+                "INSERT INTO sessions (user_id, token_hash, expires_at) "
+                "VALUES (:u, :h, :e) RETURNING id"
+            ),
+            {"u": user_id, "h": hash_token(token), "e": expires_at},
+        )
+    ).scalar_one()
+    return IssuedSession(token, SessionInfo(session_id, user_id, expires_at))
+
+
+class SessionStore:
+    """Looks tokens up: Redis first, PostgreSQL (the truth) on a miss."""
+
+    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+        self._engine = engine
+        self._redis = redis
+        self._settings = settings
+
+    async def authenticate(self, token: str) -> SessionInfo | None:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        token_hash = hash_token(token)
+        cached = await self._redis.get(_cache_key(token_hash))
+        if cached:
+            data = json.loads(cached)
+            session = SessionInfo(
+                UUID(data["s"]), UUID(data["u"]), datetime.fromisoformat(data["e"])
+            )
+            return session if session.expires_at > datetime.now(UTC) else None
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT id, user_id, expires_at FROM sessions WHERE token_hash = :h "
+                        "AND revoked_at IS NULL AND expires_at > now()"
+                    ),
+                    {"h": token_hash},
+                )
+            ).first()
+        if row is None:
+            return None
+        session = SessionInfo(row.id, row.user_id, row.expires_at)
+        await self._cache(token_hash, session)
+        return session
+
+    async def _cache(self, token_hash: str, session: SessionInfo) -> None:
+        remaining = int((session.expires_at - datetime.now(UTC)).total_seconds())
+        ttl = min(self._settings.session_cache_seconds, remaining)
+        if ttl <= 0:
+            return
+        payload = json.dumps(
+            {"s": str(session.session_id), "u": str(session.user_id),
+             "e": session.expires_at.isoformat()}
+        )
+        await self._redis.set(_cache_key(token_hash), payload, ex=ttl)
+
+    async def revoke(self, token: str) -> SessionInfo | None:
+        """End the session behind `token` in PostgreSQL, drop it from the cache, tell every process."""
+        token_hash = hash_token(token)
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "UPDATE sessions SET revoked_at = now() WHERE token_hash = :h "
+                        "AND revoked_at IS NULL RETURNING id, user_id, expires_at"
+                    ),
+                    {"h": token_hash},
+                )
+            ).first()
+            if row is not None:
+                await audit.record(
+                    conn, user_id=row.user_id, action="session.revoked",
+                    entity_type="session", entity_id=str(row.id),
+                )
+        await self._redis.delete(_cache_key(token_hash))
+        if row is None:
+            return None
+        await self._redis.publish(REVOKED_CHANNEL, str(row.id))
+        return SessionInfo(row.id, row.user_id, row.expires_at)

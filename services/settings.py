@@ -1,0 +1,65 @@
+"""The one settings object, read from the environment (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform. Each field is read from `TRADEQL_<NAME>` unless it says otherwise."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRADEQL_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "TRADEQL_DATABASE_URL"),
+        description="postgresql://user:pass@host:port/db; unset means the embedded server",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "TRADEQL_REDIS_URL"),
+        description="redis://host:port/db; unset means the embedded server",
+    )
+    data_dir: Path = Field(default=Path(".tradeql"), description="embedded servers' data folder")
+
+    environment: str = Field(default="development", description="development or production")
+    graphiql: bool = Field(default=True, description="serve GraphiQL at GET /graphql")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    db_statement_timeout_ms: int = 10_000
+
+    session_ttl_seconds: int = 30 * 24 * 3600
+    session_cache_seconds: int = 300
+    password_hash_time_cost: int = 3
+    password_hash_memory_kib: int = 65_536
+    password_hash_parallelism: int = 2
+    password_min_length: int = 10
+    password_min_score: int = 2
+
+    deposit_max: Decimal = Decimal("1000000.00")
+    idempotency_ttl_hours: int = 48
+
+    ws_connection_init_timeout_seconds: float = 5.0
+    ws_max_subscriptions: int = 100
+    shutdown_grace_seconds: float = 10.0
+
+    market_always_open: bool = False
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
