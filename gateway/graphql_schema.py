@@ -37,12 +37,13 @@ class TradeQLSchema(strawberry.Schema):
 def build_schema() -> strawberry.Schema:
     extensions: list[Any] = [
         MetricsExtension,
-        ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
-        ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-        QueryDepthLimiter(max_depth=MAX_DEPTH),
-        MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
-        MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        MaskInternalErrors(),
+        # strawberry keeps one LRU per maxsize, shared by every request's extension instance.
+        lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
+        lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        MaskInternalErrors,
     ]
     return TradeQLSchema(
         query=Query,

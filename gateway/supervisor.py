@@ -45,19 +45,33 @@ class GroupFailed(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, children: Sequence[Child], env: Mapping[str, str], grace: float) -> None:
+    def __init__(
+        self,
+        children: Sequence[Child],
+        env: Mapping[str, str],
+        grace: float,
+        *,
+        max_restarts: int = MAX_RESTARTS,
+        base_backoff: float = 0.5,
+    ) -> None:
         self.children = list(children)
         self.env = env
         self.grace = grace
+        self.max_restarts = max_restarts
+        self.base_backoff = base_backoff
         self._stopping = False
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("received %s: stopping the group", signal.Signals(signum).name)
         self._stopping = True
 
-    def run(self) -> int:
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+    def stop(self) -> None:
+        self._stopping = True
+
+    def run(self, *, install_signal_handlers: bool = True) -> int:
+        if install_signal_handlers:
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGTERM, self._on_signal)
         try:
             for child in self.children:
                 child.start(self.env)
@@ -80,12 +94,12 @@ class Supervisor:
                 code = child.process.returncode if child.process else None
                 while child.restarts and now - child.restarts[0] > RESTART_WINDOW_SECONDS:
                     child.restarts.popleft()
-                if len(child.restarts) >= MAX_RESTARTS:
+                if len(child.restarts) >= self.max_restarts:
                     raise GroupFailed(
-                        f"{child.name} exited (code {code}) {MAX_RESTARTS} times within "
+                        f"{child.name} exited (code {code}) {self.max_restarts} times within "
                         f"{RESTART_WINDOW_SECONDS:.0f}s"
                     )
-                backoff = min(0.5 * 2 ** len(child.restarts), 10.0)
+                backoff = min(self.base_backoff * 2 ** len(child.restarts), 10.0)
                 log.warning("%s exited with code %s; restarting in %.1fs", child.name, code, backoff)
                 child.restarts.append(now)
                 child.restart_at = now + backoff
