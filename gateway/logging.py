@@ -9,16 +9,23 @@ from pythonjsonlogger.json import JsonFormatter
 
 from services.request_context import current_request_id
 
+_base_factory = logging.getLogRecordFactory()
 
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id()
-        return True
+
+def _record_with_request_id(*args: object, **kwargs: object) -> logging.LogRecord:
+    record = _base_factory(*args, **kwargs)  # type: ignore[arg-type]
+    record.request_id = current_request_id()
+    return record
+
+
+def install_request_id() -> None:
+    """Every log record, whichever handler takes it, carries the request id of its work."""
+    logging.setLogRecordFactory(_record_with_request_id)
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
+    install_request_id()
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
     if json_lines:
         handler.setFormatter(
             JsonFormatter(

@@ -38,9 +38,7 @@ HTTP_REQUESTS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
     registry=REGISTRY,
 )
-WEBSOCKETS_OPEN = Gauge(
-    "tradeql_websockets_open", "WebSocket connections open", registry=REGISTRY
-)
+WEBSOCKETS_OPEN = Gauge("tradeql_websockets_open", "WebSocket connections open", registry=REGISTRY)
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_OPERATION_LABELS = 500

@@ -53,7 +53,11 @@ class RequestIdMiddleware:
                 HTTP_REQUESTS.labels(path, scope["method"], str(status)).observe(elapsed)
                 if path != "/metrics":
                     log.info(
-                        "%s %s %s %.1fms", scope["method"], scope["path"], status, elapsed * 1000,
+                        "%s %s %s %.1fms",
+                        scope["method"],
+                        scope["path"],
+                        status,
+                        elapsed * 1000,
                         extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
                     )
             request_id_var.reset(token)

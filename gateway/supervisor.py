@@ -100,7 +100,9 @@ class Supervisor:
                         f"{RESTART_WINDOW_SECONDS:.0f}s"
                     )
                 backoff = min(self.base_backoff * 2 ** len(child.restarts), 10.0)
-                log.warning("%s exited with code %s; restarting in %.1fs", child.name, code, backoff)
+                log.warning(
+                    "%s exited with code %s; restarting in %.1fs", child.name, code, backoff
+                )
                 child.restarts.append(now)
                 child.restart_at = now + backoff
             elif now >= child.restart_at:

@@ -18,6 +18,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import BaseSchema
 from strawberry.types.unset import UnsetType
 
+from gateway.legacy_ws import GraphQLWSHandler
 from gateway.metrics import WEBSOCKETS_OPEN
 from resolvers.context import Context
 from services.container import Services
@@ -42,12 +43,12 @@ def error_body(message: str, code: str) -> dict[str, Any]:
 def is_request_error(response: Mapping[str, Any]) -> bool:
     """No data and only errors without a path: the document itself was refused (parse, validate)."""
     errors = response.get("errors") or []
-    return response.get("data") is None and bool(errors) and all(
-        not e.get("path") for e in errors
-    )
+    return response.get("data") is None and bool(errors) and all(not e.get("path") for e in errors)
 
 
 class GraphQLView(GraphQL[Context, None]):
+    graphql_ws_handler_class = GraphQLWSHandler
+
     def __init__(self, schema: BaseSchema, settings: Settings) -> None:
         super().__init__(
             schema,
@@ -66,13 +67,17 @@ class GraphQLView(GraphQL[Context, None]):
             finally:
                 WEBSOCKETS_OPEN.dec()
             return
+        request = Request(scope, receive=receive)
         try:
-            response = await self.run(Request(scope, receive=receive))
+            response = await self.run(request)
         except HTTPException as exc:
-            code = "METHOD_NOT_ALLOWED" if exc.status_code == 405 else "BAD_REQUEST"
-            response = JSONResponse(error_body(exc.reason, code), status_code=exc.status_code)
-            if exc.status_code == 405:
-                response.headers["Allow"] = "GET, POST"
+            status = exc.status_code
+            if request.method == "GET" and "not allowed" in exc.reason.lower():
+                status = 405  # a mutation over GET: the method is wrong, not the document
+            code = "METHOD_NOT_ALLOWED" if status == 405 else "BAD_REQUEST"
+            response = JSONResponse(error_body(exc.reason, code), status_code=status)
+            if status == 405:
+                response.headers["Allow"] = "POST" if request.method == "GET" else "GET, POST"
         await response(scope, receive, send)
 
     async def get_context(
@@ -109,7 +114,8 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def process_result(self, request: Request, result: Any) -> GraphQLHTTPResponse:
         processed = await super().process_result(request, result)
-        for error in processed.get("errors") or []:
+        errors: list[dict[str, Any]] = list(processed.get("errors") or [])  # type: ignore[arg-type]
+        for error in errors:
             extensions = error.setdefault("extensions", {})
             if "code" not in extensions and not error.get("path"):
                 parse_failed = error.get("message", "").startswith("Syntax Error")

@@ -45,7 +45,9 @@ def serialize_datetime(value: datetime) -> str:
 
 def parse_datetime(value: Any) -> datetime:
     if not isinstance(value, str):
-        raise GraphQLError("DateTime must be an ISO-8601 string", extensions={"code": "BAD_USER_INPUT"})
+        raise GraphQLError(
+            "DateTime must be an ISO-8601 string", extensions={"code": "BAD_USER_INPUT"}
+        )
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:

@@ -69,14 +69,19 @@ class Cash:
             if row is None:
                 raise NotFound("no account for this user")
             transaction_id = await ledger.post(
-                conn, kind="deposit", reference=key,
+                conn,
+                kind="deposit",
+                reference=key,
                 entries=ledger.cash_transfer(row.id, amount, ledger.BANK),
             )
             await idempotency.attach_resource(
                 conn, user_id=user_id, scope=DEPOSIT_SCOPE, key=key, resource_id=str(transaction_id)
             )
             await audit.record(
-                conn, user_id=user_id, action="cash.deposited", entity_type="account",
+                conn,
+                user_id=user_id,
+                action="cash.deposited",
+                entity_type="account",
                 entity_id=str(row.id),
                 details={"amount": str(amount), "ledger_transaction": transaction_id},
             )

@@ -37,9 +37,7 @@ def check_balanced(entries: list[Entry]) -> None:
         raise UnbalancedTransaction(f"entries do not sum to zero: {unbalanced}")
 
 
-async def post(
-    conn: AsyncConnection, *, kind: str, reference: str, entries: list[Entry]
-) -> int:
+async def post(conn: AsyncConnection, *, kind: str, reference: str, entries: list[Entry]) -> int:
     """Write one ledger transaction. The database checks the balance again at commit."""
     check_balanced(entries)
     transaction_id = (

@@ -56,16 +56,30 @@ SourceEvent = Quote | BookUpdate | TradeReport
 
 def encode_quote(q: Quote) -> str:
     return FIELD_SEPARATOR.join(
-        (q.symbol, str(q.bid), str(q.ask), str(q.bid_size), str(q.ask_size), str(q.last),
-         str(q.volume), str(q.timestamp_ns))
+        (
+            q.symbol,
+            str(q.bid),
+            str(q.ask),
+            str(q.bid_size),
+            str(q.ask_size),
+            str(q.last),
+            str(q.volume),
+            str(q.timestamp_ns),
+        )
     )
 
 
 def decode_quote(record: str) -> Quote:
     symbol, bid, ask, bid_size, ask_size, last, volume, ts = record.split(FIELD_SEPARATOR)
     return Quote(
-        symbol, Decimal(bid), Decimal(ask), int(bid_size), int(ask_size), Decimal(last),
-        int(volume), int(ts),
+        symbol,
+        Decimal(bid),
+        Decimal(ask),
+        int(bid_size),
+        int(ask_size),
+        Decimal(last),
+        int(volume),
+        int(ts),
     )
 
 

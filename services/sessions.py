@@ -97,8 +97,11 @@ class SessionStore:
         if ttl <= 0:
             return
         payload = json.dumps(
-            {"s": str(session.session_id), "u": str(session.user_id),
-             "e": session.expires_at.isoformat()}
+            {
+                "s": str(session.session_id),
+                "u": str(session.user_id),
+                "e": session.expires_at.isoformat(),
+            }
         )
         await self._redis.set(_cache_key(token_hash), payload, ex=ttl)
 
@@ -117,8 +120,11 @@ class SessionStore:
             ).first()
             if row is not None:
                 await audit.record(
-                    conn, user_id=row.user_id, action="session.revoked",
-                    entity_type="session", entity_id=str(row.id),
+                    conn,
+                    user_id=row.user_id,
+                    action="session.revoked",
+                    entity_type="session",
+                    entity_id=str(row.id),
                 )
         await self._redis.delete(_cache_key(token_hash))
         if row is None:

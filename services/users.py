@@ -69,8 +69,11 @@ class Accounts:
             user = User(row.id, row.email, row.created_at)
             await conn.execute(text("INSERT INTO accounts (user_id) VALUES (:u)"), {"u": user.id})
             await audit.record(
-                conn, user_id=user.id, action="user.registered",
-                entity_type="user", entity_id=str(user.id),
+                conn,
+                user_id=user.id,
+                action="user.registered",
+                entity_type="user",
+                entity_id=str(user.id),
             )
             return await self._sign_in(conn, user)
 
@@ -107,8 +110,11 @@ class Accounts:
     async def _sign_in(self, conn: AsyncConnection, user: User) -> SignedIn:
         issued = await sessions.issue(conn, self._settings, user.id)
         await audit.record(
-            conn, user_id=user.id, action="session.created",
-            entity_type="session", entity_id=str(issued.session.session_id),
+            conn,
+            user_id=user.id,
+            action="session.created",
+            entity_type="session",
+            entity_id=str(issued.session.session_id),
         )
         return SignedIn(user, issued.token, issued.session.expires_at)
 

@@ -130,9 +130,7 @@ async def test_without_a_session_me_is_null_and_private_fields_are_unauthenticat
     assert error_codes(await gql("mutation { logout }")) == ["UNAUTHENTICATED"]
 
 
-@pytest.mark.parametrize(
-    "token", ["forged-token", "x" * 43, "a" * 5000, "Bearer", "tok.with.dots"]
-)
+@pytest.mark.parametrize("token", ["forged-token", "x" * 43, "a" * 5000, "Bearer", "tok.with.dots"])
 async def test_a_forged_token_is_no_session(gql: GraphQLClient, token: str) -> None:
     response = await gql.http.post(
         "/graphql", json={"query": ME}, headers={"Authorization": f"Bearer {token}"}
@@ -147,7 +145,9 @@ async def test_a_forged_token_is_no_session(gql: GraphQLClient, token: str) -> N
 async def test_a_malformed_authorization_header_is_no_session(
     gql: GraphQLClient, header: str
 ) -> None:
-    response = await gql.http.post("/graphql", json={"query": ME}, headers={"Authorization": header})
+    response = await gql.http.post(
+        "/graphql", json={"query": ME}, headers={"Authorization": header}
+    )
     assert response.json()["data"] == {"me": None}
 
 
@@ -172,9 +172,7 @@ async def test_logout_revokes_at_once_even_when_cached(
     assert (await gql(ME, token=user["token"]))["data"]["me"] is not None
     assert (await gql("mutation { logout }", token=user["token"]))["data"] == {"logout": True}
     assert (await gql(ME, token=user["token"]))["data"]["me"] is None
-    assert error_codes(await gql("mutation { logout }", token=user["token"])) == [
-        "UNAUTHENTICATED"
-    ]
+    assert error_codes(await gql("mutation { logout }", token=user["token"])) == ["UNAUTHENTICATED"]
     # Only that session ends: the user's other session still works.
     assert (await gql(ME, token=other_token))["data"]["me"]["id"] == user["id"]
     # And a process that never saw the logout (a fresh store over the same Redis) agrees.
@@ -186,11 +184,15 @@ async def test_the_token_itself_is_never_stored(
 ) -> None:
     async with services.engine.connect() as conn:
         stored = (
-            await conn.execute(
-                text("SELECT token_hash FROM sessions WHERE user_id = :u"),
-                {"u": uuid.UUID(user["id"])},
+            (
+                await conn.execute(
+                    text("SELECT token_hash FROM sessions WHERE user_id = :u"),
+                    {"u": uuid.UUID(user["id"])},
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     assert stored and user["token"] not in stored
     assert all(len(h) == 64 for h in stored)
     keys = [k async for k in services.redis.scan_iter("tq:session:*")]
@@ -223,8 +225,13 @@ async def test_idempotency_keys_belong_to_their_user(gql: GraphQLClient) -> None
 
 @pytest.mark.parametrize(
     ("amount", "field"),
-    [("0", "amount"), ("-5", "amount"), ("10.001", "amount"), ("1000000.01", "amount"),
-     ("1E+30", "amount")],
+    [
+        ("0", "amount"),
+        ("-5", "amount"),
+        ("10.001", "amount"),
+        ("1000000.01", "amount"),
+        ("1E+30", "amount"),
+    ],
 )
 async def test_deposit_refuses_bad_amounts(
     gql: GraphQLClient, user: dict[str, str], amount: str, field: str
@@ -261,8 +268,10 @@ async def test_fifty_concurrent_deposits_add_up_exactly(
 ) -> None:
     amounts = [Decimal(f"{i}.{i:02d}") for i in range(1, 51)]
     results = await asyncio.gather(
-        *(gql(DEPOSIT, {"a": str(a), "k": f"c-{i}"}, token=user["token"])
-          for i, a in enumerate(amounts))
+        *(
+            gql(DEPOSIT, {"a": str(a), "k": f"c-{i}"}, token=user["token"])
+            for i, a in enumerate(amounts)
+        )
     )
     assert all(r["data"]["deposit"]["errors"] == [] for r in results)
     portfolio = await gql(PORTFOLIO, token=user["token"])
@@ -279,7 +288,9 @@ async def test_fifty_concurrent_deposits_add_up_exactly(
         ).scalar_one()
         audits = (
             await conn.execute(
-                text("SELECT count(*) FROM audit_log WHERE user_id = :u AND action = 'cash.deposited'"),
+                text(
+                    "SELECT count(*) FROM audit_log WHERE user_id = :u AND action = 'cash.deposited'"
+                ),
                 {"u": uuid.UUID(user["id"])},
             )
         ).scalar_one()

@@ -1,0 +1,61 @@
+"""The legacy `graphql-ws` protocol (subscriptions-transport-ws) with queries and mutations.
+
+The protocol carries every operation type, and its clients send queries over it; strawberry's
+handler runs only subscriptions. This handler executes the others once and completes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from graphql import GraphQLError, OperationType, parse
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import CompleteMessage, ErrorMessage
+
+
+def operation_type(query: str, operation_name: str | None) -> OperationType | None:
+    try:
+        document = parse(query)
+    except GraphQLError:
+        return None
+    for definition in document.definitions:
+        name = getattr(definition, "name", None)
+        if hasattr(definition, "operation") and (
+            operation_name is None or (name is not None and name.value == operation_name)
+        ):
+            return definition.operation  # type: ignore[no-any-return]
+    return None
+
+
+class GraphQLWSHandler(BaseGraphQLWSHandler[Any, Any]):
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        kind = operation_type(query, operation_name)
+        if kind in (None, OperationType.SUBSCRIPTION):
+            await super().handle_async_results(operation_id, query, operation_name, variables)
+            return
+        try:
+            result = await self.schema.execute(
+                query,
+                variable_values=variables,
+                context_value=self.context,
+                root_value=self.root_value,
+                operation_name=operation_name,
+            )
+            if result.data is None and result.errors:
+                await self.send_message(
+                    ErrorMessage(type="error", id=operation_id, payload=result.errors[0].formatted)
+                )
+            else:
+                await self.send_data_message(result, operation_id)  # type: ignore[arg-type]
+            await self.send_message(CompleteMessage(type="complete", id=operation_id))
+        except asyncio.CancelledError:
+            await self.send_message(CompleteMessage(type="complete", id=operation_id))
+        finally:
+            self.tasks.pop(operation_id, None)

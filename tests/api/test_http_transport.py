@@ -1,0 +1,123 @@
+"""GraphQL over HTTP: methods, malformed requests, masking, health and metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.container import Services
+from tests.graphql_client import GraphQLClient
+
+
+async def test_a_query_over_get(gql: GraphQLClient) -> None:
+    response = await gql.http.get("/graphql", params={"query": "{ me { id } }"})
+    assert response.status_code == 200
+    assert response.json() == {"data": {"me": None}}
+
+
+async def test_a_mutation_over_get_is_405(gql: GraphQLClient) -> None:
+    response = await gql.http.get("/graphql", params={"query": "mutation { logout }"})
+    assert response.status_code == 405
+    assert response.json()["errors"][0]["extensions"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+async def test_graphiql_is_served_to_browsers(gql: GraphQLClient) -> None:
+    response = await gql.http.get("/graphql", headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert "graphiql" in response.text.lower()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"[1, 2", "application/json"),
+        (b'{"query": 42}', "application/json"),
+        (b'{"query": "{ me { id } }", "variables": "nope"}', "application/json"),
+        (b"query { me { id } }", "text/plain"),
+    ],
+)
+async def test_malformed_requests_are_4xx_with_a_json_body(
+    gql: GraphQLClient, body: bytes, content_type: str
+) -> None:
+    response = await gql.http.post("/graphql", content=body, headers={"Content-Type": content_type})
+    assert 400 <= response.status_code < 500
+    payload = response.json()
+    assert payload["errors"][0]["message"]
+    assert payload["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("{ me { id }", "GRAPHQL_PARSE_FAILED"),
+        ("{ me { nope } }", "GRAPHQL_VALIDATION_FAILED"),
+        ("{ notAField }", "GRAPHQL_VALIDATION_FAILED"),
+        ("", "BAD_REQUEST"),
+    ],
+)
+async def test_malformed_graphql_is_400_with_a_code(
+    gql: GraphQLClient, query: str, code: str
+) -> None:
+    response = await gql.post(query)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == code
+
+
+async def test_an_internal_error_is_masked_and_carries_the_request_id(
+    gql: GraphQLClient,
+    user: dict[str, str],
+    app_services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(_user_id: object) -> None:
+        raise RuntimeError("database password is hunter2")
+
+    monkeypatch.setattr(app_services.cash, "balances", broken)
+    response = await gql.post("{ portfolio { cash } }", token=user["token"])
+    assert response.status_code == 200
+    error = response.json()["errors"][0]
+    request_id = response.headers["x-request-id"]
+    assert "hunter2" not in response.text
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id}
+    assert request_id in error["message"]
+    assert any(
+        "hunter2" in r.getMessage() and getattr(r, "request_id", None) == request_id
+        for r in caplog.records
+    )
+
+
+async def test_a_callers_request_id_is_kept(gql: GraphQLClient) -> None:
+    response = await gql.http.post(
+        "/graphql", json={"query": "{ me { id } }"}, headers={"X-Request-ID": "trace-abc-123"}
+    )
+    assert response.headers["x-request-id"] == "trace-abc-123"
+
+
+async def test_health_readiness_and_metrics(gql: GraphQLClient) -> None:
+    assert (await gql.http.get("/healthz")).json() == {"status": "ok"}
+    ready = await gql.http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
+    await gql.http.post("/graphql", json={"query": "query WhoAmI { me { id } }"})
+    metrics = (await gql.http.get("/metrics")).text
+    assert (
+        'tradeql_graphql_operations_total{operation="WhoAmI",outcome="ok",type="query"}' in metrics
+    )
+    assert "tradeql_graphql_operation_seconds_bucket" in metrics
+    assert "tradeql_websockets_open" in metrics
+    assert 'tradeql_db_pool_connections{state="checkedout"}' in metrics
+    assert 'tradeql_http_request_seconds_count{method="POST",path="/graphql"' in metrics
+
+
+async def test_readiness_fails_when_redis_is_unreachable(
+    gql: GraphQLClient, app_services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down() -> bool:
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(app_services.redis, "ping", down)
+    ready = await gql.http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["redis"].startswith("error")
+    assert ready.json()["postgres"] == "ok"
