@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = Services.from_settings(settings)
+        await services.start_live()
         app.state.services = services
         app.state.draining = False
         pool_collector = PoolCollector(services.engine)

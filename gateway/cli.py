@@ -132,6 +132,7 @@ def up(
         from gateway.migrate import upgrade
 
         upgrade(env["DATABASE_URL"])
+        securities_defaults(synthetic=0)
         demo()
         children = [Child("api", tradeql_argv("api", "--host", host, "--port", str(port)))]
         children += [Child(name, tradeql_argv(*argv)) for name, argv in WORKERS]
@@ -143,8 +144,138 @@ def up(
     raise typer.Exit(code)
 
 
+MetricsPort = Annotated[int, typer.Option(help="serve Prometheus metrics on this port (0: off)")]
+
+securities_app = typer.Typer(help="The securities universe.", no_args_is_help=True)
+app.add_typer(securities_app, name="securities")
+
+
+@securities_app.command("load")
+def securities_load(
+    files: Annotated[list[Path], typer.Argument(help="nasdaqlisted.txt / otherlisted.txt files")],
+) -> None:
+    """Load symbol directories in the NASDAQ Trader format (pipe-separated, with a footer)."""
+    settings = _setup()
+    _require_database(settings)
+    from services.securities import DirectoryFormatError, parse_directory
+
+    loaded: list[object] = []
+    for file in files:
+        try:
+            loaded += parse_directory(file.read_text(encoding="utf-8"), source=str(file))
+        except (OSError, DirectoryFormatError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    count = asyncio.run(_load_securities(settings, loaded))
+    typer.echo(f"loaded {count} securities")
+
+
+@securities_app.command("defaults")
+def securities_defaults(
+    synthetic: Annotated[int, typer.Option(help="also add this many synthetic symbols")] = 0,
+) -> None:
+    """Load the default universe (large caps and ETFs), plus synthetic symbols for benchmarks."""
+    settings = _setup()
+    _require_database(settings)
+    from services.securities import DEFAULT_UNIVERSE, synthetic_universe
+
+    count = asyncio.run(
+        _load_securities(settings, [*DEFAULT_UNIVERSE, *synthetic_universe(synthetic)])
+    )
+    typer.echo(f"loaded {count} securities")
+
+
+async def _load_securities(settings: Settings, securities: list[object]) -> int:
+    from services.container import Services
+
+    services = Services.from_settings(settings)
+    try:
+        return await services.securities.load(securities)  # type: ignore[arg-type]
+    finally:
+        await services.close()
+
+
+@app.command()
+def feed(
+    source: Annotated[str, typer.Option(help="sim, tcp or replay")] = "sim",
+    address: Annotated[str | None, typer.Option(help="HOST:PORT of the tcp line feed")] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="IEX TOPS capture (.pcap/.pcap.gz) to replay")
+    ] = None,
+    fast: Annotated[
+        bool, typer.Option(help="replay as fast as possible, not at recorded pace")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="simulator seed (deterministic)")] = None,
+    symbols: Annotated[int, typer.Option(help="simulate only the first N symbols (0: all)")] = 0,
+    metrics_port: MetricsPort = 0,
+) -> None:
+    """Feed handler: normalize quotes from a source and append them to the partitioned streams."""
+    settings = _setup()
+    _require_database(settings)
+    if source not in ("sim", "tcp", "replay"):
+        raise typer.BadParameter("source must be sim, tcp or replay", param_hint="--source")
+    if source == "tcp" and not address:
+        raise typer.BadParameter("--source tcp needs --address HOST:PORT")
+    if source == "replay" and (file is None or not file.exists()):
+        raise typer.BadParameter("--source replay needs --file pointing at a capture")
+    from workers.feed import run_feed
+    from workers.runner import run_worker
+
+    run_worker(
+        f"feed ({source})",
+        settings,
+        lambda services, stop: run_feed(
+            services,
+            stop,
+            source=source,
+            address=address,
+            file=file,
+            paced=not fast,
+            seed=seed,
+            limit=symbols,
+        ),
+        metrics_port=metrics_port,
+    )
+
+
+@app.command()
+def quotes(metrics_port: MetricsPort = 0) -> None:
+    """Quote cache: keep quote:{SYMBOL} current and publish each window's changes."""
+    settings = _setup()
+    _require_database(settings)
+    from workers.quotes import QuoteCache
+    from workers.runner import run_worker
+
+    run_worker(
+        "quote cache",
+        settings,
+        lambda services, stop: QuoteCache(services.redis, settings).run(stop),
+        metrics_port=metrics_port,
+    )
+
+
+@app.command()
+def bars(metrics_port: MetricsPort = 0) -> None:
+    """Bars worker: one-minute OHLCV bars from the quote streams, upserted into PostgreSQL."""
+    settings = _setup()
+    _require_database(settings)
+    from workers.bars import BarsWorker
+    from workers.runner import run_worker
+
+    run_worker(
+        "bars",
+        settings,
+        lambda services, stop: BarsWorker(services.engine, services.redis, settings).run(stop),
+        metrics_port=metrics_port,
+    )
+
+
 # The worker processes `up` runs, each as `tradeql <argv...>`.
-WORKERS: list[tuple[str, list[str]]] = []
+WORKERS: list[tuple[str, list[str]]] = [
+    ("quotes", ["quotes"]),
+    ("bars", ["bars"]),
+    ("feed", ["feed", "--source", "sim"]),
+]
 
 
 if __name__ == "__main__":

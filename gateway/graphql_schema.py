@@ -18,7 +18,8 @@ from strawberry.types import ExecutionContext
 
 from gateway.errors import MaskInternalErrors, log_errors
 from gateway.metrics import MetricsExtension
-from schema.root import Mutation, Query
+from resolvers.loaders import LoadersExtension
+from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_OVERRIDES
 
 DOCUMENT_CACHE_SIZE = 4096
@@ -37,6 +38,7 @@ class TradeQLSchema(strawberry.Schema):
 def build_schema() -> strawberry.Schema:
     extensions: list[Any] = [
         MetricsExtension,
+        LoadersExtension,
         # strawberry keeps one LRU per maxsize, shared by every request's extension instance.
         lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
@@ -48,6 +50,7 @@ def build_schema() -> strawberry.Schema:
     return TradeQLSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=extensions,
         scalar_overrides=SCALAR_OVERRIDES,
         config=StrawberryConfig(auto_camel_case=True),

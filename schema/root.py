@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import strawberry
 
-from resolvers import accounts
+from resolvers import accounts, marketdata
 from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
+from schema.marketdata import MarketClock, Quote, Security
 
 
 @strawberry.type
@@ -14,6 +15,10 @@ class Query:
         resolver=accounts.me, description="the signed-in user, or null without a session"
     )
     portfolio: Portfolio = strawberry.field(resolver=accounts.portfolio)
+    security: Security | None = strawberry.field(resolver=marketdata.security)
+    quote: Quote | None = strawberry.field(resolver=marketdata.quote)
+    quotes: list[Quote | None] = strawberry.field(resolver=marketdata.quotes)
+    clock: MarketClock = strawberry.field(resolver=marketdata.clock)
 
 
 @strawberry.type
@@ -27,4 +32,12 @@ class Mutation:
     deposit: DepositPayload = strawberry.mutation(
         resolver=accounts.deposit,
         description="simulated bank transfer into the account's cash",
+    )
+
+
+@strawberry.type
+class Subscription:
+    quotes: Quote = strawberry.subscription(  # type: ignore[assignment]
+        resolver=marketdata.subscribe_quotes,
+        description="each symbol's current quote first, then every change",
     )

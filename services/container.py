@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
+from broadcaster import Broadcast
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.accounts import Cash
+from services.bars import Bars
+from services.clock import MarketClock
 from services.db import create_engine
 from services.passwords import Passwords
+from services.pubsub import create_broadcast
+from services.quote_hub import QuoteHub
+from services.quote_store import QuoteStore
 from services.redis import create_redis
+from services.securities import Securities
 from services.sessions import SessionStore
 from services.settings import Settings
 from services.users import Accounts
@@ -25,17 +34,42 @@ class Services:
     users: Accounts = field(init=False)
     sessions: SessionStore = field(init=False)
     cash: Cash = field(init=False)
+    securities: Securities = field(init=False)
+    quote_store: QuoteStore = field(init=False)
+    bars: Bars = field(init=False)
+    clock: MarketClock = field(init=False)
+    broadcast: Broadcast = field(init=False)
+    quote_hub: QuoteHub = field(init=False)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.passwords = Passwords(self.settings)
         self.users = Accounts(self.engine, self.settings, self.passwords)
         self.sessions = SessionStore(self.engine, self.redis, self.settings)
         self.cash = Cash(self.engine, self.settings)
+        self.securities = Securities(self.engine)
+        self.quote_store = QuoteStore(self.redis)
+        self.bars = Bars(self.engine)
+        self.clock = MarketClock(always_open=self.settings.market_always_open)
+        assert self.settings.redis_url is not None
+        self.broadcast = create_broadcast(self.settings.redis_url)
+        self.quote_hub = QuoteHub(self.broadcast)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         return cls(settings=settings, engine=create_engine(settings), redis=create_redis(settings))
 
+    async def start_live(self) -> None:
+        """Connect the broadcast and start fanning live data out (API processes only)."""
+        await self.broadcast.connect()
+        self._tasks.append(asyncio.create_task(self.quote_hub.run(), name="quote-hub"))
+
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._tasks:
+            await self.broadcast.disconnect()
         await self.redis.aclose()
         await self.engine.dispose()

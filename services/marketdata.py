@@ -90,3 +90,41 @@ def encode_batch(quotes: Iterable[Quote]) -> str:
 
 def decode_batch(payload: str) -> list[Quote]:
     return [decode_quote(r) for r in payload.split(RECORD_SEPARATOR) if r]
+
+
+class QuoteBook:
+    """Merges top-of-book updates and trade prints into full quotes, one symbol at a time."""
+
+    def __init__(self) -> None:
+        self._quotes: dict[str, Quote] = {}
+
+    def apply(self, event: SourceEvent) -> Quote:
+        if isinstance(event, Quote):
+            self._quotes[event.symbol] = event
+            return event
+        held = self._quotes.get(event.symbol)
+        zero = Decimal("0.00")
+        if isinstance(event, BookUpdate):
+            quote = Quote(
+                event.symbol,
+                event.bid,
+                event.ask,
+                event.bid_size,
+                event.ask_size,
+                held.last if held else zero,
+                held.volume if held else 0,
+                event.timestamp_ns,
+            )
+        else:
+            quote = Quote(
+                event.symbol,
+                held.bid if held else zero,
+                held.ask if held else zero,
+                held.bid_size if held else 0,
+                held.ask_size if held else 0,
+                event.price,
+                (held.volume if held else 0) + event.size,
+                event.timestamp_ns,
+            )
+        self._quotes[event.symbol] = quote
+        return quote

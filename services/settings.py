@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".tradeql"), description="embedded servers' data folder")
 
-    environment: str = Field(default="development", description="development or production")
     graphiql: bool = Field(default=True, description="serve GraphiQL at GET /graphql")
     log_level: str = "INFO"
     log_json: bool = True
@@ -53,11 +52,20 @@ class Settings(BaseSettings):
     ws_max_subscriptions: int = 100
     shutdown_grace_seconds: float = 10.0
 
-    market_always_open: bool = False
+    market_always_open: bool = Field(
+        default=False, description="treat the market as open at all hours (demos, tests)"
+    )
 
-    @property
-    def is_production(self) -> bool:
-        return self.environment == "production"
+    quote_partitions: int = Field(default=4, ge=1, le=1024)
+    quote_stream_maxlen: int = Field(default=10_000, ge=100)
+    feed_batch_ms: int = Field(default=10, ge=1)
+    feed_sim_rate: float = Field(default=1.0, gt=0)
+    feed_redis_breaker_threshold: int = Field(default=5, ge=1)
+    feed_redis_breaker_reset_seconds: float = Field(default=5.0, gt=0)
+    feed_reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    quote_window_ms: int = Field(default=50, ge=1)
+    quote_subscription_max_symbols: int = Field(default=200, ge=1)
+    bars_flush_ms: int = Field(default=1000, ge=10)
 
 
 @lru_cache(maxsize=1)

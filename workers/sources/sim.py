@@ -72,13 +72,28 @@ _SPREAD_JITTER = (0, 0, 0, 0, 1, 1, 2, 3)
 # Displayed sizes in round lots, indexed by 6 random bits: mostly small, sometimes 5,000.
 _SIZES = tuple(
     100 * k
-    for k, n in ((1, 16), (2, 12), (3, 8), (4, 6), (5, 6), (8, 4), (10, 4), (20, 3), (30, 2),
-                 (40, 2), (50, 1))
+    for k, n in (
+        (1, 16),
+        (2, 12),
+        (3, 8),
+        (4, 6),
+        (5, 6),
+        (8, 4),
+        (10, 4),
+        (20, 3),
+        (30, 2),
+        (40, 2),
+        (50, 1),
+    )
     for _ in range(n)
 )
 # Shares traded between two updates (adds to volume), indexed by 5 random bits; odd lots included.
 _TRADE_SIZES = (
-    (100,) * 10 + (200,) * 5 + (300,) * 3 + (500,) * 3 + (1000,) * 2
+    (100,) * 10
+    + (200,) * 5
+    + (300,) * 3
+    + (500,) * 3
+    + (1000,) * 2
     + (1, 10, 25, 50, 75, 150, 250, 2500, 5000)
 )
 _DECIMAL_CACHE_MAX = 1 << 17
@@ -136,7 +151,7 @@ class SimulatedMarket:
             raise ValueError("rate_per_symbol must be a positive number")
         start_prices = dict(start_prices or {})
         for sym, price in start_prices.items():
-            if not price > 0:
+            if not (price.is_finite() and price > 0):
                 raise ValueError(f"start price of {sym} must be positive, got {price}")
 
         self.seed: int = seed if seed is not None else random.SystemRandom().randrange(1 << 63)
@@ -232,33 +247,35 @@ class SimulatedMarket:
             self._emit_range(out, 0, end - n, steps, now)
 
     def _emit_range(self, out: list[Quote], lo: int, hi: int, steps: int, now: int) -> None:
-        # Hot loop: everything is bound to locals and kept in ints/floats until the edge.
+        # Hot loop: locals only, ints and floats until the edge, one 64-bit draw per quote:
+        # bits 0-15 the move, 16-18 spread jitter, 19-23 trade size, 24-35 displayed sizes,
+        # 36-51 where `last` falls in the spread.
         symbols = self.symbols
         mids = self._mid
-        sigmas = self._sigma
-        drifts = self._drift
+        if steps == 1:
+            sigmas = self._sigma
+            drifts = self._drift
+        else:
+            sigmas = [s * math.sqrt(steps) for s in self._sigma]
+            drifts = [d * steps for d in self._drift]
         bases = self._spread_base
         rel_cents = self._spread_rel_cents
         rel_units = self._spread_rel_units
         volumes = self._volume
         normal = self._normal
         bits = self._rng.getrandbits
-        rand = self._rng.random
         exp = math.exp
         jitter = _SPREAD_JITTER
         sizes = _SIZES
         trades = _TRADE_SIZES
         decimals = self._decimals
-        to_decimal = _units_to_decimal
         append = out.append
-        vol_scale = math.sqrt(steps)
-        drift_scale = float(steps)
         if len(decimals) > _DECIMAL_CACHE_MAX:
             decimals.clear()
 
         for i in range(lo, hi):
-            r = bits(32)
-            m = mids[i] * exp(sigmas[i] * vol_scale * normal[r & 0xFFFF] + drifts[i] * drift_scale)
+            r = bits(64)
+            m = mids[i] * exp(sigmas[i] * normal[r & 0xFFFF] + drifts[i])
             if m < _MIN_MID:
                 m = _MIN_MID
             mids[i] = m
@@ -269,12 +286,16 @@ class SimulatedMarket:
                 if s < b0:
                     s = b0
                 s += jitter[(r >> 16) & 7]
+                if c < 300.0:  # under $3 a cent is already a wide spread: at most ~2%
+                    cap = int(c * 0.02)
+                    if s > cap:
+                        s = cap if cap > 1 else 1
                 b = int(c - s * 0.5 + 0.5)
                 if b < 1:
                     b = 1
                 bid = b * _CENT
                 ask = bid + s * _CENT
-                last = bid + int(rand() * (s + 1)) * _CENT
+                last = bid + ((((r >> 36) & 0xFFFF) * (s + 1)) >> 16) * _CENT
             else:
                 s = int(m * rel_units[i])
                 b0 = bases[i]
@@ -287,24 +308,35 @@ class SimulatedMarket:
                 elif bid >= _ONE_DOLLAR:
                     bid = _ONE_DOLLAR - 1
                 ask = bid + s
-                last = bid + int(rand() * (s + 1))
-                if ask >= _ONE_DOLLAR:  # crossed into the cent grid: round away from the bid
-                    ask = -(-ask // _CENT) * _CENT
+                last = bid + ((((r >> 36) & 0xFFFF) * (s + 1)) >> 16)
+                if ask >= _ONE_DOLLAR:
+                    # On the cent grid from $1 up: round down, which stays >= $1.00 > bid.
+                    ask = ask // _CENT * _CENT
                     if last >= _ONE_DOLLAR:
                         last = last // _CENT * _CENT
             vol = volumes[i] + trades[(r >> 19) & 31] * steps
             volumes[i] = vol
-            bd = decimals.get(bid)
-            if bd is None:
-                bd = decimals[bid] = to_decimal(bid)
-            ad = decimals.get(ask)
-            if ad is None:
-                ad = decimals[ask] = to_decimal(ask)
-            ld = decimals.get(last)
-            if ld is None:
-                ld = decimals[last] = to_decimal(last)
-            r2 = bits(12)
-            append(Quote(symbols[i], bd, ad, sizes[r2 & 63], sizes[r2 >> 6], ld, vol, now))
+            try:
+                bd = decimals[bid]
+                ad = decimals[ask]
+                ld = decimals[last]
+            except KeyError:
+                bd, ad, ld = self._decimals_for(bid, ask, last)
+            append(
+                Quote(
+                    symbols[i], bd, ad, sizes[(r >> 24) & 63], sizes[(r >> 30) & 63], ld, vol, now
+                )
+            )
+
+    def _decimals_for(self, *units: int) -> tuple[Decimal, ...]:
+        cache = self._decimals
+        out = []
+        for u in units:
+            d = cache.get(u)
+            if d is None:
+                d = cache[u] = _units_to_decimal(u)
+            out.append(d)
+        return tuple(out)
 
     async def stream(self, *, batch_interval: float = 0.01) -> AsyncIterator[list[Quote]]:
         """Batches in real time, one every `batch_interval` seconds (empty ones are skipped).

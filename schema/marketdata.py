@@ -1,0 +1,100 @@
+"""Quotes, bars, securities and the market clock."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated
+
+import strawberry
+from strawberry import UNSET
+
+from services import bars as bars_domain
+from services import marketdata
+
+
+@strawberry.enum
+class BarInterval(Enum):
+    MINUTE = "MINUTE"
+    FIVE_MINUTES = "FIVE_MINUTES"
+    HOUR = "HOUR"
+    DAY = "DAY"
+
+
+@strawberry.type
+class Quote:
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    bid_size: int
+    ask_size: int
+    last: Decimal
+    volume: int
+    timestamp: datetime = strawberry.field(description="when the source stamped it")
+
+    @classmethod
+    def from_domain(cls, quote: marketdata.Quote) -> Quote:
+        return cls(
+            symbol=quote.symbol,
+            bid=quote.bid,
+            ask=quote.ask,
+            bid_size=quote.bid_size,
+            ask_size=quote.ask_size,
+            last=quote.last,
+            volume=quote.volume,
+            timestamp=quote.timestamp,
+        )
+
+
+@strawberry.type
+class Bar:
+    start: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: int
+
+    @classmethod
+    def from_domain(cls, bar: bars_domain.Bar) -> Bar:
+        return cls(
+            start=bar.start,
+            open=bar.open,
+            high=bar.high,
+            low=bar.low,
+            close=bar.close,
+            volume=bar.volume,
+        )
+
+
+@strawberry.type
+class Security:
+    symbol: str
+    name: str
+
+    @strawberry.field
+    async def quote(self, info: strawberry.Info) -> Quote | None:
+        from resolvers.marketdata import security_quote
+
+        return await security_quote(info, self.symbol)
+
+    @strawberry.field
+    async def bars(
+        self,
+        info: strawberry.Info,
+        interval: BarInterval = BarInterval.MINUTE,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = UNSET,
+        to: datetime | None = UNSET,
+    ) -> list[Bar]:
+        from resolvers.marketdata import security_bars
+
+        return await security_bars(info, self.symbol, interval, from_ or None, to or None)
+
+
+@strawberry.type
+class MarketClock:
+    now: datetime
+    is_open: bool
+    next_open: datetime
+    next_close: datetime

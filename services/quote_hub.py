@@ -1,0 +1,103 @@
+"""Live quotes inside one API process: one broadcast subscription, fanned out in memory.
+
+Overflow policy: each subscription holds at most one pending quote per symbol (conflation). A
+slow client never slows the dispatcher or the other clients, its memory is bounded by the number
+of symbols it asked for, and when it catches up it gets the newest quote of each symbol, having
+skipped the intermediate ones (counted in `conflated`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+
+from broadcaster import Broadcast
+from broadcaster._base import Unsubscribed
+
+from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
+from services.quote_store import QUOTES_CHANNEL
+
+log = logging.getLogger("tradeql.quote_hub")
+
+
+class QuoteSubscription:
+    def __init__(self, symbols: Sequence[str]) -> None:
+        self.symbols = tuple(symbols)
+        self._pending: dict[str, str] = {}
+        self._ready = asyncio.Event()
+        self._delivered_ts: dict[str, int] = {}
+        self.conflated = 0
+
+    def offer(self, symbol: str, record: str) -> None:
+        if symbol in self._pending:
+            self.conflated += 1
+        self._pending[symbol] = record
+        self._ready.set()
+
+    def mark_delivered(self, quote: Quote) -> None:
+        self._delivered_ts[quote.symbol] = quote.timestamp_ns
+
+    async def next_quotes(self) -> list[Quote]:
+        """The newest pending quote of each symbol that changed, waiting until there is one."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            pending, self._pending = self._pending, {}
+            quotes = []
+            for symbol, record in pending.items():
+                quote = decode_quote(record)
+                if quote.timestamp_ns > self._delivered_ts.get(symbol, -1):
+                    self._delivered_ts[symbol] = quote.timestamp_ns
+                    quotes.append(quote)
+            if quotes:
+                return quotes
+
+
+class QuoteHub:
+    def __init__(self, broadcast: Broadcast) -> None:
+        self._broadcast = broadcast
+        self._by_symbol: dict[str, set[QuoteSubscription]] = {}
+        self.dispatched = 0
+
+    @property
+    def subscriptions(self) -> int:
+        return len({s for subs in self._by_symbol.values() for s in subs})
+
+    async def run(self) -> None:
+        async with self._broadcast.subscribe(QUOTES_CHANNEL) as subscriber:
+            while True:
+                try:
+                    event = await subscriber.get()
+                except Unsubscribed:
+                    return
+                try:
+                    self.dispatch(event.message)
+                except Exception:  # one bad batch must not end live quotes for the process
+                    log.exception("could not dispatch a quote batch")
+
+    def dispatch(self, payload: str) -> None:
+        by_symbol = self._by_symbol
+        for record in payload.split(RECORD_SEPARATOR):
+            symbol = record[: record.find(FIELD_SEPARATOR)]
+            subscriptions = by_symbol.get(symbol)
+            if subscriptions:
+                for subscription in subscriptions:
+                    subscription.offer(symbol, record)
+                self.dispatched += 1
+
+    @contextlib.contextmanager
+    def subscribe(self, symbols: Sequence[str]) -> Iterator[QuoteSubscription]:
+        subscription = QuoteSubscription(symbols)
+        for symbol in subscription.symbols:
+            self._by_symbol.setdefault(symbol, set()).add(subscription)
+        try:
+            yield subscription
+        finally:
+            for symbol in subscription.symbols:
+                subscribers = self._by_symbol.get(symbol)
+                if subscribers is not None:
+                    subscribers.discard(subscription)
+                    if not subscribers:
+                        del self._by_symbol[symbol]

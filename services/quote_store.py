@@ -1,0 +1,85 @@
+"""Current quotes in Redis: one hash `quote:{SYMBOL}` each, written only forward in time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from redis.asyncio import Redis
+
+from services.marketdata import FIELD_SEPARATOR, Quote, encode_quote
+
+QUOTES_CHANNEL = "md:quotes"
+FIELDS = ("bid", "ask", "bid_size", "ask_size", "last", "volume", "ts")
+
+# Writes each quote whose source time is not older than the stored one, in one call for a whole
+# batch; returns the 1-based positions written. Two quote-cache processes that read the same
+# symbol out of order can therefore never move a quote back in time.
+_WRITE_NEWER = """
+local written = {}
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 7
+  local ts = ARGV[base + 7]
+  local stored = redis.call('HGET', key, 'ts')
+  if (not stored) or tonumber(stored) <= tonumber(ts) then
+    redis.call('HSET', key, 'bid', ARGV[base + 1], 'ask', ARGV[base + 2],
+      'bid_size', ARGV[base + 3], 'ask_size', ARGV[base + 4], 'last', ARGV[base + 5],
+      'volume', ARGV[base + 6], 'ts', ts)
+    written[#written + 1] = i
+  end
+end
+return written
+"""
+
+
+def quote_key(symbol: str) -> str:
+    return f"quote:{symbol}"
+
+
+class QuoteStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._write_newer = redis.register_script(_WRITE_NEWER)
+
+    async def write(self, quotes: Sequence[Quote]) -> list[Quote]:
+        """Store a batch in one round trip; return the quotes that were newer than what was held."""
+        records = [encode_quote(q).split(FIELD_SEPARATOR) for q in quotes]
+        written = await self.write_records(records)
+        return [quotes[i] for i in written]
+
+    async def write_records(self, records: Sequence[list[str]]) -> list[int]:
+        """The hot path of the quote cache: records already split into their wire fields
+        (symbol, bid, ask, bid_size, ask_size, last, volume, ts), so nothing is parsed twice.
+        Returns the 0-based positions of the records that were written."""
+        if not records:
+            return []
+        args: list[str] = []
+        for record in records:
+            args.extend(record[1:8])
+        written = await self._write_newer(keys=[quote_key(r[0]) for r in records], args=args)
+        return [i - 1 for i in written]
+
+    async def read(self, symbols: Sequence[str]) -> list[Quote | None]:
+        """Many symbols in one round trip (a pipeline of HGETALL), in the order asked."""
+        if not symbols:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.hgetall(quote_key(symbol))
+            rows = await pipe.execute()
+        return [_from_hash(symbol, row) for symbol, row in zip(symbols, rows, strict=True)]
+
+
+def _from_hash(symbol: str, row: dict[str, str]) -> Quote | None:
+    if not row or "ts" not in row:
+        return None
+    return Quote(
+        symbol=symbol,
+        bid=Decimal(row["bid"]),
+        ask=Decimal(row["ask"]),
+        bid_size=int(row["bid_size"]),
+        ask_size=int(row["ask_size"]),
+        last=Decimal(row["last"]),
+        volume=int(row["volume"]),
+        timestamp_ns=int(row["ts"]),
+    )

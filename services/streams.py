@@ -1,0 +1,121 @@
+"""Redis Streams: partitioning, and consumer groups that survive a flushed or restarted Redis."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+log = logging.getLogger("tradeql.streams")
+
+
+def partition_of(symbol: str, partitions: int) -> int:
+    """Stable across processes and restarts (unlike Python's salted `hash`)."""
+    return zlib.crc32(symbol.encode()) % partitions
+
+
+def quote_stream(partition: int) -> str:
+    return f"md:quotes:{partition}"
+
+
+def quote_streams(partitions: int) -> list[str]:
+    return [quote_stream(p) for p in range(partitions)]
+
+
+def consumer_name(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    stream: str
+    id: str
+    fields: dict[str, str]
+
+
+class ConsumerGroup:
+    """One consumer in a group over several streams.
+
+    After FLUSHDB or a Redis restart the group is gone: reading answers NOGROUP, and the group is
+    created again (at the start of whatever the stream now holds) instead of the worker dying.
+    Messages left pending by a consumer that died are claimed after `claim_idle_ms`.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        group: str,
+        streams: Sequence[str],
+        consumer: str,
+        *,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.redis = redis
+        self.group = group
+        self.streams = list(streams)
+        self.consumer = consumer
+        self.claim_idle_ms = claim_idle_ms
+        self.groups_created = 0
+
+    async def ensure(self, start_id: str = "$") -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id=start_id, mkstream=True)
+                self.groups_created += 1
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read(self, *, count: int, block_ms: int) -> list[StreamMessage]:
+        try:
+            reply = await self.redis.xreadgroup(
+                self.group,
+                self.consumer,
+                dict.fromkeys(self.streams, ">"),
+                count=count,
+                block=block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("consumer group %s is gone (Redis flushed?): creating it again", self.group)
+            await self.ensure(start_id="0")
+            return []
+        return [
+            StreamMessage(stream, message_id, fields)
+            for stream, messages in reply or []
+            for message_id, fields in messages
+            if fields is not None
+        ]
+
+    async def claim_abandoned(self, *, count: int = 100) -> list[StreamMessage]:
+        """Take over messages another consumer read but never acknowledged (it died)."""
+        claimed: list[StreamMessage] = []
+        for stream in self.streams:
+            try:
+                _next, messages, *_ = await self.redis.xautoclaim(
+                    stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    continue
+                raise
+            claimed += [StreamMessage(stream, i, f) for i, f in messages if f is not None]
+        return claimed
+
+    async def ack(self, messages: Sequence[StreamMessage]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for message in messages:
+            by_stream.setdefault(message.stream, []).append(message.id)
+        if not by_stream:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, self.group, *ids)
+            await pipe.execute()

@@ -1,0 +1,118 @@
+"""Quote cache: a consumer group on the quote streams that keeps `quote:{SYMBOL}` current.
+
+Per window (`quote_window_ms`, 50 ms by default) it coalesces each symbol to its newest quote
+(last write wins, by source time), writes them all in one round trip, publishes the window's batch
+on the `md:quotes` channel for every API process, and only then acknowledges what it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
+from services.quote_store import QUOTES_CHANNEL, QuoteStore
+from services.settings import Settings
+from services.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
+from workers.metrics import (
+    GROUPS_RECREATED,
+    QUOTE_WINDOW_SECONDS,
+    QUOTES_STALE,
+    QUOTES_WRITTEN,
+    SOURCE_TO_CACHE_SECONDS,
+    LogOncePerKind,
+)
+
+log = logging.getLogger("tradeql.quotes")
+GROUP = "quotes"
+READ_COUNT = 200
+IDLE_BLOCK_MS = 1000
+LATENCY_SAMPLE_EVERY = 16
+FIELD_COUNT = 8
+
+
+@dataclass
+class Window:
+    """What one window has read: the newest record per symbol, and the messages to ack."""
+
+    records: dict[str, list[str]] = field(default_factory=dict)
+    messages: list[StreamMessage] = field(default_factory=list)
+
+    def absorb(self, messages: list[StreamMessage], report: LogOncePerKind) -> None:
+        self.messages.extend(messages)
+        records = self.records
+        for message in messages:
+            for line in message.fields.get("q", "").split(RECORD_SEPARATOR):
+                fields = line.split(FIELD_SEPARATOR)
+                if len(fields) != FIELD_COUNT or not fields[7].isdigit():
+                    if line:
+                        report("bad_stream_record", line[:80])
+                    continue
+                held = records.get(fields[0])
+                if held is None or int(held[7]) <= int(fields[7]):
+                    records[fields[0]] = fields
+
+
+class QuoteCache:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.store = QuoteStore(redis)
+        self.window_seconds = settings.quote_window_ms / 1000
+        self.group = ConsumerGroup(
+            redis, GROUP, quote_streams(settings.quote_partitions), consumer_name(GROUP)
+        )
+        self.report = LogOncePerKind("quote-cache")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.group.ensure()
+        window = Window()
+        window.absorb(await self.group.claim_abandoned(), self.report)
+        while not stop.is_set():
+            try:
+                await self._fill(window, stop)
+                if window.messages:
+                    await self.flush(window)
+                    window = Window()
+            except (RedisError, OSError) as exc:
+                log.warning("redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+        if window.messages:  # shutting down: write and ack what is held
+            await self.flush(window)
+
+    async def _fill(self, window: Window, stop: asyncio.Event) -> None:
+        """Block until something arrives, then keep reading until the window closes."""
+        created = self.group.groups_created
+        messages = await self.group.read(count=READ_COUNT, block_ms=IDLE_BLOCK_MS)
+        if self.group.groups_created != created:
+            GROUPS_RECREATED.labels(GROUP).inc()
+        if not messages:
+            return
+        window.absorb(messages, self.report)
+        deadline = time.monotonic() + self.window_seconds
+        while not stop.is_set():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                return
+            window.absorb(
+                await self.group.read(count=READ_COUNT, block_ms=remaining_ms), self.report
+            )
+
+    async def flush(self, window: Window) -> None:
+        started = time.perf_counter()
+        records = list(window.records.values())
+        written = await self.store.write_records(records)
+        if written:
+            payload = RECORD_SEPARATOR.join(FIELD_SEPARATOR.join(records[i]) for i in written)
+            await self.redis.publish(QUOTES_CHANNEL, payload)
+        await self.group.ack(window.messages)
+        now_ns = time.time_ns()
+        for i in written[::LATENCY_SAMPLE_EVERY]:
+            SOURCE_TO_CACHE_SECONDS.observe((now_ns - int(records[i][7])) / 1e9)
+        QUOTES_WRITTEN.inc(len(written))
+        QUOTES_STALE.inc(len(records) - len(written))
+        QUOTE_WINDOW_SECONDS.observe(time.perf_counter() - started)

@@ -1,0 +1,36 @@
+"""Running a worker as a process: settings, logging, metrics, and a clean stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from services.container import Services
+from services.settings import Settings
+from workers.metrics import serve_metrics
+
+log = logging.getLogger("tradeql.workers")
+
+WorkerMain = Callable[[Services, asyncio.Event], Awaitable[None]]
+
+
+def run_worker(name: str, settings: Settings, main: WorkerMain, *, metrics_port: int = 0) -> None:
+    """Run `main` until SIGTERM/SIGINT sets its stop event; it then flushes, acks and returns."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        serve_metrics(metrics_port)
+        services = Services.from_settings(settings)
+        log.info("%s started", name)
+        try:
+            await main(services, stop)
+        finally:
+            await services.close()
+            log.info("%s stopped", name)
+
+    asyncio.run(run())
