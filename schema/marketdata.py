@@ -12,6 +12,7 @@ from strawberry import UNSET
 
 from services import bars as bars_domain
 from services import marketdata
+from services.money import trim_price
 
 
 @strawberry.enum
@@ -60,10 +61,10 @@ class Bar:
     def from_domain(cls, bar: bars_domain.Bar) -> Bar:
         return cls(
             start=bar.start,
-            open=bar.open,
-            high=bar.high,
-            low=bar.low,
-            close=bar.close,
+            open=trim_price(bar.open),
+            high=trim_price(bar.high),
+            low=trim_price(bar.low),
+            close=trim_price(bar.close),
             volume=bar.volume,
         )
 

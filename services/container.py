@@ -61,6 +61,7 @@ class Services:
 
     async def start_live(self) -> None:
         """Connect the broadcast and start fanning live data out (API processes only)."""
+        await asyncio.to_thread(self.clock.state)  # load the holiday calendar before traffic
         await self.broadcast.connect()
         self._tasks.append(asyncio.create_task(self.quote_hub.run(), name="quote-hub"))
 

@@ -57,3 +57,9 @@ def round_cash_up(value: Decimal) -> Decimal:
 def round_shares_down(value: Decimal) -> Decimal:
     """Shares bought for a dollar amount, rounded down to the 6th decimal place."""
     return value.quantize(SHARE_STEP, rounding=ROUND_DOWN)
+
+
+def trim_price(value: Decimal) -> Decimal:
+    """A stored price (NUMERIC with 4 places) as quoted: 189.9800 -> 189.98, 0.1234 kept."""
+    trimmed = value.normalize()
+    return trimmed if decimal_places(trimmed) > 2 else value.quantize(CENT)
