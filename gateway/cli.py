@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 
@@ -270,11 +271,98 @@ def bars(metrics_port: MetricsPort = 0) -> None:
     )
 
 
+@app.command()
+def matcher(metrics_port: MetricsPort = 0) -> None:
+    """Matcher: takes the order partitions it can lease, matches, routes and books fills."""
+    settings = _setup()
+    _require_database(settings)
+    from workers.matcher import Matcher
+    from workers.runner import run_worker
+
+    run_worker(
+        "matcher",
+        settings,
+        lambda services, stop: Matcher(services).run(stop),
+        metrics_port=metrics_port,
+    )
+
+
+@app.command()
+def eod(
+    day: Annotated[
+        str | None, typer.Option(help="trading day YYYY-MM-DD (default: today, New York)")
+    ] = None,
+) -> None:
+    """End of day: expire DAY orders, snapshot equity, roll partitions, purge old idempotency keys."""
+    settings = _setup()
+    _require_database(settings)
+    from services.container import Services
+    from services.eod import run_eod
+
+    async def run() -> None:
+        services = Services.from_settings(settings)
+        try:
+            summary = await run_eod(services, date.fromisoformat(day) if day else _today_new_york())
+            typer.echo(
+                f"expired {summary.expired} orders, {summary.snapshots} snapshots, partitions "
+                f"created {summary.partitions_created or 'none'}, detached "
+                f"{summary.partitions_detached or 'none'}, {summary.keys_purged} keys purged"
+            )
+        finally:
+            await services.close()
+
+    asyncio.run(run())
+
+
+def _today_new_york() -> date:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(ZoneInfo("America/New_York")).date()
+
+
+@app.command()
+def scheduler() -> None:
+    """Runs end of day at every market close (the real NYSE calendar)."""
+    settings = _setup()
+    _require_database(settings)
+    from workers.runner import run_worker
+    from workers.scheduler import run_scheduler
+
+    run_worker("scheduler", settings, run_scheduler)
+
+
+@app.command()
+def check() -> None:
+    """Recompute balances and positions from the ledger and executions; exit 1 on a difference."""
+    settings = _setup()
+    _require_database(settings)
+    from services.db import create_engine
+    from services.reconcile import find_differences
+
+    async def run() -> list[str]:
+        engine = create_engine(settings)
+        try:
+            return await find_differences(engine)
+        finally:
+            await engine.dispose()
+
+    problems = asyncio.run(run())
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        typer.echo(f"{len(problems)} differences", err=True)
+        raise typer.Exit(1)
+    typer.echo("books balance: every account, position and order agrees with the ledger")
+
+
 # The worker processes `up` runs, each as `tradeql <argv...>`.
 WORKERS: list[tuple[str, list[str]]] = [
     ("quotes", ["quotes"]),
     ("bars", ["bars"]),
     ("feed", ["feed", "--source", "sim"]),
+    ("matcher", ["matcher"]),
+    ("scheduler", ["scheduler"]),
 ]
 
 

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
 
-from services import bars, marketdata, securities
+from services import bars, marketdata, order_model, securities
 from services.container import Services
 
 BarKey = tuple[str, bars.Interval, datetime, datetime]
@@ -27,6 +28,7 @@ class Loaders:
     quotes: DataLoader[str, marketdata.Quote | None]
     securities: DataLoader[str, securities.Security | None]
     bars: DataLoader[BarKey, list[bars.Bar]]
+    executions: DataLoader[UUID, list[order_model.Execution]]
 
 
 def build_loaders(services: Services) -> Loaders:
@@ -48,10 +50,15 @@ def build_loaders(services: Services) -> Loaders:
                 found[(symbol, interval, start, end)] = rows
         return [found[key] for key in keys]
 
+    async def load_executions(order_ids: list[UUID]) -> list[list[order_model.Execution]]:
+        found = await services.order_store.executions_for(order_ids)
+        return [found[i] for i in order_ids]
+
     return Loaders(
         quotes=DataLoader(load_fn=load_quotes),
         securities=DataLoader(load_fn=load_securities),
         bars=DataLoader(load_fn=load_bars),
+        executions=DataLoader(load_fn=load_executions),
     )
 
 

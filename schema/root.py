@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import strawberry
 
-from resolvers import accounts, marketdata
+from resolvers import accounts, marketdata, orders
 from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
 from schema.marketdata import MarketClock, Quote, Security
+from schema.orders import Order, OrderConnection, OrderPayload, OrderUpdate
 
 
 @strawberry.type
@@ -19,6 +20,8 @@ class Query:
     quote: Quote | None = strawberry.field(resolver=marketdata.quote)
     quotes: list[Quote | None] = strawberry.field(resolver=marketdata.quotes)
     clock: MarketClock = strawberry.field(resolver=marketdata.clock)
+    order: Order | None = strawberry.field(resolver=orders.order)
+    orders: OrderConnection = strawberry.field(resolver=orders.orders, description="newest first")
 
 
 @strawberry.type
@@ -33,6 +36,8 @@ class Mutation:
         resolver=accounts.deposit,
         description="simulated bank transfer into the account's cash",
     )
+    place_order: OrderPayload = strawberry.mutation(resolver=orders.place_order)
+    cancel_order: OrderPayload = strawberry.mutation(resolver=orders.cancel_order)
 
 
 @strawberry.type
@@ -40,4 +45,8 @@ class Subscription:
     quotes: Quote = strawberry.subscription(  # type: ignore[assignment]
         resolver=marketdata.subscribe_quotes,
         description="each symbol's current quote first, then every change",
+    )
+    order_updates: OrderUpdate = strawberry.subscription(  # type: ignore[assignment]
+        resolver=orders.subscribe_order_updates,
+        description="status changes and fills of the signed-in user's orders",
     )

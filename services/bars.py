@@ -72,22 +72,26 @@ class BarBuilder:
 
     def __init__(self) -> None:
         self.current: dict[str, MinuteBar] = {}
-        self._last_volume: dict[str, int] = {}
+        # Per symbol, (source time, cumulative volume) of the newest quote seen: the baseline of
+        # the next minute. A quote that arrives late must not move it back.
+        self._newest: dict[str, tuple[int, int]] = {}
         self.dirty: dict[tuple[str, int], MinuteBar] = {}
 
     def apply(self, symbol: str, last: Decimal, volume: int, ts_ns: int) -> None:
         if last <= 0:
             return  # no trade yet: nothing to chart
-        previous = self._last_volume.get(symbol)
-        # The day's volume as of the quote before this one; on first sight, or when the day's
-        # volume starts again from zero, this quote's own volume.
-        baseline = volume if previous is None or volume < previous else previous
-        self._last_volume[symbol] = volume
         start_ns = ts_ns - ts_ns % NS_PER_MINUTE
         bar = self.current.get(symbol)
+        if bar is not None and start_ns < bar.start_ns:
+            return  # a straggler from a minute already closed here: dropped
+        newest = self._newest.get(symbol)
+        late = newest is not None and ts_ns < newest[0]
+        if not late:
+            self._newest[symbol] = (ts_ns, volume)
         if bar is None or bar.start_ns != start_ns:
-            if bar is not None and start_ns < bar.start_ns:
-                return  # a straggler from a minute already closed here: dropped
+            # The day's volume as of the quote before this one; on first sight, or when the day's
+            # volume starts again from zero, this quote's own volume.
+            baseline = volume if newest is None or volume < newest[1] else newest[1]
             bar = MinuteBar(
                 symbol, start_ns, last, last, last, last, ts_ns, ts_ns, baseline, volume
             )
@@ -100,6 +104,8 @@ class BarBuilder:
             if ts_ns < bar.open_ns:
                 bar.open, bar.open_ns = last, ts_ns
             bar.volume_end = max(bar.volume_end, volume)
+            if late:  # the volume earlier in this minute: the bar started at most there
+                bar.volume_start = min(bar.volume_start, volume)
         self.dirty[(symbol, start_ns)] = bar
 
     def take_dirty(self) -> list[MinuteBar]:
@@ -152,8 +158,11 @@ async def upsert_bars(conn: AsyncConnection, bars: Sequence[MinuteBar]) -> None:
 
 _BUCKET = {
     Interval.MINUTE: "start",
-    Interval.FIVE_MINUTES: "date_bin(interval '5 minutes', start, timestamptz '2000-01-03')",
-    Interval.HOUR: "date_trunc('hour', start)",
+    # Explicitly in UTC: a bare timestamptz literal, and date_trunc, follow the session's
+    # TimeZone, which would put hours at :30 past in a half-hour zone.
+    Interval.FIVE_MINUTES: "date_bin(interval '5 minutes', start, "
+    "timestamptz '2000-01-03 00:00:00+00')",
+    Interval.HOUR: "date_trunc('hour', start, 'UTC')",
     # A trading day is a New York calendar day.
     Interval.DAY: "(date_trunc('day', start AT TIME ZONE 'America/New_York') "
     "AT TIME ZONE 'America/New_York')",

@@ -12,9 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.accounts import Cash
 from services.bars import Bars
+from services.cancel import OrderCancellation
 from services.clock import MarketClock
 from services.db import create_engine
+from services.order_store import OrderStore
 from services.passwords import Passwords
+from services.placement import OrderPlacement
 from services.pubsub import create_broadcast
 from services.quote_hub import QuoteHub
 from services.quote_store import QuoteStore
@@ -40,6 +43,9 @@ class Services:
     clock: MarketClock = field(init=False)
     broadcast: Broadcast = field(init=False)
     quote_hub: QuoteHub = field(init=False)
+    order_store: OrderStore = field(init=False)
+    placement: OrderPlacement = field(init=False)
+    cancellation: OrderCancellation = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -54,6 +60,9 @@ class Services:
         assert self.settings.redis_url is not None
         self.broadcast = create_broadcast(self.settings.redis_url)
         self.quote_hub = QuoteHub(self.broadcast)
+        self.order_store = OrderStore(self.engine)
+        self.placement = OrderPlacement(self.engine, self.redis, self.settings, self.clock)
+        self.cancellation = OrderCancellation(self.engine, self.redis, self.settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -66,6 +75,7 @@ class Services:
         self._tasks.append(asyncio.create_task(self.quote_hub.run(), name="quote-hub"))
 
     async def close(self) -> None:
+        await self.placement.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ USD = "USD"
 BANK = "external:bank"
 VENUE = "external:venue"
 CASH = "cash"
+POSITION = "position"
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,3 +63,9 @@ def trim_price(value: Decimal) -> Decimal:
     """A stored price (NUMERIC with 4 places) as quoted: 189.9800 -> 189.98, 0.1234 kept."""
     trimmed = value.normalize()
     return trimmed if decimal_places(trimmed) > 2 else value.quantize(CENT)
+
+
+def trim_quantity(value: Decimal) -> Decimal:
+    """A stored quantity (NUMERIC with 6 places) as a person writes it: 10.000000 -> 10."""
+    trimmed = value.normalize()
+    return trimmed.quantize(Decimal(1)) if trimmed == trimmed.to_integral_value() else trimmed

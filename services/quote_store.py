@@ -14,14 +14,26 @@ FIELDS = ("bid", "ask", "bid_size", "ask_size", "last", "volume", "ts")
 
 # Writes each quote whose source time is not older than the stored one, in one call for a whole
 # batch; returns the 1-based positions written. Two quote-cache processes that read the same
-# symbol out of order can therefore never move a quote back in time.
+# symbol out of order can therefore never move a quote back in time. Source times are nanoseconds,
+# beyond the 53 bits of a Lua number (tonumber would round them to 256 ns): they are compared
+# exactly, as strings of decimal digits.
 _WRITE_NEWER = """
+local function digits(s)
+  return (string.gsub(s, '^0+(%d)', '%1'))
+end
+local function not_after(a, b)
+  a, b = digits(a), digits(b)
+  if #a ~= #b then
+    return #a < #b
+  end
+  return a <= b
+end
 local written = {}
 for i, key in ipairs(KEYS) do
   local base = (i - 1) * 7
   local ts = ARGV[base + 7]
   local stored = redis.call('HGET', key, 'ts')
-  if (not stored) or tonumber(stored) <= tonumber(ts) then
+  if (not stored) or not_after(stored, ts) then
     redis.call('HSET', key, 'bid', ARGV[base + 1], 'ask', ARGV[base + 2],
       'bid_size', ARGV[base + 3], 'ask_size', ARGV[base + 4], 'last', ARGV[base + 5],
       'volume', ARGV[base + 6], 'ts', ts)

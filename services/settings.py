@@ -67,6 +67,21 @@ class Settings(BaseSettings):
     quote_subscription_max_symbols: int = Field(default=200, ge=1)
     bars_flush_ms: int = Field(default=1000, ge=10)
 
+    market_order_collar: Decimal = Field(default=Decimal("0.05"), ge=0, le=1)
+    order_max_quantity: Decimal = Decimal("1000000")
+    order_max_price: Decimal = Decimal("1000000")
+    order_min_notional: Decimal = Decimal("1.00")
+    order_max_notional: Decimal = Decimal("10000000.00")
+    order_batch_ms: float = Field(default=2.0, ge=0)
+    order_batch_max: int = Field(default=256, ge=1)
+    matcher_lease_seconds: float = Field(default=10.0, gt=0)
+    matcher_sweep_seconds: float = Field(default=5.0, gt=0)
+    venue_faults: str = Field(default="", description="e.g. EDGX=1.0,ARCA=0.5 (failure rates)")
+    venue_timeout_ms: float = Field(default=250.0, gt=0)
+    venue_breaker_threshold: int = Field(default=5, ge=1)
+    venue_breaker_reset_seconds: float = Field(default=10.0, gt=0)
+    order_retention_months: int = Field(default=24, ge=1)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

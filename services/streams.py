@@ -82,7 +82,9 @@ class ConsumerGroup:
                 block=block_ms,
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # NOGROUP: the group is gone. UNBLOCKED: a stream was deleted while this read was
+            # blocked on it (Redis 7.0 answers a FLUSHDB so), and its group went with it.
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
             log.warning("consumer group %s is gone (Redis flushed?): creating it again", self.group)
             await self.ensure(start_id="0")

@@ -9,10 +9,12 @@ stream entry per partition per batch, `MAXLEN ~` trimmed. While Redis fails, a c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from purgatory import AsyncCircuitBreakerFactory
@@ -100,20 +102,63 @@ async def sim_batches(
         yield batch
 
 
+@dataclass(frozen=True, slots=True)
+class _SourceEnded:
+    error: Exception | None = None
+
+
 async def batched(
     quotes: AsyncIterator[Quote], batch_ms: int, max_batch: int = 5000
 ) -> AsyncIterator[list[Quote]]:
-    """Group a stream of single quotes into batches of at most `batch_ms` (or `max_batch`)."""
-    batch: list[Quote] = []
-    deadline = time.monotonic() + batch_ms / 1000
-    async for quote in quotes:
-        batch.append(quote)
-        if len(batch) >= max_batch or time.monotonic() >= deadline:
-            yield batch
-            batch = []
+    """Group a stream of single quotes into batches: each is handed over `batch_ms` after its
+    first quote arrived, even if the source has gone quiet meanwhile, or as soon as it holds
+    `max_batch`. The source is read by its own task, so a quiet source never holds a batch back;
+    an error of the source is raised after the quotes read before it have been handed over."""
+    queue: asyncio.Queue[Quote | _SourceEnded] = asyncio.Queue(maxsize=max_batch)
+
+    async def produce() -> None:
+        try:
+            async for quote in quotes:
+                await queue.put(quote)
+        except Exception as exc:
+            await queue.put(_SourceEnded(exc))
+        else:
+            await queue.put(_SourceEnded())
+
+    producer = asyncio.create_task(produce(), name="feed-source")
+    try:
+        ended: _SourceEnded | None = None
+        while ended is None:
+            first = await queue.get()
+            if isinstance(first, _SourceEnded):
+                ended = first
+                break
+            batch = [first]
             deadline = time.monotonic() + batch_ms / 1000
-    if batch:
-        yield batch
+            while len(batch) < max_batch:
+                if not queue.empty():
+                    if time.monotonic() >= deadline:
+                        break
+                    item = queue.get_nowait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if isinstance(item, _SourceEnded):
+                    ended = item
+                    break
+                batch.append(item)
+            yield batch
+        if ended.error is not None:
+            raise ended.error
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
 
 
 async def tcp_quotes(

@@ -63,3 +63,8 @@ def serve_metrics(port: int) -> None:
     if port:
         start_http_server(port, addr="127.0.0.1")
         log.info("metrics on http://127.0.0.1:%s/metrics", port)
+
+
+MATCHER_PARTITIONS = Gauge("tradeql_matcher_partitions", "Partitions this matcher holds")
+MATCHER_WORKING = Gauge("tradeql_matcher_working_orders", "Working orders in memory", ["partition"])
+MATCHER_EXECUTIONS = Counter("tradeql_matcher_executions_total", "Executions booked")

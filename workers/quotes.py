@@ -49,7 +49,8 @@ class Window:
         for message in messages:
             for line in message.fields.get("q", "").split(RECORD_SEPARATOR):
                 fields = line.split(FIELD_SEPARATOR)
-                if len(fields) != FIELD_COUNT or not fields[7].isdigit():
+                ts = fields[7] if len(fields) == FIELD_COUNT else ""
+                if not (ts.isascii() and ts.isdigit()):  # isdigit alone takes '²'
                     if line:
                         report("bad_stream_record", line[:80])
                     continue

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from contextlib import aclosing
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from decimal import Decimal
 from typing import Any
 

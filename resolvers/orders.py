@@ -1,0 +1,159 @@
+"""Placing and cancelling orders, order history, and the live `orderUpdates` subscription."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from decimal import Decimal
+from uuid import UUID
+
+import strawberry
+from broadcaster._base import Unsubscribed
+from graphql import GraphQLError
+from strawberry import UNSET
+
+from resolvers.context import Info, require_session
+from resolvers.errors import to_user_error
+from resolvers.loaders import current_loaders, fresh_loaders
+from schema import orders as schema
+from services import order_events, order_model
+from services.errors import DomainError, NotFound
+from services.money import trim_price, trim_quantity
+from services.order_rules import PlaceOrder
+from services.order_store import encode_cursor
+
+
+def to_order(order: order_model.Order) -> schema.Order:
+    average = order.average_fill_price
+    return schema.Order(
+        id=strawberry.ID(str(order.id)),
+        idempotency_key=order.idempotency_key,
+        symbol=order.symbol,
+        side=schema.OrderSide(order.side.value),
+        type=schema.OrderKind(order.type.value),
+        time_in_force=schema.TimeInForce(order.time_in_force.value),
+        quantity=trim_quantity(order.quantity),
+        notional=order.notional,
+        limit_price=trim_price(order.limit_price) if order.limit_price is not None else None,
+        stop_price=trim_price(order.stop_price) if order.stop_price is not None else None,
+        status=schema.OrderStatus(order.status.value),
+        filled_quantity=trim_quantity(order.filled_quantity),
+        average_fill_price=trim_price(average.quantize(order_model.PRICE_STEP))
+        if average is not None
+        else None,
+        reject_reason=order.reject_reason,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+        filled_at=order.filled_at,
+    )
+
+
+def _given(value: Decimal | None) -> Decimal | None:
+    """An input field left out arrives as UNSET; the domain only knows None."""
+    return None if value is UNSET else value
+
+
+def _parse_id(value: str) -> UUID | None:
+    try:
+        return UUID(str(value))
+    except ValueError:
+        return None
+
+
+async def place_order(info: Info, input: schema.PlaceOrderInput) -> schema.OrderPayload:
+    session = require_session(info)
+    command = PlaceOrder(
+        user_id=session.user_id,
+        symbol=input.symbol,
+        side=order_model.Side(input.side.value),
+        type=order_model.OrderType(input.type.value),
+        time_in_force=order_model.TimeInForce(input.time_in_force.value),
+        quantity=_given(input.quantity),
+        notional=_given(input.notional),
+        limit_price=_given(input.limit_price),
+        stop_price=_given(input.stop_price),
+        idempotency_key=input.idempotency_key,
+    )
+    try:
+        order = await info.context.services.placement.place(command)
+    except DomainError as error:
+        return schema.OrderPayload(errors=[to_user_error(error)])
+    return schema.OrderPayload(order=to_order(order))
+
+
+async def cancel_order(info: Info, id: strawberry.ID) -> schema.OrderPayload:
+    session = require_session(info)
+    order_id = _parse_id(id)
+    try:
+        if order_id is None:
+            raise NotFound("no such order", field="id")
+        order = await info.context.services.cancellation.cancel(session.user_id, order_id)
+    except DomainError as error:
+        return schema.OrderPayload(errors=[to_user_error(error)])
+    return schema.OrderPayload(order=to_order(order))
+
+
+async def order(info: Info, id: strawberry.ID) -> schema.Order | None:
+    """Someone else's order, like a missing one, is null."""
+    session = require_session(info)
+    order_id = _parse_id(id)
+    if order_id is None:
+        return None
+    found = (await info.context.services.order_store.by_ids([order_id])).get(order_id)
+    return to_order(found) if found and found.user_id == session.user_id else None
+
+
+async def orders(
+    info: Info,
+    status: list[schema.OrderStatus] | None = UNSET,
+    symbol: str | None = UNSET,
+    first: int = 50,
+    after: str | None = UNSET,
+) -> schema.OrderConnection:
+    """Newest first."""
+    session = require_session(info)
+    try:
+        page, more = await info.context.services.order_store.history(
+            session.user_id,
+            statuses=[order_model.Status(s.value) for s in status or []],
+            symbol=symbol or None,
+            first=first,
+            after=after or None,
+        )
+    except DomainError as error:
+        raise GraphQLError(error.message, extensions={"code": "INVALID_INPUT"}) from error
+    edges = [schema.OrderEdge(cursor=encode_cursor(o), node=to_order(o)) for o in page]
+    return schema.OrderConnection(
+        edges=edges,
+        page_info=schema.PageInfo(
+            has_next_page=more, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )
+
+
+async def order_executions(info: Info, order_id: strawberry.ID) -> list[schema.Execution]:
+    loaders = current_loaders(info.context.services)
+    found = await loaders.executions.load(UUID(str(order_id)))
+    return [schema.Execution.from_domain(e) for e in found]
+
+
+async def subscribe_order_updates(info: Info) -> AsyncGenerator[schema.OrderUpdate, None]:
+    """Status changes and fills of the signed-in user's orders, from whichever process made
+    them: every API process receives the user's channel through Redis pub/sub."""
+    session = require_session(info)
+    services = info.context.services
+    channel = order_events.user_channel(session.user_id)
+    async with services.broadcast.subscribe(channel) as subscriber:
+        while True:
+            try:
+                event = await subscriber.get()
+            except Unsubscribed:
+                return
+            update = order_events.decode_update(event.message)
+            fresh_loaders(services)  # executions read for this event, not an earlier one
+            yield schema.OrderUpdate(
+                event=schema.OrderEvent(update.event.value),
+                order=to_order(update.order),
+                execution=schema.Execution.from_domain(update.execution)
+                if update.execution
+                else None,
+            )

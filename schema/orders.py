@@ -1,0 +1,159 @@
+"""Orders, executions, their history and their live updates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+
+import strawberry
+from strawberry import UNSET
+
+from schema.errors import UserError
+from services import order_model
+from services.money import trim_price, trim_quantity
+
+
+@strawberry.enum(name="OrderSide")
+class OrderSide(Enum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+@strawberry.enum(name="OrderType")
+class OrderKind(Enum):
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+    STOP = "STOP"
+    STOP_LIMIT = "STOP_LIMIT"
+
+
+@strawberry.enum
+class TimeInForce(Enum):
+    DAY = "DAY"
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+@strawberry.enum
+class OrderStatus(Enum):
+    PENDING = "PENDING"
+    SUBMITTED = "SUBMITTED"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+
+@strawberry.enum
+class OrderEvent(Enum):
+    ACCEPTED = "ACCEPTED"
+    PARTIAL_FILL = "PARTIAL_FILL"
+    FILL = "FILL"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+
+@strawberry.type
+class Execution:
+    id: strawberry.ID
+    quantity: Decimal
+    price: Decimal
+    venue: str
+    executed_at: datetime
+
+    @classmethod
+    def from_domain(cls, e: order_model.Execution) -> Execution:
+        return cls(
+            id=strawberry.ID(str(e.id)),
+            quantity=trim_quantity(e.quantity),
+            price=trim_price(e.price),
+            venue=e.venue,
+            executed_at=e.executed_at,
+        )
+
+
+@strawberry.type
+class Order:
+    id: strawberry.ID
+    idempotency_key: str
+    symbol: str
+    side: OrderSide
+    type: OrderKind
+    time_in_force: TimeInForce
+    quantity: Decimal = strawberry.field(
+        description="shares; fractional orders carry up to 6 decimal places"
+    )
+    notional: Decimal | None = strawberry.field(
+        description="the dollar amount asked for, when the order was placed by amount"
+    )
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    status: OrderStatus
+    filled_quantity: Decimal
+    average_fill_price: Decimal | None
+    reject_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    filled_at: datetime | None
+
+    @strawberry.field
+    async def executions(self, info: strawberry.Info) -> list[Execution]:
+        from resolvers.orders import order_executions
+
+        return await order_executions(info, self.id)
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class OrderEdge:
+    cursor: str
+    node: Order
+
+
+@strawberry.type
+class OrderConnection:
+    edges: list[OrderEdge]
+    page_info: PageInfo
+
+
+@strawberry.input
+class PlaceOrderInput:
+    symbol: str
+    side: OrderSide
+    type: OrderKind = OrderKind.MARKET
+    time_in_force: TimeInForce = TimeInForce.DAY
+    quantity: Decimal | None = strawberry.field(
+        default=UNSET, description="shares; give exactly one of quantity and notional"
+    )
+    notional: Decimal | None = strawberry.field(
+        default=UNSET, description="a dollar amount, for MARKET orders only"
+    )
+    limit_price: Decimal | None = UNSET
+    stop_price: Decimal | None = UNSET
+    idempotency_key: str = strawberry.field(
+        description="chosen by the client: the same key always answers with the same order"
+    )
+
+
+@strawberry.type
+class OrderPayload:
+    order: Order | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class OrderUpdate:
+    event: OrderEvent
+    order: Order
+    execution: Execution | None = strawberry.field(
+        description="the fill behind a PARTIAL_FILL or FILL event"
+    )

@@ -1,0 +1,137 @@
+"""Orders as the domain sees them: sides, types, statuses, and the allowed transitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from uuid import UUID
+
+
+class Side(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class OrderType(StrEnum):
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+    STOP = "STOP"
+    STOP_LIMIT = "STOP_LIMIT"
+
+
+class TimeInForce(StrEnum):
+    DAY = "DAY"
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"
+    SUBMITTED = "SUBMITTED"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+
+class Event(StrEnum):
+    ACCEPTED = "ACCEPTED"
+    PARTIAL_FILL = "PARTIAL_FILL"
+    FILL = "FILL"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+
+PRICE_STEP = Decimal("0.0001")
+
+OPEN_STATUSES = frozenset({Status.PENDING, Status.SUBMITTED, Status.PARTIALLY_FILLED})
+TERMINAL_STATUSES = frozenset({Status.FILLED, Status.CANCELLED, Status.REJECTED, Status.EXPIRED})
+
+# The one place the allowed changes of status live. Migration 0003 loads the same pairs into
+# `order_transitions`, which a trigger checks on every UPDATE; a test keeps the two equal.
+# An order whose status stays the same (more fills while PARTIALLY_FILLED) is not a transition.
+TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset(
+    {
+        (Status.PENDING, Status.SUBMITTED),
+        (Status.PENDING, Status.PARTIALLY_FILLED),
+        (Status.PENDING, Status.FILLED),
+        (Status.PENDING, Status.CANCELLED),
+        (Status.PENDING, Status.REJECTED),
+        (Status.PENDING, Status.EXPIRED),
+        (Status.SUBMITTED, Status.PARTIALLY_FILLED),
+        (Status.SUBMITTED, Status.FILLED),
+        (Status.SUBMITTED, Status.CANCELLED),
+        (Status.SUBMITTED, Status.REJECTED),
+        (Status.SUBMITTED, Status.EXPIRED),
+        (Status.PARTIALLY_FILLED, Status.FILLED),
+        (Status.PARTIALLY_FILLED, Status.CANCELLED),
+        (Status.PARTIALLY_FILLED, Status.EXPIRED),
+    }
+)
+
+
+def can_transition(current: Status, new: Status) -> bool:
+    return (current == new and current not in TERMINAL_STATUSES) or (current, new) in TRANSITIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order as stored, the unit the matcher, the fills and the API pass around."""
+
+    id: UUID
+    user_id: UUID
+    account_id: UUID
+    symbol: str
+    side: Side
+    type: OrderType
+    time_in_force: TimeInForce
+    quantity: Decimal
+    notional: Decimal | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    status: Status
+    filled_quantity: Decimal
+    filled_value: Decimal
+    reserved_cash: Decimal
+    reserved_quantity: Decimal
+    triggered: bool
+    version: int
+    idempotency_key: str
+    reject_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    filled_at: datetime | None
+
+    @property
+    def remaining_quantity(self) -> Decimal:
+        return self.quantity - self.filled_quantity
+
+    @property
+    def remaining_notional(self) -> Decimal | None:
+        return None if self.notional is None else self.notional - self.filled_value
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def average_fill_price(self) -> Decimal | None:
+        if not self.filled_quantity:
+            return None
+        return self.filled_value / self.filled_quantity
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    id: UUID
+    order_id: UUID
+    quantity: Decimal
+    price: Decimal
+    venue: str
+    venue_execution_id: str
+    executed_at: datetime
