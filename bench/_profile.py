@@ -20,6 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
+# Frames under every sample of a process (entry points, the event loop): left out of the
+# "including callees" list, where they would only push the informative ones off the top.
+_SPINE_FILES = (
+    "<frozen runpy>",
+    "_click/core.py",
+    "typer/main.py",
+    "typer/core.py",
+    "asyncio/runners.py",
+    "asyncio/base_events.py",
+    "asyncio/events.py",
+    "gateway/cli.py",
+    "uvicorn/main.py",
+    "uvicorn/_compat.py",
+    "uvicorn/server.py",
+    "workers/runner.py",
+)
 
 
 def find_py_spy(install: bool) -> tuple[str | None, str]:
@@ -157,7 +173,12 @@ def summarize(recording: PySpyRecording, top: int) -> str:
         inclusive = 100 * profile.total_counts.get(name, 0) / profile.samples
         lines.append(f"  {share:7.1f} {inclusive:8.1f}  {name}")
     lines.append(f"  {'self %':>7} {'total %':>8}  function (by time including callees)")
-    for name, count in sorted(profile.total_counts.items(), key=lambda kv: -kv[1])[:top]:
+    inclusive_counts = [
+        (name, count)
+        for name, count in profile.total_counts.items()
+        if not name.endswith(tuple(f"({f})" for f in _SPINE_FILES))
+    ]
+    for name, count in sorted(inclusive_counts, key=lambda kv: -kv[1])[:top]:
         share = 100 * profile.self_counts.get(name, 0) / profile.samples
         inclusive = 100 * count / profile.samples
         lines.append(f"  {share:7.1f} {inclusive:8.1f}  {name}")

@@ -40,6 +40,7 @@ from services.errors import (
 )
 from services.idempotency import request_fingerprint
 from services.order_model import Event, Order, OrderType, Side
+from services.money import trim_quantity
 from services.order_rules import PlaceOrder, hold_for, needs_quote, validate
 from services.order_store import ORDER_COLUMNS, order_from_row, orders_by_id
 from services.quote_store import QuoteStore
@@ -483,7 +484,8 @@ def _judge_one(
         available = positions.get(key, ZERO)
         if hold.shares > available:
             raise InsufficientShares(
-                f"this order sells {hold.shares} shares of {command.symbol}; {available} are free",
+                f"this order sells {trim_quantity(hold.shares)} shares of {command.symbol}; "
+                f"{trim_quantity(available)} are free",
                 field="quantity" if command.quantity is not None else "notional",
             )
         positions[key] = available - hold.shares

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -226,7 +226,7 @@ async def test_two_partial_views_of_a_minute_merge(
 # --- roll-ups --------------------------------------------------------------------------------
 
 
-async def insert_rows(services: Services, symbol: str, rows: list[tuple[object, ...]]) -> None:
+async def insert_rows(services: Services, symbol: str, rows: Sequence[tuple[object, ...]]) -> None:
     """Rows of (start, open, high, low, close, volume_start, volume_end), in the given order."""
     async with services.engine.begin() as conn:
         await conn.execute(

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import pytest
 from prometheus_client import REGISTRY
@@ -234,7 +235,7 @@ async def test_tcp_quotes_parses_counts_malformed_and_reconnects(settings: Setti
     }
     reconnects_before = sample("tradeql_feed_reconnects_total", {"source": "tcp"})
     stop = asyncio.Event()
-    quotes = tcp_quotes("127.0.0.1", port, settings, stop)
+    quotes = cast(AsyncGenerator[Quote, None], tcp_quotes("127.0.0.1", port, settings, stop))
     try:
         before = time.time_ns()
         got = [await asyncio.wait_for(anext(quotes), 3) for _ in range(3)]
@@ -278,7 +279,7 @@ async def test_tcp_quotes_waits_for_a_feed_that_is_not_up_yet(settings: Settings
         writer.close()
 
     stop = asyncio.Event()
-    quotes = tcp_quotes("127.0.0.1", port, settings, stop)
+    quotes = cast(AsyncGenerator[Quote, None], tcp_quotes("127.0.0.1", port, settings, stop))
     first = asyncio.ensure_future(anext(quotes))
     await asyncio.sleep(0.2)
     assert not first.done()
@@ -384,7 +385,7 @@ async def test_batched_yields_a_batch_when_its_time_is_up_even_if_the_source_goe
         await resume.wait()
         yield quotes[2]
 
-    batches = batched(bursty(), batch_ms=50)
+    batches = cast(AsyncGenerator[list[Quote], None], batched(bursty(), batch_ms=50))
     try:
         started = time.monotonic()
         assert await asyncio.wait_for(anext(batches), 2) == quotes[:2]

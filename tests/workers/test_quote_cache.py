@@ -293,5 +293,25 @@ async def test_a_corrupt_source_time_is_skipped_not_fatal(
         await eventually(lambda: stored(services, "QCX2"))
         assert await stored(services, "QCX1") == good
         await eventually(lambda: _none_pending(services, settings))
-        assert await services.redis.hget(quote_key("QCX1"), "ts") == str(T)
     assert REGISTRY.get_sample_value("tradeql_feed_malformed_total", labels) == skipped_before + 1
+
+
+async def test_every_message_a_dead_consumer_left_pending_is_claimed(
+    services: Services,
+) -> None:
+    """The workers claim abandoned messages once, at start: all of them, not one page."""
+    stream = "md:test:claim"
+    await services.redis.delete(stream)
+    for i in range(250):
+        await services.redis.xadd(stream, {"q": encode_quote(quote("QCC1", T + i))})
+    dead = ConsumerGroup(services.redis, "qc-claim-test", [stream], "dead")
+    await dead.ensure(start_id="0")
+    assert len(await dead.read(count=1000, block_ms=100)) == 250  # read, never acknowledged
+    heir = ConsumerGroup(services.redis, "qc-claim-test", [stream], "heir", claim_idle_ms=0)
+    claimed = await heir.claim_abandoned()
+    assert [m.fields["q"] for m in claimed] == [
+        encode_quote(quote("QCC1", T + i)) for i in range(250)
+    ]
+    await heir.ack(claimed)
+    assert (await services.redis.xpending(stream, "qc-claim-test"))["pending"] == 0
+    await services.redis.delete(stream)
