@@ -39,8 +39,8 @@ from services.errors import (
     UnknownSymbol,
 )
 from services.idempotency import request_fingerprint
-from services.order_model import Event, Order, OrderType, Side
 from services.money import trim_quantity
+from services.order_model import Event, Order, OrderType, Side
 from services.order_rules import PlaceOrder, hold_for, needs_quote, validate
 from services.order_store import ORDER_COLUMNS, order_from_row, orders_by_id
 from services.quote_store import QuoteStore

@@ -100,15 +100,19 @@ class ConsumerGroup:
         """Take over messages another consumer read but never acknowledged (it died)."""
         claimed: list[StreamMessage] = []
         for stream in self.streams:
-            try:
-                _next, messages, *_ = await self.redis.xautoclaim(
-                    stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count
-                )
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    continue
-                raise
-            claimed += [StreamMessage(stream, i, f) for i, f in messages if f is not None]
+            cursor = "0-0"
+            while True:  # `count` per call; the cursor comes back to 0-0 once all were scanned
+                try:
+                    cursor, messages, *_ = await self.redis.xautoclaim(
+                        stream, self.group, self.consumer, self.claim_idle_ms, cursor, count=count
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc):
+                        break
+                    raise
+                claimed += [StreamMessage(stream, i, f) for i, f in messages if f is not None]
+                if cursor == "0-0":
+                    break
         return claimed
 
     async def ack(self, messages: Sequence[StreamMessage]) -> None:
