@@ -111,7 +111,7 @@ class ConsumerGroup:
                         break
                     raise
                 claimed += [StreamMessage(stream, i, f) for i, f in messages if f is not None]
-                if cursor == "0-0":
+                if cursor in ("0-0", b"0-0"):
                     break
         return claimed
 

@@ -18,6 +18,10 @@ os.environ.setdefault("TRADEQL_PASSWORD_HASH_MEMORY_KIB", "8192")
 os.environ.setdefault("TRADEQL_PASSWORD_HASH_PARALLELISM", "1")
 os.environ.setdefault("TRADEQL_MARKET_ALWAYS_OPEN", "true")
 os.environ["TRADEQL_LOG_JSON"] = "false"
+# Deterministic venues, quick lease take-over and sweeps, so matcher tests run in seconds.
+os.environ.setdefault("TRADEQL_VENUE_FAULTS", "EDGX=0,ARCA=0,IEXG=0")
+os.environ.setdefault("TRADEQL_MATCHER_LEASE_SECONDS", "2")
+os.environ.setdefault("TRADEQL_MATCHER_SWEEP_SECONDS", "1")
 
 import asyncpg
 import httpx

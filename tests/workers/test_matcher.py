@@ -1,0 +1,266 @@
+"""The matcher for real: placement, the streams, the venues and the fills, in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from prometheus_client import REGISTRY
+
+from services.container import Services
+from services.eod import expire_day_orders
+from services.order_model import Status
+from services.reconcile import find_differences
+from tests.trading import (
+    balances,
+    listed,
+    place,
+    position,
+    quote,
+    reload,
+    trader,
+    unique_symbol,
+    wait_status,
+)
+from workers.matcher import Matcher
+
+
+@pytest.fixture
+async def matcher(services: Services) -> AsyncIterator[Matcher]:
+    stop = asyncio.Event()
+    running = Matcher(services)
+    task = asyncio.create_task(running.run(stop))
+    # Wait until it holds every partition (a previous test's matcher released them on stop).
+    for _ in range(200):
+        if len(running.running) == services.settings.quote_partitions:
+            break
+        await asyncio.sleep(0.05)
+    yield running
+    stop.set()
+    await asyncio.wait_for(task, 20)
+
+
+@pytest.fixture
+async def books_balance(services: Services) -> AsyncIterator[None]:
+    yield
+    assert await find_differences(services.engine) == []
+
+
+@pytest.fixture
+async def symbol(services: Services) -> str:
+    name = unique_symbol("M")
+    await listed(services, name)
+    await quote(services, name, "100.00", "100.02", "100.01")
+    return name
+
+
+async def test_a_market_buy_fills_at_once_at_the_best_venue(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    order = await place(services, user, symbol, quantity="10")
+    filled = await wait_status(services, order.id, Status.FILLED)
+    assert filled.filled_quantity == 10
+    assert filled.average_fill_price == Decimal("100.02")  # EDGX quotes the consolidated ask
+    cash, reserved = await balances(services, user)
+    assert cash == Decimal("100000") - Decimal("1000.20")
+    assert reserved == 0
+    assert await position(services, user, symbol) == (Decimal(10), Decimal(0))
+
+
+async def test_a_large_order_sweeps_venues_by_price(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    order = await place(services, user, symbol, quantity="150")
+    filled = await wait_status(services, order.id, Status.FILLED)
+    executions = (await services.order_store.executions_for([order.id]))[order.id]
+    assert [(e.venue, e.quantity, e.price) for e in executions] == [
+        ("EDGX", Decimal(100), Decimal("100.02")),
+        ("ARCA", Decimal(50), Decimal("100.03")),
+    ]
+    assert filled.status is Status.FILLED
+
+
+async def test_a_limit_buy_rests_until_the_quote_crosses(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    order = await place(services, user, symbol, type="LIMIT", quantity="5", limit="99.50")
+    await wait_status(services, order.id, Status.SUBMITTED)
+    assert (await balances(services, user))[1] == Decimal("497.50")
+    await quote(services, symbol, "99.40", "99.45")
+    filled = await wait_status(services, order.id, Status.FILLED)
+    assert filled.average_fill_price == Decimal("99.45")  # at the quote, not the limit
+    cash, reserved = await balances(services, user)
+    assert (cash, reserved) == (Decimal("100000") - Decimal("497.25"), Decimal(0))
+
+
+async def test_a_limit_sell_rests_until_the_bid_reaches_it(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    await wait_status(
+        services, (await place(services, user, symbol, quantity="4")).id, Status.FILLED
+    )
+    sell = await place(services, user, symbol, "SELL", type="LIMIT", quantity="4", limit="101.00")
+    await wait_status(services, sell.id, Status.SUBMITTED)
+    assert await position(services, user, symbol) == (Decimal(4), Decimal(4))
+    await quote(services, symbol, "101.00", "101.05")
+    await wait_status(services, sell.id, Status.FILLED)
+    assert await position(services, user, symbol) == (Decimal(0), Decimal(0))
+
+
+async def test_a_stop_buy_triggers_on_the_last_price_and_executes_as_market(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    order = await place(services, user, symbol, type="STOP", quantity="3", stop="102.00")
+    await wait_status(services, order.id, Status.SUBMITTED)
+    await quote(services, symbol, "101.50", "101.60", last="101.90")
+    await asyncio.sleep(0.3)
+    assert (await reload(services, order.id)).status is Status.SUBMITTED
+    await quote(services, symbol, "102.00", "102.04", last="102.01")
+    filled = await wait_status(services, order.id, Status.FILLED)
+    assert filled.triggered and filled.average_fill_price == Decimal("102.04")
+
+
+async def test_a_stop_limit_sell_becomes_a_limit_when_triggered(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    await wait_status(
+        services, (await place(services, user, symbol, quantity="2")).id, Status.FILLED
+    )
+    order = await place(
+        services, user, symbol, "SELL", type="STOP_LIMIT", quantity="2", stop="98.00", limit="97.50"
+    )
+    await wait_status(services, order.id, Status.SUBMITTED)
+    await quote(services, symbol, "97.00", "97.10", last="97.90")  # triggers; bid < limit
+    await asyncio.sleep(0.3)
+    working = await reload(services, order.id)
+    assert working.triggered and working.status is Status.SUBMITTED
+    await quote(services, symbol, "97.60", "97.70", last="97.60")
+    filled = await wait_status(services, order.id, Status.FILLED)
+    assert filled.average_fill_price == Decimal("97.60")
+
+
+async def test_ioc_fills_what_it_can_and_cancels_the_rest(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    order = await place(
+        services, user, symbol, type="LIMIT", tif="IOC", quantity="300", limit="100.02"
+    )
+    done = await wait_status(services, order.id, Status.CANCELLED)
+    assert done.filled_quantity == 100  # only EDGX quotes within the limit, 100 shown
+    assert (await balances(services, user))[1] == 0
+
+
+async def test_fok_is_all_or_nothing(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    killed = await place(
+        services, user, symbol, type="LIMIT", tif="FOK", quantity="150", limit="100.02"
+    )
+    done = await wait_status(services, killed.id, Status.CANCELLED)
+    assert done.filled_quantity == 0
+    filled = await place(
+        services, user, symbol, type="LIMIT", tif="FOK", quantity="150", limit="100.03"
+    )
+    assert (await wait_status(services, filled.id, Status.FILLED)).filled_quantity == 150
+
+
+async def test_venue_faults_open_its_breaker_and_orders_fill_elsewhere(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    matcher.router.set_fault("EDGX", 1.0)
+    try:
+        for _ in range(services.settings.venue_breaker_threshold + 1):
+            order = await place(services, user, symbol, quantity="1")
+            filled = await wait_status(services, order.id, Status.FILLED)
+            executions = (await services.order_store.executions_for([order.id]))[order.id]
+            assert {e.venue for e in executions} == {"ARCA"}
+            assert filled.filled_quantity == 1
+        assert matcher.router.breaker_states()["EDGX"] == "opened"
+        assert REGISTRY.get_sample_value("tradeql_venue_breaker_state", {"venue": "EDGX"}) == 2
+    finally:
+        matcher.router.set_fault("EDGX", 0.0)
+
+
+async def test_a_lost_hand_off_is_found_by_the_sweep(
+    services: Services,
+    matcher: Matcher,
+    symbol: str,
+    books_balance: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def lost(_orders: object) -> None:
+        return None
+
+    user = await trader(services)
+    monkeypatch.setattr(services.placement, "_hand_off", lost)
+    order = await place(services, user, symbol, quantity="2")
+    assert (await reload(services, order.id)).status is Status.PENDING
+    await wait_status(services, order.id, Status.FILLED, timeout=15)
+
+
+async def test_a_restarted_matcher_rebuilds_its_book_from_postgres(
+    services: Services, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    order = await place(services, user, symbol, type="LIMIT", quantity="1", limit="90.00")
+    await asyncio.sleep(0.2)
+    assert (await reload(services, order.id)).status is Status.PENDING  # no matcher yet
+    stop = asyncio.Event()
+    first = Matcher(services)
+    task = asyncio.create_task(first.run(stop))
+    try:
+        await wait_status(services, order.id, Status.SUBMITTED)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        stop, second = asyncio.Event(), Matcher(services)
+        task = asyncio.create_task(second.run(stop))
+        await asyncio.sleep(1.0)
+        await quote(services, symbol, "89.90", "89.95")
+        await wait_status(services, order.id, Status.FILLED)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 20)
+
+
+async def test_a_cancelled_order_never_fills(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    order = await place(services, user, symbol, type="LIMIT", quantity="1", limit="95.00")
+    await wait_status(services, order.id, Status.SUBMITTED)
+    cancelled = await services.cancellation.cancel(user, order.id)
+    assert cancelled.status is Status.CANCELLED
+    await quote(services, symbol, "94.00", "94.05")
+    await asyncio.sleep(0.5)
+    after = await reload(services, order.id)
+    assert after.status is Status.CANCELLED and after.filled_quantity == 0
+    assert (await balances(services, user))[1] == 0
+
+
+async def test_day_orders_expire_at_the_close_and_gtc_orders_stay(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    user = await trader(services)
+    day = await place(services, user, symbol, type="LIMIT", quantity="1", limit="80.00")
+    gtc = await place(services, user, symbol, type="LIMIT", tif="GTC", quantity="1", limit="80.00")
+    await wait_status(services, day.id, Status.SUBMITTED)
+    await wait_status(services, gtc.id, Status.SUBMITTED)
+    await expire_day_orders(services, datetime.now(UTC) + timedelta(seconds=1))
+    assert (await reload(services, day.id)).status is Status.EXPIRED
+    assert (await reload(services, gtc.id)).status is Status.SUBMITTED
+    assert (await balances(services, user))[1] == Decimal("80.00")
+    await services.cancellation.cancel(user, gtc.id)
