@@ -90,6 +90,28 @@ class Stats:
         }
 
 
+class Progress:
+    """Counts finished connection attempts; logs every 10% and sets `done` at the last one."""
+
+    def __init__(self, count: int, started: float) -> None:
+        self.count = count
+        self.finished = 0
+        self.started = started
+        self.done = asyncio.Event()
+        self._step = max(1, count // 10)
+
+    def opened(self) -> None:
+        self.finished += 1
+        if self.finished % self._step == 0 or self.finished == self.count:
+            print(
+                f"{self.finished}/{self.count} connection attempts done after "
+                f"{time.monotonic() - self.started:.1f}s",
+                file=sys.stderr,
+            )
+        if self.finished >= self.count:
+            self.done.set()
+
+
 class Subscriber:
     def __init__(
         self,
@@ -139,6 +161,16 @@ class Subscriber:
             except (OSError, TimeoutError, RuntimeError, WebSocketException, ValueError) as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
                 return False
+
+    async def run(
+        self, limiter: asyncio.Semaphore, connect_seconds: float, progress: Progress
+    ) -> None:
+        try:
+            ok = await self.open(limiter, connect_seconds)
+        finally:
+            progress.opened()
+        if ok:
+            await self.receive()
 
     async def receive(self) -> None:
         """Time every quote; bounded by the message count here and the client deadline outside."""
@@ -227,14 +259,24 @@ async def run_client(
         async with asyncio.timeout(max_seconds):
             control = await _stdin_reader()
             limiter = asyncio.Semaphore(connect_concurrency)
-            opened = await asyncio.gather(*(s.open(limiter, connect_timeout) for s in subs))
-            failed = [s for s, ok in zip(subs, opened, strict=True) if not ok]
+            started = time.monotonic()
+            progress = Progress(len(subs), started)
+            # Each subscriber reads as soon as it is subscribed: a socket nobody reads would
+            # push back on the server while the others are still connecting.
+            receivers = [
+                asyncio.create_task(s.run(limiter, connect_timeout, progress), name=f"sub-{i}")
+                for i, s in enumerate(subs)
+            ]
+            await progress.done.wait()
+            failed = [s for s in subs if s.ws is None]
             for sub in failed[:5]:
                 print(f"subscriber {sub.index} failed: {sub.error}", file=sys.stderr)
-            receivers = [
-                asyncio.create_task(s.receive(), name=f"sub-{s.index}") for s in subs if s.ws
-            ]
-            emit(f"READY {len(receivers)} {len(failed)}")
+            print(
+                f"{len(subs) - len(failed)} subscribed, {len(failed)} failed, in "
+                f"{time.monotonic() - started:.1f}s",
+                file=sys.stderr,
+            )
+            emit(f"READY {len(subs) - len(failed)} {len(failed)}")
             for _ in range(100):  # a handful of commands in a run
                 line = (await control.readline()).decode().strip()
                 if not line:

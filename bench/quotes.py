@@ -286,6 +286,7 @@ class Result:
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     min_ms: float | None = None
     connected: int = 0
+    connect_s: float = 0.0  # until every subscription was open
     failed: int = 0
     client_errors: int = 0
     closed_while_measuring: int = 0
@@ -356,7 +357,11 @@ def run_scenario(
         registry,
     )
     procs = max(1, min(args.client_procs, scenario.subscribers))
-    ready_timeout = max(START_TIMEOUT_SECONDS, scenario.subscribers * 0.1)
+    # Each connection attempt is bounded (30 s); a saturated API can make them slow.
+    ready_timeout = max(
+        START_TIMEOUT_SECONDS,
+        30.0 * math.ceil(scenario.subscribers / procs / args.connect_concurrency) + 30.0,
+    )
     client_budget = ready_timeout + args.warmup + args.duration + 180
     clients = [
         Managed(
@@ -420,12 +425,14 @@ def run_scenario(
             lambda: total(scrape(feed_port), "tradeql_feed_quotes_total") > 0,
             START_TIMEOUT_SECONDS,
         )
+        connecting = time.monotonic()
         for client in clients:
             client.start()
         for client in clients:
             ready = _read_tagged(client, "READY", ready_timeout).split()
             result.connected += int(ready[0])
             result.failed += int(ready[1])
+        result.connect_s = time.monotonic() - connecting
         if result.connected == 0:
             raise BenchError(f"no subscriber could connect; see {clients[0].log_path}")
         if result.failed:
@@ -673,7 +680,8 @@ def format_result(result: Result, index: int, count: int) -> str:
         f"  delivered to subscribers     {result.delivered_rate:>10,.0f} quotes/s   "
         f"of {s.expected_delivery:,.0f}/s without conflation "
         f"({100 * result.delivered_rate / s.expected_delivery:.1f}%); "
-        f"{result.connected:,} connected, {_fmt(result.websockets_open)} open at the API",
+        f"{result.connected:,} subscribed in {result.connect_s:.1f} s, "
+        f"{_fmt(result.websockets_open)} open at the API at the end",
         f"  latency source->subscriber   p50 {_fmt(lat.get('p50'), ',.1f')}  "
         f"p90 {_fmt(lat.get('p90'), ',.1f')}  p99 {_fmt(lat.get('p99'), ',.1f')}  "
         f"max {_fmt(lat.get('max'), ',.1f')} ms   (n={result.received:,})",
