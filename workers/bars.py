@@ -22,6 +22,7 @@ from workers.metrics import BARS_UPSERTED, LogOncePerKind
 log = logging.getLogger("tradeql.bars")
 GROUP = "bars"
 READ_COUNT = 500
+CLAIM_EVERY_SECONDS = 30.0
 
 
 class BarsWorker:
@@ -70,8 +71,12 @@ class BarsWorker:
         await self.group.ensure()
         self.absorb(await self.group.claim_abandoned())
         next_flush = time.monotonic() + self.flush_seconds
+        next_claim = time.monotonic() + CLAIM_EVERY_SECONDS
         while not stop.is_set():
             try:
+                if time.monotonic() >= next_claim:  # a consumer that died since we started
+                    self.absorb(await self.group.claim_abandoned())
+                    next_claim = time.monotonic() + CLAIM_EVERY_SECONDS
                 block_ms = max(1, int((next_flush - time.monotonic()) * 1000))
                 self.absorb(await self.group.read(count=READ_COUNT, block_ms=block_ms))
                 if time.monotonic() >= next_flush:

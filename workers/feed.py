@@ -60,8 +60,8 @@ class StreamPublisher:
         by_partition: dict[int, list[Quote]] = defaultdict(list)
         for quote in quotes:
             by_partition[partition_of(quote.symbol, self._partitions)].append(quote)
+        breaker = await self._breakers.get_breaker(BREAKER)
         try:
-            breaker = await self._breakers.get_breaker(BREAKER)
             async with breaker:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for partition, batch in by_partition.items():
@@ -78,6 +78,7 @@ class StreamPublisher:
             return False
         except (RedisError, OSError) as exc:
             FEED_DROPPED.labels("redis_error").inc(len(quotes))
+            FEED_BREAKER_OPEN.set(1 if breaker.context.state == "opened" else 0)
             log.warning("could not append %d quotes to the streams: %s", len(quotes), exc)
             return False
         FEED_BREAKER_OPEN.set(0)
@@ -179,19 +180,22 @@ async def tcp_quotes(
             backoff = min(backoff * 2, settings.feed_reconnect_max_seconds)
             continue
         log.info("tcp feed connected to %s:%s", host, port)
-        backoff = 0.5
         try:
             async for line in read_lines(reader, on_malformed=lambda e: report(e.kind, e.detail)):
                 try:
-                    yield parse_line(line, now_ns=time.time_ns())
+                    quote = parse_line(line, now_ns=time.time_ns())
                 except MalformedRecord as err:
                     report(err.kind, err.detail)
+                    continue
+                backoff = 0.5  # only a feed that delivers earns a quick reconnect
+                yield quote
         except (ConnectionError, OSError) as exc:
             log.warning("tcp feed connection lost: %s", exc)
         finally:
             writer.close()
         FEED_RECONNECTS.labels("tcp").inc()
         await _sleep_or_stop(stop, backoff)
+        backoff = min(backoff * 2, settings.feed_reconnect_max_seconds)
 
 
 async def replay_quotes(path: Path, *, paced: bool) -> AsyncIterator[Quote]:

@@ -34,6 +34,27 @@ READ_COUNT = 200
 IDLE_BLOCK_MS = 1000
 LATENCY_SAMPLE_EVERY = 16
 FIELD_COUNT = 8
+CLAIM_EVERY_SECONDS = 30.0
+
+
+def _is_count(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # isdigit alone takes '²'
+
+
+def _is_price(text: str) -> bool:
+    whole, _, fraction = text.partition(".")
+    return _is_count(whole) and (not fraction or _is_count(fraction))
+
+
+def well_formed(fields: list[str]) -> bool:
+    """symbol|bid|ask|bid_size|ask_size|last|volume|ts, with numbers where numbers belong: a
+    record the API could not read back must never reach quote:{SYMBOL}."""
+    return (
+        len(fields) == FIELD_COUNT
+        and bool(fields[0])
+        and all(_is_price(fields[i]) for i in (1, 2, 5))
+        and all(_is_count(fields[i]) for i in (3, 4, 6, 7))
+    )
 
 
 @dataclass
@@ -49,8 +70,7 @@ class Window:
         for message in messages:
             for line in message.fields.get("q", "").split(RECORD_SEPARATOR):
                 fields = line.split(FIELD_SEPARATOR)
-                ts = fields[7] if len(fields) == FIELD_COUNT else ""
-                if not (ts.isascii() and ts.isdigit()):  # isdigit alone takes '²'
+                if not well_formed(fields):
                     if line:
                         report("bad_stream_record", line[:80])
                     continue
@@ -73,8 +93,12 @@ class QuoteCache:
         await self.group.ensure()
         window = Window()
         window.absorb(await self.group.claim_abandoned(), self.report)
+        next_claim = time.monotonic() + CLAIM_EVERY_SECONDS
         while not stop.is_set():
             try:
+                if time.monotonic() >= next_claim:  # a consumer that died since we started
+                    window.absorb(await self.group.claim_abandoned(), self.report)
+                    next_claim = time.monotonic() + CLAIM_EVERY_SECONDS
                 await self._fill(window, stop)
                 if window.messages:
                     await self.flush(window)

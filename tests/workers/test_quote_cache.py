@@ -315,3 +315,21 @@ async def test_every_message_a_dead_consumer_left_pending_is_claimed(
     await heir.ack(claimed)
     assert (await services.redis.xpending(stream, "qc-claim-test"))["pending"] == 0
     await services.redis.delete(stream)
+
+
+@pytest.mark.parametrize(
+    ("record", "ok"),
+    [
+        ("AAPL|189.81|189.85|100|200|189.83|5000|1764000000000000000", True),
+        ("AAPL|abc|189.85|100|200|189.83|5000|1764000000000000000", False),
+        ("AAPL|189.81|189.85|1.5|200|189.83|5000|1764000000000000000", False),
+        ("AAPL|189.81|189.85|100|200|-1|5000|1764000000000000000", False),
+        ("|189.81|189.85|100|200|189.83|5000|1764000000000000000", False),
+        ("AAPL|189.81|189.85|100|200|189.83|5000", False),
+        ("AAPL|1.8e2|189.85|100|200|189.83|5000|1764000000000000000", False),
+    ],
+)
+def test_only_records_the_api_can_read_back_are_stored(record: str, ok: bool) -> None:
+    from workers.quotes import well_formed
+
+    assert well_formed(record.split("|")) is ok
