@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
+import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -20,7 +21,7 @@ from services.quote_store import QUOTES_CHANNEL, QuoteStore, quote_key
 from services.settings import Settings
 from services.streams import ConsumerGroup, partition_of, quote_stream, quote_streams
 from workers.feed import StreamPublisher
-from workers.quotes import GROUP, QuoteCache
+from workers.quotes import GROUP, QuoteCache, well_formed
 
 # Realistic source times: nanoseconds in 2026, far above 2**53.
 T = 1_795_000_000_000_000_000
@@ -330,6 +331,4 @@ async def test_every_message_a_dead_consumer_left_pending_is_claimed(
     ],
 )
 def test_only_records_the_api_can_read_back_are_stored(record: str, ok: bool) -> None:
-    from workers.quotes import well_formed
-
     assert well_formed(record.split("|")) is ok
