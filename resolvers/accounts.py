@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from uuid import UUID
 
 import strawberry
 
@@ -18,8 +19,8 @@ def to_user(user: users.User) -> User:
     return User(id=strawberry.ID(str(user.id)), email=user.email, created_at=user.created_at)
 
 
-def to_portfolio(balances: Balances) -> Portfolio:
-    return Portfolio(cash=balances.cash, buying_power=balances.buying_power)
+def to_portfolio(user_id: UUID, balances: Balances) -> Portfolio:
+    return Portfolio(user_id=user_id, cash=balances.cash, buying_power=balances.buying_power)
 
 
 def _signed_in(result: users.SignedIn) -> AuthPayload:
@@ -65,9 +66,4 @@ async def deposit(info: Info, amount: Decimal, idempotency_key: str) -> DepositP
         )
     except DomainError as error:
         return DepositPayload(errors=[to_user_error(error)])
-    return DepositPayload(portfolio=to_portfolio(balances))
-
-
-async def portfolio(info: Info) -> Portfolio:
-    session = require_session(info)
-    return to_portfolio(await info.context.services.cash.balances(session.user_id))
+    return DepositPayload(portfolio=to_portfolio(session.user_id, balances))

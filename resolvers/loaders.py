@@ -17,7 +17,7 @@ from uuid import UUID
 from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
 
-from services import bars, marketdata, order_model, securities
+from services import bars, marketdata, order_model, portfolio, securities
 from services.container import Services
 
 BarKey = tuple[str, bars.Interval, datetime, datetime]
@@ -29,6 +29,7 @@ class Loaders:
     securities: DataLoader[str, securities.Security | None]
     bars: DataLoader[BarKey, list[bars.Bar]]
     executions: DataLoader[UUID, list[order_model.Execution]]
+    valuations: DataLoader[UUID, portfolio.Valuation | None]
 
 
 def build_loaders(services: Services) -> Loaders:
@@ -54,11 +55,22 @@ def build_loaders(services: Services) -> Loaders:
         found = await services.order_store.executions_for(order_ids)
         return [found[i] for i in order_ids]
 
+    quotes_loader: DataLoader[str, marketdata.Quote | None] = DataLoader(load_fn=load_quotes)
+
+    async def load_valuations(user_ids: list[UUID]) -> list[portfolio.Valuation | None]:
+        """Every asked-for account, valued at one read of each quote (shared with the rest of
+        the operation, so a position's quote and a security's quote agree)."""
+        holdings = await services.portfolios.holdings(user_ids)
+        symbols = sorted({p.symbol for h in holdings if h for p in h.positions})
+        quotes = dict(zip(symbols, await quotes_loader.load_many(symbols), strict=True))
+        return [portfolio.value(h, quotes) if h else None for h in holdings]
+
     return Loaders(
-        quotes=DataLoader(load_fn=load_quotes),
+        quotes=quotes_loader,
         securities=DataLoader(load_fn=load_securities),
         bars=DataLoader(load_fn=load_bars),
         executions=DataLoader(load_fn=load_executions),
+        valuations=DataLoader(load_fn=load_valuations),
     )
 
 

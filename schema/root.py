@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
-from resolvers import accounts, marketdata, orders
+from resolvers import accounts, marketdata, orders, portfolio
 from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
 from schema.marketdata import MarketClock, Quote, Security
 from schema.orders import Order, OrderConnection, OrderPayload, OrderUpdate
@@ -15,7 +15,7 @@ class Query:
     me: User | None = strawberry.field(
         resolver=accounts.me, description="the signed-in user, or null without a session"
     )
-    portfolio: Portfolio = strawberry.field(resolver=accounts.portfolio)
+    portfolio: Portfolio = strawberry.field(resolver=portfolio.portfolio)
     security: Security | None = strawberry.field(resolver=marketdata.security)
     quote: Quote | None = strawberry.field(resolver=marketdata.quote)
     quotes: list[Quote | None] = strawberry.field(resolver=marketdata.quotes)
@@ -49,4 +49,8 @@ class Subscription:
     order_updates: OrderUpdate = strawberry.subscription(  # type: ignore[assignment]
         resolver=orders.subscribe_order_updates,
         description="status changes and fills of the signed-in user's orders",
+    )
+    portfolio: Portfolio = strawberry.subscription(  # type: ignore[assignment]
+        resolver=portfolio.subscribe_portfolio,
+        description="the signed-in user's portfolio, revalued as its quotes move, at most once a second",
     )

@@ -18,6 +18,8 @@ from services.db import create_engine
 from services.order_store import OrderStore
 from services.passwords import Passwords
 from services.placement import OrderPlacement
+from services.portfolio import Portfolios
+from services.portfolio_hub import PortfolioHub
 from services.pubsub import create_broadcast
 from services.quote_hub import QuoteHub
 from services.quote_store import QuoteStore
@@ -46,6 +48,8 @@ class Services:
     order_store: OrderStore = field(init=False)
     placement: OrderPlacement = field(init=False)
     cancellation: OrderCancellation = field(init=False)
+    portfolios: Portfolios = field(init=False)
+    portfolio_hub: PortfolioHub = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -63,6 +67,10 @@ class Services:
         self.order_store = OrderStore(self.engine)
         self.placement = OrderPlacement(self.engine, self.redis, self.settings, self.clock)
         self.cancellation = OrderCancellation(self.engine, self.redis, self.settings)
+        self.portfolios = Portfolios(self.engine)
+        self.portfolio_hub = PortfolioHub(
+            self.portfolios, self.quote_store, self.quote_hub, self.broadcast
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:

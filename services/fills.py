@@ -137,26 +137,35 @@ async def _insert_execution(conn: AsyncConnection, order: Order, fill: Fill) -> 
     )
 
 
+def fill_cash(filled_value_before: Decimal, fill: Fill) -> Decimal:
+    """The cash a fill moves: the change it makes to the order's running value rounded to the
+    cent. Rounding the running total, not each fill, keeps an order's cash within its hold
+    (a hold is rounded up from the same exact total), however many fills it takes."""
+    after = filled_value_before + fill.quantity * fill.price
+    return fill_value(after, Decimal(1)) - fill_value(filled_value_before, Decimal(1))
+
+
 async def _move_money_and_shares(
-    conn: AsyncConnection, order: Order, position: PositionState, fill: Fill
-) -> tuple[PositionState, Decimal]:
-    """The fill's cash and shares through the ledger; returns the new position and its value."""
-    value = fill_value(fill.quantity, fill.price)
+    conn: AsyncConnection, order: Order, position: PositionState, fill: Fill, value: Decimal
+) -> PositionState:
+    """The fill's cash and shares through the ledger; returns the new position."""
     signed_cash = -value if order.side is Side.BUY else value
     signed_shares = fill.quantity if order.side is Side.BUY else -fill.quantity
+    entries = [
+        ledger.Entry(ledger.POSITION, order.symbol, signed_shares, order.account_id),
+        ledger.Entry(ledger.VENUE, order.symbol, -signed_shares),
+    ]
+    if value:  # a fill worth less than half a cent moves shares and no cash
+        entries += ledger.cash_transfer(order.account_id, signed_cash, ledger.VENUE)
     await ledger.post(
         conn,
         kind=f"fill.{order.side.value.lower()}",
         reference=fill.venue_execution_id,
-        entries=[
-            *ledger.cash_transfer(order.account_id, signed_cash, ledger.VENUE),
-            ledger.Entry(ledger.POSITION, order.symbol, signed_shares, order.account_id),
-            ledger.Entry(ledger.VENUE, order.symbol, -signed_shares),
-        ],
+        entries=entries,
     )
     if order.side is Side.BUY:
-        return apply_buy(position, fill.quantity, value), value
-    return apply_sell(position, fill.quantity, value), value
+        return apply_buy(position, fill.quantity, value)
+    return apply_sell(position, fill.quantity, value)
 
 
 def _next_status(order: Order, close_remainder: bool) -> Status:
@@ -194,7 +203,8 @@ async def execute(
         execution = await _insert_execution(conn, current, fill)
         if execution is None:
             continue  # a replay of a fill already applied
-        position, value = await _move_money_and_shares(conn, current, position, fill)
+        value = fill_cash(current.filled_value + filled_value, fill)
+        position = await _move_money_and_shares(conn, current, position, fill, value)
         executions.append(execution)
         filled_qty += fill.quantity
         filled_value += fill.quantity * fill.price
@@ -203,9 +213,10 @@ async def execute(
             cash_delta -= value
         else:
             cash_delta += value
-    # Fills stay within the hold (the router never pays past the limit, the collar or the
-    # amount), but each fill's value is rounded to the cent on its own: the few cents that
-    # rounding can add come out of free cash; cash itself can never go negative (CHECK).
+    if not executions and not close_remainder:
+        return Outcome(current, [])  # every fill was a replay: nothing moved, nothing to write
+    # The router never pays past the limit, the collar or the amount, and cash follows the
+    # order's rounded running total, so fills stay within the hold; the guard is belt and braces.
     consumed = min(consumed, current.reserved_cash)
     after = replace(
         current,

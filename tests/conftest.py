@@ -37,7 +37,7 @@ from services.container import Services
 from services.settings import Settings, get_settings
 from tests.graphql_client import GraphQLClient
 
-TEST_REDIS_DB = 11
+TEST_REDIS_DBS = range(11, 16)
 
 
 def _with_path(url: str, path: str) -> str:
@@ -82,16 +82,35 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(server_urls: tuple[str, str]) -> str:
-    url = _with_path(server_urls[1], f"/{TEST_REDIS_DB}")
+def redis_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """A Redis database of our own: two test runs on one machine (say, a developer's and a
+    helper's) would otherwise flush each other's streams and steal each other's matcher leases."""
+    lock = f"tradeql:test-run:{uuid.uuid4().hex}"
 
-    async def flush() -> None:
+    async def claim() -> str:
+        for db in TEST_REDIS_DBS:
+            url = _with_path(server_urls[1], f"/{db}")
+            redis = Redis.from_url(url)
+            try:
+                if await redis.set("tradeql:test-lock", lock, nx=True, ex=1800):
+                    await redis.flushdb()
+                    await redis.set("tradeql:test-lock", lock, ex=1800)
+                    return url
+            finally:
+                await redis.aclose()
+        raise RuntimeError(f"every test Redis db {list(TEST_REDIS_DBS)} is in use")
+
+    async def release(url: str) -> None:
         redis = Redis.from_url(url)
-        await redis.flushdb()
+        if (await redis.get("tradeql:test-lock")) == lock.encode():
+            await redis.flushdb()
         await redis.aclose()
 
-    asyncio.run(flush())
-    return url
+    url = asyncio.run(claim())
+    try:
+        yield url
+    finally:
+        asyncio.run(release(url))
 
 
 @pytest.fixture(scope="session")

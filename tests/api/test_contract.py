@@ -32,12 +32,9 @@ NOT_YET_BUILT: dict[str, set[str]] = {
         "createPriceAlert",
         "cancelPriceAlert",
     },
-    "Portfolio": {"marketValue", "equity", "realizedPnl", "unrealizedPnl", "positions", "history"},
-    "Subscription": {"alertTriggered", "portfolio"},
+    "Subscription": {"alertTriggered"},
 }
 NOT_YET_BUILT_TYPES = {
-    "Position",
-    "PortfolioPoint",
     "Watchlist",
     "PriceAlert",
     "WatchlistPayload",
@@ -45,7 +42,6 @@ NOT_YET_BUILT_TYPES = {
     "DeletePayload",
     "AlertCondition",
     "AlertStatus",
-    "HistorySpan",
 }
 
 

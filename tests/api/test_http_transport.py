@@ -73,7 +73,7 @@ async def test_an_internal_error_is_masked_and_carries_the_request_id(
     async def broken(_user_id: object) -> None:
         raise RuntimeError("database password is hunter2")
 
-    monkeypatch.setattr(app_services.cash, "balances", broken)
+    monkeypatch.setattr(app_services.portfolios, "holdings", broken)
     response = await gql.post("{ portfolio { cash } }", token=user["token"])
     assert response.status_code == 200
     error = response.json()["errors"][0]

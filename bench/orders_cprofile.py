@@ -1,0 +1,75 @@
+"""The py-spy fallback of the orders benchmark: the API or the matcher, in this process, under
+cProfile switched by signals.
+
+    python -m bench.orders_cprofile --role api --port P --out FILE
+    python -m bench.orders_cprofile --role matcher --metrics-port M --out FILE
+
+SIGUSR1 starts profiling (the thread of the event loop, where all the Python work happens),
+SIGUSR2 stops it and writes the stats to `--out` (pstats format, written whole then renamed).
+SIGTERM stops the process as `tradeql api` / `tradeql matcher` would. cProfile slows Python code
+down (often 2x), so the rates measured with it are lower than without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.orders_cprofile")
+    parser.add_argument("--role", choices=("api", "matcher"), required=True)
+    parser.add_argument("--port", type=int, default=8000, help="api: the port")
+    parser.add_argument("--metrics-port", type=int, default=0, help="matcher: metrics port")
+    parser.add_argument("--out", type=Path, required=True, help="where the stats go")
+    args = parser.parse_args(argv)
+    profiler = cProfile.Profile()
+    out: Path = args.out
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        profiler.enable()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        profiler.disable()
+        tmp = out.with_suffix(".tmp")
+        profiler.dump_stats(str(tmp))
+        os.replace(tmp, out)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    from gateway import cli
+
+    if args.role == "api":
+        cli.api(host="127.0.0.1", port=args.port, workers=1)
+    else:
+        cli.matcher(metrics_port=args.metrics_port)
+    return 0
+
+
+def summarize(path: Path, name: str, seconds: float, top: int) -> str:
+    """The top functions of one stats file, by own time and by time including callees."""
+    text = io.StringIO()
+    stats = pstats.Stats(str(path), stream=text)
+    total = getattr(stats, "total_tt", 0.0)
+    text.write(
+        f"cProfile: {name}, {total:.1f} s of profiled CPU over a {seconds:.0f} s window "
+        f"(~{100 * total / max(seconds, 1e-9):.0f}% of one core, inflated by cProfile itself)\n"
+        "by own time\n"
+    )
+    stats.sort_stats("tottime").print_stats(top)
+    text.write("by cumulative time\n")
+    stats.sort_stats("cumulative").print_stats(top)
+    lines = [line for line in text.getvalue().splitlines() if line.strip()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

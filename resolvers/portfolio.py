@@ -1,0 +1,85 @@
+"""The portfolio: valuation, positions, equity history, and the live `portfolio` subscription."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from graphql import GraphQLError
+
+from resolvers.context import Info, require_session
+from resolvers.loaders import current_loaders, fresh_loaders
+from schema.accounts import HistorySpan, Portfolio, PortfolioPoint, Position
+from schema.marketdata import Quote
+from services import portfolio as domain
+from services.money import trim_quantity
+
+# How far back each span looks, and the bucket that thins its snapshots.
+SPANS: dict[HistorySpan, tuple[timedelta | None, str | None]] = {
+    HistorySpan.DAY: (timedelta(days=1), None),  # every intraday snapshot: one per 5 minutes
+    HistorySpan.WEEK: (timedelta(days=7), "hour"),
+    HistorySpan.MONTH: (timedelta(days=31), "day"),
+    HistorySpan.YEAR: (timedelta(days=366), "day"),
+    HistorySpan.ALL: (None, "day"),
+}
+
+
+async def valuation(info: Info, user_id: UUID) -> domain.Valuation:
+    found = await current_loaders(info.context.services).valuations.load(user_id)
+    if found is None:
+        raise GraphQLError("no account for this user", extensions={"code": "NOT_FOUND"})
+    return found
+
+
+def to_position(row: domain.PositionValue) -> Position:
+    p = row.position
+    return Position(
+        symbol=p.symbol,
+        quantity=trim_quantity(p.quantity),
+        reserved_quantity=trim_quantity(p.reserved_quantity),
+        average_cost=row.average_cost,
+        cost_basis=row.cost_basis,
+        quote=Quote.from_domain(row.quote) if row.quote else None,
+        market_value=row.market_value,
+        unrealized_pnl=row.unrealized_pnl,
+        unrealized_pnl_percent=row.unrealized_pnl_percent,
+    )
+
+
+def to_portfolio(value: domain.Valuation, user_id: UUID) -> Portfolio:
+    return Portfolio(
+        user_id=user_id, cash=value.balances.cash, buying_power=value.balances.buying_power
+    )
+
+
+async def portfolio(info: Info) -> Portfolio:
+    session = require_session(info)
+    return to_portfolio(await valuation(info, session.user_id), session.user_id)
+
+
+async def portfolio_history(info: Info, user_id: UUID, span: HistorySpan) -> list[PortfolioPoint]:
+    """Snapshots (intraday every 5 minutes, and each close), then the live value."""
+    services = info.context.services
+    value = await valuation(info, user_id)
+    back, bucket = SPANS[span]
+    now = datetime.now(UTC)
+    points = await services.portfolios.history(
+        value.balances.account_id, now - back if back else None, bucket
+    )
+    return [PortfolioPoint(timestamp=t, equity=e) for t, e in points] + [
+        PortfolioPoint(timestamp=now, equity=value.equity)
+    ]
+
+
+async def subscribe_portfolio(info: Info) -> AsyncGenerator[Portfolio, None]:
+    """The signed-in user's portfolio, revalued when a held symbol's quote moves (at most once
+    a second) and when a fill changes it. All of a user's sockets on this process share one
+    revaluation."""
+    session = require_session(info)
+    services = info.context.services
+    async with services.portfolio_hub.watch(session.user_id) as watcher:
+        while True:
+            value = await watcher.next()
+            fresh_loaders(services).valuations.prime(session.user_id, value)
+            yield to_portfolio(value, session.user_id)

@@ -1,0 +1,161 @@
+"""Valuing an account: positions at their last price, P&L by the average-cost method.
+
+One valuation reads the balances and positions once and each quote once, so every total is the
+sum of the rows it shows, to the cent. A position without a quote yet is valued at its cost
+(no unrealized P&L) in the totals, and shows no market value of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.accounts import Balances
+from services.marketdata import Quote
+from services.money import round_cash
+
+ZERO = Decimal("0.00")
+PRICE_PLACES = Decimal("0.0001")
+PERCENT_PLACES = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPosition:
+    symbol: str
+    quantity: Decimal
+    reserved_quantity: Decimal
+    cost_basis: Decimal
+    realized_pnl: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class PositionValue:
+    position: HeldPosition
+    quote: Quote | None
+    average_cost: Decimal
+    cost_basis: Decimal
+    market_value: Decimal | None
+    unrealized_pnl: Decimal | None
+    unrealized_pnl_percent: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class Valuation:
+    balances: Balances
+    positions: list[PositionValue]
+    market_value: Decimal
+    equity: Decimal
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Holdings:
+    balances: Balances
+    positions: list[HeldPosition]  # open ones
+    realized_pnl: Decimal  # over every position, closed ones included
+
+
+def value_position(position: HeldPosition, quote: Quote | None) -> PositionValue:
+    cost = round_cash(position.cost_basis)
+    average = (position.cost_basis / position.quantity).quantize(PRICE_PLACES)
+    if quote is None or quote.last <= 0:
+        return PositionValue(position, quote, average, cost, None, None, None)
+    market_value = round_cash(position.quantity * quote.last)
+    unrealized = market_value - cost
+    percent = (unrealized * 100 / cost).quantize(PERCENT_PLACES) if cost else None
+    return PositionValue(position, quote, average, cost, market_value, unrealized, percent)
+
+
+def value(holdings: Holdings, quotes: Mapping[str, Quote | None]) -> Valuation:
+    rows = [value_position(p, quotes.get(p.symbol)) for p in holdings.positions]
+    market_value = sum(
+        (r.market_value if r.market_value is not None else r.cost_basis for r in rows), ZERO
+    )
+    unrealized = sum((r.unrealized_pnl or ZERO for r in rows), ZERO)
+    return Valuation(
+        balances=holdings.balances,
+        positions=rows,
+        market_value=market_value,
+        equity=holdings.balances.cash + market_value,
+        realized_pnl=round_cash(holdings.realized_pnl),
+        unrealized_pnl=unrealized,
+    )
+
+
+class Portfolios:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def holdings(self, user_ids: Sequence[UUID]) -> list[Holdings | None]:
+        """Balances and positions of many users in two queries (the DataLoader's batch)."""
+        async with self._engine.connect() as conn:
+            accounts = {
+                r.user_id: r
+                for r in await conn.execute(
+                    text(
+                        "SELECT id, user_id, cash, reserved_cash FROM accounts "
+                        "WHERE user_id = ANY(:u)"
+                    ),
+                    {"u": list(user_ids)},
+                )
+            }
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT account_id, symbol, quantity, reserved_quantity, cost_basis, "
+                        "realized_pnl FROM positions WHERE account_id = ANY(:a) "
+                        "ORDER BY account_id, symbol"
+                    ),
+                    {"a": [a.id for a in accounts.values()]},
+                )
+            ).all()
+        by_account: dict[UUID, list[HeldPosition]] = {}
+        realized: dict[UUID, Decimal] = {}
+        for r in rows:
+            realized[r.account_id] = realized.get(r.account_id, ZERO) + r.realized_pnl
+            if r.quantity > 0:
+                by_account.setdefault(r.account_id, []).append(
+                    HeldPosition(
+                        r.symbol, r.quantity, r.reserved_quantity, r.cost_basis, r.realized_pnl
+                    )
+                )
+        result: list[Holdings | None] = []
+        for user_id in user_ids:
+            account = accounts.get(user_id)
+            if account is None:
+                result.append(None)
+                continue
+            result.append(
+                Holdings(
+                    Balances(account.id, account.cash, account.reserved_cash),
+                    by_account.get(account.id, []),
+                    realized.get(account.id, ZERO),
+                )
+            )
+        return result
+
+    async def history(
+        self, account_id: UUID, since: datetime | None, bucket: str | None
+    ) -> list[tuple[datetime, Decimal]]:
+        """Equity snapshots since `since`, the last one per bucket (`hour`, `day`), or all."""
+        where = "account_id = :a" + (" AND taken_at >= :since" if since else "")
+        if bucket is None:
+            sql = f"SELECT taken_at, equity FROM equity_snapshots WHERE {where} ORDER BY taken_at"
+        else:
+            sql = (
+                "SELECT DISTINCT ON (date_trunc(:bucket, taken_at AT TIME ZONE "
+                "'America/New_York')) taken_at, equity FROM equity_snapshots "
+                f"WHERE {where} ORDER BY date_trunc(:bucket, taken_at AT TIME ZONE "
+                "'America/New_York'), taken_at DESC"
+            )
+        params: dict[str, object] = {"a": account_id, "since": since, "bucket": bucket}
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(text(sql), params)
+            return sorted((r.taken_at, r.equity) for r in rows)
