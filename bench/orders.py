@@ -112,6 +112,7 @@ class Result:
     pg: dict[str, float] = field(default_factory=dict)
     pool_checked_out: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    load_average: float | None = None  # 1-minute, at the end of the window
     activity: str = ""
     profiles: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -594,6 +595,8 @@ def run_scenario(
         recordings, cprofiled = _profilers(system, args, py_spy, tag)
         _read_tagged(client, "MEASURED", args.duration + 60, watch)
         result.cpu = cpu.stop()
+        with contextlib.suppress(OSError):
+            result.load_average = os.getloadavg()[0]
         pg_percent = pg_cpu.stop()
         if pg_percent is not None:
             result.cpu["postgres"] = pg_percent
@@ -735,6 +738,13 @@ def format_result(result: Result, index: int, count: int, users: int) -> str:
         )
     cpu_line = "  ".join(f"{name} {cpu[name]:.0f}" for name in PROCESS_NAMES if name in cpu)
     other = max(0.0, cpu.get("machine", 0.0) - sum(cpu.get(n, 0.0) for n in PROCESS_NAMES))
+    per_order = "  ".join(
+        f"{name} {10 * cpu[name] / max(result.accepted_rate, 1e-9):.2f}"
+        for name in ("api", "matcher", "postgres", "client")
+        if name in cpu
+    )
+    executions = max(result.executions_rate, 1e-9)
+    matcher_per_fill = 10 * cpu.get("matcher", 0.0) / executions
     lines = [
         f"== scenario {index}/{count}: {s.label}; {users} users; measured {w:.1f} s ==",
         sent_line,
@@ -758,7 +768,10 @@ def format_result(result: Result, index: int, count: int, users: int) -> str:
         f"  API DB pool checked out       {_fmt(result.pool_checked_out.get('api'), ',.0f')} "
         f"at the end of the window",
         f"  CPU % of one core             {cpu_line}   | machine {cpu.get('machine', 0):.0f} "
-        f"of {100 * (os.cpu_count() or 1)} (other processes ~{other:.0f})",
+        f"of {100 * (os.cpu_count() or 1)} (other processes ~{other:.0f}; load average "
+        f"{_fmt(result.load_average, '.2f')})",
+        f"  CPU ms per accepted order     {per_order}   (matcher per execution "
+        f"{matcher_per_fill:.2f} ms)",
         f"  {target_verdict(result)}",
     ]
     lines += [f"  note: {n}" for n in result.notes]

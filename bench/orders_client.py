@@ -612,8 +612,11 @@ class Bench:
             await _sleep_until(end_at)
             self.window.stop()
             emit("MEASURED")
-            async with asyncio.timeout(self.timeout + 10):
-                await load  # no new orders after the window; those in flight finish
+            try:
+                async with asyncio.timeout(self.timeout + 10):
+                    await load  # no new orders after the window; those in flight finish
+            except TimeoutError:
+                self.window.error("CLIENT", "requests in flight past the timeout were abandoned")
             await self._drain(float(spec["drain"]))
         finally:
             load.cancel()

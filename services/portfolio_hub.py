@@ -94,6 +94,15 @@ class PortfolioHub:
         return symbols
 
     async def _run(self, feed: _UserFeed) -> None:
+        try:
+            await self._follow(feed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the sockets stop receiving; say why instead of dying silently
+            log.exception("live portfolio of %s stopped", feed.user_id)
+            raise
+
+    async def _follow(self, feed: _UserFeed) -> None:
         async with self._broadcast.subscribe(user_channel(feed.user_id)) as fills:
             while True:
                 symbols = await self._revalue(feed)

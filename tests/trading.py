@@ -12,10 +12,11 @@ from uuid import UUID
 from sqlalchemy import text
 
 from services.container import Services
-from services.marketdata import Quote
+from services.marketdata import Quote, encode_quote
 from services.order_model import Order, OrderType, Side, Status, TimeInForce
 from services.order_rules import PlaceOrder
 from services.order_store import orders_by_id
+from services.quote_store import QUOTES_CHANNEL
 from services.securities import Security
 from workers.feed import StreamPublisher
 
@@ -40,11 +41,13 @@ async def trader(services: Services, cash: str = "100000") -> UUID:
 async def quote(
     services: Services, symbol: str, bid: str, ask: str, last: str | None = None
 ) -> Quote:
-    """Make this the current quote everywhere: the quote hash, and the stream the matcher reads."""
+    """Make this the current quote everywhere, as the feed and the quote cache would: the quote
+    hash, the live channel, and the stream the matcher reads."""
     q = Quote(
         symbol, Decimal(bid), Decimal(ask), 100, 100, Decimal(last or bid), 1000, time.time_ns()
     )
     await services.quote_store.write([q])
+    await services.redis.publish(QUOTES_CHANNEL, encode_quote(q))
     await StreamPublisher(services.redis, services.settings, "test").publish([q])
     return q
 
@@ -135,3 +138,21 @@ async def position(services: Services, user_id: UUID, symbol: str) -> tuple[Deci
             )
         ).first()
     return (row.quantity, row.reserved_quantity) if row else (Decimal(0), Decimal(0))
+
+
+async def book_fill(
+    services: Services, user_id: UUID, symbol: str, side: str, quantity: str, price: str
+) -> Order:
+    """What the matcher would do for a limit order at `price`: place it, then fill it there."""
+    from services import fills
+
+    order = await place(
+        services, user_id, symbol, side, type="LIMIT", quantity=quantity, limit=price
+    )
+    async with services.engine.begin() as conn:
+        outcome = await fills.execute(
+            conn,
+            order,
+            [fills.Fill("EDGX", Decimal(quantity), Decimal(price), f"test:{uuid.uuid4().hex}")],
+        )
+    return outcome.order
