@@ -1,30 +1,51 @@
-"""Runs end of day after each market close, by the real NYSE calendar (even when the demo
-clock keeps the market open)."""
+"""Timed work: an equity snapshot of every account each 5 minutes while the market is open (the
+portfolio history), and end of day after each close by the real NYSE calendar (even when the
+demo clock keeps the market open)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from services.clock import MarketClock
 from services.container import Services
-from services.eod import run_eod
+from services.eod import run_eod, snapshot_equity
 
 log = logging.getLogger("tradeql.scheduler")
 NEW_YORK = ZoneInfo("America/New_York")
+SNAPSHOT_EVERY_SECONDS = 300
 
 
-async def run_scheduler(services: Services, stop: asyncio.Event) -> None:
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max(seconds, 0))
+
+
+async def end_of_day_loop(services: Services, stop: asyncio.Event) -> None:
     calendar = MarketClock(always_open=False)
     while not stop.is_set():
         close_at = calendar.state().next_close
-        wait = (close_at - datetime.now(UTC)).total_seconds()
         log.info("next end of day at %s", close_at.isoformat())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(wait, 0) + 1)
+        await _sleep(stop, (close_at - datetime.now(UTC)).total_seconds() + 1)
+        if not stop.is_set():
+            await run_eod(services, close_at.astimezone(NEW_YORK).date(), close_at)
+
+
+async def intraday_snapshot_loop(services: Services, stop: asyncio.Event) -> None:
+    """On the 5-minute marks, so every account's points line up."""
+    while not stop.is_set():
+        await _sleep(stop, SNAPSHOT_EVERY_SECONDS - time.time() % SNAPSHOT_EVERY_SECONDS)
         if stop.is_set():
             return
-        await run_eod(services, close_at.astimezone(NEW_YORK).date(), close_at)
+        if services.clock.is_open():
+            taken_at = datetime.now(UTC).replace(second=0, microsecond=0)
+            count = await snapshot_equity(services, taken_at, kind="intraday")
+            log.info("intraday snapshot of %d accounts", count)
+
+
+async def run_scheduler(services: Services, stop: asyncio.Event) -> None:
+    await asyncio.gather(end_of_day_loop(services, stop), intraday_snapshot_loop(services, stop))
