@@ -1,0 +1,115 @@
+"""N+1 discipline: SQL statements and Redis round trips per request stay constant as a user's
+positions, orders and executions grow."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from redis.asyncio.client import Pipeline
+from sqlalchemy import event
+
+from services.container import Services
+from tests.graphql_client import GraphQLClient
+from tests.trading import book_fill, listed, quote, unique_symbol
+
+PORTFOLIO = """{ portfolio { cash equity marketValue unrealizedPnl realizedPnl
+  positions { symbol quantity marketValue quote { last } } } }"""
+HISTORY = """{ orders(first: 50) { edges { node { id status executions { price venue } } }
+  pageInfo { hasNextPage } } }"""
+
+
+@dataclass
+class Counts:
+    sql: int = 0
+    redis: int = 0
+
+
+@contextmanager
+def counting(app_services: Services, monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
+    counts = Counts()
+
+    def on_sql(*_args: Any) -> None:
+        counts.sql += 1
+
+    real_command = app_services.redis.execute_command
+    real_pipeline = Pipeline.execute
+
+    async def command(*args: Any, **kwargs: Any) -> Any:
+        counts.redis += 1
+        return await real_command(*args, **kwargs)
+
+    async def pipeline(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        counts.redis += 1
+        return await real_pipeline(self, *args, **kwargs)
+
+    event.listen(app_services.engine.sync_engine, "before_cursor_execute", on_sql)
+    monkeypatch.setattr(app_services.redis, "execute_command", command)
+    monkeypatch.setattr(Pipeline, "execute", pipeline)
+    try:
+        yield counts
+    finally:
+        event.remove(app_services.engine.sync_engine, "before_cursor_execute", on_sql)
+        monkeypatch.undo()
+
+
+async def measure(
+    gql: GraphQLClient,
+    query: str,
+    token: str,
+    app_services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Counts:
+    await gql(query, token=token)  # warm: the session is cached, the document parsed
+    with counting(app_services, monkeypatch) as counts:
+        body = await gql(query, token=token)
+    assert "errors" not in body, body
+    return counts
+
+
+async def a_trader_with(services: Services, gql: GraphQLClient, positions: int) -> str:
+    user = await gql.register_user()
+    user_id = uuid.UUID(user["id"])
+    await services.cash.deposit(user_id, Decimal("1000000"), "seed")
+    symbols = [unique_symbol("C") for _ in range(positions)]
+    await listed(services, *symbols)
+    for symbol in symbols:
+        await book_fill(services, user_id, symbol, "BUY", "2", "10.00")
+        await book_fill(services, user_id, symbol, "SELL", "1", "11.00")
+        await quote(services, symbol, "10.50", "10.52", last="10.51")
+    return user["token"]
+
+
+async def test_portfolio_costs_the_same_for_5_and_50_positions(
+    gql: GraphQLClient,
+    services: Services,
+    app_services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    small = await measure(
+        gql, PORTFOLIO, await a_trader_with(services, gql, 5), app_services, monkeypatch
+    )
+    large = await measure(
+        gql, PORTFOLIO, await a_trader_with(services, gql, 50), app_services, monkeypatch
+    )
+    assert large == small
+    assert small.sql <= 3 and small.redis <= 3
+
+
+async def test_an_order_history_page_costs_the_same_for_5_and_50_orders(
+    gql: GraphQLClient,
+    services: Services,
+    app_services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    few = await a_trader_with(services, gql, 3)  # 6 orders, 6 executions
+    many = await a_trader_with(services, gql, 25)  # 50 orders, 50 executions
+    small = await measure(gql, HISTORY, few, app_services, monkeypatch)
+    large = await measure(gql, HISTORY, many, app_services, monkeypatch)
+    assert large == small
+    assert small.sql <= 2
