@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -211,14 +212,26 @@ def _read_tagged(process: Managed, tag: str, timeout: float, watch: Sequence[Man
     raise BenchError(f"{process.name}: no {tag!r} line within {timeout:.0f}s")
 
 
+def scrape_or_empty(port: int, notes: list[str], what: str) -> list[Sample]:
+    """The /metrics of a process; [] (and a note) when it does not answer within 10 s, as an
+    overloaded API may not."""
+    try:
+        return scrape(port, timeout=10.0)
+    except (OSError, ValueError) as exc:
+        notes.append(f"{what} metrics unavailable ({type(exc).__name__}); numbers from it missing")
+        return []
+
+
 def orders_backlog(client: Any, partitions: int) -> int | None:
     """Orders handed off but not yet acknowledged by the matcher: lag + pending, all partitions."""
     backlog = 0
     for p in range(partitions):
         try:
+            if not client.exists(f"orders:{p}"):
+                continue  # no order yet on this partition
             groups = client.xinfo_groups(f"orders:{p}")
-        except Exception:  # no order yet on this partition: no stream
-            continue
+        except Exception:  # Redis busy or gone: unknown
+            return None
         for group in groups:
             if group.get("name") != MATCHER_GROUP:
                 continue
@@ -238,6 +251,32 @@ def wait_for_matcher(client: Any, partitions: int, seconds: float) -> float | No
         if time.monotonic() - started > seconds:
             return None
         time.sleep(0.2)
+    return None
+
+
+def wait_for_api_idle(port: int, seconds: float) -> float | None:
+    """Seconds until the API has finished every placeOrder it holds (its PlaceOrder count stays
+    still for a second; an open loop leaves thousands queued); None: not within `seconds`."""
+    started = time.monotonic()
+    last: float | None = None
+    still_since = started
+    for _ in range(int(seconds / 0.25) + 1):
+        try:
+            count = total(
+                scrape(port, timeout=10.0),
+                "tradeql_graphql_operations_total",
+                operation="PlaceOrder",
+            )
+        except (OSError, ValueError):
+            count = None
+        now = time.monotonic()
+        if count is None or count != last:
+            last, still_since = count, now
+        elif now - still_since >= 1.0:
+            return now - started
+        if now - started > seconds:
+            return None
+        time.sleep(0.25)
     return None
 
 
@@ -543,8 +582,11 @@ def run_scenario(
     client = system.client
     assert client is not None
     result = Result(scenario)
-    settled = wait_for_matcher(redis, config.partitions, args.settle)
-    if settled is None:
+    if wait_for_api_idle(system.api_port, args.settle) is None:
+        result.notes.append(
+            f"the API was still placing earlier orders after {args.settle:g} s; measured anyway"
+        )
+    if wait_for_matcher(redis, config.partitions, args.settle) is None:
         result.notes.append(
             f"the matcher still had a backlog from before after {args.settle:g} s; measured anyway"
         )
@@ -587,8 +629,8 @@ def run_scenario(
         cpu.start()
         pg_cpu.start()
         measured_from = time.monotonic()
-        matcher_before = scrape(system.matcher_port)
-        api_before = scrape(system.api_port)
+        matcher_before = scrape_or_empty(system.matcher_port, result.notes, "matcher")
+        api_before = scrape_or_empty(system.api_port, result.notes, "API")
         pg_before = database_stats(config.database_url, config.database)
         result.backlog_start = orders_backlog(redis, config.partitions)
         sampler.start()
@@ -605,8 +647,8 @@ def run_scenario(
             with contextlib.suppress(ProcessLookupError):
                 os.kill((system.api if name == "api" else system.matcher).pid, signal.SIGUSR2)
         sampler.stop()
-        matcher_after = scrape(system.matcher_port)
-        api_after = scrape(system.api_port)
+        matcher_after = scrape_or_empty(system.matcher_port, result.notes, "matcher")
+        api_after = scrape_or_empty(system.api_port, result.notes, "API")
         result.backlog_end = orders_backlog(redis, config.partitions)
         outcome = json.loads(
             _read_tagged(client, "RESULT", args.request_timeout + args.drain + 120, watch)
@@ -1001,6 +1043,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         code = 130
     except BenchError as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+        code = 1
+    except Exception:
+        print("\nbenchmark failed:", file=sys.stderr)
+        traceback.print_exc()
         code = 1
     finally:
         if system is not None:

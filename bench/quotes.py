@@ -383,11 +383,11 @@ def run_scenario(
         logs / f"{scenario.tag}-feed.log",
         registry,
     )
-    procs = max(1, min(args.client_procs, scenario.subscribers))
+    procs = min(args.client_procs, scenario.subscribers)  # 0 subscribers: ingest only
     # Each connection attempt is bounded (30 s); a saturated API can make them slow.
     ready_timeout = max(
         START_TIMEOUT_SECONDS,
-        30.0 * math.ceil(scenario.subscribers / procs / args.connect_concurrency) + 30.0,
+        30.0 * math.ceil(scenario.subscribers / max(procs, 1) / args.connect_concurrency) + 30.0,
     )
     client_budget = ready_timeout + args.warmup + args.duration + 180
     clients = [
@@ -455,7 +455,7 @@ def run_scenario(
             result.connected += int(ready[0])
             result.failed += int(ready[1])
         result.connect_s = time.monotonic() - connecting
-        if result.connected == 0:
+        if scenario.subscribers and result.connected == 0:
             raise BenchError(f"no subscriber could connect; see {clients[0].log_path}")
         if result.failed:
             result.notes.append(f"{result.failed} subscribers could not connect")
@@ -485,7 +485,7 @@ def run_scenario(
             client.send_line("START")
         for client in clients:
             _read_tagged(client, "STARTED", 10)
-        if args.profile and py_spy:
+        if args.profile and py_spy and args.profile_with == "py-spy":
             from bench._profile import PySpyRecording
 
             for name, process in (("quotes", quotes), ("api", api), ("feed", feed)):
@@ -586,7 +586,7 @@ def _fill_result(
     result.cache_p50_ms = None if p50 is None else 1000 * p50
     result.cache_p99_ms = None if p99 is None else 1000 * p99
 
-    client_window = max((o.get("window_seconds") or window) for o in outcomes)
+    client_window = max(((o.get("window_seconds") or window) for o in outcomes), default=window)
     result.received = sum(int(o["received"]) for o in outcomes)
     result.delivered_rate = result.received / client_window
     histogram = merge_histograms(
@@ -677,7 +677,7 @@ def target_verdict(result: Result) -> str | None:
     p99 = result.latency_ms.get("p99")
     ingest_ok = result.consumed_rate >= 0.98 * TARGET_RATE and (result.backlog_growth or 0) < 1000
     latency_ok = p99 is not None and p99 < TARGET_P99_MS
-    share = result.delivered_rate / scenario.expected_delivery
+    share = result.delivered_rate / max(scenario.expected_delivery, 1e-9)
     verdict = "MET" if ingest_ok and latency_ok else "MISSED"
     return (
         f"target ({TARGET_RATE:,.0f} updates/s ingested, p99 < {TARGET_P99_MS:.0f} ms to "
@@ -699,6 +699,43 @@ def _queues(queues: dict[str, tuple[int, int]]) -> str:
     }
     return "; ".join(
         f"{names.get(k, k)} max {_mb(v[0])} (end {_mb(v[1])})" for k, v in queues.items()
+    )
+
+
+def unit_costs(result: Result) -> dict[str, float | None]:
+    """CPU microseconds per unit of work, from the window's CPU and rates: unlike CPU %, these
+    hold roughly steady when other work on the machine takes CPU away from the processes."""
+    cpu = result.cpu
+
+    def per(name: str, rate: float) -> float | None:
+        return 1e4 * cpu[name] / rate if name in cpu and rate > 0 else None
+
+    return {
+        "feed": per("feed", result.feed_rate),
+        "quotes": per("quotes", result.consumed_rate),
+        "redis": per("redis", result.consumed_rate),
+        "api": per("api", result.delivered_rate),
+        "client": per("client", result.delivered_rate),
+    }
+
+
+def _costs(result: Result) -> str:
+    costs = unit_costs(result)
+    s = result.scenario
+    need = {
+        "feed": (costs["feed"] or 0) * s.offered,
+        "quotes": (costs["quotes"] or 0) * s.offered,
+        "redis": (costs["redis"] or 0) * s.offered,
+        "api": (costs["api"] or 0) * s.expected_delivery,
+    }
+    return (
+        f"feed {_fmt(costs['feed'], '.1f')}/appended, quote cache {_fmt(costs['quotes'], '.1f')}"
+        f"/consumed, redis {_fmt(costs['redis'], '.1f')}/consumed, API "
+        f"{_fmt(costs['api'], '.0f')}/delivered (dispatch included), client "
+        f"{_fmt(costs['client'], '.0f')}/delivered -> the offered {s.offered:,.0f}/s and "
+        f"{s.expected_delivery:,.0f} deliveries/s would need ~{sum(need.values()) / 1e6:.1f} "
+        f"cores (feed {need['feed'] / 1e6:.1f}, cache {need['quotes'] / 1e6:.1f}, redis "
+        f"{need['redis'] / 1e6:.1f}, API {need['api'] / 1e6:.1f})"
     )
 
 
@@ -736,12 +773,13 @@ def format_result(result: Result, index: int, count: int) -> str:
         f"{_fmt(result.cache_p50_ms, ',.0f')} ms, p99 <= {_fmt(result.cache_p99_ms, ',.0f')} ms",
         f"  delivered to subscribers     {result.delivered_rate:>10,.0f} quotes/s   "
         f"of {s.expected_delivery:,.0f}/s without conflation "
-        f"({100 * result.delivered_rate / s.expected_delivery:.1f}%); "
+        f"({100 * result.delivered_rate / max(s.expected_delivery, 1e-9):.1f}%); "
         f"{result.connected:,} subscribed in {result.connect_s:.1f} s, "
         f"{_fmt(result.websockets_open)} open at the API at the end",
         f"  pub/sub buffer at Redis      max {_mb(result.pubsub_omem_max)}, at the end "
         f"{_mb(result.pubsub_omem_end)} (the API reading slower than quotes are published)",
         f"  kernel socket queues         {_queues(result.socket_queues)}",
+        f"  CPU cost per quote (us)      {_costs(result)}",
         f"  latency source->subscriber   p50 {_fmt(lat.get('p50'), ',.1f')}  "
         f"p90 {_fmt(lat.get('p90'), ',.1f')}  p99 {_fmt(lat.get('p99'), ',.1f')}  "
         f"max {_fmt(lat.get('max'), ',.1f')} ms   (n={result.received:,})",
@@ -805,6 +843,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.quotes",
@@ -820,7 +865,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rates", type=_floats, nargs="+", default=[1.0, 10.0], help="updates/s per symbol"
     )
     run.add_argument(
-        "--subscribers", type=_positive, nargs="+", default=[100, 1000], help="WebSockets"
+        "--subscribers",
+        type=_count,
+        nargs="+",
+        default=[100, 1000],
+        help="WebSockets (0: ingest only)",
     )
     run.add_argument("--per-subscriber", type=_positive, default=10, help="symbols per WebSocket")
     run.add_argument("--duration", type=_floats, default=20.0, help="measuring window, seconds")
@@ -867,6 +916,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("quotes", "api", "feed"),
         default=["quotes", "api", "feed"],
         help="which processes to sample",
+    )
+    prof.add_argument(
+        "--profile-with",
+        choices=("py-spy", "cprofile"),
+        default="py-spy",
+        help="cprofile: skip py-spy and run the quote cache in-process under cProfile after "
+        "the window (what happens anyway when py-spy cannot attach)",
     )
     prof.add_argument("--profile-rate", type=_positive, default=100, help="py-spy samples/s")
     prof.add_argument("--profile-top", type=_positive, default=15, help="functions listed")
@@ -1060,7 +1116,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             flush=True,
         )
         py_spy: str | None = None
-        if args.profile:
+        if args.profile and args.profile_with == "py-spy":
             from bench._profile import find_py_spy
 
             py_spy, note = find_py_spy(install=True)

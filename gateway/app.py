@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
+from gateway.connections import CONNECTIONS, drain
 from gateway.graphql_schema import build_schema
 from gateway.health import healthz, metrics, readyz
 from gateway.logging import install_request_id
@@ -31,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = Services.from_settings(settings)
         await services.start_live()
+        revocations = asyncio.create_task(CONNECTIONS.follow_revocations(services.broadcast))
         app.state.services = services
         app.state.draining = False
         pool_collector = PoolCollector(services.engine)
@@ -40,6 +43,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             app.state.draining = True
+            revocations.cancel()
+            await drain(settings.shutdown_grace_seconds)
             REGISTRY.unregister(pool_collector)
             await services.close()
             log.info("api stopped")

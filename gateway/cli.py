@@ -55,23 +55,28 @@ def api(
     host: Host = "127.0.0.1",
     port: Port = 8000,
     workers: Annotated[int, typer.Option(help="API processes sharing the port")] = 1,
+    reuse_port: Annotated[
+        bool, typer.Option(help="bind with SO_REUSEPORT (what each of --workers does)")
+    ] = False,
 ) -> None:
     """Serve the GraphQL API (HTTP and WebSocket), health and metrics."""
     settings = _setup()
     _require_database(settings)
-    import uvicorn
+    if workers > 1:
+        from gateway.supervisor import Child, Supervisor, child_env, tradeql_argv
 
-    uvicorn.run(
-        "gateway.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        ws_ping_interval=20,
-    )
+        children = [
+            Child(
+                f"api-{i}", tradeql_argv("api", "--host", host, "--port", str(port), "--reuse-port")
+            )
+            for i in range(workers)
+        ]
+        raise typer.Exit(
+            Supervisor(children, child_env({}), settings.shutdown_grace_seconds + 5).run()
+        )
+    from gateway.server import serve
+
+    serve(host, port, grace_seconds=settings.shutdown_grace_seconds, reuse_port=reuse_port)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.connections import CONNECTIONS
 from gateway.metrics import REGISTRY
 from services.container import Services
 
@@ -42,7 +43,7 @@ async def _check(probe: Coroutine[Any, Any, bool]) -> str:
 async def readyz(request: Request) -> JSONResponse:
     """Ready: PostgreSQL and Redis both answer within the timeout."""
     services: Services = request.app.state.services
-    if getattr(request.app.state, "draining", False):
+    if getattr(request.app.state, "draining", False) or CONNECTIONS.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     postgres, redis = await asyncio.gather(
         _check(_postgres_ok(services)), _check(_redis_ok(services))

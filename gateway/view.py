@@ -18,6 +18,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import BaseSchema
 from strawberry.types.unset import UnsetType
 
+from gateway.connections import CONNECTIONS
 from gateway.legacy_ws import GraphQLWSHandler
 from gateway.metrics import WEBSOCKETS_OPEN
 from resolvers.context import Context
@@ -65,6 +66,7 @@ class GraphQLView(GraphQL[Context, None]):
             try:
                 await super().__call__(scope, receive, send)
             finally:
+                CONNECTIONS.remove(scope)
                 WEBSOCKETS_OPEN.dec()
             return
         request = Request(scope, receive=receive)
@@ -90,7 +92,9 @@ class GraphQLView(GraphQL[Context, None]):
             response=response,
             request_id=current_request_id() or uuid.uuid4().hex,
         )
-        if isinstance(request, Request):
+        if isinstance(request, WebSocket):
+            CONNECTIONS.add(request)
+        else:
             token = bearer_token(request.headers.get("authorization"))
             if token:
                 context.token = token
@@ -110,6 +114,8 @@ class GraphQLView(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": "invalid or expired session token"})
         context.token = token
         context.session = session
+        assert isinstance(context.request, WebSocket)
+        CONNECTIONS.bind(context.request, session.session_id)
         return None
 
     async def process_result(self, request: Request, result: Any) -> GraphQLHTTPResponse:

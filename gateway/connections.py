@@ -1,0 +1,86 @@
+"""Open WebSockets of this process: closed with 1001 on shutdown (clients reconnect elsewhere)
+and with 4401 when their session is revoked (a logout on any process ends them at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from uuid import UUID
+
+from broadcaster import Broadcast
+from broadcaster._base import Unsubscribed
+from starlette.websockets import WebSocket, WebSocketState
+
+from services.sessions import REVOKED_CHANNEL
+
+log = logging.getLogger("tradeql.connections")
+GOING_AWAY = 1001
+SESSION_REVOKED = 4401
+
+
+class Connections:
+    def __init__(self) -> None:
+        self._sockets: dict[int, WebSocket] = {}
+        self._sessions: dict[int, UUID] = {}
+        self.draining = False
+        self.emptied = asyncio.Event()
+        self.emptied.set()
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def add(self, websocket: WebSocket) -> None:
+        self._sockets[id(websocket.scope)] = websocket
+        self.emptied.clear()
+
+    def bind(self, websocket: WebSocket, session_id: UUID) -> None:
+        self._sessions[id(websocket.scope)] = session_id
+
+    def remove(self, scope: object) -> None:
+        self._sockets.pop(id(scope), None)
+        self._sessions.pop(id(scope), None)
+        if not self._sockets:
+            self.emptied.set()
+
+    async def _close(self, keys: list[int], code: int, reason: str) -> int:
+        closed = 0
+        for key in keys:
+            websocket = self._sockets.get(key)
+            if websocket is None or websocket.application_state != WebSocketState.CONNECTED:
+                continue
+            with contextlib.suppress(Exception):  # already gone: nothing to close
+                await websocket.close(code=code, reason=reason)
+                closed += 1
+        return closed
+
+    async def close_session(self, session_id: UUID) -> int:
+        keys = [k for k, s in self._sessions.items() if s == session_id]
+        return await self._close(keys, SESSION_REVOKED, "session revoked")
+
+    async def close_all(self) -> int:
+        self.draining = True
+        return await self._close(list(self._sockets), GOING_AWAY, "server shutting down")
+
+    async def follow_revocations(self, broadcast: Broadcast) -> None:
+        async with broadcast.subscribe(REVOKED_CHANNEL) as revoked:
+            while True:
+                try:
+                    event = await revoked.get()
+                except Unsubscribed:
+                    return
+                with contextlib.suppress(ValueError):
+                    closed = await self.close_session(UUID(event.message))
+                    if closed:
+                        log.info("closed %d sockets of a revoked session", closed)
+
+
+CONNECTIONS = Connections()
+
+
+async def drain(timeout: float) -> None:
+    """Close every socket with 1001, then give them `timeout` to finish closing."""
+    closed = await CONNECTIONS.close_all()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(CONNECTIONS.emptied.wait(), timeout)
+    log.info("drained %d websockets (%d still open)", closed, len(CONNECTIONS))
