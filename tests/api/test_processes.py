@@ -101,7 +101,7 @@ async def open_socket(url: str, token: str, query: str) -> websockets.ClientConn
 async def test_an_order_placed_on_one_process_updates_a_socket_on_another(
     clients: tuple[GraphQLClient, GraphQLClient], two_apis: tuple[str, str], services: Services
 ) -> None:
-    one, two = clients
+    one, _ = clients
     user = await one.register_user()
     await one(
         'mutation { deposit(amount: "1000", idempotencyKey: "d") { errors { code } } }',
@@ -170,5 +170,6 @@ async def test_workers_share_one_port_and_stop_together(settings: Settings, tmp_
                 assert (await http.post("/graphql", json=ME)).json() == {"data": {"me": None}}
         process.send_signal(signal.SIGTERM)  # to the parent, which stops its workers
         assert await asyncio.to_thread(process.wait, settings.shutdown_grace_seconds + 10) == 0
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{url}/healthz", timeout=1)
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.HTTPError):
+            await http.get(f"{url}/healthz", timeout=1)
