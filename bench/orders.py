@@ -545,13 +545,17 @@ def _profile_summaries(
     out: list[str] = []
     if recordings:
         from bench._profile import summarize
+        from bench.orders_profile import breakdown
 
         for recording in recordings:
             ok, error = recording.finish(args.duration + 30)
+            if not ok:
+                out.append(f"py-spy on {recording.name} failed: {error}")
+                continue
             out.append(
-                summarize(recording, args.profile_top)
-                if ok
-                else f"py-spy on {recording.name} failed: {error}"
+                breakdown(recording.out, recording.name, recording.rate, recording.seconds)
+                + "\n"
+                + summarize(recording, args.profile_top)
             )
     if cprofiled:
         from bench.orders_cprofile import summarize as summarize_cprofile

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def split_statements(script: str) -> list[str]:
     """Split on `;` outside dollar-quoted bodies (`$$ ... $$`), single quotes and `--` comments."""
@@ -34,3 +36,9 @@ def split_statements(script: str) -> list[str]:
     if tail:
         statements.append(tail)
     return statements
+
+
+def execute_script(execute: Callable[[str], object], script: str) -> None:
+    """Run each statement of `script` (a migration passes `op.execute`)."""
+    for statement in split_statements(script):
+        execute(statement)

@@ -5,7 +5,7 @@ Revises:
 """
 
 from alembic import op
-from services.sqlscript import split_statements
+from services.sqlscript import execute_script
 
 revision = "0001"
 down_revision = None
@@ -136,10 +136,8 @@ DROP TABLE users;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(op.execute, UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(op.execute, DOWNGRADE)

@@ -5,7 +5,7 @@ Revises: 0001
 """
 
 from alembic import op
-from services.sqlscript import split_statements
+from services.sqlscript import execute_script
 
 revision = "0002"
 down_revision = "0001"
@@ -49,10 +49,8 @@ DROP TABLE securities;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(op.execute, UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(op.execute, DOWNGRADE)

@@ -5,7 +5,7 @@ Revises: 0002
 """
 
 from alembic import op
-from services.sqlscript import split_statements
+from services.sqlscript import execute_script
 
 revision = "0003"
 down_revision = "0002"
@@ -163,12 +163,10 @@ DROP TABLE order_transitions;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(op.execute, UPGRADE)
     values = ", ".join(f"('{a}', '{b}')" for a, b in TRANSITIONS)
     op.execute(f"INSERT INTO order_transitions (from_status, to_status) VALUES {values}")
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(op.execute, DOWNGRADE)

@@ -556,14 +556,18 @@ async def test_sigkilled_matcher_loses_and_doubles_nothing(
         assert {e.order_id for e in executions} <= set(orders), "executions of unknown orders"
 
         executed: dict[UUID, Decimal] = defaultdict(Decimal)
+        worth: dict[UUID, Decimal] = defaultdict(Decimal)
         for e in executions:
             executed[e.order_id] += e.quantity
+            worth[e.order_id] += e.quantity * e.price
         problems: list[str] = []
         for order_id, order in orders.items():
             spec = run.specs[order_id]
             line = _describe(order, spec)
             if order.filled_quantity != executed[order_id]:
                 problems.append(f"filled {order.filled_quantity} != executed: {line}")
+            if order.filled_value != worth[order_id]:
+                problems.append(f"filled value {order.filled_value} != executed: {line}")
             if order.status is Status.FILLED and order.filled_quantity != order.quantity:
                 problems.append(f"FILLED but not fully: {line}")
             if order.status is Status.CANCELLED and order.filled_quantity == order.quantity:
@@ -600,12 +604,15 @@ async def test_sigkilled_matcher_loses_and_doubles_nothing(
                 u=users,
             )
         }
+        # A fill moves the change it makes to its order's running value rounded to the cent
+        # (services.fills.fill_cash), so an order moves its exact total, rounded once.
         cash = dict.fromkeys(users, DEPOSIT)
+        for order_id, exact in worth.items():
+            value = fill_value(exact, Decimal(1))
+            cash[orders[order_id].user_id] += -value if orders[order_id].side is Side.BUY else value
         shares: dict[tuple[UUID, str], Decimal] = defaultdict(Decimal)
         for e in executions:
-            value = fill_value(e.quantity, e.price)
             buy = e.side == Side.BUY.value
-            cash[e.user_id] += -value if buy else value
             shares[(e.user_id, e.symbol)] += e.quantity if buy else -e.quantity
         held_cash: dict[UUID, Decimal] = defaultdict(Decimal)
         held_shares: dict[tuple[UUID, str], Decimal] = defaultdict(Decimal)
