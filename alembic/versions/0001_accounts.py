@@ -5,6 +5,7 @@ Revises:
 """
 
 from alembic import op
+
 from services.sqlscript import execute_script
 
 revision = "0001"

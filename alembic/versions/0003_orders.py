@@ -5,6 +5,7 @@ Revises: 0002
 """
 
 from alembic import op
+
 from services.sqlscript import execute_script
 
 revision = "0003"
