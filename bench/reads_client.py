@@ -408,8 +408,7 @@ async def _stdin_reader() -> asyncio.StreamReader:
     return reader
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    tokens = json.loads(Path(args.tokens).read_text())
+async def main_async(args: argparse.Namespace, tokens: list[str]) -> int:
     runner = Runner("127.0.0.1", args.port, tokens, args.timeout)
     try:
         async with asyncio.timeout(args.max_seconds):
@@ -440,11 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="hard end of the client")
     args = parser.parse_args(argv)
+    tokens = json.loads(Path(args.tokens).read_text())
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main_async(args))
-    return uvloop.run(main_async(args))
+        return asyncio.run(main_async(args, tokens))
+    return uvloop.run(main_async(args, tokens))
 
 
 if __name__ == "__main__":

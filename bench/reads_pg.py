@@ -159,9 +159,7 @@ class ActivitySampler:
             return f"no pg_stat_activity samples ({self.error or 'none taken'})"
         mean_active = sum(k * v for k, v in self.active.items()) / self.samples
         per_state = {k: v / self.samples for k, v in self.states.items()}
-        waits = ", ".join(
-            f"{k} {v / self.samples:.2f}" for k, v in self.waits.most_common(5)
-        )
+        waits = ", ".join(f"{k} {v / self.samples:.2f}" for k, v in self.waits.most_common(5))
         states = ", ".join(f"{k} {v:.1f}" for k, v in sorted(per_state.items()))
         return (
             f"{self.samples} samples: mean active backends {mean_active:.2f} "

@@ -28,14 +28,14 @@ def to_order(order: order_model.Order) -> schema.Order:
         id=strawberry.ID(str(order.id)),
         idempotency_key=order.idempotency_key,
         symbol=order.symbol,
-        side=schema.OrderSide(order.side.value),
-        type=schema.OrderKind(order.type.value),
-        time_in_force=schema.TimeInForce(order.time_in_force.value),
+        side=order.side,
+        type=order.type,
+        time_in_force=order.time_in_force,
         quantity=trim_quantity(order.quantity),
         notional=order.notional,
         limit_price=trim_price(order.limit_price) if order.limit_price is not None else None,
         stop_price=trim_price(order.stop_price) if order.stop_price is not None else None,
-        status=schema.OrderStatus(order.status.value),
+        status=order.status,
         filled_quantity=trim_quantity(order.filled_quantity),
         average_fill_price=trim_price(average.quantize(order_model.PRICE_STEP))
         if average is not None
@@ -64,9 +64,9 @@ async def place_order(info: Info, input: schema.PlaceOrderInput) -> schema.Order
     command = PlaceOrder(
         user_id=session.user_id,
         symbol=input.symbol,
-        side=order_model.Side(input.side.value),
-        type=order_model.OrderType(input.type.value),
-        time_in_force=order_model.TimeInForce(input.time_in_force.value),
+        side=input.side,
+        type=input.type,
+        time_in_force=input.time_in_force,
         quantity=_given(input.quantity),
         notional=_given(input.notional),
         limit_price=_given(input.limit_price),
@@ -114,7 +114,7 @@ async def orders(
     try:
         page, more = await info.context.services.order_store.history(
             session.user_id,
-            statuses=[order_model.Status(s.value) for s in status or []],
+            statuses=list(status or []),
             symbol=symbol or None,
             first=first,
             after=after or None,
@@ -151,7 +151,7 @@ async def subscribe_order_updates(info: Info) -> AsyncGenerator[schema.OrderUpda
             update = order_events.decode_update(event.message)
             fresh_loaders(services)  # executions read for this event, not an earlier one
             yield schema.OrderUpdate(
-                event=schema.OrderEvent(update.event.value),
+                event=update.event,
                 order=to_order(update.order),
                 execution=schema.Execution.from_domain(update.execution)
                 if update.execution

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from enum import Enum
 
 import strawberry
 from strawberry import UNSET
@@ -13,48 +12,17 @@ from schema.errors import UserError
 from services import order_model
 from services.money import trim_price, trim_quantity
 
-
-@strawberry.enum(name="OrderSide")
-class OrderSide(Enum):
-    BUY = "BUY"
-    SELL = "SELL"
-
-
-@strawberry.enum(name="OrderType")
-class OrderKind(Enum):
-    MARKET = "MARKET"
-    LIMIT = "LIMIT"
-    STOP = "STOP"
-    STOP_LIMIT = "STOP_LIMIT"
-
-
-@strawberry.enum
-class TimeInForce(Enum):
-    DAY = "DAY"
-    GTC = "GTC"
-    IOC = "IOC"
-    FOK = "FOK"
-
-
-@strawberry.enum
-class OrderStatus(Enum):
-    PENDING = "PENDING"
-    SUBMITTED = "SUBMITTED"
-    PARTIALLY_FILLED = "PARTIALLY_FILLED"
-    FILLED = "FILLED"
-    CANCELLED = "CANCELLED"
-    REJECTED = "REJECTED"
-    EXPIRED = "EXPIRED"
-
-
-@strawberry.enum
-class OrderEvent(Enum):
-    ACCEPTED = "ACCEPTED"
-    PARTIAL_FILL = "PARTIAL_FILL"
-    FILL = "FILL"
-    CANCELLED = "CANCELLED"
-    REJECTED = "REJECTED"
-    EXPIRED = "EXPIRED"
+# The domain's enums are the contract's: one definition, exposed under the contract's names.
+strawberry.enum(order_model.Side, name="OrderSide")
+strawberry.enum(order_model.OrderType, name="OrderType")
+strawberry.enum(order_model.TimeInForce, name="TimeInForce")
+strawberry.enum(order_model.Status, name="OrderStatus")
+strawberry.enum(order_model.Event, name="OrderEvent")
+OrderSide = order_model.Side
+OrderKind = order_model.OrderType
+TimeInForce = order_model.TimeInForce
+OrderStatus = order_model.Status
+OrderEvent = order_model.Event
 
 
 @strawberry.type
