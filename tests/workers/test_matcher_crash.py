@@ -21,14 +21,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 from uuid import UUID
 
+import pytest
 from sqlalchemy import text
 
 from services.container import Services
@@ -72,14 +74,27 @@ class Kill:
 class Matchers:
     """`python -m gateway.cli matcher` processes, one at a time, all logging to one file."""
 
-    def __init__(self, services: Services, log_path: Path) -> None:
+    def __init__(
+        self, services: Services, log_path: Path, started: list[subprocess.Popen[bytes]]
+    ) -> None:
         self.redis = services.redis
         self.partitions = services.settings.quote_partitions
         self.log_path = log_path
-        self.started: list[subprocess.Popen[bytes]] = []
+        self.started = started
         self.kills: list[Kill] = []
         self._log: IO[bytes] = log_path.open("ab")
         self._born: dict[int, float] = {}
+        self._sentinel = f"tradeql:test-matcher-crash:{uuid.uuid4().hex}"
+
+    async def mark_redis(self) -> None:
+        await self.redis.set(self._sentinel, "1", ex=600)
+
+    async def redis_note(self) -> str:
+        """A failure's likely cause when the test's Redis db was flushed under it (another test
+        session sharing the db): quotes, streams and leases all gone at once."""
+        if await self.redis.exists(self._sentinel):
+            return ""
+        return "\n!!! the test's Redis db was FLUSHED during the run by someone else !!!"
 
     @property
     def current(self) -> subprocess.Popen[bytes]:
@@ -357,6 +372,7 @@ async def _wait_until(
             raise AssertionError(
                 f"{what}: not reached in {timeout:.0f} s; {len(stuck)} orders stuck, "
                 f"{len(missing)} missing:\n{listed_}\n{matchers.tail()}"
+                f"{await matchers.redis_note()}"
             )
         if every_second is not None and time.monotonic() >= next_tick:
             await every_second()
@@ -371,8 +387,24 @@ def _immediate(spec: Spec) -> bool:
 # -- the test ----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def reaper() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The matchers a test starts; none outlives it, even when pytest-timeout cuts it short."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+
 async def test_sigkilled_matcher_loses_and_doubles_nothing(
-    services: Services, settings: Settings, tmp_path: Path
+    services: Services,
+    settings: Settings,
+    tmp_path: Path,
+    reaper: list[subprocess.Popen[bytes]],
 ) -> None:
     began = time.monotonic()
     rng, kill_rng = random.Random(SEED), random.Random(SEED + 1)
@@ -391,8 +423,9 @@ async def test_sigkilled_matcher_loses_and_doubles_nothing(
             break
         await asyncio.sleep(0.05)
 
-    matchers = Matchers(services, tmp_path / "matcher.log")
+    matchers = Matchers(services, tmp_path / "matcher.log", reaper)
     try:
+        await matchers.mark_redis()
         matchers.start()
         await matchers.wait_for_leases(matchers.current, timeout=30)
 
@@ -584,7 +617,11 @@ async def test_sigkilled_matcher_loses_and_doubles_nothing(
                 problems.append(f"neither filled nor cancelled: {line}")
             if order_id in run.cancelled and order.status is not Status.CANCELLED:
                 problems.append(f"a cancel answered CANCELLED, the order is not: {line}")
-        assert not problems, f"{len(problems)} orders wrong:\n" + "\n".join(problems[:40])
+        assert not problems, (
+            f"{len(problems)} orders wrong:\n"
+            + "\n".join(problems[:40])
+            + await matchers.redis_note()
+        )
 
         # Cash, holds and positions, recomputed from the executions.
         accounts = {
