@@ -127,6 +127,8 @@ class Result:
     pool: str = ""
     activity: str = ""
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    quotes_after: int = 0
+    quotes_total: int = 0
     profiles: list[str] = field(default_factory=list)
 
     @property
@@ -215,6 +217,31 @@ def redis_pid(redis_url: str) -> int | None:
         client.close()
 
 
+def redis_keys(redis_url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        size: Any = client.dbsize()
+        return int(size)
+    finally:
+        client.close()
+
+
+def quotes_present(redis_url: str, symbols: Sequence[str]) -> int:
+    """How many of the symbols have their `quote:{SYM}` hash in the bench's Redis db."""
+    import redis
+
+    from services.quote_store import quote_key
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        found: Any = client.exists(*[quote_key(s) for s in symbols]) if symbols else 0
+        return int(found)
+    finally:
+        client.close()
+
+
 def process_tree(pid: int) -> list[int]:
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(pid)
@@ -250,6 +277,13 @@ def setup(config: Config, args: argparse.Namespace) -> tuple[list[str], list[str
     """The database, Redis and data; (tokens, symbols). Prints what it did and how long."""
     from bench import reads_seed
 
+    before = redis_keys(config.redis_url)
+    if before:
+        print(
+            f"note: redis db {args.redis_db} held {before} keys before the flush (another "
+            "process may share it; quotes are checked before and after every window)",
+            flush=True,
+        )
     tokens_file = STATE_DIR / f"reads-tokens-{args.database}.json"
     symbols_file = STATE_DIR / f"reads-symbols-{args.database}.json"
     if args.reuse_setup and tokens_file.exists() and symbols_file.exists():
@@ -540,8 +574,19 @@ def run_scenario(
     args: argparse.Namespace,
     py_spy: str | None,
     pids: dict[str, list[int]],
+    symbols: Sequence[str],
 ) -> Result:
     assert system.client is not None
+    from bench.reads_seed import write_quotes
+
+    present = quotes_present(system.config.redis_url, symbols)
+    if present < len(symbols):
+        written = write_quotes(system.config.redis_url, list(symbols))
+        print(
+            f"  note: only {present} of {len(symbols)} quotes were in redis db "
+            f"{args.redis_db} (someone flushed it?): {written} rewritten",
+            flush=True,
+        )
     client = system.client
     result = Result(scenario)
     spec = {
@@ -591,6 +636,8 @@ def run_scenario(
                 "tradeql_graphql_operation_seconds",
             )
             result.server = {q: histogram_quantile(rows, q) for q in QS}
+    result.quotes_after = quotes_present(system.config.redis_url, symbols)
+    result.quotes_total = len(symbols)
     raw = _read_tagged(client, "RESULT", args.timeout + 60, watch)
     result.client = json.loads(raw)
     result.latency = percentiles(merge_histograms([result.client["hist"]]), QS)
@@ -604,6 +651,21 @@ def run_scenario(
     result.activity = activity.summary()
     result.profiles = _finish_profilers(system, args, recordings, window)
     return result
+
+
+def wait_api_idle(system: System, max_seconds: float) -> float | None:
+    """Seconds until the API's CPU falls under 15% of a core for a whole second (requests the
+    client gave up on keep running on the server), or None if it is still busy at the limit."""
+    started = time.monotonic()
+    for _ in range(int(max_seconds) + 1):
+        window = CpuWindow({"api": system.api_pids()})
+        window.start()
+        time.sleep(1.0)
+        if window.stop()["api"] < 15.0:
+            return time.monotonic() - started
+        if time.monotonic() - started > max_seconds:
+            break
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -640,6 +702,18 @@ def format_result(result: Result, index: int, count: int) -> str:
         f"  latency ms: {_ms(result.latency)}"
         + (" (from the scheduled send time)" if s.mode == "open" else ""),
     ]
+    for sample in c.get("sample_errors", [])[:3]:
+        lines.append(f"    e.g. {sample[:200]}")
+    if c.get("missing_quotes"):
+        lines.append(
+            f"  WARNING: {c['missing_quotes']:,} portfolio responses had positions without a "
+            "quote (the Redis db was flushed under the benchmark?)"
+        )
+    if result.quotes_after < result.quotes_total:
+        lines.append(
+            f"  WARNING: {result.quotes_after} of {result.quotes_total} quotes left in Redis at "
+            "the end of the window"
+        )
     if s.mode == "open":
         lines.append(
             f"  service ms (from the actual write): {_ms(result.service)}; scheduled "
@@ -806,7 +880,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 use_cprofile = True
                 if args.api_workers > 1:
                     raise BenchError("the cProfile fallback needs --api-workers 1")
-        tokens, _symbols = setup(config, args)
+        tokens, symbols = setup(config, args)
         tokens_path = log_dir / "tokens.json"
         tokens_path.write_text(json.dumps(tokens))
         tokens_path.chmod(0o600)
@@ -834,9 +908,17 @@ def run_benchmark(args: argparse.Namespace) -> int:
             pids["redis"] = [found]
         for index, scenario in enumerate(scenarios, start=1):
             print(f"\nrunning {scenario.label} ...", flush=True)
+            idle = wait_api_idle(system, args.drain)
+            if idle is None or idle > 1.5:
+                took = f"after {idle:.0f} s" if idle is not None else f"NOT within {args.drain:g} s"
+                print(
+                    f"  the API went idle {took} (work left from the previous load: requests the "
+                    "client had given up on still run to the end on the server)",
+                    flush=True,
+                )
             if postmaster is not None:  # backends come and go: the tree as of now
                 pids["postgres"] = process_tree(postmaster)
-            result = run_scenario(scenario, system, args, py_spy, pids)
+            result = run_scenario(scenario, system, args, py_spy, pids, symbols)
             results.append(result)
             print(format_result(result, index, len(scenarios)), flush=True)
     except KeyboardInterrupt:
@@ -944,6 +1026,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--skip-orders", action="store_true")
     load.add_argument("--max-in-flight", type=_positive, default=2000, help="open-loop cap")
     load.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per request")
+    load.add_argument(
+        "--drain",
+        type=_positive_float,
+        default=120.0,
+        help="at most this many seconds waiting for the API to go idle before a scenario",
+    )
     system = parser.add_argument_group("system")
     system.add_argument("--api-workers", type=_positive, default=1, help="tradeql api --workers")
     system.add_argument(
@@ -953,7 +1041,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra settings for the API (e.g. TRADEQL_DB_POOL_SIZE=20); repeatable",
     )
     system.add_argument("--database", default="tradeql_bench_reads", help="dropped, recreated")
-    system.add_argument("--redis-db", type=int, default=12, help="Redis db, flushed")
+    system.add_argument(
+        "--redis-db",
+        type=int,
+        default=15,
+        help="Redis db, flushed (12 was in use by other processes on this machine)",
+    )
     system.add_argument(
         "--log-level",
         default="WARNING",

@@ -169,6 +169,7 @@ class Window:
     bytes_received: int = 0
     max_in_flight: int = 0
     walks_completed: int = 0
+    missing_quotes: int = 0  # portfolio responses with a position without a quote
 
     def result(self) -> dict[str, Any]:
         return {
@@ -185,6 +186,7 @@ class Window:
             "bytes_received": self.bytes_received,
             "max_in_flight": self.max_in_flight,
             "walks_completed": self.walks_completed,
+            "missing_quotes": self.missing_quotes,
         }
 
 
@@ -230,9 +232,16 @@ class Runner:
                 raise HttpError("GraphQL errors: " + str(answer["errors"])[:300])
             payload = answer["data"]
             if kind == "portfolio":
-                count = len(payload["portfolio"]["positions"])
-                if self.expected_positions is not None and count != self.expected_positions:
-                    raise HttpError(f"{count} positions, {self.expected_positions} expected")
+                positions = payload["portfolio"]["positions"]
+                if (
+                    self.expected_positions is not None
+                    and len(positions) != self.expected_positions
+                ):
+                    raise HttpError(
+                        f"{len(positions)} positions, {self.expected_positions} expected"
+                    )
+                if measured and any(p["quote"] is None for p in positions):
+                    window.missing_quotes += 1
             else:
                 info = payload["orders"]["pageInfo"]
                 if info["hasNextPage"]:

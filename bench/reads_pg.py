@@ -38,9 +38,18 @@ def backend_pids(url: str, database: str) -> list[int]:
 
 
 def postmaster_pid(url: str) -> int | None:
-    rows = asyncio.run(_fetch(url, "SELECT pg_backend_pid() AS pid"))
-    with contextlib.suppress(psutil.Error, IndexError):
-        return psutil.Process(int(rows[0]["pid"])).ppid()
+    """The postmaster: the parent of a long-lived auxiliary process (a backend of our own
+    connection would be gone by the time psutil looked)."""
+    rows = asyncio.run(
+        _fetch(
+            url,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type IN "
+            "('checkpointer', 'background writer', 'walwriter') ORDER BY backend_type",
+        )
+    )
+    for row in rows:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(int(row["pid"])).ppid()
     return None
 
 

@@ -32,38 +32,75 @@ from types import FrameType
 
 from bench._profile import _frame_name, parse_raw
 
-# (layer, path fragments), tried in this order on each frame, innermost frame first.
+# (layer, path prefixes). py-spy names files relative to their sys.path entry
+# ("graphql/execution/execute.py", "services/portfolio.py"); absolute paths are cut the same way.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("JSON (json/orjson)", ("/json/", "orjson")),
-    ("SQL client (asyncpg)", ("/asyncpg/",)),
-    ("SQL client (SQLAlchemy)", ("/sqlalchemy/",)),
-    ("Redis client (redis-py)", ("/redis/",)),
-    ("GraphQL execution (graphql-core)", ("/graphql/",)),
-    ("GraphQL (strawberry)", ("/strawberry/",)),
-    ("DataLoader / extensions glue", ("/cross_web/",)),
-    ("metrics (prometheus_client)", ("/prometheus_client/",)),
-    ("logging", ("/logging/",)),
-    ("HTTP server (uvicorn/httptools/h11)", ("/uvicorn/", "httptools", "/h11/")),
-    ("ASGI (starlette)", ("/starlette/",)),
-    ("app: schema (types, scalars)", ("/schema/",)),
-    ("app: resolvers", ("/resolvers/",)),
-    ("app: services", ("/services/",)),
-    ("app: gateway (view, middleware, auth)", ("/gateway/",)),
-    ("decimal/uuid/datetime/base64", ("decimal.py", "uuid.py", "datetime.py", "base64.py")),
-    ("event loop (asyncio/uvloop)", ("/asyncio/", "uvloop")),
+    ("JSON encoding/decoding (json, orjson)", ("json/", "orjson")),
+    ("SQL client: asyncpg", ("asyncpg/",)),
+    ("SQL client: SQLAlchemy (pool, pre-ping, transactions, result rows)", ("sqlalchemy/",)),
+    ("Redis client: redis-py", ("redis/",)),
+    ("GraphQL validation (graphql-core)", ("graphql/validation/",)),
+    ("GraphQL parsing (graphql-core)", ("graphql/language/",)),
+    ("GraphQL execution (graphql-core)", ("graphql/",)),
+    ("GraphQL (strawberry: view, extensions, resolver wrappers, DataLoader)", ("strawberry/",)),
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("logging", ("logging/",)),
+    ("HTTP server (uvicorn, httptools, h11)", ("uvicorn/", "httptools", "h11/")),
+    ("ASGI (starlette)", ("starlette/",)),
+    ("app: schema/ (types, scalars)", ("schema/",)),
+    ("app: resolvers/", ("resolvers/",)),
+    ("app: services/", ("services/",)),
+    ("app: gateway/ (view, middleware, metrics)", ("gateway/",)),
 ]
-OTHER = "other"
+# Phases recognised anywhere on the stack: validation walks the document with graphql/language's
+# visitor, which would otherwise be charged to parsing.
+WHOLE_STACK: list[tuple[str, str]] = [
+    ("GraphQL validation (graphql-core)", "graphql/validation/validate.py"),
+    ("GraphQL parsing (graphql-core)", "graphql/language/parser.py"),
+]
+EVENT_LOOP = "event loop: asyncio/uvloop Python frames"
+LOOP_C = "event loop C code (uvloop I/O, callbacks) or runnable waiting for a CPU"
+OTHER = "other (stdlib: contextlib, decimal, uuid, typing, ...)"
+_SITE = ("site-packages/", "/work/main/")
+
+
+def _path(frame: str) -> str:
+    """'func (path/to/file.py:12)' -> 'path/to/file.py', relative to site-packages or the repo."""
+    inside = frame.rpartition(" (")[2].rstrip(")")
+    path = inside.rsplit(":", 1)[0].replace("\\", "/")
+    for marker in _SITE:
+        if marker in path:
+            path = path.rsplit(marker, 1)[1]
+    return path
 
 
 def layer_of(path: str) -> str | None:
-    for layer, fragments in LAYERS:
-        if any(f in path for f in fragments):
+    for layer, prefixes in LAYERS:
+        if path.startswith(prefixes):
             return layer
     return None
 
 
 def _raw_frames(stack: str) -> list[str]:
     return [f for f in stack.split(";") if f]
+
+
+def layer_of_stack(frames: list[str]) -> str:
+    """The layer of the innermost frame that belongs to a library or the app; asyncio frames
+    count only when nothing else is on the stack (a library's I/O is the library's)."""
+    if frames and frames[-1].startswith("Runner.run "):
+        return LOOP_C
+    for layer, marker in WHOLE_STACK:
+        if any(marker in frame for frame in frames):
+            return layer
+    saw_loop = False
+    for frame in reversed(frames):
+        path = _path(frame)
+        found = layer_of(path)
+        if found is not None:
+            return found
+        saw_loop = saw_loop or path.startswith(("asyncio/", "uvloop"))
+    return EVENT_LOOP if saw_loop else OTHER
 
 
 def layers_from_raw(text: str) -> tuple[int, dict[str, int]]:
@@ -76,18 +113,16 @@ def layers_from_raw(text: str) -> tuple[int, dict[str, int]]:
             continue
         count = int(count_text)
         samples += count
-        chosen = OTHER
-        for frame in reversed(_raw_frames(stack)):
-            found = layer_of(frame.replace("\\", "/"))
-            if found is not None:
-                chosen = found
-                break
+        chosen = layer_of_stack(_raw_frames(stack))
         per_layer[chosen] = per_layer.get(chosen, 0) + count
     return samples, per_layer
 
 
 # Stages of a request, charged when any frame of the sample is in the named function.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("GraphQL validation (ValidationCache.on_validate -> validate)", ("validate (graphql/",)),
+    ("pool pre-ping on checkout (BEGIN; ';'; ROLLBACK)", ("_async_ping (",)),
+    ("rollback when a connection goes back to the pool", ("AsyncConnection.close (",)),
     ("session lookup (SessionStore.authenticate)", ("authenticate (services/sessions.py)",)),
     ("holdings SQL (Portfolios.holdings)", ("holdings (services/portfolio.py)",)),
     ("history SQL (OrderStore.history)", ("history (services/order_store.py)",)),
@@ -141,7 +176,7 @@ def summarize_cprofile(path: Path, name: str, seconds: float, top: int) -> str:
     per_layer: dict[str, float] = {}
     raw = stats.stats  # type: ignore[attr-defined]
     for (filename, _line, _func), (_cc, _nc, tottime, _ct, _callers) in raw.items():
-        layer = layer_of(str(filename).replace("\\", "/")) or OTHER
+        layer = layer_of(_path(f"x ({filename}:0)")) or OTHER
         per_layer[layer] = per_layer.get(layer, 0.0) + tottime
     lines = [
         f"cProfile {name}: {total:.1f} s of profiled CPU over {seconds:.0f} s "
