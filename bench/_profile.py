@@ -1,8 +1,10 @@
 """Where the time goes: py-spy on running processes, or cProfile on an in-process quote cache.
 
 py-spy samples a live process from outside (`record --nonblocking -f raw`); its raw output has
-one line per distinct stack, `frame;frame;...;leaf count`. Only on-CPU samples are written (idle
-threads are left out), so `samples / (rate x seconds)` approximates how busy the process was.
+one line per distinct stack, `frame;frame;...;leaf count`. Only samples of active threads are
+written (idle ones, blocked in a system call, are left out), so `samples / (rate x seconds)` is
+the share of time the process was running *or runnable*: on a machine short of CPU it can be near
+100% while the process got far less CPU, which is then a measure of how starved it was.
 """
 
 from __future__ import annotations
@@ -162,8 +164,9 @@ def summarize(recording: PySpyRecording, top: int) -> str:
     expected = recording.rate * recording.seconds
     lines = [
         f"py-spy: {recording.name} (pid {recording.pid}): {profile.samples:,} on-CPU samples "
-        f"at {recording.rate} Hz over {recording.seconds} s -> busy ~"
-        f"{100 * profile.samples / max(expected, 1):.0f}% of one core"
+        f"at {recording.rate} Hz over {recording.seconds} s -> active ~"
+        f"{100 * profile.samples / max(expected, 1):.0f}% of the time (running, or runnable "
+        "and waiting for a CPU: compare with its CPU %)"
     ]
     if not profile.samples:
         return lines[0]

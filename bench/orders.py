@@ -716,7 +716,9 @@ def _notes(result: Result, args: argparse.Namespace) -> None:
     if c.get("failed"):
         result.notes.append(f"failures: {c['failed']}, e.g. {c.get('sample_errors', [])[:2]}")
     if c.get("socket_errors"):
-        result.notes.append(f"WebSocket errors: {c['socket_errors'][:2]}")
+        result.notes.append(
+            f"client-side errors (sockets, quote refresh): {c['socket_errors'][:2]}"
+        )
     if result.cpu.get("client", 0.0) > 90:
         result.notes.append("the client process was saturated: rates are bounded by it")
     if result.catch_up_s is None:
@@ -784,7 +786,7 @@ def format_result(result: Result, index: int, count: int, users: int) -> str:
         )
     cpu_line = "  ".join(f"{name} {cpu[name]:.0f}" for name in PROCESS_NAMES if name in cpu)
     other = max(0.0, cpu.get("machine", 0.0) - sum(cpu.get(n, 0.0) for n in PROCESS_NAMES))
-    per_order = "  ".join(
+    cpu_per_order = "  ".join(
         f"{name} {10 * cpu[name] / max(result.accepted_rate, 1e-9):.2f}"
         for name in ("api", "matcher", "postgres", "client")
         if name in cpu
@@ -816,7 +818,7 @@ def format_result(result: Result, index: int, count: int, users: int) -> str:
         f"  CPU % of one core             {cpu_line}   | machine {cpu.get('machine', 0):.0f} "
         f"of {100 * (os.cpu_count() or 1)} (other processes ~{other:.0f}; load average "
         f"{_fmt(result.load_average, '.2f')})",
-        f"  CPU ms per accepted order     {per_order}   (matcher per execution "
+        f"  CPU ms per accepted order     {cpu_per_order}   (matcher per execution "
         f"{matcher_per_fill:.2f} ms)",
         f"  {target_verdict(result)}",
     ]
@@ -984,7 +986,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             flush=True,
         )
         py_spy: str | None = None
-        if args.profile:
+        if args.profile and args.profile_with == "py-spy":
             from bench._profile import find_py_spy
 
             py_spy, note = find_py_spy(install=True)
@@ -1015,7 +1017,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         redis.flushdb()
         system = System(config, args, registry)
         system.start_servers(redis, symbols)
-        if args.profile:
+        if args.profile and args.profile_with == "cprofile":
+            print("restarting the API and the matcher under cProfile", flush=True)
+            system.switch_to_cprofile()
+        elif args.profile:
             problem = _check_py_spy(py_spy, system.api.pid) if py_spy else "py-spy unavailable"
             if problem:
                 print(f"py-spy cannot sample the processes ({problem})", flush=True)
@@ -1187,6 +1192,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("api", "matcher"),
         default=["api", "matcher"],
         help="which processes",
+    )
+    prof.add_argument(
+        "--profile-with",
+        choices=("py-spy", "cprofile"),
+        default="py-spy",
+        help="py-spy from outside (installed into the venv if missing), or cProfile inside the "
+        "API and the matcher (restarted under bench/orders_cprofile.py; slows them down)",
     )
     prof.add_argument("--profile-rate", type=_positive, default=100, help="py-spy samples/s")
     prof.add_argument("--profile-top", type=_positive, default=20, help="functions listed")

@@ -486,7 +486,7 @@ class Bench:
         try:
             data = await graphql(conn, QUOTES, {"s": self.symbols}, b"", 10.0)
         except (HttpError, TimeoutError) as exc:
-            self.socket_errors.append(f"quotes: {exc}")
+            self.socket_errors.append(f"quotes query: {type(exc).__name__} {exc}".strip())
             return
         finally:
             conn.close()

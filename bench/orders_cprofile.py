@@ -22,6 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+IDLE_CALLS = ("'poll' of 'select.epoll'", "'select' of 'select.epoll'", "'poll' of 'select.poll'")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,9 +62,14 @@ def summarize(path: Path, name: str, seconds: float, top: int) -> str:
     text = io.StringIO()
     stats = pstats.Stats(str(path), stream=text)
     total = getattr(stats, "total_tt", 0.0)
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = getattr(stats, "stats", {})
+    waiting = sum(v[2] for k, v in raw.items() if any(w in k[2] for w in IDLE_CALLS))
+    busy = total - waiting
     text.write(
-        f"cProfile: {name}, {total:.1f} s of profiled CPU over a {seconds:.0f} s window "
-        f"(~{100 * total / max(seconds, 1e-9):.0f}% of one core, inflated by cProfile itself)\n"
+        f"cProfile: {name}: {total:.1f} s of profiled wall time over a {seconds:.0f} s window, "
+        f"{waiting:.1f} s of it waiting in epoll -> ~{100 * busy / max(seconds, 1e-9):.0f}% of "
+        "one core busy (times are wall time: a call includes the time the process was "
+        "descheduled in it; cProfile itself slows Python code down)\n"
         "by own time\n"
     )
     stats.sort_stats("tottime").print_stats(top)

@@ -253,9 +253,9 @@ class Runner:
         except (HttpError, TimeoutError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
             if measured:
                 kind_of = type(exc).__name__
+                if kind_of not in window.errors and len(window.sample_errors) < 5:
+                    window.sample_errors.append(f"{kind_of}: {exc or 'no answer in time'}"[:300])
                 window.errors[kind_of] += 1
-                if len(window.sample_errors) < 5:
-                    window.sample_errors.append(f"{kind_of}: {exc}"[:300])
             return
         finally:
             self.in_flight -= 1

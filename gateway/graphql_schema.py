@@ -7,6 +7,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -35,6 +36,15 @@ class TradeQLSchema(strawberry.Schema):
         log_errors(errors, execution_context)
 
 
+# The depth and alias limiters build their rule classes when constructed: built once here, so
+# every request validates with the same rules and the ValidationCache can hit (built per
+# request, every request missed it and paid for validation again).
+LIMIT_RULES = [
+    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+]
+
+
 def build_schema() -> strawberry.Schema:
     extensions: list[Any] = [
         MetricsExtension,
@@ -42,8 +52,7 @@ def build_schema() -> strawberry.Schema:
         # strawberry keeps one LRU per maxsize, shared by every request's extension instance.
         lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: AddValidationRules(LIMIT_RULES),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         MaskInternalErrors,
     ]

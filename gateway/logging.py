@@ -23,6 +23,15 @@ def install_request_id() -> None:
     logging.setLogRecordFactory(_record_with_request_id)
 
 
+class DropClientDisconnects(logging.Filter):
+    """strawberry logs a traceback for each subscription whose client went away mid-send: a
+    normal end of a WebSocket, not an error worth a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return type(error).__name__ not in ("WebSocketDisconnected", "WebSocketDisconnect")
+
+
 def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     install_request_id()
     handler = logging.StreamHandler(sys.stderr)
@@ -40,5 +49,6 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("strawberry.ws.task").addFilter(DropClientDisconnects())
     for noisy in ("uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from cross_web import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -72,6 +72,8 @@ class GraphQLView(GraphQL[Context, None]):
         request = Request(scope, receive=receive)
         try:
             response = await self.run(request)
+        except ClientDisconnect:
+            return  # the client left before sending its body: nobody to answer
         except HTTPException as exc:
             status = exc.status_code
             if request.method == "GET" and "not allowed" in exc.reason.lower():

@@ -70,7 +70,7 @@ class Window:
         for message in messages:
             for line in message.fields.get("q", "").split(RECORD_SEPARATOR):
                 fields = line.split(FIELD_SEPARATOR)
-                if not well_formed(fields):
+                if len(fields) != FIELD_COUNT or not _is_count(fields[7]):
                     if line:
                         report("bad_stream_record", line[:80])
                     continue
@@ -129,7 +129,13 @@ class QuoteCache:
 
     async def flush(self, window: Window) -> None:
         started = time.perf_counter()
-        records = list(window.records.values())
+        # Full validation only for what survived coalescing: most records never get here.
+        records = []
+        for fields in window.records.values():
+            if well_formed(fields):
+                records.append(fields)
+            else:
+                self.report("bad_stream_record", FIELD_SEPARATOR.join(fields)[:80])
         written = await self.store.write_records(records)
         if written:
             payload = RECORD_SEPARATOR.join(FIELD_SEPARATOR.join(records[i]) for i in written)
