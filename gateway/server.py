@@ -8,6 +8,7 @@ and supervised like `tradeql up` does, so each one drains the same way.
 
 from __future__ import annotations
 
+import signal
 import socket
 
 import uvicorn
@@ -45,4 +46,9 @@ def serve(host: str, port: int, *, grace_seconds: float, reuse_port: bool = Fals
         ws_ping_interval=20,
     )
     server = GracefulServer(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+    # handler that kills the process (exit -15) after an orderly drain. A no-op handler lets
+    # the drained process exit 0, as an orchestrator expects.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     server.run(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
