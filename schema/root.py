@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import strawberry
 
-from resolvers import accounts, marketdata, orders, portfolio
+from resolvers import accounts, marketdata, orders, portfolio, watchlists
 from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
 from schema.marketdata import MarketClock, Quote, Security
 from schema.orders import Order, OrderConnection, OrderPayload, OrderUpdate
+from schema.watchlists import DeletePayload, Watchlist, WatchlistPayload
 
 
 @strawberry.type
@@ -22,6 +23,7 @@ class Query:
     clock: MarketClock = strawberry.field(resolver=marketdata.clock)
     order: Order | None = strawberry.field(resolver=orders.order)
     orders: OrderConnection = strawberry.field(resolver=orders.orders, description="newest first")
+    watchlists: list[Watchlist] = strawberry.field(resolver=watchlists.watchlists)
 
 
 @strawberry.type
@@ -38,6 +40,12 @@ class Mutation:
     )
     place_order: OrderPayload = strawberry.mutation(resolver=orders.place_order)
     cancel_order: OrderPayload = strawberry.mutation(resolver=orders.cancel_order)
+    create_watchlist: WatchlistPayload = strawberry.mutation(resolver=watchlists.create_watchlist)
+    add_to_watchlist: WatchlistPayload = strawberry.mutation(resolver=watchlists.add_to_watchlist)
+    remove_from_watchlist: WatchlistPayload = strawberry.mutation(
+        resolver=watchlists.remove_from_watchlist
+    )
+    delete_watchlist: DeletePayload = strawberry.mutation(resolver=watchlists.delete_watchlist)
 
 
 @strawberry.type

@@ -28,6 +28,7 @@ from services.securities import Securities
 from services.sessions import SessionStore
 from services.settings import Settings
 from services.users import Accounts
+from services.watchlists import Watchlists
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Services:
     order_store: OrderStore = field(init=False)
     placement: OrderPlacement = field(init=False)
     cancellation: OrderCancellation = field(init=False)
+    watchlists: Watchlists = field(init=False)
     portfolios: Portfolios = field(init=False)
     portfolio_hub: PortfolioHub = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -67,6 +69,11 @@ class Services:
         self.order_store = OrderStore(self.engine)
         self.placement = OrderPlacement(self.engine, self.redis, self.settings, self.clock)
         self.cancellation = OrderCancellation(self.engine, self.redis, self.settings)
+        self.watchlists = Watchlists(
+            self.engine,
+            max_lists=self.settings.watchlist_max_lists,
+            max_symbols=self.settings.watchlist_max_symbols,
+        )
         self.portfolios = Portfolios(self.engine)
         self.portfolio_hub = PortfolioHub(
             self.portfolios, self.quote_store, self.quote_hub, self.broadcast

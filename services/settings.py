@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     venue_breaker_threshold: int = Field(default=5, ge=1)
     venue_breaker_reset_seconds: float = Field(default=10.0, gt=0)
     order_retention_months: int = Field(default=24, ge=1)
+    watchlist_max_lists: int = Field(default=20, ge=1, description="watchlists per user")
+    watchlist_max_symbols: int = Field(default=100, ge=1, description="symbols per watchlist")
 
 
 @lru_cache(maxsize=1)

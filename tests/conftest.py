@@ -38,6 +38,8 @@ from services.settings import Settings, get_settings
 from tests.graphql_client import GraphQLClient
 
 TEST_REDIS_DBS = range(11, 16)
+LOCK_REDIS_DB = 10
+LOCK_SECONDS = 1800
 
 
 def _with_path(url: str, path: str) -> str:
@@ -86,25 +88,32 @@ def redis_url(server_urls: tuple[str, str]) -> Iterator[str]:
     """A Redis database of our own: two test runs on one machine (say, a developer's and a
     helper's) would otherwise flush each other's streams and steal each other's matcher leases."""
     lock = f"tradeql:test-run:{uuid.uuid4().hex}"
+    # The locks live in a db no test flushes (tests flush their own db to simulate a lost Redis).
+    locks_url = _with_path(server_urls[1], f"/{LOCK_REDIS_DB}")
 
     async def claim() -> str:
-        for db in TEST_REDIS_DBS:
-            url = _with_path(server_urls[1], f"/{db}")
-            redis = Redis.from_url(url)
-            try:
-                if await redis.set("tradeql:test-lock", lock, nx=True, ex=1800):
+        locks = Redis.from_url(locks_url)
+        try:
+            for db in TEST_REDIS_DBS:
+                if await locks.set(f"tradeql:test-lock:{db}", lock, nx=True, ex=LOCK_SECONDS):
+                    url = _with_path(server_urls[1], f"/{db}")
+                    redis = Redis.from_url(url)
                     await redis.flushdb()
-                    await redis.set("tradeql:test-lock", lock, ex=1800)
+                    await redis.aclose()
                     return url
-            finally:
-                await redis.aclose()
+        finally:
+            await locks.aclose()
         raise RuntimeError(f"every test Redis db {list(TEST_REDIS_DBS)} is in use")
 
     async def release(url: str) -> None:
-        redis = Redis.from_url(url)
-        if (await redis.get("tradeql:test-lock")) == lock.encode():
+        db = int(urlsplit(url).path.strip("/"))
+        locks = Redis.from_url(locks_url)
+        if (await locks.get(f"tradeql:test-lock:{db}")) == lock.encode():
+            redis = Redis.from_url(url)
             await redis.flushdb()
-        await redis.aclose()
+            await redis.aclose()
+            await locks.delete(f"tradeql:test-lock:{db}")
+        await locks.aclose()
 
     url = asyncio.run(claim())
     try:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from uuid import UUID
 
@@ -77,11 +78,15 @@ class Lease:
 
 def collar_limit(order: Order, quote: Quote, collar: Decimal) -> Decimal | None:
     """The worst price an order may execute at: its limit, or for a market order the quote
-    moved by the collar (what its buying-power hold was sized for), on the tick grid."""
+    moved by the collar, on the tick grid. A buy never pays more a share than its hold covers
+    (the market may have moved past the collar since the hold was taken): what cannot fill
+    within it is cancelled, instead of a fill the account cannot pay for."""
     if order.type is OrderType.LIMIT or (order.type is OrderType.STOP_LIMIT and order.triggered):
         return order.limit_price
     if order.side is Side.BUY:
         raw = quote.ask * (1 + collar)
+        if order.notional is None and order.remaining_quantity > 0:
+            raw = min(raw, order.reserved_cash / order.remaining_quantity)
         return raw.quantize(tick_for(raw), rounding=ROUND_DOWN)
     raw = quote.bid * (1 - collar)
     return max(raw.quantize(tick_for(raw), rounding=ROUND_UP), tick_for(raw))
@@ -110,6 +115,9 @@ class PartitionMatcher:
     # -- life cycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         await self.orders.ensure(start_id="0")
+        # Quotes from here on, read after the rebuild: none published meanwhile is missed.
+        newest = await self.services.redis.xrevrange(quote_stream(self.partition), count=1)
+        self._quote_id = newest[0][0] if newest else "0-0"
         await self.rebuild()
         pending = await self.orders.claim_abandoned(count=1000)
         await self._handle_messages(pending)
@@ -136,7 +144,7 @@ class PartitionMatcher:
                 if partition_of(o.symbol, self.settings.quote_partitions) == self.partition
             ]
         for order in working:
-            await self.process(order)
+            await self.process_safely(order)
         MATCHER_WORKING.labels(str(self.partition)).set(len(self.book))
         log.info("partition %d: %d working orders rebuilt", self.partition, len(working))
 
@@ -153,7 +161,7 @@ class PartitionMatcher:
             ]
         for order in working:
             log.info("sweep found order %s without a hand-off", order.id)
-            await self.process(order)
+            await self.process_safely(order)
 
     async def _handle_messages(self, messages: list) -> None:  # type: ignore[type-arg]
         if not messages:
@@ -168,7 +176,7 @@ class PartitionMatcher:
                 found = await orders_by_id(conn, new_ids)
             for order_id in new_ids:
                 if order_id in found:
-                    await self.process(found[order_id])
+                    await self.process_safely(found[order_id])
         await self.orders.ack(messages)
         MATCHER_WORKING.labels(str(self.partition)).set(len(self.book))
 
@@ -201,9 +209,23 @@ class PartitionMatcher:
         async with self._lock:
             crossed = self.book.on_quote(quote)
         for order in crossed.triggered:
-            await self._trigger(order, quote)
+            await self._guarded(self._trigger(order, quote), order)
         for order in crossed.executable:
-            await self._execute(order, quote)
+            await self._guarded(self._execute(order, quote), order)
+
+    async def _guarded(self, work: Awaitable[None], order: Order) -> None:
+        try:
+            await work
+        except (RedisError, OSError):
+            raise
+        except Exception as exc:
+            log.exception("order %s could not be executed; cancelling it", order.id)
+            async with self._lock:
+                self.book.remove(order.id)
+            with contextlib.suppress(Exception):
+                await self._close(
+                    order, Status.CANCELLED, f"could not be booked: {type(exc).__name__}"
+                )
 
     async def _trigger(self, order: Order, quote: Quote) -> None:
         """A stop whose price the last trade crossed: a STOP executes as a market order, a
@@ -213,6 +235,22 @@ class PartitionMatcher:
             await self.process(outcome.order, quote)
 
     # -- orders ---------------------------------------------------------------------------
+    async def process_safely(self, order: Order) -> None:
+        """One order that cannot be booked must not stop the partition: it is cancelled with
+        the reason, and the matcher goes on with the others."""
+        try:
+            await self.process(order)
+        except (RedisError, OSError):
+            raise  # an outage, not this order's fault: let the partition retry
+        except Exception as exc:
+            log.exception("order %s could not be processed; cancelling it", order.id)
+            async with self._lock:
+                self.book.remove(order.id)
+            with contextlib.suppress(Exception):
+                await self._close(
+                    order, Status.CANCELLED, f"could not be booked: {type(exc).__name__}"
+                )
+
     async def process(self, order: Order, quote: Quote | None = None) -> None:
         """Decide what a newly seen open order needs: execution now, or a place in the book."""
         if not order.is_open:
@@ -318,9 +356,9 @@ class PartitionMatcher:
         return None
 
     async def _current_quote(self, symbol: str) -> Quote | None:
-        quote = self.quotes.get(symbol)
-        if quote is None:
-            (quote,) = await self.services.quote_store.read([symbol])
+        """The consolidated quote as the quote cache holds it now (the stream copy here is
+        kept only for symbols with resting orders, and may be old for the others)."""
+        (quote,) = await self.services.quote_store.read([symbol])
         if quote is None or quote.bid <= 0 or quote.ask <= 0:
             return None
         return quote

@@ -118,7 +118,8 @@ CREATE TABLE executions (
     price               numeric(18, 4) NOT NULL CHECK (price > 0),
     venue               text NOT NULL,
     venue_execution_id  text NOT NULL UNIQUE,
-    executed_at         timestamptz NOT NULL DEFAULT now()
+    -- clock_timestamp, not now(): the fills of one transaction keep their order
+    executed_at         timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX executions_order_idx ON executions (order_id, executed_at);
 
