@@ -264,3 +264,40 @@ async def test_day_orders_expire_at_the_close_and_gtc_orders_stay(
     assert (await reload(services, gtc.id)).status is Status.SUBMITTED
     assert (await balances(services, user))[1] == Decimal("80.00")
     await services.cancellation.cancel(user, gtc.id)
+
+
+async def test_a_new_market_order_uses_the_quote_as_it_is_now(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    """The matcher's stream copy of a quote can be old for a symbol with nothing resting."""
+    user = await trader(services)
+    resting = await place(services, user, symbol, type="LIMIT", quantity="1", limit="90.00")
+    await wait_status(services, resting.id, Status.SUBMITTED)
+    await services.cancellation.cancel(user, resting.id)
+    await asyncio.sleep(0.3)
+    await quote(services, symbol, "110.00", "110.02")
+    order = await place(services, user, symbol, quantity="1")
+    filled = await wait_status(services, order.id, Status.FILLED)
+    assert filled.average_fill_price == Decimal("110.02")
+
+
+async def test_a_buy_never_pays_more_than_its_hold_covers(
+    services: Services, symbol: str, books_balance: None
+) -> None:
+    """Placed while no matcher runs, then the market jumps past the collar: the order fills
+    nothing it cannot pay for; it is cancelled, and the partition goes on working."""
+    user = await trader(services, cash="105.03")  # exactly the hold of 1 share at 100.02 + 5%
+    order = await place(services, user, symbol, quantity="1")
+    await quote(services, symbol, "120.00", "120.02")
+    other = await trader(services)
+    next_order = await place(services, other, symbol, quantity="1")
+    stop, running = asyncio.Event(), Matcher(services)
+    task = asyncio.create_task(running.run(stop))
+    try:
+        done = await wait_status(services, order.id, Status.CANCELLED)
+        assert done.filled_quantity == 0
+        assert await balances(services, user) == (Decimal("105.03"), Decimal(0))
+        assert (await wait_status(services, next_order.id, Status.FILLED)).filled_quantity == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
