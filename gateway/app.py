@@ -13,6 +13,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from gateway.connections import CONNECTIONS, drain
 from gateway.graphql_schema import build_schema
+from gateway.guards import BodySizeLimitMiddleware, RateLimitMiddleware
 from gateway.health import healthz, metrics, readyz
 from gateway.logging import install_request_id
 from gateway.metrics import REGISTRY, PoolCollector
@@ -27,7 +28,7 @@ log = logging.getLogger("tradeql.api")
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     install_request_id()
-    view = GraphQLView(build_schema(), settings)
+    view = GraphQLView(build_schema(settings), settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -57,6 +58,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(RateLimitMiddleware, settings=settings),
+            Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
         lifespan=lifespan,
     )

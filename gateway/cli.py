@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from services.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from services.container import Services
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="TradeQL: a stock-trading backend served as a GraphQL API.",
@@ -120,8 +126,9 @@ def up(
     from gateway.supervisor import Child, Supervisor, child_env, tradeql_argv
 
     embedded: EmbeddedServers | None = None
-    env: dict[str, str] = {
-        "TRADEQL_MARKET_ALWAYS_OPEN": os.environ.get("TRADEQL_MARKET_ALWAYS_OPEN", "true")
+    env: dict[str, str] = {  # a demo: an always-open market, GraphiQL and introspection
+        name: os.environ.get(name, "true")
+        for name in ("TRADEQL_MARKET_ALWAYS_OPEN", "TRADEQL_GRAPHIQL", "TRADEQL_INTROSPECTION")
     }
     code = 1
     try:
@@ -189,6 +196,98 @@ def securities_defaults(
         _load_securities(settings, [*DEFAULT_UNIVERSE, *synthetic_universe(synthetic)])
     )
     typer.echo(f"loaded {count} securities")
+
+
+partners_app = typer.Typer(
+    help="Partners: API keys that may run only their own trusted documents.", no_args_is_help=True
+)
+app.add_typer(partners_app, name="partners")
+
+
+@partners_app.command("add")
+def partners_add(
+    name: Annotated[str, typer.Argument(help="the partner's name: letters, digits, '.', '_', '-'")],
+    manifest: Annotated[
+        Path, typer.Option(help="Apollo persisted query manifest, or a {sha256: document} map")
+    ],
+    rotate_key: Annotated[
+        bool, typer.Option(help="for an existing partner: issue a new key; the old one stops")
+    ] = False,
+) -> None:
+    """Register a partner with its trusted documents and print its API key as the last line.
+
+    For an existing partner the manifest replaces its documents and the key stays as it was,
+    unless --rotate-key. Only a hash of the key is kept: it is shown once.
+    """
+    settings = _setup()
+    _require_database(settings)
+    from services.partners import PartnerError, check_against_schema, parse_manifest
+
+    try:
+        documents = parse_manifest(
+            manifest.read_text(encoding="utf-8"),
+            max_document_bytes=settings.persisted_document_max_bytes,
+        )
+        from gateway.graphql_schema import build_schema
+
+        check_against_schema(documents, build_schema()._schema)
+        done = asyncio.run(
+            _with_services(
+                settings, lambda s: s.partners.register(name, documents, rotate_key=rotate_key)
+            )
+        )
+    except (OSError, PartnerError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    verb = "registered partner" if done.created else "replaced the documents of partner"
+    typer.echo(f"{verb} {done.partner.name}: {done.documents} documents")
+    if done.api_key is None:
+        typer.echo("its API key is unchanged (--rotate-key issues a new one)")
+        return
+    if not done.created:
+        typer.echo("issued a new API key: the old one no longer works")
+    typer.echo("API key (shown once, only its hash is kept):")
+    typer.echo(done.api_key)
+
+
+@partners_app.command("list")
+def partners_list() -> None:
+    """Every partner, active or revoked, with its number of documents (never a key)."""
+    settings = _setup()
+    _require_database(settings)
+    rows = asyncio.run(_with_services(settings, lambda s: s.partners.summaries()))
+    typer.echo(f"{'NAME':<24} {'STATUS':<8} {'DOCUMENTS':>9}  {'CREATED':<20} UPDATED")
+    for row in rows:
+        status = "active" if row.active else "revoked"
+        typer.echo(
+            f"{row.name:<24} {status:<8} {row.documents:>9}  "
+            f"{row.created_at:%Y-%m-%d %H:%M:%S}  {row.updated_at:%Y-%m-%d %H:%M:%S}"
+        )
+
+
+@partners_app.command("revoke")
+def partners_revoke(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
+    """End a partner's API key at once, on every API process."""
+    settings = _setup()
+    _require_database(settings)
+    from services.partners import PartnerError
+
+    try:
+        asyncio.run(_with_services(settings, lambda s: s.partners.revoke(name)))
+    except PartnerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"revoked partner {name}: its API key no longer works")
+
+
+async def _with_services(settings: Settings, use: Callable[[Services], Awaitable[T]]) -> T:
+    from services.container import Services
+
+    services = Services.from_settings(settings)
+    try:
+        return await use(services)
+    finally:
+        await services.close()
 
 
 async def _load_securities(settings: Settings, securities: list[object]) -> int:

@@ -8,52 +8,50 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from gateway.errors import MaskInternalErrors, log_errors
+from gateway.guards import code_parse_limit_errors, query_limit_rules
 from gateway.metrics import MetricsExtension
 from resolvers.loaders import LoadersExtension
 from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_OVERRIDES
+from services.settings import Settings, get_settings
 
 DOCUMENT_CACHE_SIZE = 4096
-MAX_DEPTH = 12
-MAX_ALIASES = 30
-MAX_TOKENS = 2000
 
 
 class TradeQLSchema(strawberry.Schema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
+        code_parse_limit_errors(errors)
         log_errors(errors, execution_context)
 
 
-# The depth and alias limiters build their rule classes when constructed: built once here, so
-# every request validates with the same rules and the ValidationCache can hit (built per
-# request, every request missed it and paid for validation again).
-LIMIT_RULES = [
-    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
-    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
-]
-
-
-def build_schema() -> strawberry.Schema:
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    settings = settings or get_settings()
+    # Rule classes made once, here: ValidationCache keys on them, so classes made per request
+    # (as QueryDepthLimiter and MaxAliasesLimiter do when constructed) would never hit it.
+    rules = query_limit_rules(
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_aliases,
+        introspection=settings.introspection,
+    )
+    max_tokens = settings.max_tokens
     extensions: list[Any] = [
         MetricsExtension,
         LoadersExtension,
         # strawberry keeps one LRU per maxsize, shared by every request's extension instance.
         lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-        lambda: AddValidationRules(LIMIT_RULES),
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: AddValidationRules(list(rules)),
+        lambda: MaxTokensLimiter(max_token_count=max_tokens),
         MaskInternalErrors,
     ]
     return TradeQLSchema(

@@ -44,6 +44,9 @@ def serve(host: str, port: int, *, grace_seconds: float, reuse_port: bool = Fals
         access_log=False,
         timeout_graceful_shutdown=int(grace_seconds),
         ws_ping_interval=20,
+        # The client address is TRADEQL_TRUSTED_PROXIES' business (gateway/guards.py), not
+        # uvicorn's, which would believe X-Forwarded-For from 127.0.0.1 by default.
+        proxy_headers=False,
     )
     server = GracefulServer(config)
     # uvicorn re-raises the signal that stopped it once it has shut down; with the default

@@ -7,20 +7,29 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from cross_web import HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.schema import BaseSchema
+from strawberry.types import ExecutionResult, SubscriptionExecutionResult
 from strawberry.types.unset import UnsetType
 
 from gateway.connections import CONNECTIONS
 from gateway.legacy_ws import GraphQLWSHandler
 from gateway.metrics import WEBSOCKETS_OPEN
+from gateway.persisted import (
+    DocumentResolver,
+    PersistedQueryError,
+    names_a_persisted_document,
+    resolve_http,
+)
+from gateway.ws_persisted import PersistedGraphQLTransportWSHandler
 from resolvers.context import Context
 from services.container import Services
 from services.request_context import current_request_id
@@ -49,6 +58,7 @@ def is_request_error(response: Mapping[str, Any]) -> bool:
 
 class GraphQLView(GraphQL[Context, None]):
     graphql_ws_handler_class = GraphQLWSHandler
+    graphql_transport_ws_handler_class = PersistedGraphQLTransportWSHandler
 
     def __init__(self, schema: BaseSchema, settings: Settings) -> None:
         super().__init__(
@@ -82,7 +92,29 @@ class GraphQLView(GraphQL[Context, None]):
             response = JSONResponse(error_body(exc.reason, code), status_code=status)
             if status == 405:
                 response.headers["Allow"] = "POST" if request.method == "GET" else "GET, POST"
+        except PersistedQueryError as exc:
+            response = exc.response()
         await response(scope, receive, send)
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        return super().should_render_graphql_ide(request) and not names_a_persisted_document(
+            request.query_params, request.headers
+        )
+
+    async def execute_operation(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        context: Context,
+        root_value: None,
+        sub_response: Response,
+    ) -> ExecutionResult | list[ExecutionResult] | SubscriptionExecutionResult:
+        """Persisted queries first (APQ, partners' documents): strawberry has none."""
+        await resolve_http(DocumentResolver.for_services(context.services), request, request_data)
+        return await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

@@ -16,6 +16,7 @@ from services.cancel import OrderCancellation
 from services.clock import MarketClock
 from services.db import create_engine
 from services.order_store import OrderStore
+from services.partners import Partners
 from services.passwords import Passwords
 from services.placement import OrderPlacement
 from services.portfolio import Portfolios
@@ -39,6 +40,7 @@ class Services:
     passwords: Passwords = field(init=False)
     users: Accounts = field(init=False)
     sessions: SessionStore = field(init=False)
+    partners: Partners = field(init=False)
     cash: Cash = field(init=False)
     securities: Securities = field(init=False)
     quote_store: QuoteStore = field(init=False)
@@ -58,6 +60,7 @@ class Services:
         self.passwords = Passwords(self.settings)
         self.users = Accounts(self.engine, self.settings, self.passwords)
         self.sessions = SessionStore(self.engine, self.redis, self.settings)
+        self.partners = Partners(self.engine, self.redis, self.settings)
         self.cash = Cash(self.engine, self.settings)
         self.securities = Securities(self.engine)
         self.quote_store = QuoteStore(self.redis)

@@ -30,6 +30,10 @@ def request_fingerprint(request: dict[str, Any]) -> str:
 def validate_key(key: str) -> str:
     if not key or not key.strip():
         raise InvalidInput("idempotencyKey must not be empty", field="idempotencyKey")
+    if not key.isprintable():
+        raise InvalidInput(
+            "idempotencyKey must be printable text (no control characters)", field="idempotencyKey"
+        )
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidInput(
             f"idempotencyKey is longer than {MAX_KEY_LENGTH} characters", field="idempotencyKey"

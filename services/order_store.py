@@ -21,6 +21,7 @@ from services.order_model import (
     Status,
     TimeInForce,
 )
+from services.securities import is_valid_symbol, normalize_symbol
 
 ORDER_COLUMNS = (
     "id, user_id, account_id, symbol, side, type, time_in_force, quantity, notional, "
@@ -125,8 +126,10 @@ class OrderStore:
             conditions.append("status = ANY(:statuses)")
             params["statuses"] = [s.value for s in statuses]
         if symbol:
+            params["symbol"] = normalize_symbol(symbol)
+            if not is_valid_symbol(params["symbol"]):
+                raise InvalidInput(f"{symbol!r} is not a symbol", field="symbol")
             conditions.append("symbol = :symbol")
-            params["symbol"] = symbol.strip().upper()
         if after:
             params["after_at"], params["after_id"] = decode_cursor(after)
             conditions.append("(created_at, id) < (:after_at, :after_id)")

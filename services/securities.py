@@ -187,7 +187,7 @@ class Securities:
                         "SELECT symbol, name, exchange, is_etf, round_lot FROM securities "
                         "WHERE symbol = ANY(:s) AND active"
                     ),
-                    {"s": [s for s in wanted if len(s) <= MAX_SYMBOL_LENGTH]},
+                    {"s": [s for s in wanted if is_valid_symbol(s)]},
                 )
             ).all()
         found = {

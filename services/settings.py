@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,7 +30,12 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".tradeql"), description="embedded servers' data folder")
 
-    graphiql: bool = Field(default=True, description="serve GraphiQL at GET /graphql")
+    graphiql: bool = Field(
+        default=False, description="serve GraphiQL at GET /graphql (it needs introspection too)"
+    )
+    introspection: bool = Field(
+        default=False, description="answer introspection queries (__schema, __type)"
+    )
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -47,6 +53,43 @@ class Settings(BaseSettings):
 
     deposit_max: Decimal = Decimal("1000000.00")
     idempotency_ttl_hours: int = 48
+
+    max_query_depth: int = Field(default=12, ge=1, description="deepest nesting of a document")
+    max_aliases: int = Field(default=30, ge=0, description="aliases in one document")
+    max_tokens: int = Field(default=2000, ge=100, description="lexical tokens in one document")
+    max_body_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="largest request body, query string or WebSocket message (413 above)",
+    )
+    rate_limit_enabled: bool = Field(default=True, description="apply the rate limits (in Redis)")
+    rate_limit_session_per_second: float = Field(
+        default=20.0, ge=0, description="requests per second per session token (0: no limit)"
+    )
+    rate_limit_session_burst: int = Field(default=60, ge=1, description="burst per session token")
+    rate_limit_partner_per_second: float = Field(
+        default=200.0, ge=0, description="requests per second per X-API-Key (0: no limit)"
+    )
+    rate_limit_partner_burst: int = Field(default=600, ge=1, description="burst per X-API-Key")
+    rate_limit_ip_per_second: float = Field(
+        default=100.0, ge=0, description="requests per second per client address (0: no limit)"
+    )
+    rate_limit_ip_burst: int = Field(default=300, ge=1, description="burst per client address")
+    trusted_proxies: str = Field(
+        default="",
+        description="proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For is "
+        "believed for the client address; empty: none",
+    )
+
+    apq_ttl_seconds: int = Field(
+        default=7 * 24 * 3600, ge=60, description="APQ documents expire this long after last use"
+    )
+    persisted_document_max_bytes: int = Field(
+        default=32_768, ge=1024, description="largest document APQ stores or a manifest may hold"
+    )
+    partner_cache_seconds: int = Field(
+        default=5, ge=1, description="how long a partner key lookup is cached (revoke deletes it)"
+    )
 
     ws_connection_init_timeout_seconds: float = 5.0
     ws_max_subscriptions: int = 100
@@ -83,6 +126,14 @@ class Settings(BaseSettings):
     order_retention_months: int = Field(default=24, ge=1)
     watchlist_max_lists: int = Field(default=20, ge=1, description="watchlists per user")
     watchlist_max_symbols: int = Field(default=100, ge=1, description="symbols per watchlist")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names the bad one
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -22,6 +22,15 @@ os.environ["TRADEQL_LOG_JSON"] = "false"
 os.environ.setdefault("TRADEQL_VENUE_FAULTS", "EDGX=0,ARCA=0,IEXG=0")
 os.environ.setdefault("TRADEQL_MATCHER_LEASE_SECONDS", "2")
 os.environ.setdefault("TRADEQL_MATCHER_SWEEP_SECONDS", "1")
+# Every test client is 127.0.0.1: keep the rate limiter in the path but out of the way (the
+# guards' own tests run a server with tight limits). GraphiQL on; introspection stays off.
+os.environ.setdefault("TRADEQL_RATE_LIMIT_SESSION_PER_SECOND", "100000")
+os.environ.setdefault("TRADEQL_RATE_LIMIT_SESSION_BURST", "100000")
+os.environ.setdefault("TRADEQL_RATE_LIMIT_PARTNER_PER_SECOND", "100000")
+os.environ.setdefault("TRADEQL_RATE_LIMIT_PARTNER_BURST", "100000")
+os.environ.setdefault("TRADEQL_RATE_LIMIT_IP_PER_SECOND", "100000")
+os.environ.setdefault("TRADEQL_RATE_LIMIT_IP_BURST", "100000")
+os.environ.setdefault("TRADEQL_GRAPHIQL", "true")
 
 import asyncpg
 import httpx

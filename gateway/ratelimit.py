@@ -1,0 +1,115 @@
+"""Rate limits in Redis: GCRA (a leaky bucket kept as one timestamp per key), in one Lua script.
+
+Every API process shares the buckets, so N processes allow what one would. One request checks
+all of its buckets (session, partner, client IP) in a single atomic round trip: it is allowed
+only if every bucket has room, and a refused request uses up none of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+KEY_PREFIX = "tq:rl:"
+
+# GCRA: a bucket is its "theoretical arrival time" (TAT) in microseconds of Redis' clock, so
+# API processes with skewed clocks still agree. With T = 1/rate and a burst of B requests, a
+# request is allowed when TAT + T - B*T <= now; it then moves TAT to max(TAT, now) + T.
+# KEYS: the buckets. ARGV: interval_us and burst for each key, then the cost.
+_GCRA = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local count = #KEYS
+local cost = tonumber(ARGV[2 * count + 1])
+local new_tats = {}
+local wait, refused_by = 0, 0
+for i = 1, count do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  local allowed_at = new_tat - interval * burst
+  if allowed_at > now and allowed_at - now > wait then
+    wait, refused_by = allowed_at - now, i
+  end
+  new_tats[i] = new_tat
+end
+if refused_by > 0 then
+  return {0, string.format('%.0f', wait), refused_by}
+end
+for i = 1, count do
+  local ttl_ms = math.max(1, math.ceil((new_tats[i] - now) / 1000))
+  redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', ttl_ms)
+end
+return {1, '0', 0}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """`per_second` requests on average, `burst` of them at once after a quiet spell."""
+
+    name: str
+    per_second: float
+    burst: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_second > 0 and self.burst > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One identity (a session's token hash, a partner key's hash, an address) under one limit."""
+
+    limit: Limit
+    identity: str
+
+    @property
+    def key(self) -> str:
+        return f"{KEY_PREFIX}{self.limit.name}:{self.identity}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    retry_after: float = 0.0
+    """seconds until the refusing bucket has room again (0 when allowed)"""
+    refused_by: Limit | None = None
+
+    @property
+    def retry_after_header(self) -> str:
+        """Whole seconds, at least 1: what `Retry-After` carries."""
+        return str(max(1, math.ceil(self.retry_after)))
+
+
+ALLOWED = Decision(allowed=True)
+
+
+class RateLimiter:
+    """Checks and takes from several buckets at once. Redis errors propagate: the caller decides
+    whether to fail open."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = redis.register_script(_GCRA)
+
+    async def hit(self, buckets: Sequence[Bucket], cost: int = 1) -> Decision:
+        buckets = [b for b in buckets if b.limit.enabled]
+        if not buckets:
+            return ALLOWED
+        args: list[str] = []
+        for bucket in buckets:
+            args += [repr(1_000_000 / bucket.limit.per_second), str(bucket.limit.burst)]
+        args.append(str(cost))
+        allowed, wait_us, refused_by = await self._script(keys=[b.key for b in buckets], args=args)
+        if int(allowed):
+            return ALLOWED
+        return Decision(
+            allowed=False,
+            retry_after=int(wait_us) / 1_000_000,
+            refused_by=buckets[int(refused_by) - 1].limit,
+        )

@@ -1,0 +1,62 @@
+"""Persisted queries over graphql-transport-ws.
+
+strawberry's handler reads only `payload.query` of a `subscribe` message and drops
+`payload.extensions`. This one resolves `extensions.persistedQuery` (or `documentId`) first, with
+the same rules as HTTP; a refusal is an `error` message for that operation, carrying the code
+(PERSISTED_QUERY_NOT_FOUND makes an APQ client send the query again). A partner's API key comes
+from the handshake's `X-API-Key` header or the `X-API-Key` field of the `connection_init` payload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ErrorMessage,
+    SubscribeMessage,
+)
+
+from gateway.persisted import API_KEY_HEADER, DocumentResolver, PersistedQueryError
+from resolvers.context import Context
+
+
+def websocket_api_key(context: Context) -> str | None:
+    params = context.connection_params
+    if isinstance(params, dict):
+        for name, value in params.items():
+            if isinstance(name, str) and name.lower() == API_KEY_HEADER:
+                return value if isinstance(value, str) else ""
+    value = context.request.headers.get(API_KEY_HEADER)
+    return value if isinstance(value, str) else None
+
+
+class PersistedGraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        payload: Any = message.get("payload")
+        # Protocol violations (before the ack, a reused id, a malformed payload) stay strawberry's.
+        if (
+            self.connection_acknowledged
+            and isinstance(payload, dict)
+            and isinstance(payload.get("query"), str | None)
+            and message.get("id") not in self.operations
+        ):
+            resolver = DocumentResolver.for_services(self.context.services)
+            try:
+                query = await resolver.resolve(
+                    query=payload.get("query"),
+                    extensions=payload.get("extensions"),
+                    document_id=payload.get("documentId"),
+                    api_key=websocket_api_key(self.context),
+                    method="WEBSOCKET",
+                )
+            except PersistedQueryError as exc:
+                await self.send_message(
+                    ErrorMessage(id=message["id"], type="error", payload=[exc.formatted])
+                )
+                return
+            if query is not None:
+                payload["query"] = query
+        await super().handle_subscribe(message)
