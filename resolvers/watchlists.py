@@ -60,24 +60,24 @@ async def create_watchlist(
 async def add_to_watchlist(
     info: Info, watchlist_id: strawberry.ID, symbol: str
 ) -> WatchlistPayload:
-    session = require_session(info)
-    service = info.context.services.watchlists
-    try:
-        list_id = _watchlist_id(watchlist_id, "watchlistId")
-        changed = await service.add(session.user_id, list_id, symbol)
-    except DomainError as error:
-        return WatchlistPayload(errors=[to_user_error(error)])
-    return WatchlistPayload(watchlist=to_watchlist(changed))
+    return await _change_symbols(info, watchlist_id, symbol, adding=True)
 
 
 async def remove_from_watchlist(
     info: Info, watchlist_id: strawberry.ID, symbol: str
 ) -> WatchlistPayload:
+    return await _change_symbols(info, watchlist_id, symbol, adding=False)
+
+
+async def _change_symbols(
+    info: Info, watchlist_id: strawberry.ID, symbol: str, *, adding: bool
+) -> WatchlistPayload:
     session = require_session(info)
     service = info.context.services.watchlists
+    change = service.add if adding else service.remove
     try:
         list_id = _watchlist_id(watchlist_id, "watchlistId")
-        changed = await service.remove(session.user_id, list_id, symbol)
+        changed = await change(session.user_id, list_id, symbol)
     except DomainError as error:
         return WatchlistPayload(errors=[to_user_error(error)])
     return WatchlistPayload(watchlist=to_watchlist(changed))
