@@ -24,9 +24,15 @@ pg_stat_activity samples, and the load average (the machine may be shared). `--p
 py-spy (installed into the venv with pip if missing) on the API during each window, grouped by
 layer; when py-spy cannot attach, the API runs under cProfile instead.
 
+`--cpu-ab` measures CPU per request in one process (bench/reads_cpu.py: the ASGI app called
+directly, `time.process_time`), as shipped and with candidate fixes patched in
+(bench/reads_whatif.py), which stays readable on a shared machine where req/s does not;
+`--what-if FIX,...` runs the load scenarios against such a patched API.
+
     python -m bench.reads                            # the default: closed 200 + open 1,000/s
     python -m bench.reads --rate 1000 1500 --profile
     python -m bench.reads --api-workers 2 --reuse-setup
+    python -m bench.reads --reuse-setup --cpu-ab --skip-portfolio --skip-orders
 
 Servers: DATABASE_URL / REDIS_URL if set (only as the place to connect: host, port, user), else
 PostgreSQL and Redis on their standard local ports; loopback addresses only.
@@ -81,6 +87,7 @@ from bench._procs import (
 from bench.reads_pg import (
     ActivitySampler,
     BackendCpu,
+    TreeCpu,
     database_counters,
     postmaster_pid,
 )
@@ -264,6 +271,10 @@ def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
         "REDIS_URL": _with_path(redis_base, f"/{args.redis_db}"),
         "TRADEQL_LOG_LEVEL": args.log_level,
         "TRADEQL_MARKET_ALWAYS_OPEN": "true",
+        # Every simulated user connects from 127.0.0.1: the per-address limit (meant for many
+        # users behind many addresses) would refuse most of the load. The per-session limits
+        # stay on, so the limiter's Redis round trip is still paid on every request.
+        "TRADEQL_RATE_LIMIT_IP_PER_SECOND": "0",
     }
     for item in args.api_env or []:
         key, sep, value = item.partition("=")
@@ -286,22 +297,38 @@ def setup(config: Config, args: argparse.Namespace) -> tuple[list[str], list[str
         )
     tokens_file = STATE_DIR / f"reads-tokens-{args.database}.json"
     symbols_file = STATE_DIR / f"reads-symbols-{args.database}.json"
-    if args.reuse_setup and tokens_file.exists() and symbols_file.exists():
+    if (
+        args.reuse_setup
+        and tokens_file.exists()
+        and symbols_file.exists()
+        and _users_in(config.database_url) == len(json.loads(tokens_file.read_text()))
+    ):
         tokens = json.loads(tokens_file.read_text())
         symbols = json.loads(symbols_file.read_text())
         print(f"reusing database {args.database} and its {len(tokens)} sessions", flush=True)
         reads_seed.flush_redis(config.redis_url)
-        written = reads_seed.write_quotes(config.redis_url, symbols)
-        print(f"redis db {args.redis_db} flushed; {written} quotes written", flush=True)
+        written, how = reads_seed.write_quotes(config.redis_url, symbols)
+        print(f"redis db {args.redis_db} flushed; {written} quotes written ({how})", flush=True)
         return tokens, symbols
     started = time.perf_counter()
     reads_seed.recreate_database(config.admin_url, config.database)
     from gateway.migrate import upgrade
 
-    upgrade(config.database_url)
+    try:
+        if args.migrate_to == "head":
+            upgrade(config.database_url)
+        else:
+            _upgrade_to(config.database_url, args.migrate_to)
+    except Exception as exc:  # alembic's errors are many kinds; the hint is the same
+        raise BenchError(
+            f"migrating to {args.migrate_to} failed ({type(exc).__name__}: {exc}); if another "
+            "change is adding migrations right now, --migrate-to a complete revision (0003 "
+            "holds every table this benchmark reads)"
+        ) from exc
     migrated = time.perf_counter()
     print(
-        f"database {config.database}: dropped, created, migrated in {migrated - started:.1f} s",
+        f"database {config.database}: dropped, created, migrated to {args.migrate_to} in "
+        f"{migrated - started:.1f} s",
         flush=True,
     )
     done = subprocess.run(
@@ -330,8 +357,8 @@ def setup(config: Config, args: argparse.Namespace) -> tuple[list[str], list[str
         flush=True,
     )
     reads_seed.flush_redis(config.redis_url)
-    written = reads_seed.write_quotes(config.redis_url, seeded.symbols)
-    print(f"redis db {args.redis_db} flushed; {written} quotes written (QuoteStore.write)")
+    written, how = reads_seed.write_quotes(config.redis_url, seeded.symbols)
+    print(f"redis db {args.redis_db} flushed; {written} quotes written ({how})")
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     for path, data in ((tokens_file, seeded.tokens), (symbols_file, seeded.symbols)):
         path.write_text(json.dumps(data))
@@ -345,6 +372,48 @@ def setup(config: Config, args: argparse.Namespace) -> tuple[list[str], list[str
             raise BenchError("the seeded data does not pass tradeql check")
     print(f"setup took {time.perf_counter() - started:.1f} s in all", flush=True)
     return seeded.tokens, seeded.symbols
+
+
+def _upgrade_to(database_url: str, revision: str) -> None:
+    """`gateway.migrate.upgrade` to `revision`, from a copy of alembic/ holding only the
+    migrations up to it (numbered files): a later migration being written right now, with its
+    chain not yet whole, cannot stop alembic from loading the ones this benchmark needs."""
+    import shutil
+
+    from alembic import command
+
+    from gateway.migrate import PROJECT_ROOT, alembic_config
+
+    source = PROJECT_ROOT / "alembic"
+    with tempfile.TemporaryDirectory(prefix="tradeql-bench-alembic-") as tmp:
+        target = Path(tmp) / "alembic"
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("versions", "__pycache__"))
+        (target / "versions").mkdir()
+        for path in sorted((source / "versions").glob("*.py")):
+            if path.name[:4].isdigit() and path.name[:4] <= revision:
+                shutil.copy2(path, target / "versions" / path.name)
+        config = alembic_config(database_url)
+        config.set_main_option("script_location", str(target))
+        command.upgrade(config, revision)
+
+
+def _users_in(database_url: str) -> int | None:
+    """Users in the bench database, or None when it is missing or not migrated."""
+    import asyncio
+
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url, timeout=10)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM users"))
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(count())
+    except (OSError, asyncpg.PostgresError):
+        return None
 
 
 def run_check(config: Config) -> tuple[int, str]:
@@ -387,6 +456,16 @@ class System:
                 str(self.port),
                 "--out",
                 str(self.cprofile_out),
+            ]
+        elif self.args.what_if:
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.reads_whatif",
+                "--port",
+                str(self.port),
+                "--fix",
+                self.args.what_if,
             ]
         else:
             argv = tradeql_argv("api", "--host", "127.0.0.1", "--port", str(self.port))
@@ -575,13 +654,14 @@ def run_scenario(
     py_spy: str | None,
     pids: dict[str, list[int]],
     symbols: Sequence[str],
+    postmaster: int | None,
 ) -> Result:
     assert system.client is not None
     from bench.reads_seed import write_quotes
 
     present = quotes_present(system.config.redis_url, symbols)
     if present < len(symbols):
-        written = write_quotes(system.config.redis_url, list(symbols))
+        written, _how = write_quotes(system.config.redis_url, list(symbols))
         print(
             f"  note: only {present} of {len(symbols)} quotes were in redis db "
             f"{args.redis_db} (someone flushed it?): {written} rewritten",
@@ -607,20 +687,26 @@ def run_scenario(
         with contextlib.suppress(OSError, ValueError):
             before = scrape(system.port)
     cpu = CpuWindow({**pids, "api": system.api_pids(), "client": [client.pid]})
+    server_tree = TreeCpu(postmaster) if postmaster is not None else None
     backends = BackendCpu(system.config.admin_url, system.config.database)
     activity = ActivitySampler(system.config.admin_url, system.config.database)
     pool = PoolSampler(system.port) if single else None
     counters_before = database_counters(system.config.admin_url, system.config.database)
     backends.start()
+    if server_tree is not None:
+        server_tree.start()
     cpu.start()
     activity.start()
     if pool is not None:
         pool.start()
-    recordings = _start_profilers(system, args, py_spy, scenario.short.replace(" ", "-"))
+    tag = scenario.short.replace(" ", "-").replace("/", "")
+    recordings = _start_profilers(system, args, py_spy, tag)
     try:
         _read_tagged(client, "MEASURED", args.duration + 60, watch)
     finally:
         result.cpu = cpu.stop()
+        if server_tree is not None:
+            result.cpu["postgres"] = server_tree.stop()
         result.cpu["postgres (bench db backends)"], result.pg_backends = backends.stop()
         result.load = _load()
         activity.stop()
@@ -760,8 +846,12 @@ def format_result(result: Result, index: int, count: int) -> str:
     if pg:
         hits = pg.get("blks_hit", 0.0)
         reads = pg.get("blks_read", 0.0)
+        xacts = pg.get("xact_commit", 0.0) + pg.get("xact_rollback", 0.0)
         lines.append(
-            f"  postgres: {pg.get('xact_commit', 0):,.0f} commits/s, {pg.get('tup_fetched', 0):,.0f}"
+            f"  postgres: {pg.get('xact_commit', 0):,.0f} commits/s + "
+            f"{pg.get('xact_rollback', 0):,.0f} rollbacks/s = "
+            f"{xacts / max(result.rate, 1e-9):.1f} transactions per ok request (pool pre-ping "
+            f"and every read are each a BEGIN ... ROLLBACK), {pg.get('tup_fetched', 0):,.0f}"
             f" tuples fetched/s, cache hit {100 * hits / max(hits + reads, 1):.1f}%"
         )
     lines.append(f"  pool: {result.pool}")
@@ -790,6 +880,74 @@ def format_summary(results: Sequence[Result]) -> str:
             f"{_fmt(r.cpu.get('client'), '.0f'):>7} {r.load[0]:>6.2f}"
         )
     lines.append("(latency in ms; open loop: from the scheduled send time)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU per request, A/B of candidate fixes (bench/reads_cpu.py)
+
+AB_VARIANTS = ("", "preping", "preping,autocommit")
+
+
+def run_cpu_ab(config: Config, args: argparse.Namespace, tokens_path: Path) -> str:
+    """Each variant in its own process, the variants interleaved `--ab-rounds` times; the
+    lowest CPU per request of each (the least disturbed by the rest of the machine)."""
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in AB_VARIANTS}
+    for round_ in range(args.ab_rounds):
+        for variant in AB_VARIANTS:
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.reads_cpu",
+                "--tokens",
+                str(tokens_path),
+                "--requests",
+                str(args.ab_requests),
+            ]
+            if variant:
+                argv += ["--fix", variant]
+            done = subprocess.run(
+                argv,
+                cwd=ROOT,
+                env=child_env(config.env),
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if done.returncode != 0 or line is None:
+                raise BenchError(
+                    f"reads_cpu {variant or 'baseline'} failed:\n{done.stderr[-1500:]}"
+                )
+            runs[variant].append(json.loads(line[7:]))
+            print(
+                f"  round {round_ + 1}, {variant or 'baseline'}: portfolio "
+                f"{runs[variant][-1]['portfolio']['cpu_ms']:.2f} ms, orders "
+                f"{runs[variant][-1]['orders']['cpu_ms']:.2f} ms CPU/request",
+                flush=True,
+            )
+    base: dict[str, float] = {}
+    lines = [
+        f"{'variant (API patched in-process)':<34} {'kind':<9} {'CPU ms/req':>10} {'vs base':>8} "
+        f"{'wall ms':>8} {'SQL':>4} {'redis':>5} {'pg xact':>7}"
+    ]
+    for variant in AB_VARIANTS:
+        for kind in ("portfolio", "orders"):
+            best = min(runs[variant], key=lambda r: float(r[kind]["cpu_ms"]))[kind]
+            cpu = float(best["cpu_ms"])
+            base.setdefault(kind, cpu)
+            lines.append(
+                f"{variant or 'baseline (as shipped)':<34} {kind:<9} {cpu:>10.2f} "
+                f"{100 * (cpu - base[kind]) / base[kind]:>+7.0f}% {best['wall_ms']:>8.2f} "
+                f"{best['sql_per_request']:>4.1f} {best['redis_per_request']:>5.1f} "
+                f"{best['pg_transactions_per_request']:>7.1f}"
+            )
+    lines.append(
+        "(sequential requests through the ASGI app in one process, no HTTP parsing; "
+        f"{args.ab_requests} requests per kind, best of {args.ab_rounds} interleaved rounds; "
+        "SQL = statements, redis = commands + pipelines, pg xact = commits + rollbacks per request)"
+    )
     return "\n".join(lines)
 
 
@@ -848,7 +1006,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if ended:
         print(f"ended processes a previous run left behind: {ended}")
     scenarios = scenarios_of(args)
-    if not scenarios:
+    if not scenarios and not args.cpu_ab:
         print("nothing to run (every scenario skipped)", file=sys.stderr)
         return 2
     results: list[Result] = []
@@ -861,7 +1019,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         print(
             f"reads benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
             f"{args.duration:g} s each; {args.users} users x {args.positions} positions x "
-            f"{args.orders} orders; API workers {args.api_workers}; {os.cpu_count()} cores; "
+            f"{args.orders} orders; API workers {args.api_workers}"
+            f"{'; API patched: ' + args.what_if if args.what_if else ''}; API settings "
+            f"{' '.join(f'{k}={v}' for k, v in config.env.items() if k.startswith('TRADEQL_'))}; "
+            f"{os.cpu_count()} cores; "
             f"load average {_load_text(load_start)}; db {args.database}, redis db "
             f"{args.redis_db}; logs in {log_dir}",
             flush=True,
@@ -874,6 +1035,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             py_spy, note = find_py_spy(install=True)
             print(note or f"py-spy: {py_spy}", flush=True)
             problem = _py_spy_works(py_spy) if py_spy else "py-spy unavailable"
+            if args.cprofile:
+                problem = "--cprofile asked for"
             if problem:
                 print(f"py-spy cannot sample here ({problem}): cProfile in the API instead")
                 py_spy = None
@@ -887,6 +1050,14 @@ def run_benchmark(args: argparse.Namespace) -> int:
         system = System(config, args, registry)
         api = system.start_api(cprofile=use_cprofile)
         print(f"API up on 127.0.0.1:{system.port} (pids {system.api_pids()})", flush=True)
+        if args.cpu_ab:
+            print(
+                f"\nCPU per request, A/B of candidate fixes ({args.ab_rounds} rounds):", flush=True
+            )
+            ab_table = run_cpu_ab(config, args, tokens_path)
+            print(ab_table, flush=True)
+        if not scenarios:
+            return 0
         budget = 300 + len(scenarios) * (args.warmup + args.duration + args.timeout + 120)
         client = system.start_client(tokens_path, budget)
         ready = json.loads(_read_tagged(client, "READY", 120, [api]))
@@ -901,8 +1072,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
             raise BenchError(f"the API does not show the seeded data: {ready}")
         pids: dict[str, list[int]] = {}
         postmaster = postmaster_pid(config.admin_url)
-        if postmaster is not None:
-            pids["postgres"] = process_tree(postmaster)
         found = redis_pid(config.redis_url)
         if found is not None:
             pids["redis"] = [found]
@@ -916,9 +1085,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
                     "client had given up on still run to the end on the server)",
                     flush=True,
                 )
-            if postmaster is not None:  # backends come and go: the tree as of now
-                pids["postgres"] = process_tree(postmaster)
-            result = run_scenario(scenario, system, args, py_spy, pids, symbols)
+            result = run_scenario(scenario, system, args, py_spy, pids, symbols, postmaster)
             results.append(result)
             print(format_result(result, index, len(scenarios)), flush=True)
     except KeyboardInterrupt:
@@ -995,6 +1162,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--orders", type=_positive, default=500, help="per user (>= positions)")
     data.add_argument("--synthetic", type=int, default=100, help="securities defaults --synthetic")
     data.add_argument(
+        "--migrate-to", default="head", help="alembic revision for gateway.migrate.upgrade"
+    )
+    data.add_argument(
         "--reuse-setup",
         action="store_true",
         help="keep the database and sessions of the previous run (quotes rewritten)",
@@ -1040,6 +1210,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TRADEQL_NAME=VALUE",
         help="extra settings for the API (e.g. TRADEQL_DB_POOL_SIZE=20); repeatable",
     )
+    system.add_argument(
+        "--cpu-ab",
+        action="store_true",
+        help="before the load scenarios, CPU per request in-process for the API as shipped and "
+        "with candidate fixes (bench/reads_cpu.py); alone with --skip-portfolio --skip-orders",
+    )
+    system.add_argument("--ab-rounds", type=_positive, default=2)
+    system.add_argument("--ab-requests", type=_positive, default=300, help="per kind and run")
+    system.add_argument(
+        "--what-if",
+        default="",
+        metavar="FIX,...",
+        help="run the API with candidate fixes patched in (bench/reads_whatif.py): "
+        "preping, autocommit; measurement only",
+    )
     system.add_argument("--database", default="tradeql_bench_reads", help="dropped, recreated")
     system.add_argument(
         "--redis-db",
@@ -1057,12 +1242,25 @@ def build_parser() -> argparse.ArgumentParser:
     profile = parser.add_argument_group("profile")
     profile.add_argument("--profile", action="store_true", help="py-spy (or cProfile) on the API")
     profile.add_argument("--profile-rate", type=_positive, default=100, help="py-spy samples/s")
+    profile.add_argument(
+        "--cprofile", action="store_true", help="with --profile: cProfile even if py-spy works"
+    )
     profile.add_argument("--profile-top", type=_positive, default=15)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.what_if:
+        from bench.reads_whatif import FIXES
+
+        unknown = set(args.what_if.split(",")) - set(FIXES)
+        if unknown or args.api_workers > 1:
+            print(
+                f"--what-if takes {','.join(FIXES)} (not {sorted(unknown)}), one API process",
+                file=sys.stderr,
+            )
+            return 2
     if args.orders < args.positions:
         print(
             "--orders must be at least --positions (each position has its orders)", file=sys.stderr

@@ -54,10 +54,19 @@ MAX_REQUESTS_PER_RUN = 50_000_000  # bound of every load loop; never reached in 
 MAX_PAGES_CHECKED = 1000
 MAX_COMMANDS = 1000
 MAX_PAGE_DEPTH = 64  # page-depth histograms kept for the first 64 pages of a walk
+IDLE_REUSE_SECONDS = 2.0  # pooled connections idle longer are closed, not reused
 
 
 class HttpError(Exception):
     """A request that got no usable answer (connection lost, malformed response, not 200)."""
+
+
+class HttpStatusError(HttpError):
+    """An answer other than 200 (429 from the rate limits, 5xx...)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body[:200]!r}")
+        self.status = status
 
 
 class HttpConnection:
@@ -68,6 +77,7 @@ class HttpConnection:
         self.port = port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0  # monotonic; the server closes keep-alive connections idle 5 s
         self._prefix = (
             f"POST /graphql HTTP/1.1\r\nHost: {host}:{port}\r\n"
             "Content-Type: application/json\r\nContent-Length: "
@@ -104,10 +114,11 @@ class HttpConnection:
             if length < 0:
                 raise HttpError("no Content-Length")
             data = await reader.readexactly(length)
+            self.last_used = time.monotonic()
             if close:
                 self.close()
             if status != 200:
-                raise HttpError(f"HTTP {status}: {data[:200]!r}")
+                raise HttpStatusError(status, data)
             return data
         except HttpError:
             self.close()
@@ -130,8 +141,12 @@ class Pool:
         self.created = 0
 
     def take(self) -> HttpConnection:
-        if self.idle:
-            return self.idle.pop()
+        stale = time.monotonic() - IDLE_REUSE_SECONDS
+        for _ in range(len(self.idle)):
+            conn = self.idle.pop()
+            if conn.last_used >= stale:
+                return conn
+            conn.close()  # uvicorn may be closing it (timeout_keep_alive): a write would race
         self.created += 1
         return HttpConnection(self.host, self.port)
 
@@ -252,7 +267,9 @@ class Runner:
                         window.walks_completed += 1
         except (HttpError, TimeoutError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
             if measured:
-                kind_of = type(exc).__name__
+                kind_of = (
+                    f"HTTP {exc.status}" if isinstance(exc, HttpStatusError) else type(exc).__name__
+                )
                 if kind_of not in window.errors and len(window.sample_errors) < 5:
                     window.sample_errors.append(f"{kind_of}: {exc or 'no answer in time'}"[:300])
                 window.errors[kind_of] += 1
@@ -271,15 +288,21 @@ class Runner:
                 ph = window.page_hist.setdefault(page, {})
                 ph[b] = ph.get(b, 0) + 1
 
-    async def closed_worker(self, kind: str, index: int, deadline: float) -> None:
+    async def closed_worker(self, kind: str, index: int, workers: int, deadline: float) -> None:
+        """Worker `index` of `workers` takes turns among its own users (every `workers`-th one),
+        so fewer workers than users still spread the load over every session (each has its
+        own rate limit) and never share a history walk."""
         conn = HttpConnection(self.host, self.port)
-        user = self.users[index % len(self.users)]
+        count = len(self.users)
+        mine = [self.users[u] for u in range(index % count, count, workers)] or [
+            self.users[index % count]
+        ]
         try:
-            for _ in range(MAX_REQUESTS_PER_RUN):
+            for n in range(MAX_REQUESTS_PER_RUN):
                 now = time.perf_counter()
                 if now >= deadline:
                     return
-                await self.one(conn, kind, user, now)
+                await self.one(conn, kind, mine[n % len(mine)], now)
         finally:
             conn.close()
 
@@ -303,9 +326,10 @@ class Runner:
         control = asyncio.create_task(self._window_marks(measure_at, end_at))
         try:
             if spec["mode"] == "closed":
+                count = int(spec["concurrency"])
                 workers = [
-                    asyncio.create_task(self.closed_worker(kind, i, end_at))
-                    for i in range(int(spec["concurrency"]))
+                    asyncio.create_task(self.closed_worker(kind, i, count, end_at))
+                    for i in range(count)
                 ]
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(warmup + duration + self.timeout + 5):

@@ -65,6 +65,40 @@ def database_counters(url: str, database: str) -> dict[str, float]:
     return {k: float(v) for k, v in dict(rows[0]).items()} if rows else {}
 
 
+class TreeCpu:
+    """CPU of a process and its descendants over a window, per pid: a process born in the window
+    counts from zero; one that ended before the end is left out (never a negative figure)."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self._start: dict[int, float] = {}
+        self._wall = 0.0
+
+    def _pids(self) -> list[int]:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.root_pid)
+            return [self.root_pid, *(c.pid for c in root.children(recursive=True))]
+        return []
+
+    def start(self) -> None:
+        self._start = {}
+        for pid in self._pids():
+            used = BackendCpu._used(pid)
+            if used is not None:
+                self._start[pid] = used
+        self._wall = time.monotonic()
+
+    def stop(self) -> float:
+        """Percent of one core."""
+        wall = max(time.monotonic() - self._wall, 1e-9)
+        used = 0.0
+        for pid in self._pids():
+            now = BackendCpu._used(pid)
+            if now is not None:
+                used += max(0.0, now - self._start.get(pid, 0.0))
+        return 100.0 * used / wall
+
+
 class BackendCpu:
     """CPU seconds of a database's backends over a window: the pids seen at the start and the
     end (a backend born in the window counts from zero, one gone before the end is missed)."""
@@ -98,7 +132,7 @@ class BackendCpu:
         for pid in pids:
             now = self._used(pid)
             if now is not None:
-                used += now - self._start.get(pid, 0.0)
+                used += max(0.0, now - self._start.get(pid, 0.0))
         return 100.0 * used / wall, len(pids)
 
 

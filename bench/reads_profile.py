@@ -123,6 +123,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("GraphQL validation (ValidationCache.on_validate -> validate)", ("validate (graphql/",)),
     ("pool pre-ping on checkout (BEGIN; ';'; ROLLBACK)", ("_async_ping (",)),
     ("rollback when a connection goes back to the pool", ("AsyncConnection.close (",)),
+    ("rate limit check (RateLimitMiddleware: one Redis script call)", ("RateLimiter.hit (",)),
     ("session lookup (SessionStore.authenticate)", ("authenticate (services/sessions.py)",)),
     ("holdings SQL (Portfolios.holdings)", ("holdings (services/portfolio.py)",)),
     ("history SQL (OrderStore.history)", ("history (services/order_store.py)",)),

@@ -290,11 +290,12 @@ def seed_database(database_url: str, plan: SeedPlan) -> SeedResult:
     return asyncio.run(_seed(database_url, plan))
 
 
-async def _write_quotes(redis_url: str, symbols: list[str]) -> int:
+async def _write_quotes(redis_url: str, symbols: list[str]) -> tuple[int, str]:
     from redis.asyncio import Redis
+    from redis.exceptions import ResponseError
 
     from services.marketdata import Quote
-    from services.quote_store import QuoteStore
+    from services.quote_store import QuoteStore, quote_key
 
     redis: Any = Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -314,14 +315,31 @@ async def _write_quotes(redis_url: str, symbols: list[str]) -> int:
                     now,
                 )
             )
-        written = await QuoteStore(redis).write(quotes)
-        return len(written)
+        try:
+            return len(await QuoteStore(redis).write(quotes)), "QuoteStore.write"
+        except ResponseError as exc:  # the store's script is being changed under us
+            async with redis.pipeline(transaction=False) as pipe:
+                for q in quotes:
+                    pipe.hset(
+                        quote_key(q.symbol),
+                        mapping={
+                            "bid": str(q.bid),
+                            "ask": str(q.ask),
+                            "bid_size": q.bid_size,
+                            "ask_size": q.ask_size,
+                            "last": str(q.last),
+                            "volume": q.volume,
+                            "ts": q.timestamp_ns,
+                        },
+                    )
+                await pipe.execute()
+            return len(quotes), f"HSET quote:{{SYM}} directly (QuoteStore.write failed: {exc})"
     finally:
         await redis.aclose()
 
 
-def write_quotes(redis_url: str, symbols: list[str]) -> int:
-    """The current quote of every symbol into `quote:{SYM}` (`QuoteStore.write`)."""
+def write_quotes(redis_url: str, symbols: list[str]) -> tuple[int, str]:
+    """The current quote of every symbol into `quote:{SYM}`: (written, how)."""
     return asyncio.run(_write_quotes(redis_url, symbols))
 
 
