@@ -392,6 +392,22 @@ def matcher(metrics_port: MetricsPort = 0) -> None:
 
 
 @app.command()
+def alerts(metrics_port: MetricsPort = 0) -> None:
+    """Alert checker: triggers price alerts as the quote streams cross their thresholds."""
+    settings = _setup()
+    _require_database(settings)
+    from workers.alerts import AlertChecker
+    from workers.runner import run_worker
+
+    run_worker(
+        "alert checker",
+        settings,
+        lambda services, stop: AlertChecker(services).run(stop),
+        metrics_port=metrics_port,
+    )
+
+
+@app.command()
 def eod(
     day: Annotated[
         str | None, typer.Option(help="trading day YYYY-MM-DD (default: today, New York)")
@@ -466,6 +482,7 @@ WORKERS: list[tuple[str, list[str]]] = [
     ("bars", ["bars"]),
     ("feed", ["feed", "--source", "sim"]),
     ("matcher", ["matcher"]),
+    ("alerts", ["alerts"]),
     ("scheduler", ["scheduler"]),
 ]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import strawberry
 
-from resolvers import accounts, marketdata, orders, portfolio, watchlists
+from resolvers import accounts, alerts, marketdata, orders, portfolio, watchlists
 from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
+from schema.alerts import PriceAlert, PriceAlertPayload
 from schema.marketdata import MarketClock, Quote, Security
 from schema.orders import Order, OrderConnection, OrderPayload, OrderUpdate
 from schema.watchlists import DeletePayload, Watchlist, WatchlistPayload
@@ -24,6 +25,7 @@ class Query:
     order: Order | None = strawberry.field(resolver=orders.order)
     orders: OrderConnection = strawberry.field(resolver=orders.orders, description="newest first")
     watchlists: list[Watchlist] = strawberry.field(resolver=watchlists.watchlists)
+    alerts: list[PriceAlert] = strawberry.field(resolver=alerts.price_alerts)
 
 
 @strawberry.type
@@ -46,6 +48,8 @@ class Mutation:
         resolver=watchlists.remove_from_watchlist
     )
     delete_watchlist: DeletePayload = strawberry.mutation(resolver=watchlists.delete_watchlist)
+    create_price_alert: PriceAlertPayload = strawberry.mutation(resolver=alerts.create_price_alert)
+    cancel_price_alert: PriceAlertPayload = strawberry.mutation(resolver=alerts.cancel_price_alert)
 
 
 @strawberry.type
@@ -57,6 +61,10 @@ class Subscription:
     order_updates: OrderUpdate = strawberry.subscription(  # type: ignore[assignment]
         resolver=orders.subscribe_order_updates,
         description="status changes and fills of the signed-in user's orders",
+    )
+    alert_triggered: PriceAlert = strawberry.subscription(  # type: ignore[assignment]
+        resolver=alerts.subscribe_alert_triggered,
+        description="the signed-in user's price alerts, as they trigger",
     )
     portfolio: Portfolio = strawberry.subscription(  # type: ignore[assignment]
         resolver=portfolio.subscribe_portfolio,

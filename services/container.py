@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.accounts import Cash
+from services.alerts import PriceAlerts
 from services.bars import Bars
 from services.cancel import OrderCancellation
 from services.clock import MarketClock
@@ -52,6 +53,7 @@ class Services:
     placement: OrderPlacement = field(init=False)
     cancellation: OrderCancellation = field(init=False)
     watchlists: Watchlists = field(init=False)
+    alerts: PriceAlerts = field(init=False)
     portfolios: Portfolios = field(init=False)
     portfolio_hub: PortfolioHub = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -77,6 +79,7 @@ class Services:
             max_lists=self.settings.watchlist_max_lists,
             max_symbols=self.settings.watchlist_max_symbols,
         )
+        self.alerts = PriceAlerts(self.engine, self.redis, self.settings)
         self.portfolios = Portfolios(self.engine)
         self.portfolio_hub = PortfolioHub(
             self.portfolios, self.quote_store, self.quote_hub, self.broadcast

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     order_retention_months: int = Field(default=24, ge=1)
     watchlist_max_lists: int = Field(default=20, ge=1, description="watchlists per user")
     watchlist_max_symbols: int = Field(default=100, ge=1, description="symbols per watchlist")
+    alert_max_active: int = Field(default=100, ge=1, description="ACTIVE price alerts per user")
+    alert_resync_seconds: float = Field(
+        default=5.0, gt=0, description="how often the alert checker re-reads alert changes"
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -1,0 +1,42 @@
+"""Price alerts: ABOVE or BELOW a threshold, and their status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+
+import strawberry
+
+from schema.errors import UserError
+
+
+@strawberry.enum
+class AlertCondition(Enum):
+    ABOVE = "ABOVE"
+    BELOW = "BELOW"
+
+
+@strawberry.enum
+class AlertStatus(Enum):
+    ACTIVE = "ACTIVE"
+    TRIGGERED = "TRIGGERED"
+    CANCELLED = "CANCELLED"
+
+
+@strawberry.type
+class PriceAlert:
+    id: strawberry.ID
+    symbol: str
+    condition: AlertCondition
+    threshold: Decimal
+    status: AlertStatus
+    created_at: datetime
+    triggered_at: datetime | None
+    triggered_price: Decimal | None
+
+
+@strawberry.type
+class PriceAlertPayload:
+    alert: PriceAlert | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
