@@ -223,7 +223,7 @@ def emit(line: str) -> None:
     sys.stdout.flush()
 
 
-async def _stdin_reader() -> asyncio.StreamReader:
+async def stdin_reader() -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -257,7 +257,7 @@ async def run_client(
     receivers: list[asyncio.Task[None]] = []
     try:
         async with asyncio.timeout(max_seconds):
-            control = await _stdin_reader()
+            control = await stdin_reader()
             limiter = asyncio.Semaphore(connect_concurrency)
             started = time.monotonic()
             progress = Progress(len(subs), started)

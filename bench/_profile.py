@@ -13,13 +13,17 @@ import asyncio
 import contextlib
 import cProfile
 import io
+import os
 import pstats
 import re
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
 # Frames under every sample of a process (entry points, the event loop): left out of the
@@ -221,3 +225,23 @@ def cprofile_quote_cache(seconds: float, top: int) -> str:
     out.write("by cumulative time\n")
     stats.sort_stats("cumulative").print_stats(top)
     return out.getvalue()
+
+
+def serve_under_cprofile(out: Path, serve: Callable[[], None]) -> None:
+    """Run `serve()` (an API or the matcher, until SIGTERM) in this process under cProfile
+    switched by signals: SIGUSR1 starts profiling, SIGUSR2 stops it and writes the stats to
+    `out` (pstats format, written whole then renamed)."""
+    profiler = cProfile.Profile()
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        profiler.enable()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        profiler.disable()
+        tmp = out.with_suffix(".tmp")
+        profiler.dump_stats(str(tmp))
+        os.replace(tmp, out)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    serve()

@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import json
 import math
 import multiprocessing
@@ -46,7 +45,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -54,7 +52,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
@@ -68,10 +65,8 @@ from bench._procs import (
     sleep_watching,
     wait_until,
 )
+from bench._setup import STATE_DIR, free_port, server_urls, with_path
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-STATE_DIR = Path(tempfile.gettempdir()) / "tradeql-bench"
 TARGET_P99_MS = 100.0
 BATCH_SECONDS = 0.01  # the feed's batching window
 LATENCY_QS = (0.5, 0.9, 0.99, 0.999, 1.0)
@@ -253,22 +248,6 @@ class Config:
     database: str
     redis_url: str
     log_dir: Path
-
-
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-def _require_loopback(url: str, what: str) -> None:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise BenchError(f"{what} must point at a loopback address, not {host!r}")
 
 
 _INSERT_ALERTS = """
@@ -511,15 +490,12 @@ class E2eResult:
 
 
 def run_e2e(args: argparse.Namespace) -> E2eResult:
-    base_db = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    base_redis = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    _require_loopback(base_db, "DATABASE_URL")
-    _require_loopback(base_redis, "REDIS_URL")
+    base_db, base_redis = server_urls()
     config = Config(
         admin_database_url=base_db,
-        database_url=_with_path(base_db, f"/{args.database}"),
+        database_url=with_path(base_db, f"/{args.database}"),
         database=args.database,
-        redis_url=_with_path(base_redis, f"/{args.redis_db}"),
+        redis_url=with_path(base_redis, f"/{args.redis_db}"),
         log_dir=STATE_DIR / "alerts-logs",
     )
     registry = Registry(STATE_DIR / "alerts-pids.json")
@@ -543,7 +519,7 @@ def run_e2e(args: argparse.Namespace) -> E2eResult:
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
         }
     )
-    ports = [_free_port() for _ in range(args.checkers)]
+    ports = [free_port() for _ in range(args.checkers)]
     checkers = [
         Managed(
             f"checker-{n}",
@@ -594,14 +570,6 @@ def run_e2e(args: argparse.Namespace) -> E2eResult:
     result.triggered_in_db, result.audited = asyncio.run(_database_counts(config))
     _print_e2e(args, result)
     return result
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _measure(

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import math
 import os
@@ -46,9 +45,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from bench._metrics import Sample, http_get, percentiles, scrape, total
+from bench._metrics import Sample, histogram_quantile, http_get, percentiles, scrape, total
+from bench._pg import recreate_database
 from bench._procs import (
     ROOT,
     BenchError,
@@ -61,18 +60,17 @@ from bench._procs import (
     tradeql_argv,
     wait_until,
 )
+from bench._setup import STATE_DIR, active_symbols, free_port, redis_client, server_urls, with_path
 from bench.orders_pg import (
     ActivitySampler,
     PgbenchResult,
     TreeCpu,
     database_stats,
-    recreate_database,
     run_pgbench,
     server_facts,
 )
-from bench.quotes import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, free_port, redis_client, redis_pid
+from bench.quotes import redis_pid
 
-STATE_DIR = Path(tempfile.gettempdir()) / "tradeql-bench"
 TARGET_RATE = 3000.0
 TARGET_ACCEPT_P95_MS = 50.0
 TARGET_FILL_P95_MS = 150.0
@@ -142,30 +140,6 @@ class Config:
 # Small helpers
 
 
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-def _require_loopback(url: str, what: str) -> None:
-    host = urlsplit(url).hostname or ""
-    with contextlib.suppress(ValueError):
-        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
-            return
-    raise BenchError(f"{what} must point at a loopback address, not {host!r}")
-
-
-async def _active_symbols(database_url: str) -> list[str]:
-    """Exactly the feed's query (`Securities.active_symbols`), so the order is the same."""
-    import asyncpg
-
-    conn = await asyncpg.connect(database_url, timeout=10)
-    try:
-        rows = await conn.fetch("SELECT symbol FROM securities WHERE active ORDER BY symbol")
-        return [r["symbol"] for r in rows]
-    finally:
-        await conn.close()
-
-
 def load_securities(config: Config, wanted: int) -> list[str]:
     """`tradeql securities defaults` (plus synthetic symbols past the defaults); the first
     `wanted` active symbols, which are what `tradeql feed --symbols N` simulates."""
@@ -183,7 +157,7 @@ def load_securities(config: Config, wanted: int) -> list[str]:
         )
         if done.returncode != 0:
             raise BenchError(f"securities defaults failed:\n{done.stderr[-2000:]}")
-        symbols = asyncio.run(_active_symbols(config.database_url))
+        symbols = asyncio.run(active_symbols(config.database_url))
         if len(symbols) >= wanted or attempt:
             break
         argv = tradeql_argv("securities", "defaults", "--synthetic", str(wanted))
@@ -299,16 +273,6 @@ def labelled_histogram(
 
     start, end = rows(before), rows(after)
     return sorted((bound, count - start.get(bound, 0.0)) for bound, count in end.items())
-
-
-def bucket_quantile(rows: list[tuple[float, float]], q: float) -> float | None:
-    if not rows or rows[-1][1] <= 0:
-        return None
-    wanted = q * rows[-1][1]
-    for bound, cumulative in rows:
-        if cumulative >= wanted:
-            return bound
-    return rows[-1][0]
 
 
 def _fmt(value: float | None, spec: str = ",.1f", missing: str = "-") -> str:
@@ -676,7 +640,7 @@ def run_scenario(
     rows = labelled_histogram(
         api_before, api_after, "tradeql_graphql_operation_seconds", operation="PlaceOrder"
     )
-    result.server_accept_ms = {f"p{round(q * 100)}": bucket_quantile(rows, q) for q in QS}
+    result.server_accept_ms = {f"p{round(q * 100)}": histogram_quantile(rows, q) for q in QS}
     executions = total(matcher_after, "tradeql_matcher_executions_total") - total(
         matcher_before, "tradeql_matcher_executions_total"
     )
@@ -894,13 +858,10 @@ def run_check(config: Config) -> tuple[bool, str]:
 def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
     from services.settings import Settings
 
-    admin = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    redis_base = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    _require_loopback(admin, "DATABASE_URL")
-    _require_loopback(redis_base, "REDIS_URL")
-    admin = _with_path(admin, "/postgres")
-    database_url = _with_path(admin, f"/{args.database}")
-    redis_url = _with_path(redis_base, f"/{args.redis_db}")
+    admin, redis_base = server_urls()
+    admin = with_path(admin, "/postgres")
+    database_url = with_path(admin, f"/{args.database}")
+    redis_url = with_path(redis_base, f"/{args.redis_db}")
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

@@ -38,6 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 from websockets.typing import Subprotocol
 
+from bench._client import emit, stdin_reader
 from bench._metrics import BUCKETS_PER_MS
 
 PLACE = (
@@ -729,23 +730,11 @@ async def _sleep_until(at: float) -> None:
         await asyncio.sleep(remaining)
 
 
-def emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-async def _stdin_reader() -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
 async def run_client(args: Any, symbols: list[str]) -> int:
     bench = Bench(args, symbols)
     try:
         async with asyncio.timeout(float(args.client_max_seconds)):
-            control = await _stdin_reader()
+            control = await stdin_reader()
             ready = await bench.setup()
             emit("READY " + json.dumps(ready))
             for _ in range(MAX_COMMANDS):

@@ -13,16 +13,14 @@ down (often 2x), so the rates measured with it are lower than without.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import io
-import os
 import pstats
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from bench._profile import serve_under_cprofile
 
 IDLE_CALLS = ("'poll' of 'select.epoll'", "'select' of 'select.epoll'", "'poll' of 'select.poll'")
 
@@ -34,26 +32,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=0, help="matcher: metrics port")
     parser.add_argument("--out", type=Path, required=True, help="where the stats go")
     args = parser.parse_args(argv)
-    profiler = cProfile.Profile()
-    out: Path = args.out
 
-    def start(signum: int, frame: FrameType | None) -> None:
-        profiler.enable()
+    def serve() -> None:
+        from gateway import cli
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        profiler.disable()
-        tmp = out.with_suffix(".tmp")
-        profiler.dump_stats(str(tmp))
-        os.replace(tmp, out)
+        if args.role == "api":
+            cli.api(host="127.0.0.1", port=args.port, workers=1)
+        else:
+            cli.matcher(metrics_port=args.metrics_port)
 
-    signal.signal(signal.SIGUSR1, start)
-    signal.signal(signal.SIGUSR2, stop)
-    from gateway import cli
-
-    if args.role == "api":
-        cli.api(host="127.0.0.1", port=args.port, workers=1)
-    else:
-        cli.matcher(metrics_port=args.metrics_port)
+    serve_under_cprofile(args.out, serve)
     return 0
 
 

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from bench._pg import SamplerThread, drop_database, recreate_database
+
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
 _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
 PGBENCH_DATABASE = "tradeql_bench_pgbench"
@@ -28,30 +30,6 @@ PGBENCH_DATABASE = "tradeql_bench_pgbench"
 
 # ------------------------------------------------------------------------------------------------
 # Databases
-
-
-async def _admin(admin_url: str, *statements: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def recreate_database(admin_url: str, name: str) -> None:
-    """DROP (forcing other sessions off) and CREATE `name`: every run starts from nothing."""
-    asyncio.run(
-        _admin(
-            admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
-        )
-    )
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _server_facts(url: str) -> dict[str, Any]:
@@ -196,7 +174,7 @@ def _statement(query: str) -> str:
     return words[:90]
 
 
-class ActivitySampler:
+class ActivitySampler(SamplerThread):
     """Samples pg_stat_activity of one database every `interval` seconds, in its own thread:
     how many backends are active, on what they wait (or CPU), and which statements they run."""
 
@@ -212,21 +190,6 @@ class ActivitySampler:
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pg-activity", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._sample())
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
 
     async def _sample(self) -> None:
         import asyncpg

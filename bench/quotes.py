@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from bench._metrics import (
     Sample,
@@ -63,11 +61,17 @@ from bench._procs import (
     tradeql_argv,
     wait_until,
 )
+from bench._setup import (
+    STATE_DIR,
+    active_symbols,
+    free_port,
+    redis_client,
+    require_loopback,
+    server_urls,
+    with_path,
+)
 from bench._sockets import QueueWatch
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-STATE_DIR = Path(tempfile.gettempdir()) / "tradeql-bench"
 TARGET_RATE = 100_000.0
 TARGET_P99_MS = 100.0
 TARGET_SUBSCRIBERS = 1000
@@ -117,28 +121,6 @@ class Config:
     env: dict[str, str]  # extra environment for every child
 
 
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-def _require_loopback(url: str, what: str) -> None:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise BenchError(f"{what} must point at a loopback address, not {host!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ------------------------------------------------------------------------------------------------
 # Setup: database, securities, Redis
 
@@ -156,18 +138,6 @@ async def _create_database(admin_url: str, name: str) -> bool:
         await conn.close()
 
 
-async def _active_symbols(database_url: str) -> list[str]:
-    """Exactly the feed's query (`Securities.active_symbols`), so the order is the same."""
-    import asyncpg
-
-    conn = await asyncpg.connect(database_url, timeout=10)
-    try:
-        rows = await conn.fetch("SELECT symbol FROM securities WHERE active ORDER BY symbol")
-        return [r["symbol"] for r in rows]
-    finally:
-        await conn.close()
-
-
 def prepare_database(config: Config, name: str) -> None:
     created = asyncio.run(_create_database(config.admin_database_url, name))
     print(f"database {name}: {'created' if created else 'exists'}; migrating", flush=True)
@@ -178,7 +148,7 @@ def prepare_database(config: Config, name: str) -> None:
 
 def ensure_securities(config: Config, wanted: int) -> list[str]:
     """At least `wanted` active securities (`tradeql securities defaults --synthetic N`)."""
-    symbols = asyncio.run(_active_symbols(config.database_url))
+    symbols = asyncio.run(active_symbols(config.database_url))
     if len(symbols) < wanted:
         argv = tradeql_argv("securities", "defaults", "--synthetic", str(wanted))
         print(f"loading securities: {' '.join(argv[1:])}", flush=True)
@@ -193,16 +163,10 @@ def ensure_securities(config: Config, wanted: int) -> list[str]:
         )
         if done.returncode != 0:
             raise BenchError(f"securities defaults failed:\n{done.stderr[-2000:]}")
-        symbols = asyncio.run(_active_symbols(config.database_url))
+        symbols = asyncio.run(active_symbols(config.database_url))
     if len(symbols) < wanted:
         raise BenchError(f"only {len(symbols)} securities after loading, {wanted} wanted")
     return symbols[:wanted]  # what `tradeql feed --symbols N` simulates
-
-
-def redis_client(url: str) -> Any:
-    import redis
-
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
 
 
 @dataclass
@@ -966,7 +930,7 @@ def client_main(args: argparse.Namespace) -> int:
 
     if not args.url or not args.symbols_file:
         raise SystemExit("--client needs --url and --symbols-file")
-    _require_loopback(args.url.replace("ws://", "http://"), "--url")
+    require_loopback(args.url.replace("ws://", "http://"), "--url")
     raise_nofile_limit()
     symbols = json.loads(args.symbols_file.read_text())
     return asyncio.run(
@@ -1048,12 +1012,9 @@ def wait_for_quiet(threshold: float, max_wait: float) -> float:
 def make_config(args: argparse.Namespace, log_dir: Path, redis_base: str | None) -> Config:
     from services.settings import Settings
 
-    admin = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    redis_base = redis_base or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    _require_loopback(admin, "DATABASE_URL")
-    _require_loopback(redis_base, "REDIS_URL")
-    database_url = _with_path(admin, f"/{args.database}")
-    redis_url = _with_path(redis_base, f"/{args.redis_db}")
+    admin, redis_base = server_urls(redis_base)
+    database_url = with_path(admin, f"/{args.database}")
+    redis_url = with_path(redis_base, f"/{args.redis_db}")
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

@@ -42,11 +42,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
@@ -72,6 +69,7 @@ from bench._metrics import (
     scrape,
     total,
 )
+from bench._pg import recreate_database
 from bench._procs import (
     ROOT,
     BenchError,
@@ -84,6 +82,7 @@ from bench._procs import (
     tradeql_argv,
     wait_until,
 )
+from bench._setup import STATE_DIR, free_port, server_urls, with_path
 from bench.reads_pg import (
     ActivitySampler,
     BackendCpu,
@@ -92,9 +91,6 @@ from bench.reads_pg import (
     postmaster_pid,
 )
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-STATE_DIR = Path(tempfile.gettempdir()) / "tradeql-bench"
 TARGET_RATE = 1000.0
 TARGET_P95_MS = 20.0
 QS = (0.5, 0.95, 0.99)
@@ -163,24 +159,6 @@ class Config:
 
 # ------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-def _require_loopback(url: str, what: str) -> None:
-    host = urlsplit(url).hostname or ""
-    with contextlib.suppress(ValueError):
-        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
-            return
-    raise BenchError(f"{what} must point at a loopback address, not {host!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
@@ -261,14 +239,11 @@ def process_tree(pid: int) -> list[int]:
 
 
 def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
-    admin = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    redis_base = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    _require_loopback(admin, "DATABASE_URL")
-    _require_loopback(redis_base, "REDIS_URL")
-    admin = _with_path(admin, "/postgres")
+    admin, redis_base = server_urls()
+    admin = with_path(admin, "/postgres")
     env = {
-        "DATABASE_URL": _with_path(admin, f"/{args.database}"),
-        "REDIS_URL": _with_path(redis_base, f"/{args.redis_db}"),
+        "DATABASE_URL": with_path(admin, f"/{args.database}"),
+        "REDIS_URL": with_path(redis_base, f"/{args.redis_db}"),
         "TRADEQL_LOG_LEVEL": args.log_level,
         "TRADEQL_MARKET_ALWAYS_OPEN": "true",
         # Every simulated user connects from 127.0.0.1: the per-address limit (meant for many
@@ -311,7 +286,7 @@ def setup(config: Config, args: argparse.Namespace) -> tuple[list[str], list[str
         print(f"redis db {args.redis_db} flushed; {written} quotes written ({how})", flush=True)
         return tokens, symbols
     started = time.perf_counter()
-    reads_seed.recreate_database(config.admin_url, config.database)
+    recreate_database(config.admin_url, config.database)
     from gateway.migrate import upgrade
 
     try:

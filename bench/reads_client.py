@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from bench._client import emit, stdin_reader
 from bench._metrics import BUCKETS_PER_MS
 
 PORTFOLIO = (
@@ -429,23 +430,11 @@ class Runner:
             conn.close()
 
 
-def emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-async def _stdin_reader() -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
 async def main_async(args: argparse.Namespace, tokens: list[str]) -> int:
     runner = Runner("127.0.0.1", args.port, tokens, args.timeout)
     try:
         async with asyncio.timeout(args.max_seconds):
-            control = await _stdin_reader()
+            control = await stdin_reader()
             try:
                 facts = await runner.check()
             except (HttpError, KeyError, TypeError, orjson.JSONDecodeError) as exc:

@@ -13,6 +13,8 @@ from typing import Any
 
 import psutil
 
+from bench._pg import SamplerThread
+
 MAX_SAMPLES = 100_000
 
 
@@ -136,7 +138,7 @@ class BackendCpu:
         return 100.0 * used / wall, len(pids)
 
 
-class ActivitySampler:
+class ActivitySampler(SamplerThread):
     """pg_stat_activity of one database every `interval` seconds, in a thread: how many backends
     are active, and on what they wait (wait_event_type:wait_event, or CPU when none)."""
 
@@ -152,22 +154,7 @@ class ActivitySampler:
         self._thread: threading.Thread | None = None
         self.error: str | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pg-activity", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._loop())
-        except Exception as exc:  # a sampler failure must not end the benchmark
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    async def _loop(self) -> None:
+    async def _sample(self) -> None:
         import asyncpg
 
         conn = await asyncpg.connect(self.url, timeout=10)

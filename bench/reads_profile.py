@@ -20,17 +20,13 @@ SIGTERM stops the API as `tradeql api` would. cProfile slows Python code (often 
 from __future__ import annotations
 
 import argparse
-import cProfile
 import io
-import os
 import pstats
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
-from bench._profile import _frame_name, parse_raw
+from bench._profile import _frame_name, parse_raw, serve_under_cprofile
 
 # (layer, path prefixes). py-spy names files relative to their sys.path entry
 # ("graphql/execution/execute.py", "services/portfolio.py"); absolute paths are cut the same way.
@@ -196,23 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True, help="where the stats go")
     args = parser.parse_args(argv)
-    profiler = cProfile.Profile()
-    out: Path = args.out
 
-    def start(signum: int, frame: FrameType | None) -> None:
-        profiler.enable()
+    def serve() -> None:
+        from gateway import cli
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        profiler.disable()
-        tmp = out.with_suffix(".tmp")
-        profiler.dump_stats(str(tmp))
-        os.replace(tmp, out)
+        cli.api(host="127.0.0.1", port=args.port, workers=1, reuse_port=False)
 
-    signal.signal(signal.SIGUSR1, start)
-    signal.signal(signal.SIGUSR2, stop)
-    from gateway import cli
-
-    cli.api(host="127.0.0.1", port=args.port, workers=1, reuse_port=False)
+    serve_under_cprofile(args.out, serve)
     return 0
 
 

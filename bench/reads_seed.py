@@ -51,30 +51,6 @@ class SeedResult:
     seconds: dict[str, float]
 
 
-async def admin(admin_url: str, *statements: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def recreate_database(admin_url: str, name: str) -> None:
-    """DROP (forcing other sessions off) and CREATE `name`: every run starts from nothing."""
-    asyncio.run(
-        admin(
-            admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
-        )
-    )
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    asyncio.run(admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 def _password_hash() -> str:
     """One real argon2id hash shared by every user (so `signIn` works), computed once."""
     from argon2 import PasswordHasher
