@@ -10,10 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +28,7 @@ from gateway.graphql_schema import build_schema
 from gateway.guards import query_limit_rules
 from services.container import Services
 from services.settings import Settings
+from tests.api_process import api_process
 from tests.graphql_client import GraphQLClient
 from tests.trading import listed, unique_symbol
 
@@ -316,46 +313,14 @@ async def test_limit_errors_carry_their_code_over_websocket(api_url: str) -> Non
 # --- the guarded server: tight rate limits and WebSocket limits -----------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def guarded(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second API process, on the same PostgreSQL and Redis, with tight limits."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("guarded") / "api.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "api", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **GUARDED_ENV},
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"guarded api did not start: {log_path.read_text()}")
-                time.sleep(0.1)
-            yield url
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(5)
+    with api_process(tmp_path_factory.mktemp("guarded"), env={**os.environ, **GUARDED_ENV}) as (
+        _,
+        url,
+    ):
+        yield url
 
 
 def address() -> str:

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,49 +15,11 @@ import websockets
 
 from services.container import Services
 from services.settings import Settings
+from tests.api_process import api_process, free_port
 from tests.graphql_client import GraphQLClient
 from tests.trading import listed, quote, unique_symbol
 
 ME = {"query": "{ me { id } }"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def api_process(
-    tmp_path: Path, *extra: str, port: int | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = port or free_port()
-    log = (tmp_path / f"api-{port}-{uuid.uuid4().hex[:4]}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "api", "--port", str(port), *extra],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ),
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"api did not start: {(tmp_path / log.name).read_text()}")
-            time.sleep(0.1)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-        log.close()
 
 
 @pytest.fixture
