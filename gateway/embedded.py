@@ -83,6 +83,9 @@ class EmbeddedRedis:
                 str((self.data_dir / "redis.log").resolve()),
             ],
             stdin=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C in the terminal reaches the platform's processes, which
+            # still flush to Redis as they stop; Redis is stopped last, by us.
+            start_new_session=True,
         )
         pid_file.write_text(str(self.process.pid))
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
