@@ -1020,6 +1020,9 @@ def make_config(args: argparse.Namespace, log_dir: Path, redis_base: str | None)
         "REDIS_URL": redis_url,
         "TRADEQL_LOG_LEVEL": args.log_level,
         "TRADEQL_MARKET_ALWAYS_OPEN": "true",
+        # Every simulated subscriber connects from 127.0.0.1: the per-address limit would refuse
+        # most of them; the per-session one does not apply (anonymous subscriptions).
+        "TRADEQL_RATE_LIMIT_IP_PER_SECOND": "0",
     }
     if args.window_ms:
         env["TRADEQL_QUOTE_WINDOW_MS"] = str(args.window_ms)
