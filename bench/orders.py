@@ -867,6 +867,9 @@ def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
         "REDIS_URL": redis_url,
         "TRADEQL_LOG_LEVEL": args.log_level,
         "TRADEQL_MARKET_ALWAYS_OPEN": "true",
+        # Every simulated user connects from 127.0.0.1: the per-address limit would refuse
+        # most of them (the per-session limits stay on, as in production).
+        "TRADEQL_RATE_LIMIT_IP_PER_SECOND": "0",
         "TRADEQL_VENUE_FAULTS": "EDGX=0,ARCA=0,IEXG=0",
         "TRADEQL_PASSWORD_HASH_TIME_COST": "1",
         "TRADEQL_PASSWORD_HASH_MEMORY_KIB": "8192",
