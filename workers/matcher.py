@@ -214,12 +214,15 @@ class PartitionMatcher:
             await self._guarded(self._execute(order, quote), order)
 
     async def _guarded(self, work: Awaitable[None], order: Order) -> None:
+        """One order that cannot be booked must not stop the partition: it is cancelled with
+        the reason, and the matcher goes on with the others. An outage (Redis, the network) is
+        not the order's fault: it propagates and the partition retries."""
         try:
             await work
         except (RedisError, OSError):
             raise
         except Exception as exc:
-            log.exception("order %s could not be executed; cancelling it", order.id)
+            log.exception("order %s could not be processed; cancelling it", order.id)
             async with self._lock:
                 self.book.remove(order.id)
             with contextlib.suppress(Exception):
@@ -236,20 +239,7 @@ class PartitionMatcher:
 
     # -- orders ---------------------------------------------------------------------------
     async def process_safely(self, order: Order) -> None:
-        """One order that cannot be booked must not stop the partition: it is cancelled with
-        the reason, and the matcher goes on with the others."""
-        try:
-            await self.process(order)
-        except (RedisError, OSError):
-            raise  # an outage, not this order's fault: let the partition retry
-        except Exception as exc:
-            log.exception("order %s could not be processed; cancelling it", order.id)
-            async with self._lock:
-                self.book.remove(order.id)
-            with contextlib.suppress(Exception):
-                await self._close(
-                    order, Status.CANCELLED, f"could not be booked: {type(exc).__name__}"
-                )
+        await self._guarded(self.process(order), order)
 
     async def process(self, order: Order, quote: Quote | None = None) -> None:
         """Decide what a newly seen open order needs: execution now, or a place in the book."""
