@@ -145,7 +145,9 @@ class OrderPlacement:
                 request.future.set_exception(error)
 
     async def _commit(self, batch: list[_Request]) -> None:
-        symbols = sorted({r.command.symbol for r in batch})
+        # Only market orders and dollar amounts are priced from the quote: a batch of limit
+        # orders costs no Redis round trip.
+        symbols = sorted({r.command.symbol for r in batch if needs_quote(r.command)})
         quotes = dict(zip(symbols, await self._quotes.read(symbols), strict=True))
         for attempt in range(3):
             try:
