@@ -77,9 +77,18 @@ async def lock_order(conn: AsyncConnection, order_id: UUID) -> Order | None:
     return order_from_row(row) if row else None
 
 
-async def open_orders(conn: AsyncConnection, symbols: Sequence[str] | None = None) -> list[Order]:
+async def open_orders(
+    conn: AsyncConnection,
+    symbols: Sequence[str] | None = None,
+    *,
+    statuses: Sequence[Status] | None = None,
+    created_before: datetime | None = None,
+) -> list[Order]:
     sql = f"SELECT {ORDER_COLUMNS} FROM orders WHERE status = ANY(:open)"
-    params: dict[str, Any] = {"open": list(OPEN)}
+    params: dict[str, Any] = {"open": [s.value for s in statuses] if statuses else list(OPEN)}
+    if created_before is not None:
+        sql += " AND created_at < :before"
+        params["before"] = created_before
     if symbols is not None:
         sql += " AND symbol = ANY(:symbols)"
         params["symbols"] = list(symbols)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from uuid import UUID
 
@@ -149,15 +150,16 @@ class PartitionMatcher:
         log.info("partition %d: %d working orders rebuilt", self.partition, len(working))
 
     async def sweep(self) -> None:
-        """Orders committed but never handed off (the API lost Redis at the wrong moment)."""
-        cutoff = time.time() - 1.0
+        """Orders committed but never handed off (the API lost Redis at the wrong moment).
+        Such an order is still PENDING (whatever the matcher has seen is SUBMITTED or done), so
+        the sweep reads only those, not every resting order, every few seconds."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=1)
         async with self.services.engine.connect() as conn:
             working = [
                 o
-                for o in await open_orders(conn)
+                for o in await open_orders(conn, statuses=[Status.PENDING], created_before=cutoff)
                 if partition_of(o.symbol, self.settings.quote_partitions) == self.partition
                 and o.id not in self.book
-                and o.created_at.timestamp() < cutoff
             ]
         for order in working:
             log.info("sweep found order %s without a hand-off", order.id)
