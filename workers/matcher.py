@@ -194,12 +194,13 @@ class PartitionMatcher:
                 await asyncio.sleep(0.5)
                 continue
             latest: dict[str, Quote] = {}
+            resting = self.book.symbols()  # once per read: it is built afresh on every call
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     self._quote_id = entry_id
                     for record in fields.get("q", "").split(RECORD_SEPARATOR):
                         symbol = record[: record.find(FIELD_SEPARATOR)]
-                        if symbol in self.book.symbols():
+                        if symbol in resting:
                             latest[symbol] = decode_quote(record)
             for quote in latest.values():
                 self.quotes[quote.symbol] = quote
