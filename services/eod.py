@@ -5,6 +5,7 @@ Every step is idempotent, so running it twice for a day (or after a crash half-w
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -174,8 +175,6 @@ async def run_eod(
 
 
 def _json(summary: EodSummary) -> str:
-    import json
-
     return json.dumps(
         {
             "expired": summary.expired,
