@@ -24,6 +24,13 @@ class MaskInternalErrors(MaskErrors):
     def __init__(self) -> None:
         super().__init__(should_mask_error=is_internal)
 
+    def _process_result(self, result: object) -> None:
+        """As strawberry's, without its runtime Protocol check: that isinstance cost ~9% of
+        the API's CPU on live quotes, where it runs once per delivered event."""
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
+
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         request_id = current_request_id()
         return GraphQLError(

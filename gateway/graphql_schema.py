@@ -19,6 +19,7 @@ from gateway.errors import MaskInternalErrors, log_errors
 from gateway.guards import code_parse_limit_errors, query_limit_rules
 from gateway.metrics import MetricsExtension
 from resolvers.loaders import LoadersExtension
+from resolvers.shared_events import SharedEventExecutionContext
 from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_OVERRIDES
 from services.settings import Settings, get_settings
@@ -60,5 +61,6 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         subscription=Subscription,
         extensions=extensions,
         scalar_overrides=SCALAR_OVERRIDES,
+        execution_context_class=SharedEventExecutionContext,
         config=StrawberryConfig(auto_camel_case=True),
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -69,6 +71,17 @@ class GraphQLView(GraphQL[Context, None]):
             ),
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
         )
+
+    def encode_json(self, data: object) -> str:
+        """Every response and WebSocket message: orjson (several times faster), json past its range.
+
+        orjson refuses what json takes (integers past 64 bits, keys that are not strings); those
+        rare payloads go through json as strawberry would send them.
+        """
+        try:
+            return orjson.dumps(data).decode()
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            return json.dumps(data, separators=(",", ":"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

@@ -9,8 +9,9 @@ from graphql import GraphQLError
 
 from resolvers.context import Info
 from resolvers.loaders import current_loaders
+from resolvers.shared_events import shared_event
 from schema.marketdata import Bar, BarInterval, MarketClock, Quote, Security
-from services import bars
+from services import bars, marketdata
 from services.securities import is_valid_symbol, normalize_symbol
 
 
@@ -108,5 +109,10 @@ async def subscribe_quotes(info: Info, symbols: list[str]) -> AsyncGenerator[Quo
                 subscription.mark_delivered(current)
                 yield Quote.from_domain(current)
         while True:
-            for changed in await subscription.next_quotes():
-                yield Quote.from_domain(changed)
+            for event in await subscription.next_events():
+                yield event.view(_shared_quote)
+
+
+def _shared_quote(quote: marketdata.Quote) -> Quote:
+    """One schema object per published quote, executed once per document for all subscribers."""
+    return shared_event(Quote.from_domain(quote))

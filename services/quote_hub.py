@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar, cast
 
 from broadcaster import Broadcast
 from broadcaster._base import Unsubscribed
@@ -21,38 +22,71 @@ from services.quote_store import QUOTES_CHANNEL
 
 log = logging.getLogger("tradeql.quote_hub")
 
+View = TypeVar("View")
+
+
+class QuoteEvent:
+    """One published quote, shared by every subscription of its symbol in this process.
+
+    It is decoded at most once (a record conflated away everywhere is never decoded), and
+    `view` builds what the API layer sends once for all subscribers, so per-subscriber work is
+    only the delivery itself.
+    """
+
+    __slots__ = ("_quote", "_view", "record")
+
+    def __init__(self, record: str) -> None:
+        self.record = record
+        self._quote: Quote | None = None
+        self._view: object | None = None
+
+    @property
+    def quote(self) -> Quote:
+        if self._quote is None:
+            self._quote = decode_quote(self.record)
+        return self._quote
+
+    def view(self, present: Callable[[Quote], View]) -> View:
+        """`present(quote)`, made once per event: every caller must pass the same `present`."""
+        if self._view is None:
+            self._view = present(self.quote)
+        return cast(View, self._view)
+
 
 class QuoteSubscription:
     def __init__(self, symbols: Sequence[str]) -> None:
         self.symbols = tuple(symbols)
-        self._pending: dict[str, str] = {}
+        self._pending: dict[str, QuoteEvent] = {}
         self._ready = asyncio.Event()
         self._delivered_ts: dict[str, int] = {}
         self.conflated = 0
 
-    def offer(self, symbol: str, record: str) -> None:
+    def offer(self, symbol: str, event: QuoteEvent) -> None:
         if symbol in self._pending:
             self.conflated += 1
-        self._pending[symbol] = record
+        self._pending[symbol] = event
         self._ready.set()
 
     def mark_delivered(self, quote: Quote) -> None:
         self._delivered_ts[quote.symbol] = quote.timestamp_ns
 
-    async def next_quotes(self) -> list[Quote]:
+    async def next_events(self) -> list[QuoteEvent]:
         """The newest pending quote of each symbol that changed, waiting until there is one."""
         while True:
             await self._ready.wait()
             self._ready.clear()
             pending, self._pending = self._pending, {}
-            quotes = []
-            for symbol, record in pending.items():
-                quote = decode_quote(record)
-                if quote.timestamp_ns > self._delivered_ts.get(symbol, -1):
-                    self._delivered_ts[symbol] = quote.timestamp_ns
-                    quotes.append(quote)
-            if quotes:
-                return quotes
+            events = []
+            for symbol, event in pending.items():
+                timestamp_ns = event.quote.timestamp_ns
+                if timestamp_ns > self._delivered_ts.get(symbol, -1):
+                    self._delivered_ts[symbol] = timestamp_ns
+                    events.append(event)
+            if events:
+                return events
+
+    async def next_quotes(self) -> list[Quote]:
+        return [event.quote for event in await self.next_events()]
 
 
 class QuoteHub:
@@ -83,8 +117,9 @@ class QuoteHub:
             symbol = record[: record.find(FIELD_SEPARATOR)]
             subscriptions = by_symbol.get(symbol)
             if subscriptions:
+                event = QuoteEvent(record)
                 for subscription in subscriptions:
-                    subscription.offer(symbol, record)
+                    subscription.offer(symbol, event)
                 self.dispatched += 1
 
     @contextlib.contextmanager

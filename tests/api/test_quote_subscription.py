@@ -17,7 +17,7 @@ from gql.transport.websockets import WebsocketsTransport
 
 from services.container import Services
 from services.marketdata import Quote, encode_batch
-from services.quote_hub import QuoteSubscription
+from services.quote_hub import QuoteEvent, QuoteSubscription
 from services.quote_store import QUOTES_CHANNEL
 from services.securities import Security
 
@@ -152,12 +152,12 @@ async def test_a_slow_client_does_not_slow_the_others(api_url: str, services: Se
 async def test_conflation_keeps_the_newest_quote_per_symbol() -> None:
     subscription = QuoteSubscription(["AAA", "BBB"])
     for i in range(1000):
-        subscription.offer("AAA", f"AAA|{i}|{i + 1}|1|1|{i}|1|{1000 + i}")
-    subscription.offer("BBB", "BBB|5|6|1|1|5|1|42")
+        subscription.offer("AAA", QuoteEvent(f"AAA|{i}|{i + 1}|1|1|{i}|1|{1000 + i}"))
+    subscription.offer("BBB", QuoteEvent("BBB|5|6|1|1|5|1|42"))
     quotes = await asyncio.wait_for(subscription.next_quotes(), 1)
     assert [(q.symbol, q.bid) for q in quotes] == [("AAA", Decimal(999)), ("BBB", Decimal(5))]
     assert subscription.conflated == 999
-    subscription.offer("AAA", "AAA|1|2|1|1|1|1|5")  # older than what was delivered: dropped
-    subscription.offer("BBB", "BBB|7|8|1|1|7|1|43")
+    subscription.offer("AAA", QuoteEvent("AAA|1|2|1|1|1|1|5"))  # older than what was delivered: dropped
+    subscription.offer("BBB", QuoteEvent("BBB|7|8|1|1|7|1|43"))
     quotes = await asyncio.wait_for(subscription.next_quotes(), 1)
     assert [(q.symbol, q.bid) for q in quotes] == [("BBB", Decimal(7))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import socket
@@ -198,8 +199,18 @@ def limited_settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def fresh_address() -> str:
+    """A client address that no other test (nor an earlier run) shares a rate-limit bucket with.
+
+    IPv6 addresses are limited by their /64, and the documentation prefix 2001:db8::/32 leaves
+    32 bits of it to draw at random; a pick among 250 IPv4 addresses collided now and then.
+    """
+    network = uuid.uuid4().int & 0xFFFF_FFFF
+    return str(ipaddress.IPv6Address((0x2001_0DB8 << 96) | (network << 64) | 1))
+
+
 def client(app: Any, peer: str | None = None) -> httpx.AsyncClient:
-    peer = peer or f"192.0.2.{uuid.uuid4().int % 250 + 1}"
+    peer = peer or fresh_address()
     transport = httpx.ASGITransport(app=app, client=(peer, 40000))
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
@@ -263,10 +274,7 @@ async def test_forwarded_addresses_from_a_trusted_proxy_get_their_own_buckets(
     proxy = "10.1.2.3"
     settings = limited_settings(rate_limit_ip_burst=1, trusted_proxies="10.0.0.0/8")
     app = RateLimitMiddleware(ok_app, settings, redis=redis)
-    first, second = (
-        f"198.51.100.{uuid.uuid4().int % 250}",
-        f"2001:db8:{uuid.uuid4().int % 9999:x}::1",
-    )
+    first, second = f"198.51.100.{uuid.uuid4().int % 250}", fresh_address()
     async with client(app, peer=proxy) as http:
         assert (await http.get("/graphql", headers={"X-Forwarded-For": first})).status_code == 200
         assert (await http.get("/graphql", headers={"X-Forwarded-For": first})).status_code == 429
