@@ -30,7 +30,7 @@ from services.order_model import (
     Status,
     can_transition,
 )
-from services.order_store import lock_order
+from services.order_store import lock_account_and_order
 from services.positions import PositionState, apply_buy, apply_sell, fill_value
 from services.request_context import current_request_id
 
@@ -55,48 +55,30 @@ class StaleOrder(Exception):
     """The order changed (or closed) since the caller looked: nothing was applied."""
 
 
-async def _lock_account(conn: AsyncConnection, account_id: UUID) -> None:
-    await conn.execute(text("SELECT id FROM accounts WHERE id = :a FOR UPDATE"), {"a": account_id})
+_SELECT_POSITION = text(
+    "SELECT quantity, cost_basis, realized_pnl FROM positions "
+    "WHERE account_id = :a AND symbol = :s FOR UPDATE"
+)
 
 
 async def _lock_position(conn: AsyncConnection, account_id: UUID, symbol: str) -> PositionState:
-    await conn.execute(
-        text("INSERT INTO positions (account_id, symbol) VALUES (:a, :s) ON CONFLICT DO NOTHING"),
-        {"a": account_id, "s": symbol},
-    )
-    row = (
+    """The position, locked; created first if the account never held the symbol."""
+    params = {"a": account_id, "s": symbol}
+    row = (await conn.execute(_SELECT_POSITION, params)).first()
+    if row is None:
         await conn.execute(
             text(
-                "SELECT quantity, cost_basis, realized_pnl FROM positions "
-                "WHERE account_id = :a AND symbol = :s FOR UPDATE"
+                "INSERT INTO positions (account_id, symbol) VALUES (:a, :s) "
+                "ON CONFLICT DO NOTHING"
             ),
-            {"a": account_id, "s": symbol},
+            params,
         )
-    ).one()
+        row = (await conn.execute(_SELECT_POSITION, params)).one()
     return PositionState(row.quantity, row.cost_basis, row.realized_pnl)
 
 
-async def _audit(
-    conn: AsyncConnection, order: Order, action: str, details: dict[str, object]
-) -> None:
-    await conn.execute(
-        text(
-            "INSERT INTO audit_log (user_id, action, entity_type, entity_id, details, request_id) "
-            "VALUES (:u, :a, 'order', :o, CAST(:d AS jsonb), :r)"
-        ),
-        {
-            "u": order.user_id,
-            "a": action,
-            "o": str(order.id),
-            "d": json.dumps(details, default=str),
-            "r": current_request_id(),
-        },
-    )
-
-
 async def _locked(conn: AsyncConnection, order: Order, expected_version: int | None) -> Order:
-    await _lock_account(conn, order.account_id)
-    current = await lock_order(conn, order.id)
+    current = await lock_account_and_order(conn, order.account_id, order.id)
     if current is None or not current.is_open:
         raise StaleOrder(f"order {order.id} is no longer open")
     if expected_version is not None and current.version != expected_version:
@@ -104,37 +86,55 @@ async def _locked(conn: AsyncConnection, order: Order, expected_version: int | N
     return current
 
 
-async def _insert_execution(conn: AsyncConnection, order: Order, fill: Fill) -> Execution | None:
-    row = (
-        await conn.execute(
-            text(
-                "INSERT INTO executions (order_id, user_id, symbol, side, quantity, price, venue, "
-                "venue_execution_id) VALUES (:o, :u, :s, :side, :q, :p, :v, :x) "
-                "ON CONFLICT (venue_execution_id) DO NOTHING RETURNING id, executed_at"
-            ),
-            {
-                "o": order.id,
-                "u": order.user_id,
-                "s": order.symbol,
-                "side": order.side.value,
-                "q": fill.quantity,
-                "p": fill.price,
-                "v": fill.venue,
-                "x": fill.venue_execution_id,
-            },
-        )
-    ).first()
-    if row is None:
-        return None
-    return Execution(
-        row.id,
-        order.id,
-        fill.quantity,
-        fill.price,
-        fill.venue,
-        fill.venue_execution_id,
-        row.executed_at,
+_INSERT_EXECUTIONS = text(
+    """
+    INSERT INTO executions (order_id, user_id, symbol, side, quantity, price, venue,
+                            venue_execution_id)
+    SELECT CAST(:o AS uuid), CAST(:u AS uuid), CAST(:s AS text), CAST(:side AS text),
+           f.quantity, f.price, f.venue, f.venue_execution_id
+      FROM unnest(CAST(:quantities AS numeric[]), CAST(:prices AS numeric[]),
+                  CAST(:venues AS text[]), CAST(:ids AS text[])) WITH ORDINALITY
+           AS f(quantity, price, venue, venue_execution_id, ord)
+     ORDER BY f.ord
+    ON CONFLICT (venue_execution_id) DO NOTHING
+    RETURNING id, executed_at, venue_execution_id
+    """
+)
+
+
+async def _insert_executions(
+    conn: AsyncConnection, order: Order, fills: Sequence[Fill]
+) -> dict[str, Execution]:
+    """The executions of `fills` that are new, by venue execution id (a replay inserts none)."""
+    if not fills:
+        return {}
+    rows = await conn.execute(
+        _INSERT_EXECUTIONS,
+        {
+            "o": order.id,
+            "u": order.user_id,
+            "s": order.symbol,
+            "side": order.side.value,
+            "quantities": [f.quantity for f in fills],
+            "prices": [f.price for f in fills],
+            "venues": [f.venue for f in fills],
+            "ids": [f.venue_execution_id for f in fills],
+        },
     )
+    by_id = {f.venue_execution_id: f for f in fills}
+    executions = {}
+    for row in rows:
+        fill = by_id[row.venue_execution_id]
+        executions[row.venue_execution_id] = Execution(
+            row.id,
+            order.id,
+            fill.quantity,
+            fill.price,
+            fill.venue,
+            fill.venue_execution_id,
+            row.executed_at,
+        )
+    return executions
 
 
 def fill_cash(filled_value_before: Decimal, fill: Fill) -> Decimal:
@@ -145,10 +145,10 @@ def fill_cash(filled_value_before: Decimal, fill: Fill) -> Decimal:
     return fill_value(after, Decimal(1)) - fill_value(filled_value_before, Decimal(1))
 
 
-async def _move_money_and_shares(
-    conn: AsyncConnection, order: Order, position: PositionState, fill: Fill, value: Decimal
-) -> PositionState:
-    """The fill's cash and shares through the ledger; returns the new position."""
+def _money_and_shares(
+    order: Order, position: PositionState, fill: Fill, value: Decimal
+) -> tuple[ledger.Posting, PositionState]:
+    """The fill's cash and shares as a ledger posting, and the position after it."""
     signed_cash = -value if order.side is Side.BUY else value
     signed_shares = fill.quantity if order.side is Side.BUY else -fill.quantity
     entries = [
@@ -157,15 +157,10 @@ async def _move_money_and_shares(
     ]
     if value:  # a fill worth less than half a cent moves shares and no cash
         entries += ledger.cash_transfer(order.account_id, signed_cash, ledger.VENUE)
-    await ledger.post(
-        conn,
-        kind=f"fill.{order.side.value.lower()}",
-        reference=fill.venue_execution_id,
-        entries=entries,
-    )
+    posting = ledger.Posting(f"fill.{order.side.value.lower()}", fill.venue_execution_id, entries)
     if order.side is Side.BUY:
-        return apply_buy(position, fill.quantity, value)
-    return apply_sell(position, fill.quantity, value)
+        return posting, apply_buy(position, fill.quantity, value)
+    return posting, apply_sell(position, fill.quantity, value)
 
 
 def _next_status(order: Order, close_remainder: bool) -> Status:
@@ -196,15 +191,18 @@ async def execute(
     more liquidity): what was not filled is cancelled and its hold released."""
     current = await _locked(conn, order, order.version)
     position = await _lock_position(conn, current.account_id, current.symbol)
+    inserted = await _insert_executions(conn, current, fills)
     updates: list[OrderUpdate] = []
     executions: list[Execution] = []
+    postings: list[ledger.Posting] = []
     filled_qty, filled_value, consumed, cash_delta = ZERO, ZERO, ZERO, ZERO
     for fill in fills:
-        execution = await _insert_execution(conn, current, fill)
+        execution = inserted.get(fill.venue_execution_id)
         if execution is None:
             continue  # a replay of a fill already applied
         value = fill_cash(current.filled_value + filled_value, fill)
-        position = await _move_money_and_shares(conn, current, position, fill, value)
+        posting, position = _money_and_shares(current, position, fill, value)
+        postings.append(posting)
         executions.append(execution)
         filled_qty += fill.quantity
         filled_value += fill.quantity * fill.price
@@ -241,35 +239,8 @@ async def execute(
         version=current.version + 1,
         reject_reason=reason if status is Status.CANCELLED else current.reject_reason,
     )
-    await conn.execute(
-        text(
-            "UPDATE accounts SET cash = cash + :cash, reserved_cash = reserved_cash - :held, "
-            "updated_at = now() WHERE id = :a"
-        ),
-        {"cash": cash_delta, "held": consumed + released_cash, "a": current.account_id},
-    )
-    await conn.execute(
-        text(
-            "UPDATE positions SET quantity = :q, cost_basis = :c, realized_pnl = :r, "
-            "reserved_quantity = reserved_quantity - :released, updated_at = now() "
-            "WHERE account_id = :a AND symbol = :s"
-        ),
-        {
-            "q": position.quantity,
-            "c": position.cost_basis,
-            "r": position.realized_pnl,
-            "released": (filled_qty if current.side is Side.SELL else ZERO) + released_shares,
-            "a": current.account_id,
-            "s": current.symbol,
-        },
-    )
-    stored = await _store(conn, current, after)
-    for execution in executions:
-        event = Event.FILL if stored.status is Status.FILLED else Event.PARTIAL_FILL
-        updates.append(OrderUpdate(event, stored, execution))
-        await _audit(
-            conn,
-            stored,
+    audits: list[_Audit] = [
+        (
             "order.filled",
             {
                 "quantity": execution.quantity,
@@ -278,30 +249,117 @@ async def execute(
                 "venue_execution_id": execution.venue_execution_id,
             },
         )
+        for execution in executions
+    ]
+    if status is Status.CANCELLED:
+        audits.append(
+            (
+                "order.cancelled",
+                {
+                    "reason": reason,
+                    "released_cash": released_cash,
+                    "released_shares": released_shares,
+                },
+            )
+        )
+    await ledger.post_many(conn, postings)
+    change = _BalanceChange(
+        cash=cash_delta,
+        released_cash=consumed + released_cash,
+        position=position,
+        released_shares=(filled_qty if current.side is Side.SELL else ZERO) + released_shares,
+    )
+    stored = await _store(conn, current, after, change, audits)
+    for execution in executions:
+        event = Event.FILL if stored.status is Status.FILLED else Event.PARTIAL_FILL
+        updates.append(OrderUpdate(event, stored, execution))
     if stored.status is Status.CANCELLED:
         updates.append(OrderUpdate(Event.CANCELLED, stored))
-        await _audit(
-            conn,
-            stored,
-            "order.cancelled",
-            {"reason": reason, "released_cash": released_cash, "released_shares": released_shares},
-        )
     return Outcome(stored, updates)
 
 
-async def _store(conn: AsyncConnection, before: Order, after: Order) -> Order:
+_Audit = tuple[str, dict[str, object]]  # action, details
+
+
+@dataclass(frozen=True, slots=True)
+class _BalanceChange:
+    """What an order's change does to its account and position."""
+
+    cash: Decimal = ZERO  # added to the account's cash (negative for a buy)
+    released_cash: Decimal = ZERO  # taken off the account's reserved cash
+    position: PositionState | None = None  # the position after the change, if it moved
+    released_shares: Decimal = ZERO  # taken off the position's reserved quantity
+
+    @property
+    def touches_account(self) -> bool:
+        return bool(self.cash or self.released_cash)
+
+    @property
+    def touches_position(self) -> bool:
+        return self.position is not None or bool(self.released_shares)
+
+
+# The order, its account, its position and its audit rows in one round trip. The order row is
+# already locked and its version checked; if the version still did not match, the caller's
+# transaction is rolled back with everything else in it (StaleOrder).
+_STORE = text(
+    """
+    WITH account AS (
+        UPDATE accounts SET cash = cash + :cash, reserved_cash = reserved_cash - :released_cash,
+               updated_at = now()
+         WHERE id = :account AND CAST(:touch_account AS boolean)
+    ), position AS (
+        UPDATE positions SET quantity = coalesce(CAST(:pq AS numeric), quantity),
+               cost_basis = coalesce(CAST(:pc AS numeric), cost_basis),
+               realized_pnl = coalesce(CAST(:pr AS numeric), realized_pnl),
+               reserved_quantity = reserved_quantity - :released_shares, updated_at = now()
+         WHERE account_id = :account AND symbol = :symbol AND CAST(:touch_position AS boolean)
+    ), audit AS (
+        INSERT INTO audit_log (user_id, action, entity_type, entity_id, details, request_id)
+        SELECT CAST(:user AS uuid), a.action, 'order', CAST(:entity AS text),
+               CAST(a.details AS jsonb), CAST(:request_id AS text)
+          FROM unnest(CAST(:actions AS text[]), CAST(:details AS text[])) WITH ORDINALITY
+               AS a(action, details, ord)
+         ORDER BY a.ord
+    )
+    UPDATE orders SET status = :status, quantity = :quantity,
+           filled_quantity = :fq, filled_value = :fv, reserved_cash = :rc,
+           reserved_quantity = :rq, triggered = :triggered, version = :new_version,
+           reject_reason = :reason, updated_at = now(),
+           filled_at = CASE WHEN :status = 'FILLED' THEN now() ELSE filled_at END
+     WHERE id = :id AND created_at = :created AND version = :version
+    RETURNING updated_at, filled_at
+    """
+)
+
+
+async def _store(
+    conn: AsyncConnection,
+    before: Order,
+    after: Order,
+    change: _BalanceChange = _BalanceChange(),
+    audits: Sequence[_Audit] = (),
+) -> Order:
+    position = change.position
     row = (
         await conn.execute(
-            text(
-                "UPDATE orders SET status = :status, quantity = :quantity, "
-                "filled_quantity = :fq, filled_value = :fv, reserved_cash = :rc, "
-                "reserved_quantity = :rq, triggered = :triggered, version = :new_version, "
-                "reject_reason = :reason, updated_at = now(), "
-                "filled_at = CASE WHEN :status = 'FILLED' THEN now() ELSE filled_at END "
-                "WHERE id = :id AND created_at = :created AND version = :version "
-                "RETURNING updated_at, filled_at"
-            ),
+            _STORE,
             {
+                "account": before.account_id,
+                "symbol": before.symbol,
+                "cash": change.cash,
+                "released_cash": change.released_cash,
+                "touch_account": change.touches_account,
+                "pq": position.quantity if position else None,
+                "pc": position.cost_basis if position else None,
+                "pr": position.realized_pnl if position else None,
+                "released_shares": change.released_shares,
+                "touch_position": change.touches_position,
+                "user": before.user_id,
+                "entity": str(before.id),
+                "request_id": current_request_id(),
+                "actions": [action for action, _ in audits],
+                "details": [json.dumps(details, default=str) for _, details in audits],
                 "status": after.status.value,
                 "quantity": after.quantity,
                 "fq": after.filled_quantity,
@@ -334,20 +392,6 @@ async def close(
     current = await _locked(conn, order, expected_version)
     if not can_transition(current.status, status):
         raise StaleOrder(f"order {current.id} cannot go from {current.status} to {status}")
-    await conn.execute(
-        text(
-            "UPDATE accounts SET reserved_cash = reserved_cash - :c, updated_at = now() WHERE id = :a"
-        ),
-        {"c": current.reserved_cash, "a": current.account_id},
-    )
-    if current.reserved_quantity:
-        await conn.execute(
-            text(
-                "UPDATE positions SET reserved_quantity = reserved_quantity - :q, updated_at = now() "
-                "WHERE account_id = :a AND symbol = :s"
-            ),
-            {"q": current.reserved_quantity, "a": current.account_id, "s": current.symbol},
-        )
     after = replace(
         current,
         status=status,
@@ -356,22 +400,22 @@ async def close(
         version=current.version + 1,
         reject_reason=reason or current.reject_reason,
     )
-    stored = await _store(conn, current, after)
+    change = _BalanceChange(
+        released_cash=current.reserved_cash, released_shares=current.reserved_quantity
+    )
+    details: dict[str, object] = {
+        "reason": reason,
+        "released_cash": current.reserved_cash,
+        "released_shares": current.reserved_quantity,
+    }
+    stored = await _store(
+        conn, current, after, change, [(f"order.{status.value.lower()}", details)]
+    )
     event = {
         Status.CANCELLED: Event.CANCELLED,
         Status.EXPIRED: Event.EXPIRED,
         Status.REJECTED: Event.REJECTED,
     }[status]
-    await _audit(
-        conn,
-        stored,
-        f"order.{status.value.lower()}",
-        {
-            "reason": reason,
-            "released_cash": current.reserved_cash,
-            "released_shares": current.reserved_quantity,
-        },
-    )
     return Outcome(stored, [OrderUpdate(event, stored)])
 
 
@@ -393,11 +437,6 @@ async def mark(
     )
     if not can_transition(current.status, after.status):
         raise StaleOrder(f"order {current.id} cannot go from {current.status} to {after.status}")
-    stored = await _store(conn, current, after)
-    await _audit(
-        conn,
-        stored,
-        "order.updated",
-        {"status": stored.status.value, "triggered": stored.triggered},
-    )
+    details: dict[str, object] = {"status": after.status.value, "triggered": after.triggered}
+    stored = await _store(conn, current, after, audits=[("order.updated", details)])
     return Outcome(stored, [])

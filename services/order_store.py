@@ -68,10 +68,21 @@ async def orders_by_id(conn: AsyncConnection, ids: Sequence[UUID]) -> dict[UUID,
     return {r.id: order_from_row(r) for r in rows}
 
 
-async def lock_order(conn: AsyncConnection, order_id: UUID) -> Order | None:
+async def lock_account_and_order(
+    conn: AsyncConnection, account_id: UUID, order_id: UUID
+) -> Order | None:
+    """Lock the account, then the order (the order every writer locks them in), in one trip.
+
+    The account's lock is an uncorrelated sub-select, so PostgreSQL takes it (a one-time filter)
+    before it reads, and locks, the order's row."""
     row = (
         await conn.execute(
-            text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = :id FOR UPDATE"), {"id": order_id}
+            text(
+                "WITH account AS (SELECT id FROM accounts WHERE id = :account FOR UPDATE) "
+                f"SELECT {ORDER_COLUMNS} FROM orders "
+                "WHERE id = :id AND EXISTS (SELECT 1 FROM account) FOR UPDATE"
+            ),
+            {"account": account_id, "id": order_id},
         )
     ).first()
     return order_from_row(row) if row else None
