@@ -10,68 +10,74 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from uuid import UUID
 
 from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
 
-from services import bars, marketdata, order_model, portfolio, securities
+from services import marketdata, order_model, portfolio, securities
+from services.bars import Bar, Interval
 from services.container import Services
 
-BarKey = tuple[str, bars.Interval, datetime, datetime]
+BarKey = tuple[str, Interval, datetime, datetime]
 
 
-@dataclass
 class Loaders:
-    quotes: DataLoader[str, marketdata.Quote | None]
-    securities: DataLoader[str, securities.Security | None]
-    bars: DataLoader[BarKey, list[bars.Bar]]
-    executions: DataLoader[UUID, list[order_model.Execution]]
-    valuations: DataLoader[UUID, portfolio.Valuation | None]
+    """One operation's DataLoaders, each made when first used: most operations use one or none,
+    and making all of them for every request was a measurable share of a placement's CPU."""
 
+    def __init__(self, services: Services) -> None:
+        self._services = services
 
-def build_loaders(services: Services) -> Loaders:
-    async def load_quotes(symbols: list[str]) -> list[marketdata.Quote | None]:
-        return await services.quote_store.read(symbols)
+    @cached_property
+    def quotes(self) -> DataLoader[str, marketdata.Quote | None]:
+        return DataLoader(load_fn=self._services.quote_store.read)
 
-    async def load_securities(symbols: list[str]) -> list[securities.Security | None]:
-        return await services.securities.by_symbols(symbols)
+    @cached_property
+    def securities(self) -> DataLoader[str, securities.Security | None]:
+        return DataLoader(load_fn=self._services.securities.by_symbols)
 
-    async def load_bars(keys: list[BarKey]) -> list[list[bars.Bar]]:
+    @cached_property
+    def bars(self) -> DataLoader[BarKey, list[Bar]]:
+        return DataLoader(load_fn=self._load_bars)
+
+    @cached_property
+    def executions(self) -> DataLoader[UUID, list[order_model.Execution]]:
+        return DataLoader(load_fn=self._load_executions)
+
+    @cached_property
+    def valuations(self) -> DataLoader[UUID, portfolio.Valuation | None]:
+        return DataLoader(load_fn=self._load_valuations)
+
+    async def _load_bars(self, keys: list[BarKey]) -> list[list[Bar]]:
         """One query per distinct (interval, window), for all the symbols that asked for it."""
-        groups: dict[tuple[bars.Interval, datetime, datetime], set[str]] = defaultdict(set)
+        groups: dict[tuple[Interval, datetime, datetime], set[str]] = defaultdict(set)
         for symbol, interval, start, end in keys:
             groups[(interval, start, end)].add(symbol)
         found = {}
         for (interval, start, end), symbols in groups.items():
-            by_symbol = await services.bars.for_symbols(sorted(symbols), interval, start, end)
+            by_symbol = await self._services.bars.for_symbols(sorted(symbols), interval, start, end)
             for symbol, rows in by_symbol.items():
                 found[(symbol, interval, start, end)] = rows
         return [found[key] for key in keys]
 
-    async def load_executions(order_ids: list[UUID]) -> list[list[order_model.Execution]]:
-        found = await services.order_store.executions_for(order_ids)
+    async def _load_executions(self, order_ids: list[UUID]) -> list[list[order_model.Execution]]:
+        found = await self._services.order_store.executions_for(order_ids)
         return [found[i] for i in order_ids]
 
-    quotes_loader: DataLoader[str, marketdata.Quote | None] = DataLoader(load_fn=load_quotes)
-
-    async def load_valuations(user_ids: list[UUID]) -> list[portfolio.Valuation | None]:
+    async def _load_valuations(self, user_ids: list[UUID]) -> list[portfolio.Valuation | None]:
         """Every asked-for account, valued at one read of each quote (shared with the rest of
         the operation, so a position's quote and a security's quote agree)."""
-        holdings = await services.portfolios.holdings(user_ids)
+        holdings = await self._services.portfolios.holdings(user_ids)
         symbols = sorted({p.symbol for h in holdings if h for p in h.positions})
-        quotes = dict(zip(symbols, await quotes_loader.load_many(symbols), strict=True))
+        quotes = dict(zip(symbols, await self.quotes.load_many(symbols), strict=True))
         return [portfolio.value(h, quotes) if h else None for h in holdings]
 
-    return Loaders(
-        quotes=quotes_loader,
-        securities=DataLoader(load_fn=load_securities),
-        bars=DataLoader(load_fn=load_bars),
-        executions=DataLoader(load_fn=load_executions),
-        valuations=DataLoader(load_fn=load_valuations),
-    )
+
+def build_loaders(services: Services) -> Loaders:
+    return Loaders(services)
 
 
 _current: ContextVar[Loaders | None] = ContextVar("loaders", default=None)
