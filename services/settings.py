@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     db_max_overflow: int = 10
     db_statement_timeout_ms: int = 10_000
+    db_ping_idle_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="ping a pooled connection before use only if it sat idle this long (0: always)",
+    )
 
     session_ttl_seconds: int = 30 * 24 * 3600
     session_cache_seconds: int = 300

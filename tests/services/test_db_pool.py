@@ -1,0 +1,62 @@
+"""The pool pings a connection before use only when it sat idle: a dead idle one is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.db import create_engine
+from services.settings import Settings
+
+
+@pytest_asyncio.fixture
+async def killer(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings, pool_size=1)
+    yield engine
+    await engine.dispose()
+
+
+async def backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def terminate(killer: AsyncEngine, pid: int) -> None:
+    async with killer.connect() as conn:
+        assert (await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})).scalar()
+    await asyncio.sleep(0.05)  # the backend is gone once the signal is handled
+
+
+async def test_an_idle_connection_that_died_is_replaced_before_use(
+    settings: Settings, killer: AsyncEngine
+) -> None:
+    engine = create_engine(settings.model_copy(update={"db_ping_idle_seconds": 0.05}), pool_size=1)
+    try:
+        first = await backend_pid(engine)
+        await terminate(killer, first)
+        await asyncio.sleep(0.1)  # idle past the threshold: pinged at the next checkout
+        second = await backend_pid(engine)  # no error: the ping failed and it reconnected
+        assert second != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_used_moments_ago_is_not_pinged(
+    settings: Settings, killer: AsyncEngine
+) -> None:
+    engine = create_engine(settings.model_copy(update={"db_ping_idle_seconds": 3600}), pool_size=1)
+    try:
+        first = await backend_pid(engine)
+        await terminate(killer, first)
+        with pytest.raises(DBAPIError) as raised:  # no ping: the statement meets the dead backend
+            await backend_pid(engine)
+        assert raised.value.connection_invalidated
+        assert await backend_pid(engine) != first  # and the pool has moved on
+    finally:
+        await engine.dispose()
