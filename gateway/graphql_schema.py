@@ -16,10 +16,10 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from gateway.errors import MaskInternalErrors, log_errors
+from gateway.event_execution import SharedEventExecutionContext
 from gateway.guards import code_parse_limit_errors, query_limit_rules
 from gateway.metrics import MetricsExtension
 from resolvers.loaders import LoadersExtension
-from resolvers.shared_events import SharedEventExecutionContext
 from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_OVERRIDES
 from services.settings import Settings, get_settings

@@ -15,6 +15,7 @@ import websockets
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
+from gateway.metrics import REGISTRY
 from services.container import Services
 from services.marketdata import Quote, encode_batch
 from services.quote_hub import QuoteEvent, QuoteSubscription
@@ -24,7 +25,7 @@ from services.securities import Security
 SUBSCRIBE = gql(
     "subscription($s: [String!]!) { quotes(symbols: $s) { symbol bid ask last volume timestamp } }"
 )
-SYMBOLS = ["SUBA", "SUBB", "SUBC", "SUBD", "SUBE", "SUBF"]
+SYMBOLS = ["SUBA", "SUBB", "SUBC", "SUBD", "SUBE", "SUBF", "SUBG"]  # SUBG: never quoted
 
 
 def quote(symbol: str, bid: str, ts: int | None = None) -> Quote:
@@ -92,6 +93,42 @@ async def test_current_quotes_first_then_every_change_of_the_symbols_asked(
         assert [(c["symbol"], c["bid"]) for c in changes] == [(b, "20.00"), (a, "50.10")]
 
 
+def events_made(how: str) -> float:
+    return REGISTRY.get_sample_value("tradeql_subscription_events_total", {"how": how}) or 0.0
+
+
+async def test_two_subscribers_of_one_document_share_each_quotes_result(
+    api_url: str, services: Services
+) -> None:
+    """Each published quote is projected once for the document and shared with the second
+    subscriber; a document with a fragment is executed by graphql-core, with the same data."""
+    fragment = gql(
+        "subscription($s: [String!]!) { quotes(symbols: $s) { ...Q } }"
+        " fragment Q on Quote { symbol bid ask last volume timestamp }"
+    )
+    async with (
+        Client(transport=transport(api_url)) as one,
+        Client(transport=transport(api_url)) as two,
+        Client(transport=transport(api_url)) as three,
+    ):
+        streams = [
+            one.subscribe(SUBSCRIBE, variable_values={"s": ["SUBF"]}),
+            two.subscribe(SUBSCRIBE, variable_values={"s": ["SUBF", "SUBG"]}),
+            three.subscribe(fragment, variable_values={"s": ["SUBF"]}),
+        ]
+        async with aclosing(streams[0]), aclosing(streams[1]), aclosing(streams[2]):
+            await publish(services, quote("SUBF", "7.00"))
+            await asyncio.gather(*(take(s, 1) for s in streams))  # the snapshots
+            await asyncio.sleep(0.2)
+            before = {how: events_made(how) for how in ("shared", "projected", "executed")}
+            await publish(services, quote("SUBF", "7.10"))
+            got = await asyncio.gather(*(take(s, 1) for s in streams))
+            made = {how: events_made(how) - before[how] for how in before}
+    assert got[0] == got[1] == got[2]
+    assert got[0][0]["bid"] == "7.10"
+    assert made == {"shared": 1, "projected": 1, "executed": 1}
+
+
 async def test_unknown_symbols_are_refused(api_url: str) -> None:
     async with Client(transport=transport(api_url)) as session:
         with pytest.raises(Exception, match="unknown symbols: NOPE1") as raised:
@@ -157,7 +194,9 @@ async def test_conflation_keeps_the_newest_quote_per_symbol() -> None:
     quotes = await asyncio.wait_for(subscription.next_quotes(), 1)
     assert [(q.symbol, q.bid) for q in quotes] == [("AAA", Decimal(999)), ("BBB", Decimal(5))]
     assert subscription.conflated == 999
-    subscription.offer("AAA", QuoteEvent("AAA|1|2|1|1|1|1|5"))  # older than what was delivered: dropped
+    subscription.offer(
+        "AAA", QuoteEvent("AAA|1|2|1|1|1|1|5")
+    )  # older than what was delivered: dropped
     subscription.offer("BBB", QuoteEvent("BBB|7|8|1|1|7|1|43"))
     quotes = await asyncio.wait_for(subscription.next_quotes(), 1)
     assert [(q.symbol, q.bid) for q in quotes] == [("BBB", Decimal(7))]

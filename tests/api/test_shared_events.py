@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import pytest
 import strawberry
 from graphql import Executor, GraphQLSchema, OperationDefinitionNode, parse
 
-from gateway.graphql_schema import build_schema
-from resolvers.shared_events import (
+from gateway.event_execution import (
     SharedEventExecutionContext,
     compile_projection,
     event_shape_uses_variables,
-    shared_event,
 )
+from gateway.graphql_schema import build_schema
+from resolvers.orders import to_order
+from resolvers.shared_events import shared_event
+from schema import orders as schema_orders
 from schema.marketdata import Quote as SchemaQuote
-from services import marketdata
+from services import marketdata, order_model
 from services.settings import Settings
 
 completed: list[str] = []
@@ -190,3 +194,74 @@ def test_anything_but_plain_leaf_fields_goes_the_ordinary_way(query: str) -> Non
     operation, *fragments = document.definitions
     assert isinstance(operation, OperationDefinitionNode)
     assert compile_projection(served, operation, fragments) is None
+
+
+def an_update(with_execution: bool) -> schema_orders.OrderUpdate:
+    at = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
+    order = order_model.Order(
+        id=UUID(int=7),
+        user_id=UUID(int=1),
+        account_id=UUID(int=2),
+        symbol="AAPL",
+        side=order_model.Side.BUY,
+        type=order_model.OrderType.LIMIT,
+        time_in_force=order_model.TimeInForce.DAY,
+        quantity=Decimal("2.500000"),
+        notional=None,
+        limit_price=Decimal("190.1000"),
+        stop_price=None,
+        status=order_model.Status.PARTIALLY_FILLED,
+        filled_quantity=Decimal("1.000000"),
+        filled_value=Decimal("190.05"),
+        reserved_cash=Decimal("285.15"),
+        reserved_quantity=Decimal("0"),
+        triggered=False,
+        version=3,
+        idempotency_key="k-1",
+        reject_reason=None,
+        created_at=at,
+        updated_at=at,
+        filled_at=None,
+    )
+    execution = order_model.Execution(
+        UUID(int=9), order.id, Decimal("1"), Decimal("190.05"), "EDGX", "x-1", at
+    )
+    return schema_orders.OrderUpdate(
+        event=order_model.Event.PARTIAL_FILL,
+        order=to_order(order),
+        execution=schema_orders.Execution.from_domain(execution) if with_execution else None,
+    )
+
+
+ORDER_UPDATES = (
+    "subscription { orderUpdates { __typename event"
+    " order { id symbol side type timeInForce quantity notional limitPrice stopPrice status"
+    " filledQuantity averageFillPrice rejectReason createdAt updatedAt filledAt }"
+    " fill: execution { id quantity price venue executedAt } } }"
+)
+
+
+@pytest.mark.parametrize("with_execution", [True, False])
+def test_a_nested_projection_gives_exactly_what_the_executor_gives(with_execution: bool) -> None:
+    served = build_schema(Settings())._schema
+    operation = parse(ORDER_UPDATES).definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    project = compile_projection(served, operation, [])
+    assert project is not None
+    event = an_update(with_execution)
+    projected = project(event)
+    assert projected == executed(served, ORDER_UPDATES, event)
+    assert projected is not None and projected.data is not None
+    assert (projected.data["orderUpdates"]["fill"] is None) is not with_execution
+
+
+def test_a_null_where_the_schema_allows_none_is_left_to_the_executor() -> None:
+    served = build_schema(Settings())._schema
+    operation = parse(ORDER_UPDATES).definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    project = compile_projection(served, operation, [])
+    assert project is not None
+    event = an_update(True)
+    event.order.symbol = None  # type: ignore[assignment]
+    assert project(event) is None
+    assert executed(served, ORDER_UPDATES, event).errors  # graphql-core names the error

@@ -1,0 +1,232 @@
+"""Subscription events made cheaply: plain selections projected, shared events made once.
+
+graphql-core executes every subscription event for every subscriber: for live quotes that was
+~250-380 us of CPU per delivered quote, nearly all of it completing fields. Two shortcuts, each
+giving exactly what graphql-core would:
+
+* A document that selects only plain fields of the event (attributes, leaves or objects of
+  concrete types; no lists, fragments, directives or arguments below the root field) is read by
+  a projection compiled once per subscription. Anything else, and any null where the schema
+  allows none, goes the ordinary way, errors included.
+* An event marked shared by its resolver (`resolvers/shared_events.py`: the same object for every
+  subscriber, whose fields do not depend on who asks) gets one result per document, reused for
+  every other subscriber with the same document text and operation, when no variable is used
+  below the root field's own arguments (those only select the stream) and it had no errors.
+
+`tradeql_subscription_events_total{how}` counts events by the way their result was made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from graphql import (
+    ExecutionResult,
+    GraphQLLeafType,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    is_leaf_type,
+)
+from graphql.language import (
+    DirectiveNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    Node,
+    OperationDefinitionNode,
+    VariableNode,
+)
+from graphql.pyutils import AwaitableOrValue
+from prometheus_client import Counter
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema_converter import GraphQLCoreConverter
+from strawberry.types.field import StrawberryField
+
+from gateway.metrics import REGISTRY
+from resolvers.shared_events import shared_results
+
+_UNKNOWN: Any = object()
+
+EVENTS = Counter(
+    "tradeql_subscription_events_total",
+    "subscription events by how their result was made: shared (made for another subscriber), "
+    "projected (plain fields read directly) or executed (graphql-core)",
+    ["how"],
+    registry=REGISTRY,
+)
+_SHARED, _PROJECTED, _EXECUTED = (EVENTS.labels(how) for how in ("shared", "projected", "executed"))
+
+
+def _uses_variables(node: Node | None) -> bool:
+    if node is None:
+        return False
+    if isinstance(node, VariableNode):
+        return True
+    for key in node.keys:
+        value = getattr(node, key, None)
+        children: Iterable[Any] = value if isinstance(value, tuple | list) else (value,)
+        if any(isinstance(c, Node) and _uses_variables(c) for c in children):
+            return True
+    return False
+
+
+def _root_field_uses_variables(field: Node) -> bool:
+    """Variables in a root field's directives or selections; its arguments are left out."""
+    if not isinstance(field, FieldNode):  # an inline fragment or spread at the root
+        return _uses_variables(field)
+    directives: tuple[DirectiveNode, ...] = tuple(field.directives or ())
+    return any(_uses_variables(d) for d in directives) or _uses_variables(field.selection_set)
+
+
+def event_shape_uses_variables(
+    operation: OperationDefinitionNode, fragments: Iterable[FragmentDefinitionNode]
+) -> bool:
+    """Whether what an event looks like can depend on the operation's variables."""
+    if any(_uses_variables(d) for d in operation.directives or ()):
+        return True
+    if any(_root_field_uses_variables(s) for s in operation.selection_set.selections):
+        return True
+    return any(_uses_variables(f) for f in fragments)
+
+
+Projection = Callable[[Any], ExecutionResult | None]
+_Read = Callable[[Any], Any]
+
+
+class _ExecutorDecides(Exception):
+    """A null where the schema allows none: graphql-core reports it, with its path."""
+
+
+def compile_projection(
+    schema: GraphQLSchema, operation: OperationDefinitionNode, fragments: Iterable[object]
+) -> Projection | None:
+    """A direct reader for a subscription that selects only plain fields, or None.
+
+    Plain: attributes of the event (strawberry fields without a resolver or field extensions),
+    leaves or objects of concrete types, no lists, fragments, directives or arguments below the
+    root field. Everything else is left to graphql-core."""
+    root_type = schema.subscription_type
+    selections = operation.selection_set.selections
+    if root_type is None or operation.directives or any(True for _ in fragments):
+        return None
+    if len(selections) != 1 or not isinstance(selections[0], FieldNode):
+        return None
+    root = selections[0]
+    root_def = root_type.fields.get(root.name.value)
+    if root.directives or root.selection_set is None or root_def is None:
+        return None
+    event_type = root_def.type.of_type if isinstance(root_def.type, GraphQLNonNull) else None
+    if not isinstance(event_type, GraphQLObjectType):
+        return None
+    read_event = _object_reader(event_type, root.selection_set.selections)
+    if read_event is None:
+        return None
+    root_key = root.alias.value if root.alias else root.name.value
+
+    def project(event: Any) -> ExecutionResult | None:
+        try:
+            return ExecutionResult(data={root_key: read_event(event)})
+        except Exception:  # a null, a value a scalar refuses: graphql-core says what is wrong
+            return None
+
+    return project
+
+
+def _object_reader(object_type: GraphQLObjectType, nodes: Iterable[object]) -> _Read | None:
+    if object_type.is_type_of is not None:  # a type behind an interface: executor's to check
+        return None
+    fields: list[tuple[str, _Read]] = []
+    for node in nodes:
+        field = _field_reader(object_type, node)
+        if field is None:
+            return None
+        fields.append(field)
+
+    def read(obj: Any) -> dict[str, Any]:
+        return {key: read_field(obj) for key, read_field in fields}
+
+    return read
+
+
+def _field_reader(object_type: GraphQLObjectType, node: object) -> tuple[str, _Read] | None:
+    if not isinstance(node, FieldNode) or node.directives or node.arguments:
+        return None
+    key = node.alias.value if node.alias else node.name.value
+    if node.name.value == "__typename":
+        name = object_type.name
+        return (key, lambda _obj: name) if node.selection_set is None else None
+    field = object_type.fields.get(node.name.value)
+    origin = field.extensions.get(GraphQLCoreConverter.DEFINITION_BACKREF) if field else None
+    if field is None or not isinstance(origin, StrawberryField):
+        return None
+    if not origin.is_basic_field or origin.extensions or origin.default_resolver is not getattr:
+        return None
+    non_null = isinstance(field.type, GraphQLNonNull)
+    inner = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+    convert: _Read
+    if is_leaf_type(inner) and node.selection_set is None:
+        assert isinstance(inner, GraphQLLeafType)
+        convert = inner.serialize
+    elif isinstance(inner, GraphQLObjectType) and node.selection_set is not None:
+        nested = _object_reader(inner, node.selection_set.selections)
+        if nested is None:
+            return None
+        convert = nested
+    else:
+        return None
+    attribute = origin.python_name
+
+    def read(obj: Any) -> Any:
+        value = getattr(obj, attribute)
+        if value is None:
+            if non_null:
+                raise _ExecutorDecides(attribute)
+            return None
+        return convert(value)
+
+    return key, read
+
+
+class SharedEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """strawberry's executor, projecting plain selections directly and reusing one result per
+    document for events marked shared."""
+
+    _shareable: bool = _UNKNOWN
+    _projection: Projection | None = None
+
+    def build_per_event_executor(self, payload: Any) -> Any:
+        if self._shareable is _UNKNOWN:  # once per subscription; the copies inherit it
+            fragments = self.fragment_definitions.values()
+            self._shareable = not event_shape_uses_variables(self.operation, fragments)
+            middleware = self.middleware_manager
+            if middleware is None or not middleware._middleware_resolvers:
+                self._projection = compile_projection(self.schema, self.operation, fragments)
+        return super().build_per_event_executor(payload)
+
+    def execute_operation(self, serially: bool | None = None) -> AwaitableOrValue[Any]:
+        results = shared_results(self.root_value) if self._shareable is True else None
+        key = _operation_key(self.operation) if results is not None else None
+        if results is not None:
+            known = results.get(key)
+            if known is not None:
+                _SHARED.inc()
+                return known
+        projected = self._projection(self.root_value) if self._projection else None
+        if projected is None:
+            _EXECUTED.inc()
+            result = super().execute_operation(serially)
+        else:
+            _PROJECTED.inc()
+            result = projected
+        if results is not None and isinstance(result, ExecutionResult) and not result.errors:
+            results[key] = result
+        return result
+
+
+def _operation_key(operation: OperationDefinitionNode) -> object:
+    """The document's text and where the operation starts in it; the node itself if unlocated."""
+    loc = operation.loc
+    if loc is None:
+        return operation  # nodes hash and compare by content
+    return (loc.source.body, loc.start)
