@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     order_batch_max: int = Field(default=256, ge=1)
     matcher_lease_seconds: float = Field(default=10.0, gt=0)
     matcher_sweep_seconds: float = Field(default=5.0, gt=0)
+    matcher_symbol_concurrency: int = Field(
+        default=8, ge=1, description="symbols of one partition whose new orders run at once"
+    )
     venue_faults: str = Field(default="", description="e.g. EDGX=1.0,ARCA=0.5 (failure rates)")
     venue_timeout_ms: float = Field(default=250.0, gt=0)
     venue_breaker_threshold: int = Field(default=5, ge=1)

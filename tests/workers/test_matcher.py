@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from prometheus_client import REGISTRY
+from redis.exceptions import RedisError
 
 from services.container import Services
 from services.eod import expire_day_orders
-from services.order_model import Status
+from services.order_model import Order, Status
 from services.reconcile import find_differences
+from services.routing import DEFAULT_VENUES as VENUES
+from services.routing import VenueRouter
+from tests.services.test_matching import make_order
 from tests.trading import (
     balances,
     listed,
@@ -26,7 +31,7 @@ from tests.trading import (
     unique_symbol,
     wait_status,
 )
-from workers.matcher import Matcher
+from workers.matcher import Matcher, PartitionMatcher
 
 
 @pytest.fixture
@@ -301,3 +306,59 @@ async def test_a_buy_never_pays_more_than_its_hold_covers(
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+# --- new orders of several symbols at once -------------------------------------------------------
+
+
+class Recording(PartitionMatcher):
+    """A partition whose order processing only records when each order starts and ends."""
+
+    def __init__(self, services: Services, fail_on: str | None = None) -> None:
+        super().__init__(0, services, VenueRouter(VENUES), "test")
+        self.events: list[tuple[str, str]] = []
+        self.running_now = 0
+        self.most_at_once = 0
+        self.fail_on = fail_on
+
+    async def process_safely(self, order: Order) -> None:
+        self.running_now += 1
+        self.most_at_once = max(self.most_at_once, self.running_now)
+        self.events.append(("start", order.idempotency_key))
+        await asyncio.sleep(0.01)
+        self.running_now -= 1
+        if order.idempotency_key == self.fail_on:
+            raise RedisError("redis went away")
+        self.events.append(("end", order.idempotency_key))
+
+
+def orders_of(symbol: str, n: int) -> list[Order]:
+    return [
+        dataclasses.replace(make_order(symbol=symbol), idempotency_key=f"{symbol}-{i}")
+        for i in range(n)
+    ]
+
+
+async def test_symbols_overlap_and_each_keeps_its_arrival_order(services: Services) -> None:
+    settings = services.settings.model_copy(update={"matcher_symbol_concurrency": 3})
+    partition = Recording(dataclasses.replace(services, settings=settings))
+    groups = [orders_of(s, 3) for s in ("AAA", "BBB", "CCC", "DDD", "EEE")]
+    await partition._process_symbols(groups)
+    assert partition.most_at_once == 3  # overlapped, and never more than the setting
+    for group in groups:
+        keys = [o.idempotency_key for o in group]
+        assert [k for what, k in partition.events if what == "end" and k in keys] == keys
+        ends = [i for i, (what, k) in enumerate(partition.events) if what == "end" and k in keys]
+        starts = [
+            i for i, (what, k) in enumerate(partition.events) if what == "start" and k in keys
+        ]
+        assert all(s > e for s, e in zip(starts[1:], ends, strict=False))  # one after another
+
+
+async def test_an_outage_in_one_symbol_stops_the_batch_and_propagates(services: Services) -> None:
+    partition = Recording(services, fail_on="BBB-0")
+    with pytest.raises(RedisError, match="went away"):
+        await partition._process_symbols([orders_of("AAA", 5), orders_of("BBB", 2)])
+    assert ("end", "AAA-4") not in partition.events  # the others were stopped, not left running
+    await asyncio.sleep(0.1)
+    assert ("end", "AAA-4") not in partition.events
