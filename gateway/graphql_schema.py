@@ -16,7 +16,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from gateway.errors import MaskInternalErrors, log_errors
-from gateway.event_execution import SharedEventExecutionContext
+from gateway.event_execution import ProjectingExecutionContext
 from gateway.guards import code_parse_limit_errors, query_limit_rules
 from gateway.metrics import MetricsExtension
 from resolvers.loaders import LoadersExtension
@@ -61,6 +61,6 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         subscription=Subscription,
         extensions=extensions,
         scalar_overrides=SCALAR_OVERRIDES,
-        execution_context_class=SharedEventExecutionContext,
+        execution_context_class=ProjectingExecutionContext,
         config=StrawberryConfig(auto_camel_case=True),
     )

@@ -14,7 +14,7 @@ import strawberry
 from graphql import Executor, GraphQLSchema, OperationDefinitionNode, parse
 
 from gateway.event_execution import (
-    SharedEventExecutionContext,
+    ProjectingExecutionContext,
     compile_projection,
     event_shape_uses_variables,
 )
@@ -58,7 +58,7 @@ class Subscription:
 schema = strawberry.Schema(
     query=Query,
     subscription=Subscription,
-    execution_context_class=SharedEventExecutionContext,
+    execution_context_class=ProjectingExecutionContext,
 )
 
 

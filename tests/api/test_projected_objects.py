@@ -1,0 +1,132 @@
+"""Plain objects anywhere in an operation are read directly, with exactly graphql-core's result."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import strawberry
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from gateway.event_execution import ProjectingExecutionContext
+from schema.scalars import SCALAR_OVERRIDES
+
+
+@strawberry.enum
+class Side(enum.Enum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+@strawberry.type
+class Price:
+    last: Decimal
+    at: datetime
+
+
+@strawberry.type
+class Holding:
+    symbol: str
+    quantity: Decimal
+    side: Side
+    note: str | None
+    price: Price | None
+
+
+@strawberry.type
+class Account:
+    name: str
+
+    @strawberry.field
+    def holdings(self) -> list[Holding]:
+        return HOLDINGS
+
+
+AT = datetime(2026, 12, 3, 15, 30, tzinfo=UTC)
+HOLDINGS: list[Holding] = []
+
+
+def holding(i: int, *, price: bool = True) -> Holding:
+    return Holding(
+        symbol=f"S{i}",
+        quantity=Decimal(f"{i}.500000"),
+        side=Side.BUY if i % 2 else Side.SELL,
+        note=None if i % 3 else "third",
+        price=Price(last=Decimal(f"1{i}.2500"), at=AT) if price else None,
+    )
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def account(self) -> Account:
+        return Account(name="main")
+
+
+fields_executed = 0
+
+
+class CountingMixin:
+    def execute_field(self, *args: Any, **kwargs: Any) -> Any:
+        global fields_executed
+        fields_executed += 1
+        return super().execute_field(*args, **kwargs)  # type: ignore[misc]
+
+
+class CountingProjecting(CountingMixin, ProjectingExecutionContext):
+    pass
+
+
+class CountingPlain(CountingMixin, StrawberryGraphQLCoreExecutionContext):
+    pass
+
+
+def run(executor: type, query: str) -> tuple[Any, int]:
+    global fields_executed
+    fields_executed = 0
+    schema = strawberry.Schema(
+        query=Query, scalar_overrides=SCALAR_OVERRIDES, execution_context_class=executor
+    )
+    result = schema.execute_sync(query)
+    errors = [(e.message, e.path) for e in result.errors or []]
+    return (result.data, errors), fields_executed
+
+
+QUERY = (
+    "{ account { name holdings { __typename symbol q: quantity side note price { last at } } } }"
+)
+
+
+def test_plain_objects_are_read_directly_with_the_same_result() -> None:
+    HOLDINGS[:] = [holding(i) for i in range(20)] + [holding(20, price=False)]
+    projected, projected_fields = run(CountingProjecting, QUERY)
+    plain, plain_fields = run(CountingPlain, QUERY)
+    assert projected == plain
+    assert projected[0]["account"]["holdings"][20]["price"] is None
+    assert plain_fields > 100  # every field of every holding
+    assert projected_fields == 3  # account, name, holdings: the holdings are read directly
+
+
+def test_a_null_where_none_is_allowed_is_reported_as_graphql_core_reports_it() -> None:
+    broken = holding(1)
+    broken.symbol = None  # type: ignore[assignment]
+    HOLDINGS[:] = [holding(0), broken]
+    projected, _ = run(CountingProjecting, QUERY)
+    plain, _ = run(CountingPlain, QUERY)
+    assert projected == plain
+    assert projected[1] and "Cannot return null" in projected[1][0][0]
+
+
+def test_selections_it_cannot_read_go_the_ordinary_way() -> None:
+    HOLDINGS[:] = [holding(i) for i in range(5)]
+    query = "query($n: Boolean!) { account { holdings { symbol note @include(if: $n) } } }"
+    schema = strawberry.Schema(
+        query=Query, scalar_overrides=SCALAR_OVERRIDES, execution_context_class=CountingProjecting
+    )
+    global fields_executed
+    fields_executed = 0
+    result = schema.execute_sync(query, variable_values={"n": False})
+    assert result.data == {"account": {"holdings": [{"symbol": f"S{i}"} for i in range(5)]}}
+    assert fields_executed > 5  # a directive below: executed field by field
