@@ -124,8 +124,11 @@ class Settings(BaseSettings):
     order_batch_max: int = Field(default=256, ge=1)
     matcher_lease_seconds: float = Field(default=10.0, gt=0)
     matcher_sweep_seconds: float = Field(default=5.0, gt=0)
-    matcher_symbol_concurrency: int = Field(
-        default=8, ge=1, description="symbols of one partition whose new orders run at once"
+    matcher_order_concurrency: int = Field(
+        default=6,
+        ge=1,
+        description="new orders of different symbols a matcher process books at once (all its "
+        "partitions together; keep it below TRADEQL_DB_POOL_SIZE)",
     )
     venue_faults: str = Field(default="", description="e.g. EDGX=1.0,ARCA=0.5 (failure rates)")
     venue_timeout_ms: float = Field(default=250.0, gt=0)

@@ -100,7 +100,14 @@ def executes_now(order: Order) -> bool:
 class PartitionMatcher:
     """Everything for one partition, run by one task: no two coroutines touch its book at once."""
 
-    def __init__(self, partition: int, services: Services, router: VenueRouter, owner: str) -> None:
+    def __init__(
+        self,
+        partition: int,
+        services: Services,
+        router: VenueRouter,
+        owner: str,
+        order_slots: asyncio.Semaphore | None = None,
+    ) -> None:
         self.partition = partition
         self.services = services
         self.settings: Settings = services.settings
@@ -112,6 +119,11 @@ class PartitionMatcher:
         self.quotes: dict[str, Quote] = {}
         self._quote_id = "$"
         self._lock = asyncio.Lock()
+        # Shared by every partition of the process: it bounds their orders in flight together,
+        # within the process's connection pool.
+        self._order_slots = order_slots or asyncio.Semaphore(
+            services.settings.matcher_order_concurrency
+        )
 
     # -- life cycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -189,18 +201,18 @@ class PartitionMatcher:
 
         A partition's work is mostly waiting on PostgreSQL round trips, one order after another;
         orders of different symbols share no book and no position, so they overlap (at most
-        `TRADEQL_MATCHER_SYMBOL_CONCURRENCY` symbols at a time), while time priority within a
-        symbol is kept. Two orders of one account serialize on its row lock, as they would
-        anyway. An outage raised by one stops the others (the messages stay unacknowledged and
-        come back), as it did when they ran one by one."""
+        `TRADEQL_MATCHER_ORDER_CONCURRENCY` at a time in the process, all partitions together,
+        so they fit its connection pool), while time priority within a symbol is kept. Two
+        orders of one account serialize on its row lock, as they would anyway. An outage raised
+        by one stops the others (the messages stay unacknowledged and come back), as it did
+        when they ran one by one."""
         if len(groups) <= 1:
             for order in groups[0] if groups else []:
                 await self.process_safely(order)
             return
-        slots = asyncio.Semaphore(self.settings.matcher_symbol_concurrency)
 
         async def run(orders: list[Order]) -> None:
-            async with slots:
+            async with self._order_slots:
                 for order in orders:
                     await self.process_safely(order)
 
@@ -401,6 +413,7 @@ class Matcher:
             faults=parse_faults(settings.venue_faults),
         )
         self.running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self.order_slots = asyncio.Semaphore(settings.matcher_order_concurrency)
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = self.services.settings.matcher_lease_seconds / 3
@@ -427,7 +440,9 @@ class Matcher:
             elif not held and ok:
                 log.info("partition %d: lease taken by %s", partition, self.owner)
                 stop = asyncio.Event()
-                worker = PartitionMatcher(partition, self.services, self.router, self.owner)
+                worker = PartitionMatcher(
+                    partition, self.services, self.router, self.owner, self.order_slots
+                )
                 self.running[partition] = (
                     asyncio.create_task(worker.run(stop), name=f"matcher-{partition}"),
                     stop,

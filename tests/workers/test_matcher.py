@@ -340,7 +340,7 @@ def orders_of(symbol: str, n: int) -> list[Order]:
 
 
 async def test_symbols_overlap_and_each_keeps_its_arrival_order(services: Services) -> None:
-    settings = services.settings.model_copy(update={"matcher_symbol_concurrency": 3})
+    settings = services.settings.model_copy(update={"matcher_order_concurrency": 3})
     partition = Recording(dataclasses.replace(services, settings=settings))
     groups = [orders_of(s, 3) for s in ("AAA", "BBB", "CCC", "DDD", "EEE")]
     await partition._process_symbols(groups)
