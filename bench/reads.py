@@ -825,8 +825,8 @@ def format_result(result: Result, index: int, count: int) -> str:
         lines.append(
             f"  postgres: {pg.get('xact_commit', 0):,.0f} commits/s + "
             f"{pg.get('xact_rollback', 0):,.0f} rollbacks/s = "
-            f"{xacts / max(result.rate, 1e-9):.1f} transactions per ok request (pool pre-ping "
-            f"and every read are each a BEGIN ... ROLLBACK), {pg.get('tup_fetched', 0):,.0f}"
+            f"{xacts / max(result.rate, 1e-9):.1f} transactions per ok request (every read is a "
+            f"BEGIN ... ROLLBACK; a ping after an idle spell one more), {pg.get('tup_fetched', 0):,.0f}"
             f" tuples fetched/s, cache hit {100 * hits / max(hits + reads, 1):.1f}%"
         )
     lines.append(f"  pool: {result.pool}")

@@ -6,7 +6,8 @@ work per request (everything but uvicorn's HTTP parsing) in CPU seconds of this 
 (`time.process_time`): much less sensitive to a busy machine than wall-clock rates, which is
 what makes an A/B readable on a shared box. It also counts, per request, the SQL statements
 (SQLAlchemy `before_cursor_execute`), the Redis calls (commands and pipelines) and the
-PostgreSQL transactions (pg_stat_database commits + rollbacks: the pool's pre-ping is one).
+PostgreSQL transactions (pg_stat_database commits + rollbacks: a ping of a connection that sat
+idle is one).
 
     python -m bench.reads_cpu --tokens FILE [--fix preping,autocommit] [--requests N]
 

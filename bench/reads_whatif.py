@@ -6,7 +6,8 @@ suggestions without touching the project's files (measurement only, never for pr
 (A third one, the validation rules built once so that strawberry's ValidationCache hits, is in
 gateway/graphql_schema.py since commit 53f6305.)
 
-* `preping`: `pool_pre_ping=False` (services/db.py): no BEGIN / `;` / ROLLBACK per checkout;
+* `preping`: no ping at all (services/db.py pings a connection only after it sat idle for
+  TRADEQL_DB_PING_IDLE_SECONDS; this engine never does);
 * `autocommit`: the engine in AUTOCOMMIT, so a read is one round trip, not BEGIN + query +
   ROLLBACK. Only sound for this read-only benchmark: writes would lose their transactions.
 """
