@@ -15,6 +15,7 @@ from graphql import Executor, GraphQLSchema, OperationDefinitionNode, parse
 
 from gateway.event_execution import (
     ProjectingExecutionContext,
+    Projection,
     compile_projection,
     event_shape_uses_variables,
 )
@@ -159,6 +160,16 @@ def executed(served: GraphQLSchema, query: str, event: object) -> Any:
     return executor.build_per_event_executor(event).execute_operation()
 
 
+def served_projection(query: str) -> tuple[GraphQLSchema, Projection]:
+    """The served schema, and the projection it compiles for `query` (which must be plain)."""
+    served = build_schema(Settings())._schema
+    operation = parse(query).definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    project = compile_projection(served, operation, [])
+    assert project is not None
+    return served, project
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -168,11 +179,7 @@ def executed(served: GraphQLSchema, query: str, event: object) -> Any:
     ],
 )
 def test_the_projection_gives_exactly_what_the_executor_gives(query: str) -> None:
-    served = build_schema(Settings())._schema
-    operation = parse(query).definitions[0]
-    assert isinstance(operation, OperationDefinitionNode)
-    project = compile_projection(served, operation, [])
-    assert project is not None
+    served, project = served_projection(query)
     event = SchemaQuote.from_domain(LIVE_QUOTE)
     assert project(event) == executed(served, query, event)
     assert project(event).data == executed(served, query, event).data  # type: ignore[union-attr]
@@ -243,11 +250,7 @@ ORDER_UPDATES = (
 
 @pytest.mark.parametrize("with_execution", [True, False])
 def test_a_nested_projection_gives_exactly_what_the_executor_gives(with_execution: bool) -> None:
-    served = build_schema(Settings())._schema
-    operation = parse(ORDER_UPDATES).definitions[0]
-    assert isinstance(operation, OperationDefinitionNode)
-    project = compile_projection(served, operation, [])
-    assert project is not None
+    served, project = served_projection(ORDER_UPDATES)
     event = an_update(with_execution)
     projected = project(event)
     assert projected == executed(served, ORDER_UPDATES, event)
@@ -256,11 +259,7 @@ def test_a_nested_projection_gives_exactly_what_the_executor_gives(with_executio
 
 
 def test_a_null_where_the_schema_allows_none_is_left_to_the_executor() -> None:
-    served = build_schema(Settings())._schema
-    operation = parse(ORDER_UPDATES).definitions[0]
-    assert isinstance(operation, OperationDefinitionNode)
-    project = compile_projection(served, operation, [])
-    assert project is not None
+    served, project = served_projection(ORDER_UPDATES)
     event = an_update(True)
     event.order.symbol = None  # type: ignore[assignment]
     assert project(event) is None
