@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -26,6 +26,7 @@ from schema import orders as schema_orders
 from schema.marketdata import Quote as SchemaQuote
 from services import marketdata, order_model
 from services.settings import Settings
+from tests.services.test_matching import make_order
 
 completed: list[str] = []
 
@@ -204,32 +205,16 @@ def test_anything_but_plain_leaf_fields_goes_the_ordinary_way(query: str) -> Non
 
 
 def an_update(with_execution: bool) -> schema_orders.OrderUpdate:
-    at = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
-    order = order_model.Order(
-        id=UUID(int=7),
-        user_id=UUID(int=1),
-        account_id=UUID(int=2),
-        symbol="AAPL",
-        side=order_model.Side.BUY,
-        type=order_model.OrderType.LIMIT,
+    order = dataclasses.replace(
+        make_order(
+            limit="190.1000", quantity="2.500000", status=order_model.Status.PARTIALLY_FILLED
+        ),
         time_in_force=order_model.TimeInForce.DAY,
-        quantity=Decimal("2.500000"),
-        notional=None,
-        limit_price=Decimal("190.1000"),
-        stop_price=None,
-        status=order_model.Status.PARTIALLY_FILLED,
         filled_quantity=Decimal("1.000000"),
         filled_value=Decimal("190.05"),
         reserved_cash=Decimal("285.15"),
-        reserved_quantity=Decimal("0"),
-        triggered=False,
-        version=3,
-        idempotency_key="k-1",
-        reject_reason=None,
-        created_at=at,
-        updated_at=at,
-        filled_at=None,
     )
+    at = order.created_at
     execution = order_model.Execution(
         UUID(int=9), order.id, Decimal("1"), Decimal("190.05"), "EDGX", "x-1", at
     )
