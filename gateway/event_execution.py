@@ -195,7 +195,7 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
     _shareable: bool = _UNKNOWN
     _projection: Projection | None = None
-    _objects: dict[int, tuple[FieldNode, _Read | None]] | None = None
+    _objects: dict[tuple[int, str], tuple[FieldNode, _Read | None]] | None = None
 
     def _plain_fields_allowed(self) -> bool:
         """No field middleware: a projection would skip it."""
@@ -265,7 +265,9 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             return None
         if self._objects is None:  # a query or mutation: compiled once per operation
             self._objects = {}
-        known = self._objects.get(id(node))
+        # By node and type: under a union one node completes objects of several types.
+        key = (id(node), object_type.name)
+        known = self._objects.get(key)
         if known is not None and known[0] is node:
             return known[1]
         read = (
@@ -273,7 +275,7 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             if self._plain_fields_allowed()
             else None
         )
-        self._objects[id(node)] = (node, read)
+        self._objects[key] = (node, read)
         return read
 
 

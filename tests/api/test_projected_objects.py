@@ -130,3 +130,43 @@ def test_selections_it_cannot_read_go_the_ordinary_way() -> None:
     result = schema.execute_sync(query, variable_values={"n": False})
     assert result.data == {"account": {"holdings": [{"symbol": f"S{i}"} for i in range(5)]}}
     assert fields_executed > 5  # a directive below: executed field by field
+
+
+@strawberry.type
+class Cash:
+    currency: str
+
+
+@strawberry.type
+class Shares:
+    symbol: str
+
+
+@strawberry.type
+class Wallet:
+    @strawberry.field
+    def assets(self) -> list[Cash | Shares]:
+        return [Cash(currency="USD"), Shares(symbol="AAPL"), Cash(currency="EUR")]
+
+
+@strawberry.type
+class UnionQuery:
+    @strawberry.field
+    def wallet(self) -> Wallet:
+        return Wallet()
+
+
+def test_one_selection_over_a_union_is_read_as_each_objects_own_type() -> None:
+    query = "{ wallet { assets { __typename } } }"
+    results = []
+    for executor in (CountingProjecting, CountingPlain):
+        schema = strawberry.Schema(query=UnionQuery, execution_context_class=executor)
+        result = schema.execute_sync(query)
+        assert result.errors is None
+        results.append(result.data)
+    assert results[0] == results[1]
+    assert results[0] == {
+        "wallet": {
+            "assets": [{"__typename": "Cash"}, {"__typename": "Shares"}, {"__typename": "Cash"}]
+        }
+    }
