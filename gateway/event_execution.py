@@ -37,7 +37,7 @@ from graphql.language import (
     OperationDefinitionNode,
     VariableNode,
 )
-from graphql.pyutils import AwaitableOrValue
+from graphql.pyutils import AwaitableOrValue, Undefined
 from prometheus_client import Counter
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
@@ -167,7 +167,7 @@ def _field_reader(object_type: GraphQLObjectType, node: object) -> tuple[str, _R
     convert: _Read
     if is_leaf_type(inner) and node.selection_set is None:
         assert isinstance(inner, GraphQLLeafType)
-        convert = inner.serialize
+        convert = _leaf_coercion(inner)
     elif isinstance(inner, GraphQLObjectType) and node.selection_set is not None:
         nested = _object_reader(inner, node.selection_set.selections)
         if nested is None:
@@ -186,6 +186,20 @@ def _field_reader(object_type: GraphQLObjectType, node: object) -> tuple[str, _R
         return convert(value)
 
     return key, read
+
+
+def _leaf_coercion(leaf: GraphQLLeafType) -> _Read:
+    """What graphql-core's complete_leaf_value does: the type's output coercion, which must not
+    give null."""
+    coerce = leaf.coerce_output_value
+
+    def convert(value: Any) -> Any:
+        coerced = coerce(value)
+        if coerced is None or coerced is Undefined:
+            raise _ExecutorDecides(leaf.name)
+        return coerced
+
+    return convert
 
 
 class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
