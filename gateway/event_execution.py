@@ -142,6 +142,8 @@ def _object_reader(object_type: GraphQLObjectType, nodes: Iterable[object]) -> _
         if field is None:
             return None
         fields.append(field)
+    if len({key for key, _ in fields}) != len(fields):  # graphql-core merges repeated fields
+        return None
 
     def read(obj: Any) -> dict[str, Any]:
         return {key: read_field(obj) for key, read_field in fields}

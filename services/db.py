@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
@@ -49,8 +49,10 @@ def ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:
     `pool_pre_ping` pings on every checkout: a round trip per transaction, about an eighth of a
     fill's. A connection checked in moments ago is as alive as a ping would show, so only one
     idle for `idle_seconds` or more is pinged; one that fails is replaced before use
-    (DisconnectionError makes the pool connect anew). A server restart is still noticed: the
-    first use of a busy connection fails, and SQLAlchemy then recycles every older connection.
+    (InvalidatePoolError: the pool connects anew, and recycles every connection older than the
+    failure, as `pool_pre_ping` does). A connection in use moments before a server restart fails
+    at its next statement instead; SQLAlchemy then recycles the older ones too, and the callers
+    that can repeat their transaction (the matcher) do so once.
     """
     sync_engine = engine.sync_engine
 
@@ -68,7 +70,7 @@ def ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:
         try:
             sync_engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:
-            raise DisconnectionError("a pooled connection failed its ping") from exc
+            raise InvalidatePoolError("a pooled connection failed its ping") from exc
 
 
 @asynccontextmanager

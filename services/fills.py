@@ -121,7 +121,9 @@ async def _insert_executions(
             "ids": [f.venue_execution_id for f in fills],
         },
     )
-    by_id = {f.venue_execution_id: f for f in fills}
+    by_id: dict[str, Fill] = {}
+    for f in fills:  # the first fill of an id is the one inserted; a repeat is a replay
+        by_id.setdefault(f.venue_execution_id, f)
     executions = {}
     for row in rows:
         fill = by_id[row.venue_execution_id]
@@ -197,9 +199,9 @@ async def execute(
     postings: list[ledger.Posting] = []
     filled_qty, filled_value, consumed, cash_delta = ZERO, ZERO, ZERO, ZERO
     for fill in fills:
-        execution = inserted.get(fill.venue_execution_id)
+        execution = inserted.pop(fill.venue_execution_id, None)
         if execution is None:
-            continue  # a replay of a fill already applied
+            continue  # a replay of a fill already applied (or repeated in this batch)
         value = fill_cash(current.filled_value + filled_value, fill)
         posting, position = _money_and_shares(current, position, fill, value)
         postings.append(posting)

@@ -204,24 +204,26 @@ class PartitionMatcher:
         `TRADEQL_MATCHER_ORDER_CONCURRENCY` at a time in the process, all partitions together,
         so they fit its connection pool), while time priority within a symbol is kept. Two
         orders of one account serialize on its row lock, as they would anyway. An outage raised
-        by one stops the others (the messages stay unacknowledged and come back), as it did
-        when they ran one by one."""
-        if len(groups) <= 1:
-            for order in groups[0] if groups else []:
-                await self.process_safely(order)
-            return
+        by one stops the others between orders, never inside one (after its commit, before its
+        events), and propagates: the messages stay unacknowledged and come back, as when they
+        ran one by one."""
+        failed: list[BaseException] = []
 
         async def run(orders: list[Order]) -> None:
             async with self._order_slots:
                 for order in orders:
-                    await self.process_safely(order)
+                    if failed:
+                        return  # an outage elsewhere: stop between orders, never inside one
+                    try:
+                        await self.process_safely(order)
+                    except BaseException as exc:
+                        failed.append(exc)
+                        raise
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for orders in groups:
-                    group.create_task(run(orders))
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
+        results = await asyncio.gather(*(run(orders) for orders in groups), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
 
     # -- quotes ---------------------------------------------------------------------------
     async def _read_quotes(self, stop: asyncio.Event) -> None:
@@ -370,7 +372,10 @@ class PartitionMatcher:
 
     async def _transact(self, order: Order, action) -> fills.Outcome | None:  # type: ignore[no-untyped-def]
         """Run one order transaction; a stale order (a cancel won) is re-read and dropped or
-        kept, never retried blindly."""
+        kept, never retried blindly. A deadlock, a serialization failure or a connection that
+        died under it (a PostgreSQL restart) is tried again: if the first try did commit, the
+        second finds the order's version moved on and re-reads it, and a fill's execution ids
+        insert nothing twice."""
         for attempt in range(3):
             try:
                 async with self.services.engine.begin() as conn:
@@ -385,7 +390,10 @@ class PartitionMatcher:
                         self.book.replace(fresh)
                 return None
             except DBAPIError as exc:
-                if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in ("40P01", "40001"):
+                retryable = exc.connection_invalidated or getattr(
+                    exc.orig, "sqlstate", None
+                ) in ("40P01", "40001")
+                if attempt == 2 or not retryable:
                     raise
         return None
 

@@ -45,6 +45,7 @@ class Account:
 
 
 AT = datetime(2026, 12, 3, 15, 30, tzinfo=UTC)
+AT_TEXT = "2026-12-03T15:30:00.000Z"
 HOLDINGS: list[Holding] = []
 
 
@@ -170,3 +171,12 @@ def test_one_selection_over_a_union_is_read_as_each_objects_own_type() -> None:
             "assets": [{"__typename": "Cash"}, {"__typename": "Shares"}, {"__typename": "Cash"}]
         }
     }
+
+
+def test_a_field_selected_twice_is_merged_as_graphql_core_merges_it() -> None:
+    HOLDINGS[:] = [holding(i) for i in range(3)]
+    query = "{ account { holdings { symbol price { last } price { at } symbol } } }"
+    projected, _ = run(CountingProjecting, query)
+    plain, _ = run(CountingPlain, query)
+    assert projected == plain
+    assert projected[0]["account"]["holdings"][0]["price"] == {"last": "10.2500", "at": AT_TEXT}

@@ -332,6 +332,19 @@ async def test_a_fill_that_closes_the_remainder_cancels_the_rest_and_releases_it
 # -- replays and stale versions -------------------------------------------------------------
 
 
+async def test_a_fill_repeated_in_one_batch_is_applied_once(services: Services) -> None:
+    trader = await new_trader(services, "5000.00")
+    order = await place_limit(services, trader, Side.BUY, "10", "100.00")
+    first = fill("4", "100.00")
+    again = Fill(first.venue, D("5"), D("99.00"), first.venue_execution_id)  # same id
+    outcome = await execute(services, order, [first, again, first])
+    assert outcome.order.filled_quantity == D(4)
+    assert [u.execution.quantity for u in outcome.updates if u.execution] == [D(4)]
+    assert len(await ledger_entries(services, first.venue_execution_id)) == 4  # one posting
+    assert await account(services, trader) == (D("4600.00"), D("600.00"))
+    await assert_books_balance(services)
+
+
 async def test_replaying_the_same_fill_changes_nothing(services: Services) -> None:
     trader = await new_trader(services, "5000.00")
     order = await place_limit(services, trader, Side.BUY, "10", "100.00")
