@@ -89,36 +89,35 @@ def value(holdings: Holdings, quotes: Mapping[str, Quote | None]) -> Valuation:
     )
 
 
+_HOLDINGS = text(
+    "SELECT a.user_id, a.id AS account_id, a.cash, a.reserved_cash, p.symbol, p.quantity, "
+    "p.reserved_quantity, p.cost_basis, p.realized_pnl "
+    "FROM accounts a LEFT JOIN positions p ON p.account_id = a.id "
+    "WHERE a.user_id = ANY(:u) ORDER BY a.id, p.symbol"
+)
+
+
 class Portfolios:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
     async def holdings(self, user_ids: Sequence[UUID]) -> list[Holdings | None]:
-        """Balances and positions of many users in two queries (the DataLoader's batch)."""
+        """Balances and positions of many users (the DataLoader's batch) in one round trip.
+
+        One statement is one snapshot, so cash and positions always agree (a fill commits both
+        at once); being one, it needs no transaction around it, and runs in autocommit: no
+        BEGIN and ROLLBACK round trips around the read."""
         async with self._engine.connect() as conn:
-            accounts = {
-                r.user_id: r
-                for r in await conn.execute(
-                    text(
-                        "SELECT id, user_id, cash, reserved_cash FROM accounts "
-                        "WHERE user_id = ANY(:u)"
-                    ),
-                    {"u": list(user_ids)},
-                )
-            }
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT account_id, symbol, quantity, reserved_quantity, cost_basis, "
-                        "realized_pnl FROM positions WHERE account_id = ANY(:a) "
-                        "ORDER BY account_id, symbol"
-                    ),
-                    {"a": [a.id for a in accounts.values()]},
-                )
-            ).all()
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            rows = (await conn.execute(_HOLDINGS, {"u": list(user_ids)})).all()
+        accounts: dict[UUID, Balances] = {}
         by_account: dict[UUID, list[HeldPosition]] = {}
         realized: dict[UUID, Decimal] = {}
         for r in rows:
+            if r.user_id not in accounts:
+                accounts[r.user_id] = Balances(r.account_id, r.cash, r.reserved_cash)
+            if r.symbol is None:
+                continue  # an account without positions
             realized[r.account_id] = realized.get(r.account_id, ZERO) + r.realized_pnl
             if r.quantity > 0:
                 by_account.setdefault(r.account_id, []).append(
@@ -128,15 +127,15 @@ class Portfolios:
                 )
         result: list[Holdings | None] = []
         for user_id in user_ids:
-            account = accounts.get(user_id)
-            if account is None:
+            balances = accounts.get(user_id)
+            if balances is None:
                 result.append(None)
                 continue
             result.append(
                 Holdings(
-                    Balances(account.id, account.cash, account.reserved_cash),
-                    by_account.get(account.id, []),
-                    realized.get(account.id, ZERO),
+                    balances,
+                    by_account.get(balances.account_id, []),
+                    realized.get(balances.account_id, ZERO),
                 )
             )
         return result
