@@ -78,3 +78,16 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One PostgreSQL transaction: committed when the block ends, rolled back if it raises."""
     async with engine.begin() as conn:
         yield conn
+
+
+@asynccontextmanager
+async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads of one statement each, in autocommit.
+
+    A statement is its own snapshot, so a read of one statement needs no transaction around
+    it; without one there are no BEGIN and ROLLBACK round trips (a read was three round trips
+    for one answer). Only for blocks whose statements need not agree with one another."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+

@@ -11,6 +11,7 @@ from uuid import UUID
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.db import single_read
 from services.errors import InvalidInput
 from services.order_model import (
     OPEN_STATUSES,
@@ -125,7 +126,7 @@ class OrderStore:
         self._engine = engine
 
     async def by_ids(self, ids: Sequence[UUID]) -> dict[UUID, Order]:
-        async with self._engine.connect() as conn:
+        async with single_read(self._engine) as conn:
             return await orders_by_id(conn, ids)
 
     async def history(
@@ -157,12 +158,12 @@ class OrderStore:
             f"SELECT {ORDER_COLUMNS} FROM orders WHERE {' AND '.join(conditions)} "
             "ORDER BY created_at DESC, id DESC LIMIT :limit"
         )
-        async with self._engine.connect() as conn:
+        async with single_read(self._engine) as conn:
             rows = [order_from_row(r) for r in await conn.execute(text(sql), params)]
         return rows[:first], len(rows) > first
 
     async def executions_for(self, order_ids: Sequence[UUID]) -> dict[UUID, list[Execution]]:
-        async with self._engine.connect() as conn:
+        async with single_read(self._engine) as conn:
             rows = await conn.execute(
                 text(
                     "SELECT id, order_id, quantity, price, venue, venue_execution_id, executed_at "

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.accounts import Balances
+from services.db import single_read
 from services.marketdata import Quote
 from services.money import round_cash
 
@@ -105,10 +106,8 @@ class Portfolios:
         """Balances and positions of many users (the DataLoader's batch) in one round trip.
 
         One statement is one snapshot, so cash and positions always agree (a fill commits both
-        at once); being one, it needs no transaction around it, and runs in autocommit: no
-        BEGIN and ROLLBACK round trips around the read."""
-        async with self._engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        at once), and needs no transaction around it (`single_read`)."""
+        async with single_read(self._engine) as conn:
             rows = (await conn.execute(_HOLDINGS, {"u": list(user_ids)})).all()
         accounts: dict[UUID, Balances] = {}
         by_account: dict[UUID, list[HeldPosition]] = {}

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.db import single_read
+
 NASDAQ_HEADER = (
     "Symbol|Security Name|Market Category|Test Issue|Financial Status|Round Lot Size|ETF|NextShares"
 )
@@ -180,7 +182,7 @@ class Securities:
     async def by_symbols(self, symbols: Sequence[str]) -> list[Security | None]:
         """One query for many symbols, in the order asked (the DataLoader's batch function)."""
         wanted = [normalize_symbol(s) for s in symbols]
-        async with self._engine.connect() as conn:
+        async with single_read(self._engine) as conn:
             rows = (
                 await conn.execute(
                     text(

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services import audit
+from services.db import single_read
 from services.settings import Settings
 
 REVOKED_CHANNEL = "tq:sessions:revoked"
@@ -75,7 +76,7 @@ class SessionStore:
                 UUID(data["s"]), UUID(data["u"]), datetime.fromisoformat(data["e"])
             )
             return session if session.expires_at > datetime.now(UTC) else None
-        async with self._engine.connect() as conn:
+        async with single_read(self._engine) as conn:
             row = (
                 await conn.execute(
                     text(

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services import fills, order_events
 from services.container import Services
+from services.db import single_read
 from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
 from services.matching import OrderBook
 from services.order_model import Order, OrderType, Side, Status, TimeInForce
@@ -186,7 +187,7 @@ class PartitionMatcher:
             async with self._lock:
                 self.book.remove(order_id)
         if new_ids:
-            async with self.services.engine.connect() as conn:
+            async with single_read(self.services.engine) as conn:
                 found = await orders_by_id(conn, new_ids)
             by_symbol: dict[str, list[Order]] = {}
             for order_id in new_ids:

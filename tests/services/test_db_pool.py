@@ -9,9 +9,9 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.db import create_engine
+from services.db import create_engine, single_read
 from services.settings import Settings
 
 
@@ -58,5 +58,26 @@ async def test_a_connection_used_moments_ago_is_not_pinged(
             await backend_pid(engine)
         assert raised.value.connection_invalidated
         assert await backend_pid(engine) != first  # and the pool has moved on
+    finally:
+        await engine.dispose()
+
+
+async def statements_share_a_transaction(conn: AsyncConnection) -> bool:
+    """Whether two statements on `conn` run in one transaction: now() is when the transaction
+    began, so 50 ms after a first statement it lags the second one's statement_timestamp()."""
+    await conn.execute(text("SELECT pg_sleep(0.05)"))
+    lag = text("SELECT statement_timestamp() - now() > interval '40 milliseconds'")
+    return bool((await conn.execute(lag)).scalar_one())
+
+
+async def test_a_single_read_runs_without_a_transaction_and_leaves_the_pool_as_it_was(
+    settings: Settings,
+) -> None:
+    engine = create_engine(settings, pool_size=1)
+    try:
+        async with single_read(engine) as conn:
+            assert not await statements_share_a_transaction(conn)  # no BEGIN, no ROLLBACK
+        async with engine.connect() as conn:  # the same pooled connection, back to normal
+            assert await statements_share_a_transaction(conn)
     finally:
         await engine.dispose()
