@@ -10,16 +10,16 @@ inserts nothing and moves nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services import ledger
+from services import audit, ledger
 from services.order_events import OrderUpdate
 from services.order_model import (
     TERMINAL_STATUSES,
@@ -32,7 +32,6 @@ from services.order_model import (
 )
 from services.order_store import lock_account_and_order
 from services.positions import PositionState, apply_buy, apply_sell, fill_value
-from services.request_context import current_request_id
 
 ZERO = Decimal(0)
 
@@ -68,8 +67,7 @@ async def _lock_position(conn: AsyncConnection, account_id: UUID, symbol: str) -
     if row is None:
         await conn.execute(
             text(
-                "INSERT INTO positions (account_id, symbol) VALUES (:a, :s) "
-                "ON CONFLICT DO NOTHING"
+                "INSERT INTO positions (account_id, symbol) VALUES (:a, :s) ON CONFLICT DO NOTHING"
             ),
             params,
         )
@@ -280,7 +278,7 @@ async def execute(
     return Outcome(stored, updates)
 
 
-_Audit = tuple[str, dict[str, object]]  # action, details
+_Audit = tuple[str, dict[str, Any]]  # action, details
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,14 +314,9 @@ _STORE = text(
                realized_pnl = coalesce(CAST(:pr AS numeric), realized_pnl),
                reserved_quantity = reserved_quantity - :released_shares, updated_at = now()
          WHERE account_id = :account AND symbol = :symbol AND CAST(:touch_position AS boolean)
-    ), audit AS (
-        INSERT INTO audit_log (user_id, action, entity_type, entity_id, details, request_id)
-        SELECT CAST(:user AS uuid), a.action, 'order', CAST(:entity AS text),
-               CAST(a.details AS jsonb), CAST(:request_id AS text)
-          FROM unnest(CAST(:actions AS text[]), CAST(:details AS text[])) WITH ORDINALITY
-               AS a(action, details, ord)
-         ORDER BY a.ord
-    )
+    ), audited AS ("""
+    + audit.INSERT_ROWS
+    + """)
     UPDATE orders SET status = :status, quantity = :quantity,
            filled_quantity = :fq, filled_value = :fv, reserved_cash = :rc,
            reserved_quantity = :rq, triggered = :triggered, version = :new_version,
@@ -357,11 +350,12 @@ async def _store(
                 "pr": position.realized_pnl if position else None,
                 "released_shares": change.released_shares,
                 "touch_position": change.touches_position,
-                "user": before.user_id,
-                "entity": str(before.id),
-                "request_id": current_request_id(),
-                "actions": [action for action, _ in audits],
-                "details": [json.dumps(details, default=str) for _, details in audits],
+                **audit.rows_params(
+                    user_id=before.user_id,
+                    entity_type="order",
+                    entity_id=str(before.id),
+                    rows=audits,
+                ),
                 "status": after.status.value,
                 "quantity": after.quantity,
                 "fq": after.filled_quantity,
@@ -405,7 +399,7 @@ async def close(
     change = _BalanceChange(
         released_cash=current.reserved_cash, released_shares=current.reserved_quantity
     )
-    details: dict[str, object] = {
+    details: dict[str, Any] = {
         "reason": reason,
         "released_cash": current.reserved_cash,
         "released_shares": current.reserved_quantity,
@@ -439,6 +433,6 @@ async def mark(
     )
     if not can_transition(current.status, after.status):
         raise StaleOrder(f"order {current.id} cannot go from {current.status} to {after.status}")
-    details: dict[str, object] = {"status": after.status.value, "triggered": after.triggered}
+    details: dict[str, Any] = {"status": after.status.value, "triggered": after.triggered}
     stored = await _store(conn, current, after, audits=[("order.updated", details)])
     return Outcome(stored, [])
