@@ -208,7 +208,7 @@ class PartitionMatcher:
         by one stops the others between orders, never inside one (after its commit, before its
         events), and propagates: the messages stay unacknowledged and come back, as when they
         ran one by one."""
-        failed: list[BaseException] = []
+        failed: list[Exception] = []
 
         async def run(orders: list[Order]) -> None:
             async with self._order_slots:
@@ -217,14 +217,13 @@ class PartitionMatcher:
                         return  # an outage elsewhere: stop between orders, never inside one
                     try:
                         await self.process_safely(order)
-                    except BaseException as exc:
+                    except Exception as exc:
                         failed.append(exc)
-                        raise
+                        return
 
-        results = await asyncio.gather(*(run(orders) for orders in groups), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        await asyncio.gather(*(run(orders) for orders in groups))
+        if failed:
+            raise failed[0]
 
     # -- quotes ---------------------------------------------------------------------------
     async def _read_quotes(self, stop: asyncio.Event) -> None:
