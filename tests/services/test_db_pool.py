@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -17,9 +19,8 @@ from services.settings import Settings
 
 @pytest_asyncio.fixture
 async def killer(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings, pool_size=1)
-    yield engine
-    await engine.dispose()
+    async with one_connection_pool(settings) as engine:
+        yield engine
 
 
 async def backend_pid(engine: AsyncEngine) -> int:
@@ -33,33 +34,37 @@ async def terminate(killer: AsyncEngine, pid: int) -> None:
     await asyncio.sleep(0.05)  # the backend is gone once the signal is handled
 
 
+@contextlib.asynccontextmanager
+async def one_connection_pool(settings: Settings, **overrides: Any) -> AsyncIterator[AsyncEngine]:
+    """An engine of the project's own making, with one pooled connection, disposed after."""
+    engine = create_engine(settings.model_copy(update=overrides), pool_size=1)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 async def test_an_idle_connection_that_died_is_replaced_before_use(
     settings: Settings, killer: AsyncEngine
 ) -> None:
-    engine = create_engine(settings.model_copy(update={"db_ping_idle_seconds": 0.05}), pool_size=1)
-    try:
+    async with one_connection_pool(settings, db_ping_idle_seconds=0.05) as engine:
         first = await backend_pid(engine)
         await terminate(killer, first)
         await asyncio.sleep(0.1)  # idle past the threshold: pinged at the next checkout
         second = await backend_pid(engine)  # no error: the ping failed and it reconnected
         assert second != first
-    finally:
-        await engine.dispose()
 
 
 async def test_a_connection_used_moments_ago_is_not_pinged(
     settings: Settings, killer: AsyncEngine
 ) -> None:
-    engine = create_engine(settings.model_copy(update={"db_ping_idle_seconds": 3600}), pool_size=1)
-    try:
+    async with one_connection_pool(settings, db_ping_idle_seconds=3600) as engine:
         first = await backend_pid(engine)
         await terminate(killer, first)
         with pytest.raises(DBAPIError) as raised:  # no ping: the statement meets the dead backend
             await backend_pid(engine)
         assert raised.value.connection_invalidated
         assert await backend_pid(engine) != first  # and the pool has moved on
-    finally:
-        await engine.dispose()
 
 
 async def statements_share_a_transaction(conn: AsyncConnection) -> bool:
@@ -73,11 +78,8 @@ async def statements_share_a_transaction(conn: AsyncConnection) -> bool:
 async def test_a_single_read_runs_without_a_transaction_and_leaves_the_pool_as_it_was(
     settings: Settings,
 ) -> None:
-    engine = create_engine(settings, pool_size=1)
-    try:
+    async with one_connection_pool(settings) as engine:
         async with single_read(engine) as conn:
             assert not await statements_share_a_transaction(conn)  # no BEGIN, no ROLLBACK
         async with engine.connect() as conn:  # the same pooled connection, back to normal
             assert await statements_share_a_transaction(conn)
-    finally:
-        await engine.dispose()
