@@ -19,11 +19,14 @@ giving exactly what graphql-core would:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from inspect import isawaitable
 from typing import Any
 
+from cachetools import LRUCache
 from graphql import (
     ExecutionResult,
     GraphQLLeafType,
+    GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLSchema,
@@ -211,7 +214,6 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
     _shareable: bool = _UNKNOWN
     _projection: Projection | None = None
-    _objects: dict[tuple[int, str], tuple[FieldNode, _Read | None]] | None = None
 
     def _plain_fields_allowed(self) -> bool:
         """No field middleware: a projection would skip it."""
@@ -222,7 +224,6 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if self._shareable is _UNKNOWN:  # once per subscription; the copies inherit it
             fragments = self.fragment_definitions.values()
             self._shareable = not event_shape_uses_variables(self.operation, fragments)
-            self._objects = {}  # made here, so every event's copy shares the compiled readers
             if self._plain_fields_allowed():
                 self._projection = compile_projection(self.schema, self.operation, fragments)
         return super().build_per_event_executor(payload)
@@ -270,6 +271,32 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             return_type, field_details_list, info, path, result, position_context
         )
 
+    def complete_list_value(  # type: ignore[override]
+        self,
+        return_type: GraphQLList[Any],
+        field_details_list: Any,
+        info: Any,
+        path: Any,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        """A list of plain objects (a portfolio's positions) is read item by item directly,
+        without graphql-core's completion of each item. A null item where none is allowed, an
+        awaitable item or anything the reader refuses is completed the ordinary way."""
+        item_type = return_type.of_type
+        non_null = isinstance(item_type, GraphQLNonNull)
+        inner = item_type.of_type if non_null else item_type
+        if isinstance(inner, GraphQLObjectType) and isinstance(result, list | tuple):
+            read = self._object_reader_for(inner, field_details_list)
+            if read is not None and not field_details_list[0].node.directives:
+                try:
+                    return [_read_item(read, item, non_null) for item in result]
+                except Exception:  # graphql-core says what is wrong, with its path
+                    pass
+        return super().complete_list_value(
+            return_type, field_details_list, info, path, result, position_context
+        )
+
     def _object_reader_for(self, object_type: GraphQLObjectType, details: Any) -> _Read | None:
         if len(details) != 1:  # the same field selected twice: merged selections, left alone
             return None
@@ -277,22 +304,35 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if field.defer_usage is not None or field.fragment_variable_values is not None:
             return None
         node = field.node
-        if node.selection_set is None:
+        if node.selection_set is None or not self._plain_fields_allowed():
             return None
-        if self._objects is None:  # a query or mutation: compiled once per operation
-            self._objects = {}
-        # By node and type: under a union one node completes objects of several types.
-        key = (id(node), object_type.name)
-        known = self._objects.get(key)
-        if known is not None and known[0] is node:
-            return known[1]
-        read = (
-            _object_reader(object_type, node.selection_set.selections)
-            if self._plain_fields_allowed()
-            else None
-        )
-        self._objects[key] = (node, read)
+        # By node and type: under a union one node completes objects of several types. Nodes
+        # of a cached document are the same objects from one request to the next, so a reader
+        # is compiled once per document, not per operation.
+        key = (id(node), id(object_type))
+        known = _READERS.get(key)
+        if known is not None and known[0] is node and known[1] is object_type:
+            return known[2]
+        read = _object_reader(object_type, node.selection_set.selections)
+        _READERS[key] = (node, object_type, read)
         return read
+
+
+# Compiled readers of plain objects, by (field node, object type); each entry holds its node and
+# type, so their ids cannot be reused by other objects while it lives.
+_READERS: LRUCache[tuple[int, int], tuple[FieldNode, GraphQLObjectType, _Read | None]] = LRUCache(
+    maxsize=4096
+)
+
+
+def _read_item(read: _Read, item: Any, non_null: bool) -> Any:
+    if item is None:
+        if non_null:
+            raise _ExecutorDecides("null item")
+        return None
+    if isawaitable(item):
+        raise _ExecutorDecides("awaitable item")
+    return read(item)
 
 
 def _operation_key(operation: OperationDefinitionNode) -> object:

@@ -33,7 +33,7 @@ class Loaders:
 
     @cached_property
     def quotes(self) -> DataLoader[str, marketdata.Quote | None]:
-        return DataLoader(load_fn=self._services.quote_store.read)
+        return DataLoader(load_fn=self._services.quote_mirror.read)
 
     @cached_property
     def securities(self) -> DataLoader[str, securities.Security | None]:
@@ -70,10 +70,22 @@ class Loaders:
     async def _load_valuations(self, user_ids: list[UUID]) -> list[portfolio.Valuation | None]:
         """Every asked-for account, valued at one read of each quote (shared with the rest of
         the operation, so a position's quote and a security's quote agree)."""
-        holdings = await self._services.portfolios.holdings(user_ids)
+        holdings = await self._services.holdings.holdings(user_ids)
         symbols = sorted({p.symbol for h in holdings if h for p in h.positions})
-        quotes = dict(zip(symbols, await self.quotes.load_many(symbols), strict=True))
+        quotes = await self._quotes_of(symbols)
         return [portfolio.value(h, quotes) if h else None for h in holdings]
+
+    async def _quotes_of(self, symbols: list[str]) -> dict[str, marketdata.Quote | None]:
+        """The operation's quotes of `symbols`: those not asked for yet read at once and primed,
+        then each taken from the loader, so whatever the operation already holds wins. (One
+        batch of 50 without the loader's future and gather per key, which was about a tenth of a
+        portfolio request's CPU.)"""
+        loader = self.quotes
+        unasked = [s for s in symbols if loader.cache_map.get(s) is None]
+        if unasked:
+            read = await self._services.quote_mirror.read(unasked)
+            loader.prime_many(dict(zip(unasked, read, strict=True)))
+        return {symbol: await loader.load(symbol) for symbol in symbols}
 
 
 def build_loaders(services: Services) -> Loaders:

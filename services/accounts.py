@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services import audit, idempotency, ledger
 from services.errors import NotFound
+from services.holdings_version import forget_now
 from services.money import parse_cash_amount
 from services.settings import Settings
 
 DEPOSIT_SCOPE = "deposit"
+log = logging.getLogger("tradeql.accounts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +43,9 @@ async def read_balances(conn: AsyncConnection, user_id: UUID, *, lock: bool = Fa
 
 
 class Cash:
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
         self._engine = engine
+        self._redis = redis
         self._settings = settings
 
     async def balances(self, user_id: UUID) -> Balances:
@@ -51,6 +57,16 @@ class Cash:
         amount = parse_cash_amount(amount, "amount", maximum=self._settings.deposit_max)
         key = idempotency.validate_key(idempotency_key)
         fingerprint = idempotency.request_fingerprint({"amount": str(amount)})
+        balances = await self._deposit(user_id, amount, key, fingerprint)
+        try:
+            await forget_now(self._redis, [user_id])
+        except (RedisError, OSError) as exc:  # the money moved: a cached copy ages out instead
+            log.warning("cached holdings of %s not retired after a deposit: %s", user_id, exc)
+        return balances
+
+    async def _deposit(
+        self, user_id: UUID, amount: Decimal, key: str, fingerprint: str
+    ) -> Balances:
         async with self._engine.begin() as conn:
             claim = await idempotency.claim(
                 conn, user_id=user_id, scope=DEPOSIT_SCOPE, key=key, fingerprint=fingerprint

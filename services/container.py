@@ -16,6 +16,7 @@ from services.bars import Bars
 from services.cancel import OrderCancellation
 from services.clock import MarketClock
 from services.db import create_engine
+from services.holdings_cache import HoldingsCache
 from services.order_store import OrderStore
 from services.partners import Partners
 from services.passwords import Passwords
@@ -24,6 +25,7 @@ from services.portfolio import Portfolios
 from services.portfolio_hub import PortfolioHub
 from services.pubsub import create_broadcast
 from services.quote_hub import QuoteHub
+from services.quote_mirror import QuoteMirror
 from services.quote_store import QuoteStore
 from services.redis import create_redis
 from services.securities import Securities
@@ -55,6 +57,8 @@ class Services:
     watchlists: Watchlists = field(init=False)
     alerts: PriceAlerts = field(init=False)
     portfolios: Portfolios = field(init=False)
+    holdings: HoldingsCache = field(init=False)
+    quote_mirror: QuoteMirror = field(init=False)
     portfolio_hub: PortfolioHub = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
@@ -63,14 +67,17 @@ class Services:
         self.users = Accounts(self.engine, self.settings, self.passwords)
         self.sessions = SessionStore(self.engine, self.redis, self.settings)
         self.partners = Partners(self.engine, self.redis, self.settings)
-        self.cash = Cash(self.engine, self.settings)
+        self.cash = Cash(self.engine, self.redis, self.settings)
         self.securities = Securities(self.engine)
         self.quote_store = QuoteStore(self.redis)
         self.bars = Bars(self.engine)
         self.clock = MarketClock(always_open=self.settings.market_always_open)
         assert self.settings.redis_url is not None
         self.broadcast = create_broadcast(self.settings.redis_url)
-        self.quote_hub = QuoteHub(self.broadcast)
+        self.quote_mirror = QuoteMirror(
+            self.quote_store, self.settings.quote_mirror_max_age_seconds
+        )
+        self.quote_hub = QuoteHub(self.broadcast, self.quote_mirror)
         self.order_store = OrderStore(self.engine)
         self.placement = OrderPlacement(self.engine, self.redis, self.settings, self.clock)
         self.cancellation = OrderCancellation(self.engine, self.redis, self.settings)
@@ -81,8 +88,14 @@ class Services:
         )
         self.alerts = PriceAlerts(self.engine, self.redis, self.settings)
         self.portfolios = Portfolios(self.engine)
+        self.holdings = HoldingsCache(
+            self.portfolios,
+            self.redis,
+            size=self.settings.holdings_cache_size,
+            ttl_seconds=self.settings.holdings_cache_seconds,
+        )
         self.portfolio_hub = PortfolioHub(
-            self.portfolios, self.quote_store, self.quote_hub, self.broadcast
+            self.holdings, self.quote_mirror, self.quote_hub, self.broadcast
         )
 
     @classmethod

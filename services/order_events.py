@@ -10,7 +10,9 @@ from typing import Any
 from uuid import UUID
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
+from services.holdings_version import forget
 from services.order_model import Event, Execution, Order, OrderType, Side, Status, TimeInForce
 
 
@@ -122,10 +124,18 @@ def decode_update(payload: str) -> OrderUpdate:
     return OrderUpdate(Event(data["event"]), order, execution)
 
 
+def queue(pipe: Pipeline, updates: list[OrderUpdate]) -> None:
+    """Queue `updates` on a pipeline, after the commit that made them. The owners' cached
+    holdings are retired first (an order change moves cash or shares, or holds them back), so
+    whoever hears an update and reads the portfolio reads the new holdings."""
+    forget(pipe, (update.order.user_id for update in updates))
+    for update in updates:
+        pipe.publish(user_channel(update.order.user_id), encode_update(update))
+
+
 async def publish(redis: Redis, updates: list[OrderUpdate]) -> None:
     if not updates:
         return
     async with redis.pipeline(transaction=False) as pipe:
-        for update in updates:
-            pipe.publish(user_channel(update.order.user_id), encode_update(update))
+        queue(pipe, updates)
         await pipe.execute()

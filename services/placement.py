@@ -317,7 +317,9 @@ class OrderPlacement:
             return await orders_by_id(conn, list(judged.existing.values()))
 
     async def _hand_off(self, orders: list[Order]) -> None:
-        """Best effort: the matcher's sweep finds an order whose hand-off is lost."""
+        """Best effort, one round trip: the orders to the matcher, then their ACCEPTED events (and
+        the owners' cached holdings retired). The matcher's sweep finds an order whose hand-off
+        is lost."""
         if not orders:
             return
         try:
@@ -325,10 +327,10 @@ class OrderPlacement:
                 for order in orders:
                     partition = partition_of(order.symbol, self._settings.quote_partitions)
                     pipe.xadd(order_stream(partition), {"op": "new", "id": str(order.id)})
+                order_events.queue(
+                    pipe, [order_events.OrderUpdate(Event.ACCEPTED, o) for o in orders]
+                )
                 await pipe.execute()
-            await order_events.publish(
-                self._redis, [order_events.OrderUpdate(Event.ACCEPTED, o) for o in orders]
-            )
         except (RedisError, OSError) as exc:
             log.warning(
                 "hand-off of %d orders to the matcher failed (%s); the sweep will find them",

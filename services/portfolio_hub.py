@@ -13,10 +13,11 @@ from uuid import UUID
 
 from broadcaster import Broadcast
 
+from services.holdings_cache import HoldingsCache
 from services.order_events import user_channel
-from services.portfolio import Portfolios, Valuation, value
+from services.portfolio import Valuation, value
 from services.quote_hub import QuoteHub
-from services.quote_store import QuoteStore
+from services.quote_mirror import QuoteMirror
 
 log = logging.getLogger("tradeql.portfolio_hub")
 MIN_INTERVAL_SECONDS = 1.0
@@ -50,9 +51,13 @@ class _UserFeed:
 
 class PortfolioHub:
     def __init__(
-        self, portfolios: Portfolios, quotes: QuoteStore, quote_hub: QuoteHub, broadcast: Broadcast
+        self,
+        holdings: HoldingsCache,
+        quotes: QuoteMirror,
+        quote_hub: QuoteHub,
+        broadcast: Broadcast,
     ) -> None:
-        self._portfolios = portfolios
+        self._holdings = holdings
         self._quotes = quotes
         self._quote_hub = quote_hub
         self._broadcast = broadcast
@@ -82,7 +87,7 @@ class PortfolioHub:
                         await feed.task
 
     async def _revalue(self, feed: _UserFeed) -> list[str]:
-        (holdings,) = await self._portfolios.holdings([feed.user_id])
+        (holdings,) = await self._holdings.holdings([feed.user_id])
         if holdings is None:
             return []
         symbols = [p.symbol for p in holdings.positions]

@@ -18,6 +18,7 @@ from broadcaster import Broadcast
 from broadcaster._base import Unsubscribed
 
 from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
+from services.quote_mirror import QuoteMirror, record_timestamp_ns
 from services.quote_store import QUOTES_CHANNEL
 
 log = logging.getLogger("tradeql.quote_hub")
@@ -90,8 +91,9 @@ class QuoteSubscription:
 
 
 class QuoteHub:
-    def __init__(self, broadcast: Broadcast) -> None:
+    def __init__(self, broadcast: Broadcast, mirror: QuoteMirror | None = None) -> None:
         self._broadcast = broadcast
+        self._mirror = mirror if mirror is not None and mirror.enabled else None
         self._by_symbol: dict[str, set[QuoteSubscription]] = {}
         self.dispatched = 0
 
@@ -112,12 +114,21 @@ class QuoteHub:
                     log.exception("could not dispatch a quote batch")
 
     def dispatch(self, payload: str) -> None:
-        by_symbol = self._by_symbol
+        """Every record to the subscriptions of its symbol, and to the mirror (the same event:
+        decoded once, whoever asks first)."""
+        by_symbol, mirror = self._by_symbol, self._mirror
         for record in payload.split(RECORD_SEPARATOR):
             symbol = record[: record.find(FIELD_SEPARATOR)]
             subscriptions = by_symbol.get(symbol)
+            if not record or (not subscriptions and mirror is None):
+                continue
+            event = QuoteEvent(record)
+            if mirror is not None:
+                try:
+                    mirror.offer(symbol, record_timestamp_ns(record), event)
+                except ValueError:
+                    log.warning("quote record without a source time: %r", record[:80])
             if subscriptions:
-                event = QuoteEvent(record)
                 for subscription in subscriptions:
                     subscription.offer(symbol, event)
                 self.dispatched += 1

@@ -48,6 +48,25 @@ class Settings(BaseSettings):
         description="ping a pooled connection before use only if it sat idle this long (0: always)",
     )
 
+    quote_mirror_max_age_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="an API process values positions at the quotes it received over pub/sub "
+        "while they are younger than this, else reads Redis (0: always Redis)",
+    )
+    holdings_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="users whose balances and positions an API process keeps between requests, "
+        "checked against a version in Redis on each use (0: none kept)",
+    )
+    holdings_cache_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long a kept copy lives at most (covers a writer that died between its "
+        "commit and retiring the version)",
+    )
+
     session_ttl_seconds: int = 30 * 24 * 3600
     session_cache_seconds: int = 300
     password_hash_time_cost: int = 3

@@ -135,6 +135,9 @@ def redis_url(server_urls: tuple[str, str]) -> Iterator[str]:
 def settings(database_url: str, redis_url: str) -> Settings:
     os.environ["DATABASE_URL"] = database_url
     os.environ["REDIS_URL"] = redis_url
+    # Tests write a quote and read it back at once; the API's quote mirror would serve the one
+    # before until the publish arrives (milliseconds). Its own tests turn it on.
+    os.environ["TRADEQL_QUOTE_MIRROR_MAX_AGE_SECONDS"] = "0"
     get_settings.cache_clear()
     return get_settings()
 

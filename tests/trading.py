@@ -145,6 +145,7 @@ async def book_fill(
 ) -> Order:
     """What the matcher would do for a limit order at `price`: place it, then fill it there."""
     from services import fills
+    from services.holdings_version import forget_now
 
     order = await place(
         services, user_id, symbol, side, type="LIMIT", quantity=quantity, limit=price
@@ -155,4 +156,5 @@ async def book_fill(
             order,
             [fills.Fill("EDGX", Decimal(quantity), Decimal(price), f"test:{uuid.uuid4().hex}")],
         )
+    await forget_now(services.redis, [user_id])  # as the matcher's publish of the fill does
     return outcome.order

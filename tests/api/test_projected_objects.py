@@ -43,6 +43,10 @@ class Account:
     def holdings(self) -> list[Holding]:
         return HOLDINGS
 
+    @strawberry.field
+    def gaps(self) -> list[Holding | None]:
+        return HOLDINGS
+
 
 AT = datetime(2026, 12, 3, 15, 30, tzinfo=UTC)
 AT_TEXT = "2026-12-03T15:30:00.000Z"
@@ -67,6 +71,7 @@ class Query:
 
 
 fields_executed = 0
+values_completed = 0
 
 
 class CountingMixin:
@@ -74,6 +79,11 @@ class CountingMixin:
         global fields_executed
         fields_executed += 1
         return super().execute_field(*args, **kwargs)  # type: ignore[misc]
+
+    def complete_value(self, *args: Any, **kwargs: Any) -> Any:
+        global values_completed
+        values_completed += 1
+        return super().complete_value(*args, **kwargs)  # type: ignore[misc]
 
 
 class CountingProjecting(CountingMixin, ProjectingExecutionContext):
@@ -108,6 +118,33 @@ def test_plain_objects_are_read_directly_with_the_same_result() -> None:
     assert projected[0]["account"]["holdings"][20]["price"] is None
     assert plain_fields > 100  # every field of every holding
     assert projected_fields == 3  # account, name, holdings: the holdings are read directly
+
+
+def test_a_list_of_plain_objects_is_read_without_completing_each_item() -> None:
+    global values_completed
+    completed = {}
+    for count in (2, 40):
+        HOLDINGS[:] = [holding(i) for i in range(count)]
+        values_completed = 0
+        projected, _ = run(CountingProjecting, QUERY)
+        completed[count] = values_completed
+        assert projected == run(CountingPlain, QUERY)[0]
+    assert completed[40] == completed[2]
+
+
+def test_null_items_are_kept_where_allowed_and_reported_where_not() -> None:
+    HOLDINGS[:] = [holding(0), None, holding(2)]  # type: ignore[list-item]
+    for query in (
+        "{ account { gaps { symbol price { last } } } }",
+        "{ account { holdings { symbol price { last } } } }",
+    ):
+        projected, _ = run(CountingProjecting, query)
+        plain, _ = run(CountingPlain, query)
+        assert projected == plain
+    nullable = run(CountingProjecting, "{ account { gaps { symbol } } }")[0]
+    assert nullable == ({"account": {"gaps": [{"symbol": "S0"}, None, {"symbol": "S2"}]}}, [])
+    refused = run(CountingProjecting, "{ account { holdings { symbol } } }")[0]
+    assert refused[0] is None and refused[1][0][1] == ["account", "holdings", 1]
 
 
 def test_a_null_where_none_is_allowed_is_reported_as_graphql_core_reports_it() -> None:

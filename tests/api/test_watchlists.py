@@ -96,7 +96,7 @@ def measured(app_services: Services, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
     real_command = app_services.redis.execute_command
     real_pipeline = Pipeline.execute
-    real_read = app_services.quote_store.read
+    real_read = app_services.quote_mirror.read
 
     async def command(*args: Any, **kwargs: Any) -> Any:
         cost.redis_round_trips += 1
@@ -113,7 +113,7 @@ def measured(app_services: Services, monkeypatch: pytest.MonkeyPatch) -> Iterato
     event.listen(app_services.engine.sync_engine, "before_cursor_execute", on_sql)
     monkeypatch.setattr(app_services.redis, "execute_command", command)
     monkeypatch.setattr(Pipeline, "execute", pipeline)
-    monkeypatch.setattr(app_services.quote_store, "read", read)
+    monkeypatch.setattr(app_services.quote_mirror, "read", read)
     try:
         yield cost
     finally:
