@@ -420,6 +420,7 @@ class System:
         self.cprofile_out = config.log_dir / "cprofile-api.pstats"
         self.api: Managed | None = None
         self.client: Managed | None = None
+        self.market: list[Managed] = []
 
     def start_api(self, cprofile: bool) -> Managed:
         if cprofile:
@@ -449,6 +450,7 @@ class System:
         api = Managed("api", argv, self.env, self.config.log_dir / "api.log", self.registry)
         api.start()
         self.api = api
+        self.start_market()
         wait_until(
             "the API's /readyz",
             [api],
@@ -465,7 +467,23 @@ class System:
             time.sleep(2.0)
         return api
 
+    def start_market(self) -> None:
+        """With --live-quotes: the simulated feed and the quote cache, so every symbol's quote
+        moves about once a second through the real path (streams, quote:SYM, the md:quotes
+        publish that API processes mirror), as in market hours."""
+        if not self.args.live_quotes or self.market:
+            return
+        for name in ("feed", "quotes"):
+            worker = Managed(
+                name, tradeql_argv(name), self.env, self.config.log_dir / f"{name}.log", self.registry
+            )
+            worker.start()
+            self.market.append(worker)
+
     def stop_api(self) -> None:
+        for worker in self.market:
+            worker.stop()
+        self.market = []
         if self.api is not None:
             self.api.stop()
             self.api = None
@@ -1179,6 +1197,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     system = parser.add_argument_group("system")
     system.add_argument("--api-workers", type=_positive, default=1, help="tradeql api --workers")
+    system.add_argument(
+        "--live-quotes",
+        action="store_true",
+        help="run the simulated feed and the quote cache: every quote moves ~once a second",
+    )
     system.add_argument(
         "--api-env",
         action="append",

@@ -264,7 +264,7 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         read = self._object_reader_for(return_type, field_details_list)
         if read is not None:
             try:
-                return read(result)
+                return _read_object(read, result)
             except Exception:  # graphql-core says what is wrong, with its path
                 pass
         return super().complete_object_value(
@@ -332,7 +332,20 @@ def _read_item(read: _Read, item: Any, non_null: bool) -> Any:
         return None
     if isawaitable(item):
         raise _ExecutorDecides("awaitable item")
-    return read(item)
+    return _read_object(read, item)
+
+
+def _read_object(read: _Read, obj: Any) -> Any:
+    """`read(obj)`; for an object marked shared (`resolvers/shared_events.py`), made once per
+    selection and reused (a position valued at one quote, read by every request until the quote
+    moves)."""
+    readings = shared_results(obj)
+    if readings is None:
+        return read(obj)
+    made = readings.get(read)
+    if made is None:
+        made = readings[read] = read(obj)
+    return made
 
 
 def _operation_key(operation: OperationDefinitionNode) -> object:

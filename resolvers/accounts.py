@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from uuid import UUID
 
 import strawberry
 
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
-from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
+from resolvers.portfolio import valued_portfolio
+from schema.accounts import AuthPayload, DepositPayload, User
 from services import users
-from services.accounts import Balances
 from services.errors import DomainError
 
 
 def to_user(user: users.User) -> User:
     return User(id=strawberry.ID(str(user.id)), email=user.email, created_at=user.created_at)
-
-
-def to_portfolio(user_id: UUID, balances: Balances) -> Portfolio:
-    return Portfolio(user_id=user_id, cash=balances.cash, buying_power=balances.buying_power)
 
 
 def _signed_in(result: users.SignedIn) -> AuthPayload:
@@ -61,9 +56,12 @@ async def me(info: Info) -> User | None:
 async def deposit(info: Info, amount: Decimal, idempotency_key: str) -> DepositPayload:
     session = require_session(info)
     try:
-        balances = await info.context.services.cash.deposit(
+        await info.context.services.cash.deposit(
             session.user_id, amount, idempotency_key
         )
     except DomainError as error:
         return DepositPayload(errors=[to_user_error(error)])
-    return DepositPayload(portfolio=to_portfolio(session.user_id, balances))
+    # This process's copy goes whatever happened to the shared token, so the payload always
+    # shows the deposit.
+    info.context.services.holdings.discard(session.user_id)
+    return DepositPayload(portfolio=await valued_portfolio(info, session.user_id))

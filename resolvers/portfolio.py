@@ -10,6 +10,7 @@ from graphql import GraphQLError
 
 from resolvers.context import Info, require_session
 from resolvers.loaders import current_loaders, fresh_loaders
+from resolvers.shared_events import shared_value
 from schema.accounts import HistorySpan, Portfolio, PortfolioPoint, Position
 from schema.marketdata import Quote
 from services import portfolio as domain
@@ -33,29 +34,44 @@ async def valuation(info: Info, user_id: UUID) -> domain.Valuation:
 
 
 def to_position(row: domain.PositionValue) -> Position:
+    """A valued position as the API shows it: made once per valuation of the position
+    (`PositionValue.view`) and shared by the requests that reuse it, so it is never changed."""
     p = row.position
-    return Position(
-        symbol=p.symbol,
-        quantity=trim_quantity(p.quantity),
-        reserved_quantity=trim_quantity(p.reserved_quantity),
-        average_cost=row.average_cost,
-        cost_basis=row.cost_basis,
-        quote=Quote.from_domain(row.quote) if row.quote else None,
-        market_value=row.market_value,
-        unrealized_pnl=row.unrealized_pnl,
-        unrealized_pnl_percent=row.unrealized_pnl_percent,
+    return shared_value(
+        Position(
+            symbol=p.symbol,
+            quantity=trim_quantity(p.quantity),
+            reserved_quantity=trim_quantity(p.reserved_quantity),
+            average_cost=row.average_cost,
+            cost_basis=row.cost_basis,
+            quote=Quote.from_domain(row.quote) if row.quote else None,
+            market_value=row.market_value,
+            unrealized_pnl=row.unrealized_pnl,
+            unrealized_pnl_percent=row.unrealized_pnl_percent,
+        )
     )
 
 
 def to_portfolio(value: domain.Valuation, user_id: UUID) -> Portfolio:
     return Portfolio(
-        user_id=user_id, cash=value.balances.cash, buying_power=value.balances.buying_power
+        user_id=user_id,
+        cash=value.balances.cash,
+        buying_power=value.balances.buying_power,
+        market_value=value.market_value,
+        equity=value.equity,
+        realized_pnl=value.realized_pnl,
+        unrealized_pnl=value.unrealized_pnl,
+        positions=[p.view(to_position) for p in value.positions],
     )
+
+
+async def valued_portfolio(info: Info, user_id: UUID) -> Portfolio:
+    return to_portfolio(await valuation(info, user_id), user_id)
 
 
 async def portfolio(info: Info) -> Portfolio:
     session = require_session(info)
-    return to_portfolio(await valuation(info, session.user_id), session.user_id)
+    return await valued_portfolio(info, session.user_id)
 
 
 async def portfolio_history(info: Info, user_id: UUID, span: HistorySpan) -> list[PortfolioPoint]:

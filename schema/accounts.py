@@ -52,34 +52,17 @@ class PortfolioPoint:
 
 @strawberry.type
 class Portfolio:
-    """Cash and buying power come with the object; the valued fields are read together, once
-    per request (or per subscription event), through the valuation loader."""
+    """One valuation of the account (every total the sum of its rows, at one read of each
+    quote), made before the object is: plain fields, read directly by the executor."""
 
     user_id: strawberry.Private[UUID]
     cash: Decimal
     buying_power: Decimal = strawberry.field(description="cash less what open buy orders hold back")
-
-    @strawberry.field
-    async def market_value(self, info: strawberry.Info) -> Decimal:
-        return (await self._valuation(info)).market_value
-
-    @strawberry.field(description="cash plus market value")
-    async def equity(self, info: strawberry.Info) -> Decimal:
-        return (await self._valuation(info)).equity
-
-    @strawberry.field
-    async def realized_pnl(self, info: strawberry.Info) -> Decimal:
-        return (await self._valuation(info)).realized_pnl
-
-    @strawberry.field
-    async def unrealized_pnl(self, info: strawberry.Info) -> Decimal:
-        return (await self._valuation(info)).unrealized_pnl
-
-    @strawberry.field
-    async def positions(self, info: strawberry.Info) -> list[Position]:
-        from resolvers.portfolio import to_position
-
-        return [to_position(p) for p in (await self._valuation(info)).positions]
+    market_value: Decimal
+    equity: Decimal = strawberry.field(description="cash plus market value")
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    positions: list[Position]
 
     @strawberry.field
     async def history(
@@ -88,11 +71,6 @@ class Portfolio:
         from resolvers.portfolio import portfolio_history
 
         return await portfolio_history(info, self.user_id, span)
-
-    async def _valuation(self, info: strawberry.Info):  # type: ignore[no-untyped-def]
-        from resolvers.portfolio import valuation
-
-        return await valuation(info, self.user_id)
 
 
 @strawberry.type

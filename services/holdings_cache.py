@@ -94,6 +94,12 @@ class HoldingsCache:
                     entries[user_ids[i]] = (tokens[i], holdings)
         return found
 
+    def discard(self, user_id: UUID) -> None:
+        """Drop this process's copy (a writer here that must see its own write whatever
+        happened to the token)."""
+        if self._entries is not None:
+            self._entries.pop(user_id, None)
+
     async def _current_tokens(self, user_ids: Sequence[UUID]) -> list[str]:
         raw = await self._tokens(
             keys=[version_key(u) for u in user_ids],

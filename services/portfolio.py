@@ -7,10 +7,11 @@ sum of the rows it shows, to the cent. A position without a quote yet is valued 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import TypeVar, cast
 from uuid import UUID
 
 from sqlalchemy import text
@@ -24,6 +25,7 @@ from services.money import round_cash
 ZERO = Decimal("0.00")
 PRICE_PLACES = Decimal("0.0001")
 PERCENT_PLACES = Decimal("0.01")
+View = TypeVar("View")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,14 @@ class PositionValue:
     market_value: Decimal | None
     unrealized_pnl: Decimal | None
     unrealized_pnl_percent: Decimal | None
+    _view: object = field(default=None, compare=False, repr=False)
+
+    def view(self, present: Callable[[PositionValue], View]) -> View:
+        """`present(self)`, made once: a position valued at the same quote is shown the same
+        way to every request that reuses it. Every caller must pass the same `present`."""
+        if self._view is None:
+            object.__setattr__(self, "_view", present(self))
+        return cast(View, self._view)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +68,16 @@ class Valuation:
 
 @dataclass(frozen=True, slots=True)
 class Holdings:
+    """One snapshot of an account. Kept between requests (services/holdings_cache.py), it also
+    remembers how it was last valued, so a request at the same quotes reuses that."""
+
     balances: Balances
-    positions: list[HeldPosition]  # open ones
+    positions: list[HeldPosition]  # open ones; never changed once made
     realized_pnl: Decimal  # over every position, closed ones included
+    _valued: dict[str, tuple[Quote | None, PositionValue]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _last: list[Valuation] = field(default_factory=list, compare=False, repr=False)
 
 
 def value_position(position: HeldPosition, quote: Quote | None) -> PositionValue:
@@ -75,7 +92,30 @@ def value_position(position: HeldPosition, quote: Quote | None) -> PositionValue
 
 
 def value(holdings: Holdings, quotes: Mapping[str, Quote | None]) -> Valuation:
-    rows = [value_position(p, quotes.get(p.symbol)) for p in holdings.positions]
+    """The account at these quotes. A position whose quote is the very object it was last
+    valued at keeps that value (quotes are immutable, and the quote mirror hands out one object
+    per published quote); when none moved, the whole valuation is the last one."""
+    valued = holdings._valued
+    rows: list[PositionValue] = []
+    moved = not holdings._last
+    for p in holdings.positions:
+        quote = quotes.get(p.symbol)
+        known = valued.get(p.symbol)
+        if known is not None and known[0] is quote:
+            rows.append(known[1])
+        else:
+            row = value_position(p, quote)
+            valued[p.symbol] = (quote, row)
+            rows.append(row)
+            moved = True
+    if not moved:
+        return holdings._last[0]
+    valuation = _total(holdings, rows)
+    holdings._last[:] = [valuation]
+    return valuation
+
+
+def _total(holdings: Holdings, rows: list[PositionValue]) -> Valuation:
     market_value = sum(
         (r.market_value if r.market_value is not None else r.cost_basis for r in rows), ZERO
     )

@@ -8,8 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
 
+from services import accounts as accounts_service
 from services.container import Services
 from tests.graphql_client import STRONG_PASSWORD, GraphQLClient
 
@@ -214,6 +216,27 @@ async def test_deposit_moves_money_once_per_key(gql: GraphQLClient, user: dict[s
     await gql(DEPOSIT, {"a": "10", "k": "dep-2"}, token=token)
     portfolio = await gql(PORTFOLIO, token=token)
     assert portfolio["data"]["portfolio"] == {"cash": "1510.25", "buyingPower": "1510.25"}
+
+
+async def test_a_deposit_shows_at_once_even_when_redis_missed_retiring_the_copy(
+    gql: GraphQLClient,
+    user: dict[str, str],
+    app_services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The payload and this process's next read show the deposit though the shared version
+    token could not be retired (Redis failing just then)."""
+    token = user["token"]
+    await gql(DEPOSIT, {"a": "100", "k": "dep-a"}, token=token)
+    assert (await gql(PORTFOLIO, token=token))["data"]["portfolio"]["cash"] == "100.00"
+
+    async def failing(*_args: object) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(accounts_service, "forget_now", failing)
+    body = await gql(DEPOSIT, {"a": "5", "k": "dep-b"}, token=token)
+    assert body["data"]["deposit"]["portfolio"]["cash"] == "105.00"
+    assert (await gql(PORTFOLIO, token=token))["data"]["portfolio"]["cash"] == "105.00"
 
 
 async def test_idempotency_keys_belong_to_their_user(gql: GraphQLClient) -> None:

@@ -217,3 +217,29 @@ def test_a_field_selected_twice_is_merged_as_graphql_core_merges_it() -> None:
     plain, _ = run(CountingPlain, query)
     assert projected == plain
     assert projected[0]["account"]["holdings"][0]["price"] == {"last": "10.2500", "at": AT_TEXT}
+
+
+def test_a_shared_value_is_read_once_per_selection_and_reused() -> None:
+    """A value marked shared is never changed by its owner; changing one here shows that the
+    second request reused the first reading, while an unmarked one is read again."""
+    from strawberry.extensions import ParserCache
+
+    from resolvers.shared_events import shared_value
+
+    kept, plain = shared_value(holding(1)), holding(2)
+    HOLDINGS[:] = [kept, plain]
+    schema = strawberry.Schema(
+        query=Query,
+        scalar_overrides=SCALAR_OVERRIDES,
+        execution_context_class=ProjectingExecutionContext,
+        extensions=[ParserCache()],
+    )
+    query = "{ account { holdings { symbol price { last } } } }"
+    first = schema.execute_sync(query)
+    kept.symbol, plain.symbol = "CHANGED1", "CHANGED2"
+    second = schema.execute_sync(query)
+    assert first.errors is None and second.errors is None
+    assert [h["symbol"] for h in first.data["account"]["holdings"]] == ["S1", "S2"]  # type: ignore[index]
+    assert [h["symbol"] for h in second.data["account"]["holdings"]] == ["S1", "CHANGED2"]  # type: ignore[index]
+    other = schema.execute_sync("{ account { holdings { symbol } } }")  # another selection
+    assert [h["symbol"] for h in other.data["account"]["holdings"]] == ["CHANGED1", "CHANGED2"]  # type: ignore[index]
