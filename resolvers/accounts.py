@@ -56,9 +56,7 @@ async def me(info: Info) -> User | None:
 async def deposit(info: Info, amount: Decimal, idempotency_key: str) -> DepositPayload:
     session = require_session(info)
     try:
-        await info.context.services.cash.deposit(
-            session.user_id, amount, idempotency_key
-        )
+        await info.context.services.cash.deposit(session.user_id, amount, idempotency_key)
     except DomainError as error:
         return DepositPayload(errors=[to_user_error(error)])
     # This process's copy goes whatever happened to the shared token, so the payload always

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import strawberry
 from graphql import GraphQLError
@@ -24,6 +25,9 @@ class Context:
     token: str | None = None
     session: SessionInfo | None = None
     connection_params: dict[str, Any] | None = field(default=None)
+    # Holdings version tokens read with the session at the start of an HTTP request (never on a
+    # WebSocket: its context outlives them).
+    holdings_tokens: dict[UUID, str] = field(default_factory=dict)
 
 
 Info = strawberry.Info[Context, None]

@@ -8,7 +8,7 @@ each operation runs in its own task, with its own copy of the variable.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import datetime
 from functools import cached_property
@@ -28,8 +28,11 @@ class Loaders:
     """One operation's DataLoaders, each made when first used: most operations use one or none,
     and making all of them for every request was a measurable share of a placement's CPU."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(
+        self, services: Services, holdings_tokens: Mapping[UUID, str] | None = None
+    ) -> None:
         self._services = services
+        self._holdings_tokens = holdings_tokens
 
     @cached_property
     def quotes(self) -> DataLoader[str, marketdata.Quote | None]:
@@ -70,7 +73,7 @@ class Loaders:
     async def _load_valuations(self, user_ids: list[UUID]) -> list[portfolio.Valuation | None]:
         """Every asked-for account, valued at one read of each quote (shared with the rest of
         the operation, so a position's quote and a security's quote agree)."""
-        holdings = await self._services.holdings.holdings(user_ids)
+        holdings = await self._services.holdings.holdings(user_ids, self._holdings_tokens)
         symbols = sorted({p.symbol for h in holdings if h for p in h.positions})
         quotes = await self._quotes_of(symbols)
         return [portfolio.value(h, quotes) if h else None for h in holdings]
@@ -88,8 +91,8 @@ class Loaders:
         return {symbol: await loader.load(symbol) for symbol in symbols}
 
 
-def build_loaders(services: Services) -> Loaders:
-    return Loaders(services)
+def build_loaders(services: Services, holdings_tokens: Mapping[UUID, str] | None = None) -> Loaders:
+    return Loaders(services, holdings_tokens)
 
 
 _current: ContextVar[Loaders | None] = ContextVar("loaders", default=None)
@@ -108,7 +111,9 @@ def current_loaders(services: Services) -> Loaders:
 
 class LoadersExtension(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
-        token = _current.set(build_loaders(self.execution_context.context.services))
+        context = self.execution_context.context
+        tokens = getattr(context, "holdings_tokens", None)  # a bare context (tests) has none
+        token = _current.set(build_loaders(context.services, tokens))
         try:
             yield
         finally:

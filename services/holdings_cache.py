@@ -19,31 +19,29 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from uuid import UUID
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.holdings_version import TOKEN_TTL_SECONDS, version_key
+from services.holdings_version import HOLDINGS_TOKEN_LUA, TOKEN_TTL_SECONDS, version_key
 from services.portfolio import Holdings, Portfolios
 
 log = logging.getLogger("tradeql.holdings_cache")
 
 # The users' tokens in the order of KEYS; a missing one is minted (ARGV[1] is random per call).
-_TOKENS = """
+_TOKENS = (
+    HOLDINGS_TOKEN_LUA
+    + """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local token = redis.call('GET', key)
-  if not token then
-    token = ARGV[1] .. ':' .. i
-    redis.call('SET', key, token, 'EX', ARGV[2])
-  end
-  out[i] = token
+  out[i] = holdings_token(key, ARGV[1] .. ':' .. i, ARGV[2])
 end
 return out
 """
+)
 
 
 class HoldingsCache:
@@ -65,13 +63,17 @@ class HoldingsCache:
         self.hits = 0
         self.misses = 0
 
-    async def holdings(self, user_ids: Sequence[UUID]) -> list[Holdings | None]:
-        """Like `Portfolios.holdings`: from this process while its token holds, else PostgreSQL."""
+    async def holdings(
+        self, user_ids: Sequence[UUID], known: Mapping[UUID, str] | None = None
+    ) -> list[Holdings | None]:
+        """Like `Portfolios.holdings`: from this process while its token holds, else PostgreSQL.
+        `known`: tokens already read this request, before anything of it read PostgreSQL (the
+        session lookup returns the signed-in user's)."""
         entries = self._entries
         if entries is None or not user_ids:
             return await self._portfolios.holdings(user_ids)
         try:
-            tokens = await self._current_tokens(user_ids)
+            tokens = await self._tokens_of(user_ids, known or {})
         except (RedisError, OSError) as exc:
             log.warning("holdings tokens unavailable (%s): reading PostgreSQL", exc)
             return await self._portfolios.holdings(user_ids)
@@ -99,6 +101,13 @@ class HoldingsCache:
         happened to the token)."""
         if self._entries is not None:
             self._entries.pop(user_id, None)
+
+    async def _tokens_of(self, user_ids: Sequence[UUID], known: Mapping[UUID, str]) -> list[str]:
+        unknown = [u for u in user_ids if u not in known]
+        if not unknown:
+            return [known[u] for u in user_ids]
+        read = dict(zip(unknown, await self._current_tokens(unknown), strict=True))
+        return [known.get(u) or read[u] for u in user_ids]
 
     async def _current_tokens(self, user_ids: Sequence[UUID]) -> list[str]:
         raw = await self._tokens(

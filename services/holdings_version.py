@@ -10,10 +10,24 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 TOKEN_TTL_SECONDS = 3600  # a token that expired only costs its user one read of PostgreSQL
+KEY_PREFIX = "holdings:v:"
+
+# A Lua function for the scripts that read tokens: the token under `key`, minted from `fresh` (a
+# random value) when none is held.
+HOLDINGS_TOKEN_LUA = """
+local function holdings_token(key, fresh, ttl)
+  local token = redis.call('GET', key)
+  if not token then
+    token = fresh
+    redis.call('SET', key, token, 'EX', ttl)
+  end
+  return token
+end
+"""
 
 
 def version_key(user_id: UUID) -> str:
-    return f"holdings:v:{user_id}"
+    return f"{KEY_PREFIX}{user_id}"
 
 
 def _keys(user_ids: Iterable[UUID]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services import audit
 from services.db import single_read
+from services.holdings_version import HOLDINGS_TOKEN_LUA, KEY_PREFIX, TOKEN_TTL_SECONDS
 from services.settings import Settings
 
 REVOKED_CHANNEL = "tq:sessions:revoked"
@@ -32,6 +34,24 @@ class SessionInfo:
 class IssuedSession:
     token: str
     session: SessionInfo
+
+
+# The cached session under KEYS[1] and its user's holdings token (minted from ARGV[1] when none
+# is held; ARGV[2] its lifetime, ARGV[3] the token keys' prefix): one round trip per request.
+_LOOKUP = (
+    HOLDINGS_TOKEN_LUA
+    + """
+local cached = redis.call('GET', KEYS[1])
+if not cached then
+  return false
+end
+local ok, data = pcall(cjson.decode, cached)
+if not ok or type(data) ~= 'table' or type(data['u']) ~= 'string' then
+  return {cached}
+end
+return {cached, holdings_token(ARGV[3] .. data['u'], ARGV[1], ARGV[2])}
+"""
+)
 
 
 def hash_token(token: str) -> str:
@@ -64,18 +84,31 @@ class SessionStore:
         self._engine = engine
         self._redis = redis
         self._settings = settings
+        self._lookup = redis.register_script(_LOOKUP)
 
     async def authenticate(self, token: str) -> SessionInfo | None:
+        return (await self.authenticate_request(token))[0]
+
+    async def authenticate_request(self, token: str) -> tuple[SessionInfo | None, str | None]:
+        """The session, and the version token of its user's holdings as of now, in the same
+        round trip when the session is cached (services/holdings_cache.py; None otherwise).
+        The holdings token is only good for the request being served, never for a WebSocket
+        that lives on."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
-            return None
+            return None, None
         token_hash = hash_token(token)
-        cached = await self._redis.get(_cache_key(token_hash))
-        if cached:
-            data = json.loads(cached)
+        found = await self._lookup(
+            keys=[_cache_key(token_hash)],
+            args=[uuid.uuid4().hex, TOKEN_TTL_SECONDS, KEY_PREFIX],
+        )
+        if found:
+            data = json.loads(found[0])
             session = SessionInfo(
                 UUID(data["s"]), UUID(data["u"]), datetime.fromisoformat(data["e"])
             )
-            return session if session.expires_at > datetime.now(UTC) else None
+            if session.expires_at <= datetime.now(UTC):
+                return None, None
+            return session, (found[1] if len(found) > 1 else None)
         async with single_read(self._engine) as conn:
             row = (
                 await conn.execute(
@@ -87,10 +120,10 @@ class SessionStore:
                 )
             ).first()
         if row is None:
-            return None
+            return None, None
         session = SessionInfo(row.id, row.user_id, row.expires_at)
         await self._cache(token_hash, session)
-        return session
+        return session, None
 
     async def _cache(self, token_hash: str, session: SessionInfo) -> None:
         remaining = int((session.expires_at - datetime.now(UTC)).total_seconds())

@@ -18,7 +18,7 @@ from services.holdings_cache import HoldingsCache
 from services.holdings_version import version_key
 from services.order_model import Event
 from services.portfolio import Holdings, Portfolios
-from tests.trading import book_fill, listed, place, quote, trader, unique_symbol
+from tests.trading import PASSWORD, book_fill, listed, place, quote, trader, unique_symbol
 
 TTL = 10.0
 
@@ -257,3 +257,32 @@ async def test_size_zero_keeps_nothing_and_asks_redis_nothing(
     await cache.holdings([user])
     assert len(portfolios.reads) == 2
     assert not await services.redis.exists(version_key(user))
+
+
+async def test_the_session_lookup_brings_the_users_token_in_the_same_round_trip(
+    services: Services, cache: HoldingsCache, portfolios: CountingPortfolios
+) -> None:
+    signed = await services.users.register(f"h-{uuid.uuid4().hex[:10]}@example.com", PASSWORD)
+    user = signed.user.id
+    await services.sessions.authenticate(signed.token)  # cached in Redis from now on
+    session, token = await services.sessions.authenticate_request(signed.token)
+    assert session is not None and session.user_id == user
+    assert token is not None and token == await services.redis.get(version_key(user))
+    await cache.holdings([user], {user: token})
+    await cache.holdings([user], {user: token})
+    assert portfolios.reads == [[user]]
+    await services.cash.deposit(user, Decimal("3"), f"k-{uuid.uuid4().hex}")
+    _, after = await services.sessions.authenticate_request(signed.token)
+    assert after is not None and after != token
+    (held,) = await cache.holdings([user], {user: after})
+    assert held is not None and held.balances.cash == Decimal("3.00")
+
+
+async def test_a_token_given_for_one_user_does_not_stand_for_another(
+    services: Services, cache: HoldingsCache, portfolios: CountingPortfolios
+) -> None:
+    one, two = await trader(services, cash="1"), await trader(services, cash="2")
+    (token,) = await cache._current_tokens([one])
+    found = await cache.holdings([one, two], {one: token})
+    assert [h.balances.cash for h in found if h] == [Decimal("1.00"), Decimal("2.00")]
+    assert await services.redis.exists(version_key(two))  # read (minted) for the other one
