@@ -35,7 +35,7 @@ from strawberry.extensions.query_depth_limiter import create_validator as depth_
 
 from gateway.metrics import REGISTRY
 from gateway.ratelimit import ALLOWED, Bucket, Decision, Limit, RateLimiter
-from gateway.view import bearer_token
+from gateway.view import SESSION_LOOKUP_STATE, bearer_token
 from services.sessions import hash_token
 from services.settings import Settings
 
@@ -262,11 +262,12 @@ class RateLimitMiddleware:
             return
         headers = Headers(scope=scope)
         ip = Bucket(self.ip, client_address(scope, self.trusted))
-        buckets = [
-            ip,
-            *self._credential_buckets(headers.get("authorization"), headers.get("x-api-key")),
-        ]
-        decision = await self._check(scope, buckets)
+        authorization = headers.get("authorization")
+        buckets = [ip, *self._credential_buckets(authorization, headers.get("x-api-key"))]
+        # An HTTP request's session is looked up in the same round trip (the view takes it from
+        # the request's state); a WebSocket signs in later, in its connection_init.
+        session_token = bearer_token(authorization) if scope["type"] == "http" else None
+        decision = await self._check(scope, buckets, session_token)
         if scope["type"] == "http":
             if decision.allowed:
                 await self.app(scope, receive, send)
@@ -286,11 +287,18 @@ class RateLimitMiddleware:
             buckets.append(Bucket(self.partner, _sha256(api_key)))
         return buckets
 
-    async def _check(self, scope: Scope, buckets: Sequence[Bucket]) -> Decision:
+    async def _check(
+        self, scope: Scope, buckets: Sequence[Bucket], session_token: str | None = None
+    ) -> Decision:
         try:
             limiter = self._limiter or self._limiter_of(scope)
             async with asyncio.timeout(LIMITER_TIMEOUT_SECONDS):
-                decision = await limiter.hit(buckets)
+                if session_token is None:
+                    decision = await limiter.hit(buckets)
+                else:
+                    decision, lookup = await limiter.hit_and_look_up(buckets, session_token)
+                    if lookup is not None:
+                        scope.setdefault("state", {})[SESSION_LOOKUP_STATE] = lookup
         except Exception as exc:  # any failure of the limiter: let the request through
             self._failed(exc)
             return ALLOWED

@@ -13,40 +13,67 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from services.sessions import SESSION_LOOKUP_LUA, CachedLookup, lookup_key_and_args
+
 KEY_PREFIX = "tq:rl:"
 
 # GCRA: a bucket is its "theoretical arrival time" (TAT) in microseconds of Redis' clock, so
 # API processes with skewed clocks still agree. With T = 1/rate and a burst of B requests, a
 # request is allowed when TAT + T - B*T <= now; it then moves TAT to max(TAT, now) + T.
-# KEYS: the buckets. ARGV: interval_us and burst for each key, then the cost.
-_GCRA = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local count = #KEYS
-local cost = tonumber(ARGV[2 * count + 1])
-local new_tats = {}
-local wait, refused_by = 0, 0
-for i = 1, count do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + interval * cost
-  local allowed_at = new_tat - interval * burst
-  if allowed_at > now and allowed_at - now > wait then
-    wait, refused_by = allowed_at - now, i
+# KEYS[1..count]: the buckets. ARGV: interval_us and burst for each bucket, then the cost.
+_GCRA_FUNCTION = """
+local function gcra(count)
+  local now_parts = redis.call('TIME')
+  local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+  local cost = tonumber(ARGV[2 * count + 1])
+  local new_tats = {}
+  local wait, refused_by = 0, 0
+  for i = 1, count do
+    local interval = tonumber(ARGV[2 * i - 1])
+    local burst = tonumber(ARGV[2 * i])
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then tat = now end
+    local new_tat = tat + interval * cost
+    local allowed_at = new_tat - interval * burst
+    if allowed_at > now and allowed_at - now > wait then
+      wait, refused_by = allowed_at - now, i
+    end
+    new_tats[i] = new_tat
   end
-  new_tats[i] = new_tat
+  if refused_by > 0 then
+    return {0, string.format('%.0f', wait), refused_by}
+  end
+  for i = 1, count do
+    local ttl_ms = math.max(1, math.ceil((new_tats[i] - now) / 1000))
+    redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', ttl_ms)
+  end
+  return {1, '0', 0}
 end
-if refused_by > 0 then
-  return {0, string.format('%.0f', wait), refused_by}
-end
-for i = 1, count do
-  local ttl_ms = math.max(1, math.ceil((new_tats[i] - now) / 1000))
-  redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', ttl_ms)
-end
-return {1, '0', 0}
 """
+_GCRA = _GCRA_FUNCTION + "return gcra(#KEYS)"
+
+# The same, then (when allowed) the session cached under the last key, with its user's holdings
+# token (services/sessions.py: session_lookup; its three arguments follow the cost): what an
+# HTTP request with a bearer token needs from Redis before it runs, in one round trip.
+_GCRA_AND_SESSION = (
+    SESSION_LOOKUP_LUA
+    + _GCRA_FUNCTION
+    + """
+local count = #KEYS - 1
+local decision = gcra(count)
+if decision[1] == 0 then
+  return decision
+end
+local at = 2 * count + 2
+local found = session_lookup(KEYS[count + 1], ARGV[at], ARGV[at + 1], ARGV[at + 2])
+if found then
+  for _, value in ipairs(found) do
+    decision[#decision + 1] = value
+  end
+end
+return decision
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,20 +123,44 @@ class RateLimiter:
 
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_GCRA)
+        self._with_session = redis.register_script(_GCRA_AND_SESSION)
 
     async def hit(self, buckets: Sequence[Bucket], cost: int = 1) -> Decision:
         buckets = [b for b in buckets if b.limit.enabled]
         if not buckets:
             return ALLOWED
-        args: list[str] = []
-        for bucket in buckets:
-            args += [repr(1_000_000 / bucket.limit.per_second), str(bucket.limit.burst)]
-        args.append(str(cost))
-        allowed, wait_us, refused_by = await self._script(keys=[b.key for b in buckets], args=args)
-        if int(allowed):
-            return ALLOWED
-        return Decision(
-            allowed=False,
-            retry_after=int(wait_us) / 1_000_000,
-            refused_by=buckets[int(refused_by) - 1].limit,
-        )
+        keys, args = _bucket_keys_and_args(buckets, cost)
+        return _decision(buckets, await self._script(keys=keys, args=args))
+
+    async def hit_and_look_up(
+        self, buckets: Sequence[Bucket], session_token: str, cost: int = 1
+    ) -> tuple[Decision, CachedLookup | None]:
+        """`hit`, and when allowed, the cached session of `session_token` (for the view, so the
+        request makes one round trip to Redis for both)."""
+        buckets = [b for b in buckets if b.limit.enabled]
+        keys, args = _bucket_keys_and_args(buckets, cost)
+        session_key, session_args = lookup_key_and_args(session_token)
+        reply = await self._with_session(keys=[*keys, session_key], args=[*args, *session_args])
+        decision = _decision(buckets, reply[:3])
+        if not decision.allowed:
+            return decision, None
+        return decision, CachedLookup(session_token, [str(v) for v in reply[3:]] or None)
+
+
+def _bucket_keys_and_args(buckets: Sequence[Bucket], cost: int) -> tuple[list[str], list[str]]:
+    args: list[str] = []
+    for bucket in buckets:
+        args += [repr(1_000_000 / bucket.limit.per_second), str(bucket.limit.burst)]
+    args.append(str(cost))
+    return [b.key for b in buckets], args
+
+
+def _decision(buckets: Sequence[Bucket], reply: Sequence[object]) -> Decision:
+    allowed, wait_us, refused_by = reply
+    if int(str(allowed)):
+        return ALLOWED
+    return Decision(
+        allowed=False,
+        retry_after=int(str(wait_us)) / 1_000_000,
+        refused_by=buckets[int(str(refused_by)) - 1].limit,
+    )

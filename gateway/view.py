@@ -37,6 +37,9 @@ from services.container import Services
 from services.request_context import current_request_id
 from services.settings import Settings
 
+# Where the rate limiter leaves the session it looked up for an HTTP request (a CachedLookup).
+SESSION_LOOKUP_STATE = "tradeql.session_lookup"
+
 
 def bearer_token(value: object) -> str | None:
     """The token of an `Authorization: Bearer <token>` value, or None."""
@@ -145,7 +148,10 @@ class GraphQLView(GraphQL[Context, None]):
             token = bearer_token(request.headers.get("authorization"))
             if token:
                 context.token = token
-                session, holdings_token = await services.sessions.authenticate_request(token)
+                prefetched = request.scope.get("state", {}).get(SESSION_LOOKUP_STATE)
+                session, holdings_token = await services.sessions.authenticate_request(
+                    token, prefetched
+                )
                 context.session = session
                 if session is not None and holdings_token is not None:
                     context.holdings_tokens[session.user_id] = holdings_token

@@ -36,22 +36,41 @@ class IssuedSession:
     session: SessionInfo
 
 
-# The cached session under KEYS[1] and its user's holdings token (minted from ARGV[1] when none
-# is held; ARGV[2] its lifetime, ARGV[3] the token keys' prefix): one round trip per request.
-_LOOKUP = (
+# Lua: the cached session under `key` and its user's holdings token (minted from `fresh` when
+# none is held; `ttl` its lifetime, `prefix` the token keys' prefix): false when not cached,
+# {session} when it names no user, else {session, token}. Also run by the rate limiter's script
+# (gateway/ratelimit.py), so an HTTP request needs one round trip for both.
+SESSION_LOOKUP_LUA = (
     HOLDINGS_TOKEN_LUA
     + """
-local cached = redis.call('GET', KEYS[1])
-if not cached then
-  return false
+local function session_lookup(key, fresh, ttl, prefix)
+  local cached = redis.call('GET', key)
+  if not cached then
+    return false
+  end
+  local ok, data = pcall(cjson.decode, cached)
+  if not ok or type(data) ~= 'table' or type(data['u']) ~= 'string' then
+    return {cached}
+  end
+  return {cached, holdings_token(prefix .. data['u'], fresh, ttl)}
 end
-local ok, data = pcall(cjson.decode, cached)
-if not ok or type(data) ~= 'table' or type(data['u']) ~= 'string' then
-  return {cached}
-end
-return {cached, holdings_token(ARGV[3] .. data['u'], ARGV[1], ARGV[2])}
 """
 )
+_LOOKUP = SESSION_LOOKUP_LUA + "return session_lookup(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedLookup:
+    """What `session_lookup` answered for one token, fetched by someone else (the rate limiter)
+    at the start of the request: `found` as the script returned it (None: not cached)."""
+
+    token: str
+    found: list[str] | None
+
+
+def lookup_key_and_args(token: str) -> tuple[str, list[str]]:
+    """The key and arguments of `session_lookup` for `token`."""
+    return _cache_key(hash_token(token)), [uuid.uuid4().hex, str(TOKEN_TTL_SECONDS), KEY_PREFIX]
 
 
 def hash_token(token: str) -> str:
@@ -89,18 +108,20 @@ class SessionStore:
     async def authenticate(self, token: str) -> SessionInfo | None:
         return (await self.authenticate_request(token))[0]
 
-    async def authenticate_request(self, token: str) -> tuple[SessionInfo | None, str | None]:
+    async def authenticate_request(
+        self, token: str, prefetched: CachedLookup | None = None
+    ) -> tuple[SessionInfo | None, str | None]:
         """The session, and the version token of its user's holdings as of now, in the same
         round trip when the session is cached (services/holdings_cache.py; None otherwise).
         The holdings token is only good for the request being served, never for a WebSocket
-        that lives on."""
+        that lives on. `prefetched`: the cache's answer for this token, already fetched."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             return None, None
-        token_hash = hash_token(token)
-        found = await self._lookup(
-            keys=[_cache_key(token_hash)],
-            args=[uuid.uuid4().hex, TOKEN_TTL_SECONDS, KEY_PREFIX],
-        )
+        if prefetched is not None and prefetched.token == token:
+            found = prefetched.found
+        else:
+            key, args = lookup_key_and_args(token)
+            found = await self._lookup(keys=[key], args=args)
         if found:
             data = json.loads(found[0])
             session = SessionInfo(
@@ -109,6 +130,7 @@ class SessionStore:
             if session.expires_at <= datetime.now(UTC):
                 return None, None
             return session, (found[1] if len(found) > 1 else None)
+        token_hash = hash_token(token)
         async with single_read(self._engine) as conn:
             row = (
                 await conn.execute(

@@ -27,7 +27,10 @@ from gateway.guards import (
 )
 from gateway.metrics import REGISTRY
 from gateway.ratelimit import Bucket, Decision, Limit, RateLimiter
+from services.container import Services
+from services.holdings_version import version_key
 from services.settings import Settings
+from tests.trading import PASSWORD
 
 
 @pytest_asyncio.fixture
@@ -119,6 +122,49 @@ async def test_concurrent_requests_never_exceed_the_burst(redis: Redis, redis_ur
     finally:
         await other.aclose()
     assert sum(d.allowed for d in decisions) == 10
+
+
+async def test_a_session_is_looked_up_in_the_same_round_trip_when_allowed(
+    redis: Redis, services: Services
+) -> None:
+    """What an HTTP request with a bearer token needs before it runs, in one script call: the
+    buckets, then the cached session and its user's holdings token."""
+    signed = await services.users.register(f"rl-{uuid.uuid4().hex[:10]}@example.com", PASSWORD)
+    await services.sessions.authenticate(signed.token)  # now cached in Redis
+    limiter = RateLimiter(redis)
+    b = bucket(per_second=1, burst=1)
+    decision, lookup = await limiter.hit_and_look_up([b], signed.token)
+    assert decision.allowed and lookup is not None and lookup.token == signed.token
+    assert lookup.found is not None and len(lookup.found) == 2
+    assert json.loads(lookup.found[0])["u"] == str(signed.user.id)
+    assert lookup.found[1] == await redis.get(version_key(signed.user.id))
+    session, token = await services.sessions.authenticate_request(signed.token, lookup)
+    assert session is not None and session.user_id == signed.user.id and token == lookup.found[1]
+
+    refused, nothing = await limiter.hit_and_look_up([b], signed.token)
+    assert not refused.allowed and refused.refused_by == b.limit and nothing is None
+
+
+async def test_a_session_not_cached_is_looked_up_by_the_view_itself(
+    redis: Redis, services: Services
+) -> None:
+    signed = await services.users.register(f"rl-{uuid.uuid4().hex[:10]}@example.com", PASSWORD)
+    await redis.delete(*[k async for k in redis.scan_iter("tq:session:*")])
+    decision, lookup = await RateLimiter(redis).hit_and_look_up([], signed.token)
+    assert decision.allowed and lookup is not None and lookup.found is None
+    session, token = await services.sessions.authenticate_request(signed.token, lookup)
+    assert session is not None and token is None  # read from PostgreSQL, then cached
+
+
+async def test_a_lookup_made_for_another_token_is_not_used(
+    redis: Redis, services: Services
+) -> None:
+    one = await services.users.register(f"rl-{uuid.uuid4().hex[:10]}@example.com", PASSWORD)
+    two = await services.users.register(f"rl-{uuid.uuid4().hex[:10]}@example.com", PASSWORD)
+    await services.sessions.authenticate(one.token)
+    _, lookup = await RateLimiter(redis).hit_and_look_up([], one.token)
+    session, _ = await services.sessions.authenticate_request(two.token, lookup)
+    assert session is not None and session.user_id == two.user.id
 
 
 async def test_buckets_expire_once_full_again(redis: Redis) -> None:
