@@ -6,6 +6,7 @@ from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from cachetools import LRUCache
 from graphql import GraphQLError
 
 from resolvers.context import Info, require_session
@@ -13,6 +14,7 @@ from resolvers.loaders import current_loaders, fresh_loaders
 from resolvers.shared_events import shared_value
 from schema.accounts import HistorySpan, Portfolio, PortfolioPoint, Position
 from schema.marketdata import Quote
+from services import marketdata
 from services import portfolio as domain
 from services.money import trim_quantity
 
@@ -33,6 +35,20 @@ async def valuation(info: Info, user_id: UUID) -> domain.Valuation:
     return found
 
 
+# One shown quote per quote object, whoever holds it: 200 portfolios holding one symbol share
+# one, instead of 200 copies kept alive (and walked by every full garbage collection).
+_SHOWN_QUOTES: LRUCache[int, tuple[marketdata.Quote, Quote]] = LRUCache(maxsize=50_000)
+
+
+def shown_quote(quote: marketdata.Quote) -> Quote:
+    known = _SHOWN_QUOTES.get(id(quote))
+    if known is not None and known[0] is quote:
+        return known[1]
+    shown = Quote.from_domain(quote)
+    _SHOWN_QUOTES[id(quote)] = (quote, shown)  # holding `quote` keeps its id from being reused
+    return shown
+
+
 def to_position(row: domain.PositionValue) -> Position:
     """A valued position as the API shows it: made once per valuation of the position
     (`PositionValue.view`) and shared by the requests that reuse it, so it is never changed."""
@@ -44,7 +60,7 @@ def to_position(row: domain.PositionValue) -> Position:
             reserved_quantity=trim_quantity(p.reserved_quantity),
             average_cost=row.average_cost,
             cost_basis=row.cost_basis,
-            quote=Quote.from_domain(row.quote) if row.quote else None,
+            quote=shown_quote(row.quote) if row.quote else None,
             market_value=row.market_value,
             unrealized_pnl=row.unrealized_pnl,
             unrealized_pnl_percent=row.unrealized_pnl_percent,

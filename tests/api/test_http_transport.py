@@ -127,7 +127,10 @@ def test_the_api_hides_its_startup_objects_from_the_garbage_collector(
     api_server: tuple[str, object],
 ) -> None:
     """A full collection would otherwise walk the schema and every module with requests
-    stopped (tens of milliseconds)."""
+    stopped (tens of milliseconds), and run about every second as cached valuations turn over."""
     import gc
 
+    from gateway.app import FULL_COLLECTION_EVERY
+
     assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[2] == FULL_COLLECTION_EVERY > 10
