@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,7 +21,7 @@ KNOWN_PATHS = frozenset({"/graphql", "/healthz", "/readyz", "/metrics"})
 def incoming_request_id(headers: Headers) -> str:
     """Keep the caller's X-Request-ID when it is sane (tracing across services), else make one."""
     given = headers.get("x-request-id", "")
-    return given if _SAFE_ID.match(given) else uuid.uuid4().hex
+    return given if _SAFE_ID.match(given) else os.urandom(16).hex()  # a uuid4's hex, cheaper
 
 
 class RequestIdMiddleware:

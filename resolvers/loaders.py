@@ -77,7 +77,10 @@ class Loaders:
         """Every asked-for account, valued at one read of each quote (shared with the rest of
         the operation, so a position's quote and a security's quote agree)."""
         holdings = await self._services.holdings.holdings(user_ids, self._holdings_tokens)
-        symbols = sorted({p.symbol for h in holdings if h for p in h.positions})
+        if len(holdings) == 1:  # the usual case: the signed-in user's own
+            symbols = holdings[0].symbols if holdings[0] else []
+        else:
+            symbols = sorted({s for h in holdings if h for s in h.symbols})
         quotes = await self._quotes_of(symbols)
         return [portfolio.value(h, quotes) if h else None for h in holdings]
 

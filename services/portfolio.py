@@ -78,6 +78,13 @@ class Holdings:
         default_factory=dict, compare=False, repr=False
     )
     _last: list[Valuation] = field(default_factory=list, compare=False, repr=False)
+    _totals: list[Decimal] = field(
+        default_factory=lambda: [ZERO, ZERO], compare=False, repr=False
+    )  # market value and unrealized P&L of the rows in _valued
+
+    @property
+    def symbols(self) -> list[str]:
+        return [p.symbol for p in self.positions]
 
 
 def value_position(position: HeldPosition, quote: Quote | None) -> PositionValue:
@@ -94,40 +101,42 @@ def value_position(position: HeldPosition, quote: Quote | None) -> PositionValue
 def value(holdings: Holdings, quotes: Mapping[str, Quote | None]) -> Valuation:
     """The account at these quotes. A position whose quote is the very object it was last
     valued at keeps that value (quotes are immutable, and the quote mirror hands out one object
-    per published quote); when none moved, the whole valuation is the last one."""
-    valued = holdings._valued
-    rows: list[PositionValue] = []
+    per published quote), and the totals move by what the others changed; when none moved, the
+    whole valuation is the last one. Sums of decimals are exact, so the totals are always the
+    sums of the rows."""
+    valued, totals = holdings._valued, holdings._totals
     moved = not holdings._last
     for p in holdings.positions:
         quote = quotes.get(p.symbol)
         known = valued.get(p.symbol)
         if known is not None and known[0] is quote:
-            rows.append(known[1])
-        else:
-            row = value_position(p, quote)
-            valued[p.symbol] = (quote, row)
-            rows.append(row)
-            moved = True
+            continue
+        row = value_position(p, quote)
+        if known is not None:
+            totals[0] -= _counted_value(known[1])
+            totals[1] -= known[1].unrealized_pnl or ZERO
+        totals[0] += _counted_value(row)
+        totals[1] += row.unrealized_pnl or ZERO
+        valued[p.symbol] = (quote, row)
+        moved = True
     if not moved:
         return holdings._last[0]
-    valuation = _total(holdings, rows)
+    market_value = totals[0]
+    valuation = Valuation(
+        balances=holdings.balances,
+        positions=[valued[p.symbol][1] for p in holdings.positions],
+        market_value=market_value,
+        equity=holdings.balances.cash + market_value,
+        realized_pnl=round_cash(holdings.realized_pnl),
+        unrealized_pnl=totals[1],
+    )
     holdings._last[:] = [valuation]
     return valuation
 
 
-def _total(holdings: Holdings, rows: list[PositionValue]) -> Valuation:
-    market_value = sum(
-        (r.market_value if r.market_value is not None else r.cost_basis for r in rows), ZERO
-    )
-    unrealized = sum((r.unrealized_pnl or ZERO for r in rows), ZERO)
-    return Valuation(
-        balances=holdings.balances,
-        positions=rows,
-        market_value=market_value,
-        equity=holdings.balances.cash + market_value,
-        realized_pnl=round_cash(holdings.realized_pnl),
-        unrealized_pnl=unrealized,
-    )
+def _counted_value(row: PositionValue) -> Decimal:
+    """What a row adds to the market value: its own, or its cost while it has no quote."""
+    return row.market_value if row.market_value is not None else row.cost_basis
 
 
 _HOLDINGS = text(

@@ -6,6 +6,9 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.accounts import Balances
 from services.marketdata import Quote
 from services.portfolio import HeldPosition, Holdings, value
@@ -98,3 +101,48 @@ def test_portfolios_holding_one_quote_show_one_object_for_it() -> None:
     assert shown.last == Decimal("130") and shown.symbol == "AAA"
     moved = a_quote("AAA", "131")
     assert shown_quote(moved) is not shown and shown_quote(moved).last == Decimal("131")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["AAA", "BBB", "CCC"]),
+            st.none() | st.decimals(min_value="0.01", max_value="5000", places=2),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_totals_moved_by_what_changed_always_equal_the_sums_of_the_rows(
+    steps: list[dict[str, Decimal | None]],
+) -> None:
+    """Whatever the order in which quotes move, appear and vanish."""
+    held = Holdings(
+        Balances(uuid.uuid4(), Decimal("10.00"), Decimal("0.00")),
+        [
+            HeldPosition("AAA", Decimal("3"), Decimal("0"), Decimal("301.50"), Decimal("0")),
+            HeldPosition("BBB", Decimal("0.25"), Decimal("0"), Decimal("7.015"), Decimal("0")),
+            HeldPosition("CCC", Decimal("10"), Decimal("0"), Decimal("99.99"), Decimal("0")),
+        ],
+        Decimal("0"),
+    )
+    quotes: dict[str, Quote | None] = {}
+    for step in steps:
+        for symbol, last in step.items():
+            quotes[symbol] = None if last is None else a_quote(symbol, str(last))
+        v = value(held, dict(quotes))
+        fresh = value(holdings_like(held), dict(quotes))  # valued from nothing
+        assert v == fresh
+        counted = [
+            p.market_value if p.market_value is not None else p.cost_basis for p in v.positions
+        ]
+        assert v.market_value == sum(counted, Decimal("0.00"))
+        assert v.unrealized_pnl == sum(
+            (p.unrealized_pnl or 0 for p in v.positions), Decimal("0.00")
+        )
+        assert v.equity == Decimal("10.00") + v.market_value
+
+
+def holdings_like(held: Holdings) -> Holdings:
+    return Holdings(held.balances, held.positions, held.realized_pnl)
