@@ -7,6 +7,7 @@ each operation runs in its own task, with its own copy of the variable.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -36,6 +37,7 @@ class Loaders:
         # Every quote this operation has read, by symbol: the first read of a symbol is the one
         # the whole operation sees (the quotes loader and the valuations share it).
         self._quotes_seen: dict[str, marketdata.Quote | None] = {}
+        self._valuations: dict[UUID, asyncio.Future[portfolio.Valuation | None]] = {}
 
     @cached_property
     def quotes(self) -> DataLoader[str, marketdata.Quote | None]:
@@ -53,9 +55,37 @@ class Loaders:
     def executions(self) -> DataLoader[UUID, list[order_model.Execution]]:
         return DataLoader(load_fn=self._load_executions)
 
-    @cached_property
-    def valuations(self) -> DataLoader[UUID, portfolio.Valuation | None]:
-        return DataLoader(load_fn=self._load_valuations)
+    async def valuation(self, user_id: UUID) -> portfolio.Valuation | None:
+        """The account valued once per operation, whoever asks (a portfolio and its history).
+        Not a DataLoader: an operation only ever values its own user (rule 9), so there is
+        nothing to batch, and the loader's batch task and futures were a visible share of a
+        portfolio request's CPU. The first caller values; the others wait for its answer."""
+        pending = self._valuations.get(user_id)
+        if pending is not None:
+            return await pending
+        future: asyncio.Future[portfolio.Valuation | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._valuations[user_id] = future
+        try:
+            found = (await self._load_valuations([user_id]))[0]
+        except BaseException as exc:
+            del self._valuations[user_id]  # whoever asks next tries again
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved here: no "never retrieved" warning if unawaited
+            raise
+        future.set_result(found)
+        return found
+
+    def prime_valuation(self, user_id: UUID, valuation: portfolio.Valuation) -> None:
+        done: asyncio.Future[portfolio.Valuation | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        done.set_result(valuation)
+        self._valuations[user_id] = done
 
     async def _load_bars(self, keys: list[BarKey]) -> list[list[Bar]]:
         """One query per distinct (interval, window), for all the symbols that asked for it."""

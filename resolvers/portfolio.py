@@ -29,7 +29,7 @@ SPANS: dict[HistorySpan, tuple[timedelta | None, str | None]] = {
 
 
 async def valuation(info: Info, user_id: UUID) -> domain.Valuation:
-    found = await current_loaders(info.context.services).valuations.load(user_id)
+    found = await current_loaders(info.context.services).valuation(user_id)
     if found is None:
         raise GraphQLError("no account for this user", extensions={"code": "NOT_FOUND"})
     return found
@@ -113,5 +113,5 @@ async def subscribe_portfolio(info: Info) -> AsyncGenerator[Portfolio, None]:
     async with services.portfolio_hub.watch(session.user_id) as watcher:
         while True:
             value = await watcher.next()
-            fresh_loaders(services).valuations.prime(session.user_id, value)
+            fresh_loaders(services).prime_valuation(session.user_id, value)
             yield to_portfolio(value, session.user_id)

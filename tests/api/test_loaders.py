@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -35,9 +37,35 @@ async def test_a_portfolio_and_a_quote_in_one_operation_read_each_symbol_once(
     loaders = Loaders(services)
     asked_first = await loaders.quotes.load(held)
     valuation, (again, beside) = await asyncio.gather(
-        loaders.valuations.load(user), loaders.quotes.load_many([held, other])
+        loaders.valuation(user), loaders.quotes.load_many([held, other])
     )
     assert valuation is not None
     assert valuation.positions[0].quote is asked_first is again  # one read, seen by all
     assert beside is not None and beside.last == Decimal("10.00")
     assert sorted(s for batch in reads for s in batch) == sorted([held, other])
+
+
+async def test_concurrent_askers_share_one_valuation_and_a_failure_is_not_kept(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await trader(services, cash="10")
+    loaders = Loaders(services)
+    calls = 0
+    real = loaders._load_valuations
+
+    async def counted(user_ids: list[UUID]) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)  # the second asker arrives while the first is valuing
+        if calls == 1:
+            raise RuntimeError("PostgreSQL went away")
+        return await real(user_ids)
+
+    monkeypatch.setattr(loaders, "_load_valuations", counted)
+    failed = await asyncio.gather(
+        loaders.valuation(user), loaders.valuation(user), return_exceptions=True
+    )
+    assert [type(f) for f in failed] == [RuntimeError, RuntimeError]
+    first, second = await asyncio.gather(loaders.valuation(user), loaders.valuation(user))
+    assert first is second and first is not None and first.balances.cash == Decimal("10.00")
+    assert calls == 2
