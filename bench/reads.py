@@ -9,7 +9,9 @@ positions at average cost and the ledger, so `tradeql check` passes (run after s
 `--no-check`); `QuoteStore.write` puts a quote for every symbol into Redis.
 
 Then one API process (`tradeql api --port P`, or `--api-workers N`: `tradeql api --workers N`,
-SO_REUSEPORT processes) and a separate client process (bench/reads_client.py: raw HTTP/1.1
+SO_REUSEPORT processes; with `--live-quotes` also `tradeql feed` and `tradeql quotes`, so every
+quote moves about once a second through the real path, as in market hours) and a separate client
+process (bench/reads_client.py: raw HTTP/1.1
 keep-alive, uvloop) run each scenario: warm-up, then a measured window:
 
 * portfolio, closed loop: `--concurrency` users each with one request in flight;
@@ -32,6 +34,7 @@ directly, `time.process_time`), as shipped and with candidate fixes patched in
     python -m bench.reads                            # the default: closed 200 + open 1,000/s
     python -m bench.reads --rate 1000 1500 --profile
     python -m bench.reads --api-workers 2 --reuse-setup
+    python -m bench.reads --api-workers 2 --live-quotes --reuse-setup   # the README's figures
     python -m bench.reads --reuse-setup --cpu-ab --skip-portfolio --skip-orders
 
 Servers: DATABASE_URL / REDIS_URL if set (only as the place to connect: host, port, user), else

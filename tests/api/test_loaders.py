@@ -11,6 +11,7 @@ from uuid import UUID
 import pytest
 
 from resolvers.loaders import Loaders
+from resolvers.portfolio import shown_quote
 from services.container import Services
 from services.marketdata import Quote
 from tests.trading import book_fill, listed, quote, trader, unique_symbol
@@ -69,3 +70,12 @@ async def test_concurrent_askers_share_one_valuation_and_a_failure_is_not_kept(
     first, second = await asyncio.gather(loaders.valuation(user), loaders.valuation(user))
     assert first is second and first is not None and first.balances.cash == Decimal("10.00")
     assert calls == 2
+
+
+def test_portfolios_holding_one_quote_show_one_object_for_it() -> None:
+    quote = Quote("AAA", Decimal("130"), Decimal("130"), 1, 1, Decimal("130"), 1, 1)
+    shown = shown_quote(quote)
+    assert shown_quote(quote) is shown
+    assert shown.last == Decimal("130") and shown.symbol == "AAA"
+    moved = Quote("AAA", Decimal("131"), Decimal("131"), 1, 1, Decimal("131"), 1, 1)
+    assert shown_quote(moved) is not shown and shown_quote(moved).last == Decimal("131")

@@ -92,17 +92,6 @@ def test_a_view_is_made_once_per_valued_position() -> None:
     assert made == [row]
 
 
-def test_portfolios_holding_one_quote_show_one_object_for_it() -> None:
-    from resolvers.portfolio import shown_quote
-
-    quote = a_quote("AAA", "130")
-    shown = shown_quote(quote)
-    assert shown_quote(quote) is shown
-    assert shown.last == Decimal("130") and shown.symbol == "AAA"
-    moved = a_quote("AAA", "131")
-    assert shown_quote(moved) is not shown and shown_quote(moved).last == Decimal("131")
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
