@@ -18,17 +18,10 @@ from services.holdings_cache import HoldingsCache
 from services.holdings_version import version_key
 from services.order_model import Event
 from services.portfolio import Holdings, Portfolios
+from tests.clocks import ManualClock
 from tests.trading import PASSWORD, book_fill, listed, place, quote, trader, unique_symbol
 
 TTL = 10.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingPortfolios(Portfolios):
@@ -49,12 +42,12 @@ def portfolios(services: Services) -> CountingPortfolios:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def cache(services: Services, portfolios: CountingPortfolios, clock: Clock) -> HoldingsCache:
+def cache(services: Services, portfolios: CountingPortfolios, clock: ManualClock) -> HoldingsCache:
     return HoldingsCache(portfolios, services.redis, size=100, ttl_seconds=TTL, clock=clock)
 
 
@@ -166,7 +159,7 @@ async def test_another_process_sees_a_write_made_through_this_one(
 
 
 async def test_a_read_that_raced_a_commit_is_never_served_again(
-    services: Services, clock: Clock
+    services: Services, clock: ManualClock
 ) -> None:
     """The reader takes the token, reads PostgreSQL, and a deposit commits (and retires the
     token) before the reader keeps what it read: that copy, older than the deposit, must not be
@@ -189,7 +182,7 @@ async def test_a_read_that_raced_a_commit_is_never_served_again(
 
 
 async def test_a_copy_expires_after_its_lifetime_even_when_no_writer_retired_it(
-    services: Services, cache: HoldingsCache, portfolios: CountingPortfolios, clock: Clock
+    services: Services, cache: HoldingsCache, portfolios: CountingPortfolios, clock: ManualClock
 ) -> None:
     """The one case a token cannot cover: a writer that died between its commit and retiring
     the token (here, a write behind the services' back)."""

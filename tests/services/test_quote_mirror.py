@@ -15,17 +15,10 @@ from services.quote_hub import QuoteHub
 from services.quote_mirror import QuoteMirror, record_timestamp_ns
 from services.quote_store import QUOTES_CHANNEL
 from services.settings import Settings
+from tests.clocks import ManualClock
 from tests.trading import unique_symbol
 
 MAX_AGE = 2.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Known:
@@ -56,12 +49,12 @@ def store(services: Services) -> CountingStore:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def mirror(store: CountingStore, clock: Clock) -> QuoteMirror:
+def mirror(store: CountingStore, clock: ManualClock) -> QuoteMirror:
     return QuoteMirror(store, MAX_AGE, clock=clock)  # type: ignore[arg-type]
 
 
@@ -76,7 +69,7 @@ def test_the_source_time_is_the_records_last_field() -> None:
 
 
 async def test_a_fresh_quote_is_served_without_redis(
-    services: Services, mirror: QuoteMirror, store: CountingStore, clock: Clock
+    services: Services, mirror: QuoteMirror, store: CountingStore, clock: ManualClock
 ) -> None:
     symbol = unique_symbol("M")
     await services.quote_store.write([a_quote(symbol, "10.00", 1)])
@@ -87,7 +80,7 @@ async def test_a_fresh_quote_is_served_without_redis(
 
 
 async def test_past_its_age_a_quote_is_read_from_redis_again_and_kept(
-    services: Services, mirror: QuoteMirror, store: CountingStore, clock: Clock
+    services: Services, mirror: QuoteMirror, store: CountingStore, clock: ManualClock
 ) -> None:
     symbol = unique_symbol("M")
     offer(mirror, a_quote(symbol, "11.00", 2))
@@ -130,7 +123,7 @@ async def test_an_older_quote_is_not_served_after_a_newer_one(
 
 
 async def test_the_same_quote_again_counts_as_current(
-    services: Services, mirror: QuoteMirror, store: CountingStore, clock: Clock
+    services: Services, mirror: QuoteMirror, store: CountingStore, clock: ManualClock
 ) -> None:
     symbol = unique_symbol("M")
     quote = a_quote(symbol, "4.00", 40)
