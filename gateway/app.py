@@ -38,8 +38,11 @@ def freeze_startup_objects() -> None:
     stopped. What the caches keep (holdings, positions valued at the current quotes) is
     long-lived too and replaced every second as quotes move, which made CPython run a full
     collection about every second (~30 ms at 200 users x 50 positions): the benchmark's latency
-    tail. It is freed by reference counting (no cycles), so full collections are made rare
-    (every FULL_COLLECTION_EVERY younger ones: about a minute at full load) instead."""
+    tail. Those objects are freed by reference counting, and the cycles a request makes (its
+    DataLoaders) die young, in the younger collections; so full collections are made rare (every
+    FULL_COLLECTION_EVERY younger ones: about a minute at full load). The cost: a cycle that does
+    reach the oldest generation waits that long, and a cyclic startup object dropped later is
+    never collected."""
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()

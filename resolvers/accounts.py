@@ -8,7 +8,7 @@ import strawberry
 
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
-from resolvers.portfolio import valued_portfolio
+from resolvers.portfolio import holdings_written
 from schema.accounts import AuthPayload, DepositPayload, User
 from services import users
 from services.errors import DomainError
@@ -59,7 +59,5 @@ async def deposit(info: Info, amount: Decimal, idempotency_key: str) -> DepositP
         await info.context.services.cash.deposit(session.user_id, amount, idempotency_key)
     except DomainError as error:
         return DepositPayload(errors=[to_user_error(error)])
-    # This process's copy goes whatever happened to the shared token, so the payload always
-    # shows the deposit.
-    info.context.services.holdings.discard(session.user_id)
-    return DepositPayload(portfolio=await valued_portfolio(info, session.user_id))
+    holdings_written(info, session.user_id)
+    return DepositPayload(user_id=session.user_id)

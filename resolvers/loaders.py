@@ -62,7 +62,7 @@ class Loaders:
         portfolio request's CPU. The first caller values; the others wait for its answer."""
         pending = self._valuations.get(user_id)
         if pending is not None:
-            return await pending
+            return await asyncio.shield(pending)  # a waiter cancelled leaves the answer whole
         future: asyncio.Future[portfolio.Valuation | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -70,15 +70,23 @@ class Loaders:
         try:
             found = (await self._load_valuations([user_id]))[0]
         except BaseException as exc:
-            del self._valuations[user_id]  # whoever asks next tries again
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # retrieved here: no "never retrieved" warning if unawaited
+            if self._valuations.get(user_id) is future:
+                del self._valuations[user_id]  # whoever asks next tries again
+            if not future.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: no "never retrieved" warning if unawaited
             raise
-        future.set_result(found)
+        if not future.done():
+            future.set_result(found)
         return found
+
+    def forget_valuation(self, user_id: UUID) -> None:
+        """After a write of this user's holdings within the operation: the next ask values
+        again."""
+        self._valuations.pop(user_id, None)
 
     def prime_valuation(self, user_id: UUID, valuation: portfolio.Valuation) -> None:
         done: asyncio.Future[portfolio.Valuation | None] = (

@@ -14,6 +14,7 @@ from strawberry import UNSET
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
 from resolvers.loaders import current_loaders, fresh_loaders
+from resolvers.portfolio import holdings_written
 from schema import orders as schema
 from services import order_events, order_model
 from services.errors import DomainError, NotFound
@@ -77,6 +78,7 @@ async def place_order(info: Info, input: schema.PlaceOrderInput) -> schema.Order
         order = await info.context.services.placement.place(command)
     except DomainError as error:
         return schema.OrderPayload(errors=[to_user_error(error)])
+    holdings_written(info, session.user_id)  # its hold
     return schema.OrderPayload(order=to_order(order))
 
 
@@ -89,6 +91,7 @@ async def cancel_order(info: Info, id: strawberry.ID) -> schema.OrderPayload:
         order = await info.context.services.cancellation.cancel(session.user_id, order_id)
     except DomainError as error:
         return schema.OrderPayload(errors=[to_user_error(error)])
+    holdings_written(info, session.user_id)  # the hold released
     return schema.OrderPayload(order=to_order(order))
 
 

@@ -81,6 +81,14 @@ def to_portfolio(value: domain.Valuation, user_id: UUID) -> Portfolio:
     )
 
 
+def holdings_written(info: Info, user_id: UUID) -> None:
+    """After a mutation changed the user's cash or positions: this process's copy and this
+    operation's valuation go, so what the operation shows next (its payload, a second mutation
+    of the same request) is read again, whatever happened to the shared version token."""
+    info.context.services.holdings.discard(user_id)
+    current_loaders(info.context.services).forget_valuation(user_id)
+
+
 async def valued_portfolio(info: Info, user_id: UUID) -> Portfolio:
     return to_portfolio(await valuation(info, user_id), user_id)
 

@@ -83,5 +83,18 @@ class AuthPayload:
 
 @strawberry.type
 class DepositPayload:
-    portfolio: Portfolio | None = None
+    """The portfolio is valued only when asked for, after the deposit committed: if valuing
+    fails (Redis unreachable, say), `portfolio` alone is null with its error, and `errors` still
+    says the deposit went through."""
+
+    user_id: strawberry.Private[UUID | None] = None
+
+    @strawberry.field
+    async def portfolio(self, info: strawberry.Info) -> Portfolio | None:
+        if self.user_id is None:
+            return None
+        from resolvers.portfolio import valued_portfolio
+
+        return await valued_portfolio(info, self.user_id)
+
     errors: list[UserError] = strawberry.field(default_factory=list)

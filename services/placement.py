@@ -159,6 +159,20 @@ class OrderPlacement:
                 if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in ("40P01", "40001"):
                     raise
         existing = await self._load_existing(judged)
+        try:
+            # Before anyone is answered: the owners' cached holdings are retired in it, so a
+            # portfolio read after the answer, on any process, shows the hold.
+            await self._hand_off([order for _, order in placed])
+        finally:
+            self._answer(batch, judged, placed, existing)
+
+    @staticmethod
+    def _answer(
+        batch: list[_Request],
+        judged: _Judged,
+        placed: list[tuple[_Request, Order]],
+        existing: dict[UUID, Order],
+    ) -> None:
         for request, order in placed:
             request.future.set_result(order)
         for index, earlier in judged.existing.items():
@@ -169,7 +183,6 @@ class OrderPlacement:
         for index, error in judged.refused.items():
             if isinstance(error, _Duplicate):
                 _copy_outcome(batch[error.first].future, batch[index].future)
-        await self._hand_off([order for _, order in placed])
 
     async def _judge(
         self, conn: AsyncConnection, batch: list[_Request], quotes: dict[str, Any]

@@ -80,7 +80,10 @@ class QuoteMirror:
         if held is None or timestamp_ns > held.timestamp_ns:
             self._latest[symbol] = _Entry(source, timestamp_ns, now)
         elif timestamp_ns == held.timestamp_ns:
-            held.received = now  # the same quote again: still current
+            if held.source is source or held.source.quote == source.quote:
+                held.received = now  # the same quote again: still current (and the same object)
+            else:  # another quote of the same source time: the later one wins, as in Redis
+                self._latest[symbol] = _Entry(source, timestamp_ns, now)
         # else: older than what is held (Redis kept the newer one too)
 
     async def read(self, symbols: Sequence[str]) -> list[Quote | None]:

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from services import accounts as accounts_service
 from services.container import Services
 from tests.graphql_client import STRONG_PASSWORD, GraphQLClient
+from tests.trading import book_fill, listed, quote, unique_symbol
 
 REGISTER = """mutation($e: String!, $p: String!) {
   register(email: $e, password: $p) { token user { email } errors { code field message } } }"""
@@ -237,6 +238,49 @@ async def test_a_deposit_shows_at_once_even_when_redis_missed_retiring_the_copy(
     body = await gql(DEPOSIT, {"a": "5", "k": "dep-b"}, token=token)
     assert body["data"]["deposit"]["portfolio"]["cash"] == "105.00"
     assert (await gql(PORTFOLIO, token=token))["data"]["portfolio"]["cash"] == "105.00"
+
+
+async def test_a_deposit_says_it_went_through_even_when_quotes_cannot_be_read(
+    gql: GraphQLClient,
+    user: dict[str, str],
+    services: Services,
+    app_services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The money moved: `errors` is empty, and only the portfolio, which needs quotes to be
+    valued, is null with its error."""
+    token = user["token"]
+    user_id = uuid.UUID(user["id"])
+    symbol = unique_symbol("D")
+    await listed(services, symbol)
+    await quote(services, symbol, "9.00", "11.00", last="10.00")
+    await services.cash.deposit(user_id, Decimal("100"), "seed")
+    await book_fill(services, user_id, symbol, "BUY", "1", "10.00")
+
+    async def unreachable(*_args: object) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(app_services.quote_mirror, "read", unreachable)
+    body = await gql(
+        """mutation { deposit(amount: "5", idempotencyKey: "dep-q") {
+             portfolio { cash marketValue } errors { code } } }""",
+        token=token,
+    )
+    assert body["data"]["deposit"] == {"portfolio": None, "errors": []}
+    assert body["errors"][0]["path"] == ["deposit", "portfolio"]
+    assert (await services.cash.balances(user_id)).cash == Decimal("95.00")  # 100 - 10 + 5
+
+
+async def test_two_deposits_in_one_mutation_each_show_their_own_result(
+    gql: GraphQLClient, user: dict[str, str]
+) -> None:
+    body = await gql(
+        """mutation { a: deposit(amount: "100", idempotencyKey: "two-a") { portfolio { cash } }
+                      b: deposit(amount: "50", idempotencyKey: "two-b") { portfolio { cash } } }""",
+        token=user["token"],
+    )
+    assert body["data"]["a"]["portfolio"]["cash"] == "100.00"
+    assert body["data"]["b"]["portfolio"]["cash"] == "150.00"
 
 
 async def test_idempotency_keys_belong_to_their_user(gql: GraphQLClient) -> None:

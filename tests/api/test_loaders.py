@@ -72,6 +72,28 @@ async def test_concurrent_askers_share_one_valuation_and_a_failure_is_not_kept(
     assert calls == 2
 
 
+async def test_a_cancelled_waiter_leaves_the_valuation_whole(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await trader(services, cash="10")
+    loaders = Loaders(services)
+    real = loaders._load_valuations
+
+    async def slow(user_ids: list[UUID]) -> Any:
+        await asyncio.sleep(0.05)
+        return await real(user_ids)
+
+    monkeypatch.setattr(loaders, "_load_valuations", slow)
+    first = asyncio.ensure_future(loaders.valuation(user))
+    await asyncio.sleep(0.01)
+    waiter = asyncio.ensure_future(loaders.valuation(user))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    valued = await first
+    assert valued is not None and valued.balances.cash == Decimal("10.00")
+    assert await loaders.valuation(user) is valued
+
+
 def test_portfolios_holding_one_quote_show_one_object_for_it() -> None:
     quote = Quote("AAA", Decimal("130"), Decimal("130"), 1, 1, Decimal("130"), 1, 1)
     shown = shown_quote(quote)

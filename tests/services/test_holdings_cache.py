@@ -4,9 +4,11 @@ real PostgreSQL and Redis, through the real writers (deposits, placement, fills,
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -279,3 +281,41 @@ async def test_a_token_given_for_one_user_does_not_stand_for_another(
     found = await cache.holdings([one, two], {one: token})
     assert [h.balances.cash for h in found if h] == [Decimal("1.00"), Decimal("2.00")]
     assert await services.redis.exists(version_key(two))  # read (minted) for the other one
+
+
+async def test_an_order_is_answered_only_after_its_owners_copy_is_retired(
+    services: Services, cache: HoldingsCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-off (which retires the token) may be slow; the caller must not hear of its
+    order, and read its old buying power anywhere, before it is done."""
+    user = await trader(services, cash="1000")
+    symbol = unique_symbol("H")
+    await listed(services, symbol)
+    await cache.holdings([user])
+    assert await services.redis.exists(version_key(user))
+    real = services.placement._hand_off
+
+    async def slow(orders: list[Any]) -> None:
+        await asyncio.sleep(0.2)
+        await real(orders)
+
+    monkeypatch.setattr(services.placement, "_hand_off", slow)
+    await place(services, user, symbol, type="LIMIT", quantity="1", limit="50.00")
+    assert not await services.redis.exists(version_key(user))
+    (after,) = await cache.holdings([user])
+    assert after is not None and after.balances.buying_power == Decimal("950.00")
+
+
+async def test_an_order_is_answered_even_when_its_hand_off_fails(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await trader(services, cash="1000")
+    symbol = unique_symbol("H")
+    await listed(services, symbol)
+
+    async def broken(orders: list[Any]) -> None:
+        raise RuntimeError("hand-off bug")
+
+    monkeypatch.setattr(services.placement, "_hand_off", broken)
+    order = await place(services, user, symbol, type="LIMIT", quantity="1", limit="50.00")
+    assert order.status.value == "PENDING"

@@ -135,6 +135,22 @@ async def test_the_same_quote_again_counts_as_current(
     assert store.asked == []
 
 
+async def test_of_two_quotes_with_one_source_time_the_later_wins_as_in_redis(
+    mirror: QuoteMirror, store: CountingStore
+) -> None:
+    """A trade print and a book update stamped alike become two quotes of one source time;
+    Redis keeps the later one written, and so must the mirror."""
+    symbol = unique_symbol("M")
+    first, later = a_quote(symbol, "10.00", 70), a_quote(symbol, "10.05", 70)
+    offer(mirror, first)
+    offer(mirror, later)
+    assert await mirror.read([symbol]) == [later]
+    kept = mirror._latest[symbol].source
+    offer(mirror, a_quote(symbol, "10.05", 70))  # the same quote read back: the same object
+    assert mirror._latest[symbol].source is kept
+    assert store.asked == []
+
+
 async def test_turned_off_it_always_reads_redis_and_keeps_nothing(
     services: Services, store: CountingStore
 ) -> None:
