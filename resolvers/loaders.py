@@ -68,7 +68,7 @@ class Loaders:
         )
         self._valuations[user_id] = future
         try:
-            found = (await self._load_valuations([user_id]))[0]
+            found = await self._value(user_id)
         except BaseException as exc:
             if self._valuations.get(user_id) is future:
                 del self._valuations[user_id]  # whoever asks next tries again
@@ -111,16 +111,13 @@ class Loaders:
         found = await self._services.order_store.executions_for(order_ids)
         return [found[i] for i in order_ids]
 
-    async def _load_valuations(self, user_ids: list[UUID]) -> list[portfolio.Valuation | None]:
-        """Every asked-for account, valued at one read of each quote (shared with the rest of
-        the operation, so a position's quote and a security's quote agree)."""
-        holdings = await self._services.holdings.holdings(user_ids, self._holdings_tokens)
-        if len(holdings) == 1:  # the usual case: the signed-in user's own
-            symbols = holdings[0].symbols if holdings[0] else []
-        else:
-            symbols = sorted({s for h in holdings if h for s in h.symbols})
-        quotes = await self._quotes_of(symbols)
-        return [portfolio.value(h, quotes) if h else None for h in holdings]
+    async def _value(self, user_id: UUID) -> portfolio.Valuation | None:
+        """The account valued at one read of each quote (shared with the rest of the operation,
+        so a position's quote and a security's quote agree); None without an account."""
+        (holdings,) = await self._services.holdings.holdings([user_id], self._holdings_tokens)
+        if holdings is None:
+            return None
+        return portfolio.value(holdings, await self._quotes_of(holdings.symbols))
 
     async def _quotes_of(self, symbols: list[str]) -> dict[str, marketdata.Quote | None]:
         """The operation's quotes of `symbols`, without a loader future per symbol (priming 50

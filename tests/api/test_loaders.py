@@ -52,17 +52,17 @@ async def test_concurrent_askers_share_one_valuation_and_a_failure_is_not_kept(
     user = await trader(services, cash="10")
     loaders = Loaders(services)
     calls = 0
-    real = loaders._load_valuations
+    real = loaders._value
 
-    async def counted(user_ids: list[UUID]) -> Any:
+    async def counted(user_id: UUID) -> Any:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.01)  # the second asker arrives while the first is valuing
         if calls == 1:
             raise RuntimeError("PostgreSQL went away")
-        return await real(user_ids)
+        return await real(user_id)
 
-    monkeypatch.setattr(loaders, "_load_valuations", counted)
+    monkeypatch.setattr(loaders, "_value", counted)
     failed = await asyncio.gather(
         loaders.valuation(user), loaders.valuation(user), return_exceptions=True
     )
@@ -77,13 +77,13 @@ async def test_a_cancelled_waiter_leaves_the_valuation_whole(
 ) -> None:
     user = await trader(services, cash="10")
     loaders = Loaders(services)
-    real = loaders._load_valuations
+    real = loaders._value
 
-    async def slow(user_ids: list[UUID]) -> Any:
+    async def slow(user_id: UUID) -> Any:
         await asyncio.sleep(0.05)
-        return await real(user_ids)
+        return await real(user_id)
 
-    monkeypatch.setattr(loaders, "_load_valuations", slow)
+    monkeypatch.setattr(loaders, "_value", slow)
     first = asyncio.ensure_future(loaders.valuation(user))
     await asyncio.sleep(0.01)
     waiter = asyncio.ensure_future(loaders.valuation(user))
