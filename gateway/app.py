@@ -17,7 +17,7 @@ from gateway.graphql_schema import build_schema
 from gateway.guards import BodySizeLimitMiddleware, RateLimitMiddleware
 from gateway.health import healthz, metrics, readyz
 from gateway.logging import install_request_id
-from gateway.metrics import REGISTRY, PoolCollector
+from gateway.metrics import REGISTRY, CacheCollector, PoolCollector
 from gateway.middleware import RequestIdMiddleware
 from gateway.view import GraphQLView
 from services.container import Services
@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.draining = False
         pool_collector = PoolCollector(services.engine)
         REGISTRY.register(pool_collector)
+        cache_collector = CacheCollector(services.holdings, services.quote_mirror)
+        REGISTRY.register(cache_collector)
         freeze_startup_objects()
         log.info("api started")
         try:
@@ -72,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             revocations.cancel()
             await drain(settings.shutdown_grace_seconds)
             REGISTRY.unregister(pool_collector)
+            REGISTRY.unregister(cache_collector)
             await services.close()
             log.info("api stopped")
 

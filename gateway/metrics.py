@@ -8,10 +8,13 @@ from collections.abc import Iterator
 
 from graphql import GraphQLError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.extensions import SchemaExtension
+
+from services.holdings_cache import HoldingsCache
+from services.quote_mirror import QuoteMirror
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -79,6 +82,33 @@ class MetricsExtension(SchemaExtension):
         OPERATION_SECONDS.labels(name, op_type).observe(time.perf_counter() - started)
         for error in errors:
             ERRORS.labels(error_code(error)).inc()
+
+
+class CacheCollector(Collector):
+    """How often the API process's own copies served a read, read when scraped: holdings
+    (checked against their version in Redis) and quotes (the mirror of published quotes)."""
+
+    def __init__(self, holdings: HoldingsCache, quotes: QuoteMirror) -> None:
+        self._holdings = holdings
+        self._quotes = quotes
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, doc, cache in (
+            (
+                "tradeql_holdings_cache_reads",
+                "holdings read from this process's copy or not",
+                self._holdings,
+            ),
+            (
+                "tradeql_quote_mirror_reads",
+                "quotes read from this process's mirror or not",
+                self._quotes,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["result"])
+            family.add_metric(["hit"], float(cache.hits))
+            family.add_metric(["miss"], float(cache.misses))
+            yield family
 
 
 class PoolCollector(Collector):

@@ -134,3 +134,23 @@ def test_the_api_hides_its_startup_objects_from_the_garbage_collector(
 
     assert gc.get_freeze_count() > 10_000
     assert gc.get_threshold()[2] == FULL_COLLECTION_EVERY > 10
+
+
+async def test_metrics_count_reads_served_by_the_processs_own_copies(
+    gql: GraphQLClient, user: dict[str, str]
+) -> None:
+    def count(metrics: str, name: str, result: str) -> float:
+        for line in metrics.splitlines():
+            if line.startswith(f'{name}{{result="{result}"}}'):
+                return float(line.split()[-1])
+        raise AssertionError(f"{name} {result} not exposed")
+
+    before = (await gql.http.get("/metrics")).text
+    for _ in range(2):
+        await gql("{ portfolio { cash } }", token=user["token"])
+    after = (await gql.http.get("/metrics")).text
+    name = "tradeql_holdings_cache_reads_total"
+    hits = count(after, name, "hit") - count(before, name, "hit")
+    misses = count(after, name, "miss") - count(before, name, "miss")
+    assert (hits, misses) == (1, 1)  # read once, then served from the copy
+    assert count(after, "tradeql_quote_mirror_reads_total", "miss") >= 0
