@@ -5,9 +5,11 @@ real PostgreSQL and Redis, through the real writers (deposits, placement, fills,
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -319,3 +321,25 @@ async def test_an_order_is_answered_even_when_its_hand_off_fails(
     monkeypatch.setattr(services.placement, "_hand_off", broken)
     order = await place(services, user, symbol, type="LIMIT", quantity="1", limit="50.00")
     assert order.status.value == "PENDING"
+
+
+# Every module that writes cash or positions, and how it retires the owners' holdings versions.
+# A new writer must retire them after its commit, be tested here, and then be added.
+KNOWN_WRITERS = {
+    "services/accounts.py": "deposits: forget_now after the commit",
+    "services/fills.py": "fills, cancels, expiry: their callers publish the order events",
+    "services/placement.py": "holds: the hand-off retires them before the order is answered",
+    "services/users.py": "a new account: nothing can be cached before it exists",
+}
+
+
+def test_every_writer_of_cash_or_positions_is_known() -> None:
+    root = Path(__file__).resolve().parents[2]
+    writes = re.compile(r"(UPDATE|INSERT INTO|DELETE FROM)\s+(accounts|positions)\b", re.I)
+    found = {
+        str(path.relative_to(root))
+        for folder in ("services", "workers", "gateway", "resolvers", "schema")
+        for path in (root / folder).rglob("*.py")
+        if writes.search(path.read_text())
+    }
+    assert found == set(KNOWN_WRITERS)
