@@ -262,12 +262,13 @@ class RateLimitMiddleware:
             return
         headers = Headers(scope=scope)
         ip = Bucket(self.ip, client_address(scope, self.trusted))
-        authorization = headers.get("authorization")
-        buckets = [ip, *self._credential_buckets(authorization, headers.get("x-api-key"))]
+        token = bearer_token(headers.get("authorization"))
+        token_hash = hash_token(token) if token else None  # the bucket's and the session's key
+        buckets = [ip, *self._credential_buckets(token_hash, headers.get("x-api-key"))]
         # An HTTP request's session is looked up in the same round trip (the view takes it from
         # the request's state); a WebSocket signs in later, in its connection_init.
-        session_token = bearer_token(authorization) if scope["type"] == "http" else None
-        decision = await self._check(scope, buckets, session_token)
+        session_token = token if scope["type"] == "http" else None
+        decision = await self._check(scope, buckets, session_token, token_hash)
         if scope["type"] == "http":
             if decision.allowed:
                 await self.app(scope, receive, send)
@@ -278,17 +279,20 @@ class RateLimitMiddleware:
         else:
             await self._refuse_websocket(scope, receive, send, decision)
 
-    def _credential_buckets(self, authorization: object, api_key: str | None) -> list[Bucket]:
+    def _credential_buckets(self, token_hash: str | None, api_key: str | None) -> list[Bucket]:
         buckets = []
-        token = bearer_token(authorization)
-        if token:
-            buckets.append(Bucket(self.session, hash_token(token)))
+        if token_hash:
+            buckets.append(Bucket(self.session, token_hash))
         if api_key:
             buckets.append(Bucket(self.partner, _sha256(api_key)))
         return buckets
 
     async def _check(
-        self, scope: Scope, buckets: Sequence[Bucket], session_token: str | None = None
+        self,
+        scope: Scope,
+        buckets: Sequence[Bucket],
+        session_token: str | None = None,
+        token_hash: str | None = None,
     ) -> Decision:
         try:
             limiter = self._limiter or self._limiter_of(scope)
@@ -296,7 +300,9 @@ class RateLimitMiddleware:
                 if session_token is None:
                     decision = await limiter.hit(buckets)
                 else:
-                    decision, lookup = await limiter.hit_and_look_up(buckets, session_token)
+                    decision, lookup = await limiter.hit_and_look_up(
+                        buckets, session_token, token_hash=token_hash
+                    )
                     if lookup is not None:
                         scope.setdefault("state", {})[SESSION_LOOKUP_STATE] = lookup
         except Exception as exc:  # any failure of the limiter: let the request through
@@ -371,9 +377,13 @@ class RateLimitMiddleware:
                 if kind == "connection_init":
                     payload = frame.get("payload") if frame else None
                     if isinstance(payload, Mapping):
-                        token = payload.get("Authorization", payload.get("authorization"))
+                        token = bearer_token(
+                            payload.get("Authorization", payload.get("authorization"))
+                        )
                         buckets = [b for b in buckets if b.limit is not self.session]
-                        buckets += self._credential_buckets(token, None)
+                        buckets += self._credential_buckets(
+                            hash_token(token) if token else None, None
+                        )
                 if kind not in ("subscribe", "start"):
                     return message
                 decision = await self._check(scope, buckets)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from services.sessions import SESSION_LOOKUP_LUA, CachedLookup, lookup_key_and_args
+from services.sessions import SESSION_LOOKUP_LUA, CachedLookup, hash_token, lookup_key_and_args
 
 KEY_PREFIX = "tq:rl:"
 
@@ -133,13 +133,19 @@ class RateLimiter:
         return _decision(buckets, await self._script(keys=keys, args=args))
 
     async def hit_and_look_up(
-        self, buckets: Sequence[Bucket], session_token: str, cost: int = 1
+        self,
+        buckets: Sequence[Bucket],
+        session_token: str,
+        cost: int = 1,
+        *,
+        token_hash: str | None = None,
     ) -> tuple[Decision, CachedLookup | None]:
         """`hit`, and when allowed, the cached session of `session_token` (for the view, so the
-        request makes one round trip to Redis for both)."""
+        request makes one round trip to Redis for both). `token_hash`: its hash, if the caller
+        has it already."""
         buckets = [b for b in buckets if b.limit.enabled]
         keys, args = _bucket_keys_and_args(buckets, cost)
-        session_key, session_args = lookup_key_and_args(session_token)
+        session_key, session_args = lookup_key_and_args(token_hash or hash_token(session_token))
         reply = await self._with_session(keys=[*keys, session_key], args=[*args, *session_args])
         decision = _decision(buckets, reply[:3])
         if not decision.allowed:

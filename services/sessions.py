@@ -68,9 +68,9 @@ class CachedLookup:
     found: list[str] | None
 
 
-def lookup_key_and_args(token: str) -> tuple[str, list[str]]:
-    """The key and arguments of `session_lookup` for `token`."""
-    return _cache_key(hash_token(token)), [uuid.uuid4().hex, str(TOKEN_TTL_SECONDS), KEY_PREFIX]
+def lookup_key_and_args(token_hash: str) -> tuple[str, list[str]]:
+    """The key and arguments of `session_lookup` for the token of `token_hash`."""
+    return _cache_key(token_hash), [uuid.uuid4().hex, str(TOKEN_TTL_SECONDS), KEY_PREFIX]
 
 
 def hash_token(token: str) -> str:
@@ -117,10 +117,12 @@ class SessionStore:
         that lives on. `prefetched`: the cache's answer for this token, already fetched."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             return None, None
+        token_hash: str | None = None
         if prefetched is not None and prefetched.token == token:
             found = prefetched.found
         else:
-            key, args = lookup_key_and_args(token)
+            token_hash = hash_token(token)
+            key, args = lookup_key_and_args(token_hash)
             found = await self._lookup(keys=[key], args=args)
         if found:
             data = json.loads(found[0])
@@ -130,7 +132,7 @@ class SessionStore:
             if session.expires_at <= datetime.now(UTC):
                 return None, None
             return session, (found[1] if len(found) > 1 else None)
-        token_hash = hash_token(token)
+        token_hash = token_hash or hash_token(token)
         async with single_read(self._engine) as conn:
             row = (
                 await conn.execute(
