@@ -69,6 +69,11 @@ def encode_quote(q: Quote) -> str:
     )
 
 
+def record_timestamp_ns(record: str) -> int:
+    """The source time of a wire record (its last field), without decoding the rest."""
+    return int(record[record.rfind(FIELD_SEPARATOR) + 1 :])
+
+
 def decode_quote(record: str) -> Quote:
     symbol, bid, ask, bid_size, ask_size, last, volume, ts = record.split(FIELD_SEPARATOR)
     return Quote(

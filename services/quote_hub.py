@@ -17,8 +17,14 @@ from typing import TypeVar, cast
 from broadcaster import Broadcast
 from broadcaster._base import Unsubscribed
 
-from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
-from services.quote_mirror import QuoteMirror, record_timestamp_ns
+from services.marketdata import (
+    FIELD_SEPARATOR,
+    RECORD_SEPARATOR,
+    Quote,
+    decode_quote,
+    record_timestamp_ns,
+)
+from services.quote_mirror import QuoteMirror
 from services.quote_store import QUOTES_CHANNEL
 
 log = logging.getLogger("tradeql.quote_hub")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from services.marketdata import FIELD_SEPARATOR, Quote
+from services.marketdata import Quote
 from services.quote_store import QuoteStore
 
 
@@ -34,11 +34,6 @@ class _Known:
 
     def __init__(self, quote: Quote) -> None:
         self.quote = quote
-
-
-def record_timestamp_ns(record: str) -> int:
-    """The source time of a wire record (its last field), without decoding the rest."""
-    return int(record[record.rfind(FIELD_SEPARATOR) + 1 :])
 
 
 class _Entry:

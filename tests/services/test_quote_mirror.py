@@ -10,9 +10,9 @@ from decimal import Decimal
 import pytest
 
 from services.container import Services
-from services.marketdata import Quote, encode_batch, encode_quote
+from services.marketdata import Quote, encode_batch, encode_quote, record_timestamp_ns
 from services.quote_hub import QuoteHub
-from services.quote_mirror import QuoteMirror, record_timestamp_ns
+from services.quote_mirror import QuoteMirror
 from services.quote_store import QUOTES_CHANNEL
 from services.settings import Settings
 from tests.clocks import ManualClock
