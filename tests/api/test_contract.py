@@ -21,9 +21,71 @@ from gateway.graphql_schema import build_schema as build_served_schema
 
 CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "contract.graphql"
 
-# Contract fields not served yet, by the issue that builds them. Shrinks to nothing.
-NOT_YET_BUILT: dict[str, set[str]] = {}
-NOT_YET_BUILT_TYPES: set[str] = set()
+# Contract parts not served yet, by the issue that builds them. Shrinks to nothing.
+_CACHE_IDENTITY = {
+    "Quote": {"id"},
+    "Security": {"id"},
+    "Position": {"id"},
+    "Portfolio": {"id"},
+}  # 14
+_ORDER_VERSION = {"Order": {"version"}}  # 11
+_TRADING_PARITY: dict[str, set[str]] = {  # 15
+    "Order": {
+        "orderClass",
+        "legs",
+        "parentId",
+        "trailPrice",
+        "trailPercent",
+        "highWaterMark",
+        "extendedHours",
+        "replaces",
+        "replacedBy",
+        "events",
+    },
+    "Position": {"previousClose", "dayChange"},
+    "Portfolio": {"dayChange", "dayChangePercent"},
+    "MarketClock": {"session"},
+    "Query": {"activities"},
+    "PlaceOrderInput": {
+        "trailPrice",
+        "trailPercent",
+        "extendedHours",
+        "orderClass",
+        "takeProfit",
+        "stopLoss",
+    },
+    "Mutation": {"replaceOrder", "cancelAllOrders", "closePosition", "closeAllPositions"},
+}
+
+
+def _merge(*parts: dict[str, set[str]]) -> dict[str, set[str]]:
+    merged: dict[str, set[str]] = {}
+    for part in parts:
+        for type_name, fields in part.items():
+            merged.setdefault(type_name, set()).update(fields)
+    return merged
+
+
+NOT_YET_BUILT: dict[str, set[str]] = _merge(_CACHE_IDENTITY, _ORDER_VERSION, _TRADING_PARITY)
+NOT_YET_BUILT_TYPES: set[str] = {  # 15
+    "OrderClass",
+    "MarketSession",
+    "ActivityType",
+    "OrderLifecycleEvent",
+    "Activity",
+    "ActivityEdge",
+    "ActivityConnection",
+    "TakeProfitInput",
+    "StopLossInput",
+    "ReplaceOrderInput",
+    "OrdersPayload",
+}
+NOT_YET_BUILT_ENUM_VALUES: dict[str, set[str]] = {  # 15
+    "OrderType": {"TRAILING_STOP"},
+    "OrderStatus": {"REPLACED"},
+    "OrderEvent": {"REPLACED", "TRIGGERED"},
+    "ErrorCode": {"NOT_REPLACEABLE"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +128,13 @@ def test_every_served_contract_type_has_all_its_fields(
         served_type = served.type_map[name]
         assert type(served_type) is type(contract_type), name
         if isinstance(contract_type, GraphQLEnumType):
-            assert set(contract_type.values) <= set(served_type.values), name  # type: ignore[attr-defined]
+            served_values = set(served_type.values)  # type: ignore[attr-defined]
+            absent = set(contract_type.values) - served_values
+            listed = NOT_YET_BUILT_ENUM_VALUES.get(name, set())
+            assert absent <= listed, f"{name} lacks values {absent - listed}"
+            assert not (listed & served_values), (
+                f"{name}: served now, remove from NOT_YET_BUILT_ENUM_VALUES: {listed & served_values}"
+            )
         if isinstance(contract_type, GraphQLObjectType | GraphQLInputObjectType):
             missing = set(_fields(contract_type)) - set(_fields(served_type))
             allowed = NOT_YET_BUILT.get(name, set())
@@ -80,6 +148,11 @@ def test_nothing_served_breaks_the_contract(contract: GraphQLSchema, served: Gra
     """graphql-core's own breaking-change check, less the absences listed above."""
     allowed = {f"Field {t}.{f} was removed." for t, fields in NOT_YET_BUILT.items() for f in fields}
     allowed |= {f"{t} was removed." for t in NOT_YET_BUILT_TYPES}
+    allowed |= {
+        f"Enum value {t}.{v} was removed."
+        for t, values in NOT_YET_BUILT_ENUM_VALUES.items()
+        for v in values
+    }
     allowed |= {
         f"Standard scalar {t} was removed because it is not referenced anymore."
         for t in NOT_YET_BUILT_TYPES
