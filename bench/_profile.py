@@ -198,8 +198,8 @@ def cprofile_quote_cache(seconds: float, top: int) -> str:
     It joins the same consumer group as the quote cache process would, so stop that one first
     to give this one all of the load. cProfile itself slows Python code down, often by 2x.
     """
-    from services.redis import create_redis
-    from services.settings import get_settings
+    from services.infra.redis import create_redis
+    from services.infra.settings import get_settings
     from workers.quotes import QuoteCache
 
     profiler = cProfile.Profile()

@@ -114,7 +114,7 @@ class Walk:
     def records(self, count: int, ts_ns: int) -> dict[int, list[str]]:
         """`count` quote records, each `symbol|bid|ask|bid size|ask size|last|volume|ts`, by
         stream partition (as the feed would write them)."""
-        from services.streams import partition_of
+        from services.infra.streams import partition_of
 
         by_partition: dict[int, list[str]] = {}
         gauss, order, cents, names = self.random.gauss, self.order, self.cents, self.names
@@ -153,8 +153,8 @@ class IndexResult:
 
 def run_index(args: argparse.Namespace) -> IndexResult:
 
-    from services.alert_index import AlertIndex, Condition, WatchedAlert
-    from services.streams import StreamMessage
+    from services.alerts.alert_index import AlertIndex, Condition, WatchedAlert
+    from services.infra.streams import StreamMessage
     from workers.alerts import cross_quotes
     from workers.metrics import LogOncePerKind
 
@@ -716,7 +716,7 @@ def _print_e2e(args: argparse.Namespace, r: E2eResult) -> None:
 
 
 def run_checker(metrics_port: int) -> None:
-    from services.settings import get_settings
+    from services.infra.settings import get_settings
     from workers.alerts import AlertChecker
     from workers.runner import run_worker
 

@@ -856,7 +856,7 @@ def run_check(config: Config) -> tuple[bool, str]:
 
 
 def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
-    from services.settings import Settings
+    from services.infra.settings import Settings
 
     admin, redis_base = server_urls()
     admin = with_path(admin, "/postgres")

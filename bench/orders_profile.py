@@ -17,7 +17,7 @@ IDLE_LEAVES = ("EpollSelector.select", "_PollLikeSelector.select", "select (sele
 API_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("GraphQL validation (validate_document)", ("validate_document",)),
     ("GraphQL parsing", ("parse (graphql/language/parser.py", "Parser.parse_document")),
-    ("order placement batch (services/placement.py)", ("services/placement.py",)),
+    ("order placement batch (services/orders/placement.py)", ("services/orders/placement.py",)),
     (
         "orderUpdates subscriptions (pub/sub -> WebSocket)",
         (
@@ -28,16 +28,16 @@ API_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "broadcaster",
         ),
     ),
-    ("session lookup (services/sessions.py)", ("services/sessions.py",)),
+    ("session lookup (services/accounts/sessions.py)", ("services/accounts/sessions.py",)),
     ("GraphQL execution (resolvers, result)", ("Schema.execute", "graphql/execution")),
     ("HTTP / ASGI (uvicorn, starlette)", ("httptools_impl", "starlette/", "gateway/middleware.py")),
 )
 MATCHER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("fill transaction (services/fills.py execute)", ("execute (services/fills.py",)),
-    ("PENDING->SUBMITTED / trigger (fills.mark)", ("mark (services/fills.py",)),
-    ("close / cancel (fills.close)", ("close (services/fills.py",)),
-    ("venue routing (services/routing.py)", ("services/routing.py",)),
-    ("publishing order events", ("services/order_events.py",)),
+    ("fill transaction (services/orders/fills.py execute)", ("execute (services/orders/fills.py",)),
+    ("PENDING->SUBMITTED / trigger (fills.mark)", ("mark (services/orders/fills.py",)),
+    ("close / cancel (fills.close)", ("close (services/orders/fills.py",)),
+    ("venue routing (services/orders/routing.py)", ("services/orders/routing.py",)),
+    ("publishing order events", ("services/orders/order_events.py",)),
     ("quote stream reading (_read_quotes)", ("_read_quotes",)),
     ("sweep / rebuild (all open orders)", ("PartitionMatcher.sweep", "PartitionMatcher.rebuild")),
     ("reading new orders (XREADGROUP, orders_by_id)", ("_handle_messages", "ConsumerGroup.read")),

@@ -1010,7 +1010,7 @@ def wait_for_quiet(threshold: float, max_wait: float) -> float:
 
 
 def make_config(args: argparse.Namespace, log_dir: Path, redis_base: str | None) -> Config:
-    from services.settings import Settings
+    from services.infra.settings import Settings
 
     admin, redis_base = server_urls(redis_base)
     database_url = with_path(admin, f"/{args.database}")

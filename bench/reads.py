@@ -220,7 +220,7 @@ def quotes_present(redis_url: str, symbols: Sequence[str]) -> int:
     """How many of the symbols have their `quote:{SYM}` hash in the bench's Redis db."""
     import redis
 
-    from services.quote_store import quote_key
+    from services.market_data.quote_store import quote_key
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
@@ -478,7 +478,11 @@ class System:
             return
         for name in ("feed", "quotes"):
             worker = Managed(
-                name, tradeql_argv(name), self.env, self.config.log_dir / f"{name}.log", self.registry
+                name,
+                tradeql_argv(name),
+                self.env,
+                self.config.log_dir / f"{name}.log",
+                self.registry,
             )
             worker.start()
             self.market.append(worker)

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args(argv)
     from bench.reads_whatif import apply
-    from services.settings import get_settings
+    from services.infra.settings import get_settings
 
     apply([f for f in args.fix.split(",") if f])
     tokens = json.loads(args.tokens.read_text())

@@ -29,7 +29,7 @@ from pathlib import Path
 from bench._profile import _frame_name, parse_raw, serve_under_cprofile
 
 # (layer, path prefixes). py-spy names files relative to their sys.path entry
-# ("graphql/execution/execute.py", "services/portfolio.py"); absolute paths are cut the same way.
+# ("graphql/execution/execute.py", "services/portfolio/valuation.py"); absolute paths are cut the same way.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("JSON encoding/decoding (json, orjson)", ("json/", "orjson")),
     ("SQL client: asyncpg", ("asyncpg/",)),
@@ -120,12 +120,18 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("pool pre-ping on checkout (BEGIN; ';'; ROLLBACK)", ("_async_ping (",)),
     ("rollback when a connection goes back to the pool", ("AsyncConnection.close (",)),
     ("rate limit check (RateLimitMiddleware: one Redis script call)", ("RateLimiter.hit (",)),
-    ("session lookup (SessionStore.authenticate)", ("authenticate (services/sessions.py)",)),
-    ("holdings SQL (Portfolios.holdings)", ("holdings (services/portfolio.py)",)),
-    ("history SQL (OrderStore.history)", ("history (services/order_store.py)",)),
-    ("executions SQL (OrderStore.executions_for)", ("executions_for (services/order_store.py)",)),
-    ("quotes from Redis (QuoteStore.read)", ("read (services/quote_store.py)",)),
-    ("valuation math (services/portfolio.value)", ("value (services/portfolio.py)",)),
+    (
+        "session lookup (SessionStore.authenticate)",
+        ("authenticate (services/accounts/sessions.py)",),
+    ),
+    ("holdings SQL (Portfolios.holdings)", ("holdings (services/portfolio/valuation.py)",)),
+    ("history SQL (OrderStore.history)", ("history (services/orders/order_store.py)",)),
+    (
+        "executions SQL (OrderStore.executions_for)",
+        ("executions_for (services/orders/order_store.py)",),
+    ),
+    ("quotes from Redis (QuoteStore.read)", ("read (services/market_data/quote_store.py)",)),
+    ("valuation math (services/portfolio.value)", ("value (services/portfolio/valuation.py)",)),
     ("to_order / to_position mapping", ("to_order (resolvers/orders.py)", "to_position (")),
     ("response JSON encoding", ("encode_json (", "dumps (json/__init__.py)")),
 ]

@@ -9,12 +9,12 @@ orders each take seconds. The books balance (`tradeql check` passes):
 * order i of a user trades symbol `i % positions` of its holdings; per symbol every order is a
   BUY of 10 shares except the last one, a SELL of 5 (when the symbol has 2 or more orders), at a
   price near the symbol's base price, so the position is its buys less the sell, at average
-  cost, with realized P&L from the sell (the arithmetic of `services/positions.py`);
+  cost, with realized P&L from the sell (the arithmetic of `services/portfolio/positions.py`);
 * every other BUY is filled in two executions (4 + 6 shares), the rest in one;
 * one `fill.bench` ledger transaction per user moves the net cash and every symbol's shares
   from the venue, so cash and positions agree with the ledger.
 
-Session tokens are random; only their sha256 hex is stored (as `services/sessions.py` does).
+Session tokens are random; only their sha256 hex is stored (as `services/accounts/sessions.py` does).
 """
 
 from __future__ import annotations
@@ -270,8 +270,8 @@ async def _write_quotes(redis_url: str, symbols: list[str]) -> tuple[int, str]:
     from redis.asyncio import Redis
     from redis.exceptions import ResponseError
 
-    from services.marketdata import Quote
-    from services.quote_store import QuoteStore, quote_key
+    from services.market_data.marketdata import Quote
+    from services.market_data.quote_store import QuoteStore, quote_key
 
     redis: Any = Redis.from_url(redis_url, decode_responses=True)
     try:

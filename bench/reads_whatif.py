@@ -6,7 +6,7 @@ suggestions without touching the project's files (measurement only, never for pr
 (A third one, the validation rules built once so that strawberry's ValidationCache hits, is in
 gateway/graphql_schema.py since commit 53f6305.)
 
-* `preping`: no ping at all (services/db.py pings a connection only after it sat idle for
+* `preping`: no ping at all (services/infra/db.py pings a connection only after it sat idle for
   TRADEQL_DB_PING_IDLE_SECONDS; this engine never does);
 * `autocommit`: the engine in AUTOCOMMIT, so a read is one round trip, not BEGIN + query +
   ROLLBACK. Only sound for this read-only benchmark: writes would lose their transactions.
@@ -25,9 +25,9 @@ FIXES = ("preping", "autocommit")
 def _patch_engine(pre_ping: bool, autocommit: bool) -> None:
     from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-    import services.container
-    import services.db
-    from services.settings import Settings
+    import services.infra.container
+    import services.infra.db
+    from services.infra.settings import Settings
 
     def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
         assert settings.database_url
@@ -35,7 +35,7 @@ def _patch_engine(pre_ping: bool, autocommit: bool) -> None:
         if autocommit:
             options["isolation_level"] = "AUTOCOMMIT"
         return create_async_engine(
-            services.db.asyncpg_url(settings.database_url),
+            services.infra.db.asyncpg_url(settings.database_url),
             pool_size=pool_size or settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_pre_ping=pre_ping,
@@ -48,8 +48,8 @@ def _patch_engine(pre_ping: bool, autocommit: bool) -> None:
             **options,
         )
 
-    services.db.create_engine = create_engine
-    services.container.create_engine = create_engine  # type: ignore[attr-defined]
+    services.infra.db.create_engine = create_engine
+    services.infra.container.create_engine = create_engine  # type: ignore[attr-defined]
 
 
 def apply(fixes: Sequence[str]) -> None:

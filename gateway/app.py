@@ -20,8 +20,8 @@ from gateway.logging import install_request_id
 from gateway.metrics import REGISTRY, CacheCollector, PoolCollector
 from gateway.middleware import RequestIdMiddleware
 from gateway.view import GraphQLView
-from services.container import Services
-from services.settings import Settings, get_settings
+from services.infra.container import Services
+from services.infra.settings import Settings, get_settings
 
 log = logging.getLogger("tradeql.api")
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from services.settings import Settings, get_settings
+from services.infra.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from services.container import Services
+    from services.infra.container import Services
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ def demo() -> None:
     settings = _setup()
     _require_database(settings)
     from gateway.demo import seed_demo_data
-    from services.container import Services
+    from services.infra.container import Services
 
     async def run() -> None:
         services = Services.from_settings(settings)
@@ -170,7 +170,7 @@ def securities_load(
     """Load symbol directories in the NASDAQ Trader format (pipe-separated, with a footer)."""
     settings = _setup()
     _require_database(settings)
-    from services.securities import DirectoryFormatError, parse_directory
+    from services.market_data.securities import DirectoryFormatError, parse_directory
 
     loaded: list[object] = []
     for file in files:
@@ -190,7 +190,7 @@ def securities_defaults(
     """Load the default universe (large caps and ETFs), plus synthetic symbols for benchmarks."""
     settings = _setup()
     _require_database(settings)
-    from services.securities import DEFAULT_UNIVERSE, synthetic_universe
+    from services.market_data.securities import DEFAULT_UNIVERSE, synthetic_universe
 
     count = asyncio.run(
         _load_securities(settings, [*DEFAULT_UNIVERSE, *synthetic_universe(synthetic)])
@@ -221,7 +221,7 @@ def partners_add(
     """
     settings = _setup()
     _require_database(settings)
-    from services.partners import PartnerError, check_against_schema, parse_manifest
+    from services.partners.registry import PartnerError, check_against_schema, parse_manifest
 
     try:
         documents = parse_manifest(
@@ -270,7 +270,7 @@ def partners_revoke(name: Annotated[str, typer.Argument(help="the partner's name
     """End a partner's API key at once, on every API process."""
     settings = _setup()
     _require_database(settings)
-    from services.partners import PartnerError
+    from services.partners.registry import PartnerError
 
     try:
         asyncio.run(_with_services(settings, lambda s: s.partners.revoke(name)))
@@ -281,7 +281,7 @@ def partners_revoke(name: Annotated[str, typer.Argument(help="the partner's name
 
 
 async def _with_services(settings: Settings, use: Callable[[Services], Awaitable[T]]) -> T:
-    from services.container import Services
+    from services.infra.container import Services
 
     services = Services.from_settings(settings)
     try:
@@ -291,7 +291,7 @@ async def _with_services(settings: Settings, use: Callable[[Services], Awaitable
 
 
 async def _load_securities(settings: Settings, securities: list[object]) -> int:
-    from services.container import Services
+    from services.infra.container import Services
 
     services = Services.from_settings(settings)
     try:
@@ -416,8 +416,8 @@ def eod(
     """End of day: expire DAY orders, snapshot equity, roll partitions, purge old idempotency keys."""
     settings = _setup()
     _require_database(settings)
-    from services.container import Services
-    from services.eod import run_eod
+    from services.infra.container import Services
+    from services.orders.eod import run_eod
 
     async def run() -> None:
         services = Services.from_settings(settings)
@@ -457,8 +457,8 @@ def check() -> None:
     """Recompute balances and positions from the ledger and executions; exit 1 on a difference."""
     settings = _setup()
     _require_database(settings)
-    from services.db import create_engine
-    from services.reconcile import find_differences
+    from services.accounts.reconcile import find_differences
+    from services.infra.db import create_engine
 
     async def run() -> list[str]:
         engine = create_engine(settings)

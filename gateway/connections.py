@@ -12,7 +12,7 @@ from broadcaster import Broadcast
 from broadcaster._base import Unsubscribed
 from starlette.websockets import WebSocket, WebSocketState
 
-from services.sessions import REVOKED_CHANNEL
+from services.accounts.sessions import REVOKED_CHANNEL
 
 log = logging.getLogger("tradeql.connections")
 GOING_AWAY = 1001

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
-from services.container import Services
 from services.errors import EmailTaken
+from services.infra.container import Services
 
 log = logging.getLogger("tradeql.demo")
 

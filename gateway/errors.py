@@ -9,7 +9,7 @@ from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 from strawberry.types import ExecutionContext
 
-from services.request_context import current_request_id
+from services.infra.request_context import current_request_id
 
 log = logging.getLogger("tradeql.errors")
 

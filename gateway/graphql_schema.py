@@ -22,7 +22,7 @@ from gateway.metrics import MetricsExtension
 from resolvers.loaders import LoadersExtension
 from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_OVERRIDES
-from services.settings import Settings, get_settings
+from services.infra.settings import Settings, get_settings
 
 DOCUMENT_CACHE_SIZE = 4096
 

@@ -36,8 +36,8 @@ from strawberry.extensions.query_depth_limiter import create_validator as depth_
 from gateway.metrics import REGISTRY
 from gateway.ratelimit import ALLOWED, Bucket, Decision, Limit, RateLimiter
 from gateway.view import SESSION_LOOKUP_STATE, bearer_token
-from services.sessions import hash_token
-from services.settings import Settings
+from services.accounts.sessions import hash_token
+from services.infra.settings import Settings
 
 log = logging.getLogger("tradeql.guards")
 

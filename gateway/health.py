@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.connections import CONNECTIONS
 from gateway.metrics import REGISTRY
-from services.container import Services
+from services.infra.container import Services
 
 READY_TIMEOUT_SECONDS = 2.0
 

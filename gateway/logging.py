@@ -7,7 +7,7 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-from services.request_context import current_request_id
+from services.infra.request_context import current_request_id
 
 _base_factory = logging.getLogRecordFactory()
 

@@ -13,8 +13,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.extensions import SchemaExtension
 
-from services.holdings_cache import HoldingsCache
-from services.quote_mirror import QuoteMirror
+from services.market_data.quote_mirror import QuoteMirror
+from services.portfolio.holdings_cache import HoldingsCache
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

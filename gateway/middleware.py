@@ -11,7 +11,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import HTTP_REQUESTS
-from services.request_context import request_id_var
+from services.infra.request_context import request_id_var
 
 log = logging.getLogger("tradeql.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")

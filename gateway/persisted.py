@@ -32,10 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from strawberry.http import GraphQLRequestData
 
-from services.partners import Partners, document_hash, normalize_hash
+from services.partners.registry import Partners, document_hash, normalize_hash
 
 if TYPE_CHECKING:
-    from services.container import Services
+    from services.infra.container import Services
 
 APQ_VERSION = 1
 API_KEY_HEADER = "x-api-key"

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from services.sessions import SESSION_LOOKUP_LUA, CachedLookup, hash_token, lookup_key_and_args
+from services.accounts.sessions import (
+    SESSION_LOOKUP_LUA,
+    CachedLookup,
+    hash_token,
+    lookup_key_and_args,
+)
 
 KEY_PREFIX = "tq:rl:"
 
@@ -53,7 +58,7 @@ end
 _GCRA = _GCRA_FUNCTION + "return gcra(#KEYS)"
 
 # The same, then (when allowed) the session cached under the last key, with its user's holdings
-# token (services/sessions.py: session_lookup; its three arguments follow the cost): what an
+# token (services/accounts/sessions.py: session_lookup; its three arguments follow the cost): what an
 # HTTP request with a bearer token needs from Redis before it runs, in one round trip.
 _GCRA_AND_SESSION = (
     SESSION_LOOKUP_LUA

@@ -33,9 +33,9 @@ from gateway.persisted import (
 )
 from gateway.ws_persisted import PersistedGraphQLTransportWSHandler
 from resolvers.context import Context
-from services.container import Services
-from services.request_context import current_request_id
-from services.settings import Settings
+from services.infra.container import Services
+from services.infra.request_context import current_request_id
+from services.infra.settings import Settings
 
 # Where the rate limiter leaves the session it looked up for an HTTP request (a CachedLookup).
 SESSION_LOOKUP_STATE = "tradeql.session_lookup"

@@ -10,7 +10,7 @@ from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
 from resolvers.portfolio import holdings_written
 from schema.accounts import AuthPayload, DepositPayload, User
-from services import users
+from services.accounts import users
 from services.errors import DomainError
 
 

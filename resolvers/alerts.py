@@ -13,7 +13,7 @@ from strawberry import UNSET
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
 from schema import alerts as schema
-from services import alerts
+from services.alerts import price_alerts as alerts
 from services.errors import DomainError, NotFound
 from services.money import trim_price
 

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from services.container import Services
-from services.sessions import SessionInfo
+from services.accounts.sessions import SessionInfo
+from services.infra.container import Services
 
 
 @dataclass

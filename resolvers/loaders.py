@@ -18,9 +18,11 @@ from uuid import UUID
 from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
 
-from services import marketdata, order_model, portfolio, securities
-from services.bars import Bar, Interval
-from services.container import Services
+from services.infra.container import Services
+from services.market_data import marketdata, securities
+from services.market_data.bars import Bar, Interval
+from services.orders import order_model
+from services.portfolio import valuation as portfolio
 
 BarKey = tuple[str, Interval, datetime, datetime]
 

@@ -11,8 +11,8 @@ from resolvers.context import Info
 from resolvers.loaders import current_loaders
 from resolvers.shared_events import shared_event
 from schema.marketdata import Bar, BarInterval, MarketClock, Quote, Security
-from services import bars, marketdata
-from services.securities import is_valid_symbol, normalize_symbol
+from services.market_data import bars, marketdata
+from services.market_data.securities import is_valid_symbol, normalize_symbol
 
 
 def input_error(message: str, code: str = "INVALID_INPUT") -> GraphQLError:

@@ -16,11 +16,11 @@ from resolvers.errors import to_user_error
 from resolvers.loaders import current_loaders, fresh_loaders
 from resolvers.portfolio import holdings_written
 from schema import orders as schema
-from services import order_events, order_model
 from services.errors import DomainError, NotFound
 from services.money import trim_price, trim_quantity
-from services.order_rules import PlaceOrder
-from services.order_store import encode_cursor
+from services.orders import order_events, order_model
+from services.orders.order_rules import PlaceOrder
+from services.orders.order_store import encode_cursor
 
 
 def to_order(order: order_model.Order) -> schema.Order:

@@ -14,9 +14,9 @@ from resolvers.loaders import current_loaders, fresh_loaders
 from resolvers.shared_events import shared_value
 from schema.accounts import HistorySpan, Portfolio, PortfolioPoint, Position
 from schema.marketdata import Quote
-from services import marketdata
-from services import portfolio as domain
+from services.market_data import marketdata
 from services.money import trim_quantity
+from services.portfolio import valuation as domain
 
 # How far back each span looks, and the bucket that thins its snapshots.
 SPANS: dict[HistorySpan, tuple[timedelta | None, str | None]] = {

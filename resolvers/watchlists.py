@@ -13,8 +13,8 @@ from resolvers.errors import to_user_error
 from resolvers.loaders import current_loaders
 from schema.marketdata import Security
 from schema.watchlists import DeletePayload, Watchlist, WatchlistPayload
-from services import watchlists as domain
 from services.errors import DomainError, NotFound
+from services.watchlists import lists as domain
 
 
 def to_watchlist(found: domain.Watchlist) -> Watchlist:

@@ -10,8 +10,8 @@ from typing import Annotated
 import strawberry
 from strawberry import UNSET
 
-from services import bars as bars_domain
-from services import marketdata
+from services.market_data import bars as bars_domain
+from services.market_data import marketdata
 from services.money import trim_price
 
 

@@ -9,8 +9,8 @@ import strawberry
 from strawberry import UNSET
 
 from schema.errors import UserError
-from services import order_model
 from services.money import trim_price, trim_quantity
+from services.orders import order_model
 
 # The domain's enums are the contract's: one definition, exposed under the contract's names.
 strawberry.enum(order_model.Side, name="OrderSide")

@@ -42,8 +42,8 @@ from redis.asyncio import Redis
 from gateway.app import create_app
 from gateway.embedded import EmbeddedServers, port_answers
 from gateway.migrate import upgrade
-from services.container import Services
-from services.settings import Settings, get_settings
+from services.infra.container import Services
+from services.infra.settings import Settings, get_settings
 from tests.graphql_client import GraphQLClient
 
 TEST_REDIS_DBS = range(11, 16)

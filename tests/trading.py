@@ -11,13 +11,13 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from services.container import Services
-from services.marketdata import Quote, encode_quote
-from services.order_model import Order, OrderType, Side, Status, TimeInForce
-from services.order_rules import PlaceOrder
-from services.order_store import orders_by_id
-from services.quote_store import QUOTES_CHANNEL
-from services.securities import Security
+from services.infra.container import Services
+from services.market_data.marketdata import Quote, encode_quote
+from services.market_data.quote_store import QUOTES_CHANNEL
+from services.market_data.securities import Security
+from services.orders.order_model import Order, OrderType, Side, Status, TimeInForce
+from services.orders.order_rules import PlaceOrder
+from services.orders.order_store import orders_by_id
 from workers.feed import StreamPublisher
 
 PASSWORD = "violet-harbor-lantern-42"
@@ -144,8 +144,8 @@ async def book_fill(
     services: Services, user_id: UUID, symbol: str, side: str, quantity: str, price: str
 ) -> Order:
     """What the matcher would do for a limit order at `price`: place it, then fill it there."""
-    from services import fills
-    from services.holdings_version import forget_now
+    from services.orders import fills
+    from services.portfolio.holdings_version import forget_now
 
     order = await place(
         services, user_id, symbol, side, type="LIMIT", quantity=quantity, limit=price

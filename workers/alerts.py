@@ -3,7 +3,7 @@
 Every checker process holds every ACTIVE alert in an `AlertIndex` (per symbol, sorted by
 threshold), so a quote touches only the alerts it crosses. Quotes are split between the checkers
 of the group "alerts"; triggers happen once whatever the number of checkers, because recording
-one is a conditional update in PostgreSQL (`services.alerts.mark_triggered`): only the alerts it
+one is a conditional update in PostgreSQL (`services.alerts.price_alerts.mark_triggered`): only the alerts it
 moved from ACTIVE to TRIGGERED are published, to their owners' `alerts:{user_id}` channels. A
 batch of stream messages is acknowledged after that commit and that publish (at once, if it
 crossed nothing).
@@ -23,7 +23,7 @@ What the index holds follows PostgreSQL:
   milliseconds;
 * every `alert_resync_seconds` (and at once after the pub/sub connection was lost) it re-reads
   the alerts created or cancelled since its last read (a transaction-id watermark, exact: see
-  `services.alerts.changed_since`), so a lost notification costs seconds, never the alert.
+  `services.alerts.price_alerts.changed_since`), so a lost notification costs seconds, never the alert.
 
 The index is a hint; PostgreSQL decides. An alert the index still holds after it was cancelled
 or triggered elsewhere costs one conditional update that changes nothing.
@@ -54,11 +54,11 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services import alerts
-from services.alert_index import AlertIndex, WatchedAlert
-from services.container import Services
-from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
-from services.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
+from services.alerts import price_alerts as alerts
+from services.alerts.alert_index import AlertIndex, WatchedAlert
+from services.infra.container import Services
+from services.infra.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
+from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
 from workers.metrics import GROUPS_RECREATED, LogOncePerKind
 
 log = logging.getLogger("tradeql.alerts")

@@ -13,10 +13,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.bars import BarBuilder, upsert_bars
-from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
-from services.settings import Settings
-from services.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
+from services.infra.settings import Settings
+from services.infra.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
+from services.market_data.bars import BarBuilder, upsert_bars
+from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
 from workers.metrics import BARS_UPSERTED, LogOncePerKind
 
 log = logging.getLogger("tradeql.bars")

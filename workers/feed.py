@@ -22,10 +22,10 @@ from purgatory.domain.model import OpenedState
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.container import Services
-from services.marketdata import Quote, QuoteBook, encode_batch
-from services.settings import Settings
-from services.streams import partition_of, quote_stream
+from services.infra.container import Services
+from services.infra.settings import Settings
+from services.infra.streams import partition_of, quote_stream
+from services.market_data.marketdata import Quote, QuoteBook, encode_batch
 from workers.metrics import (
     FEED_BREAKER_OPEN,
     FEED_DROPPED,

@@ -22,18 +22,18 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from services import fills, order_events
-from services.container import Services
-from services.db import single_read
-from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
-from services.matching import OrderBook
-from services.order_model import Order, OrderType, Side, Status, TimeInForce
-from services.order_rules import tick_for
-from services.order_store import open_orders, orders_by_id
-from services.placement import order_stream
-from services.routing import VenueRouter, parse_faults
-from services.settings import Settings
-from services.streams import ConsumerGroup, consumer_name, partition_of, quote_stream
+from services.infra.container import Services
+from services.infra.db import single_read
+from services.infra.settings import Settings
+from services.infra.streams import ConsumerGroup, consumer_name, partition_of, quote_stream
+from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
+from services.orders import fills, order_events
+from services.orders.matching import OrderBook
+from services.orders.order_model import Order, OrderType, Side, Status, TimeInForce
+from services.orders.order_rules import tick_for
+from services.orders.order_store import open_orders, orders_by_id
+from services.orders.placement import order_stream
+from services.orders.routing import VenueRouter, parse_faults
 from workers.metrics import MATCHER_EXECUTIONS, MATCHER_PARTITIONS, MATCHER_WORKING
 
 log = logging.getLogger("tradeql.matcher")
@@ -390,9 +390,10 @@ class PartitionMatcher:
                         self.book.replace(fresh)
                 return None
             except DBAPIError as exc:
-                retryable = exc.connection_invalidated or getattr(
-                    exc.orig, "sqlstate", None
-                ) in ("40P01", "40001")
+                retryable = exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in (
+                    "40P01",
+                    "40001",
+                )
                 if attempt == 2 or not retryable:
                     raise
         return None

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
-from services.quote_store import QUOTES_CHANNEL, QuoteStore
-from services.settings import Settings
-from services.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
+from services.infra.settings import Settings
+from services.infra.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
+from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
+from services.market_data.quote_store import QUOTES_CHANNEL, QuoteStore
 from workers.metrics import (
     GROUPS_RECREATED,
     QUOTE_WINDOW_SECONDS,

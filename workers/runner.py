@@ -7,8 +7,8 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
-from services.container import Services
-from services.settings import Settings
+from services.infra.container import Services
+from services.infra.settings import Settings
 from workers.metrics import serve_metrics
 
 log = logging.getLogger("tradeql.workers")

@@ -11,9 +11,9 @@ import time
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from services.clock import MarketClock
-from services.container import Services
-from services.eod import run_eod, snapshot_equity
+from services.infra.container import Services
+from services.market_data.clock import MarketClock
+from services.orders.eod import run_eod, snapshot_equity
 
 log = logging.getLogger("tradeql.scheduler")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -6,7 +6,7 @@ Revises:
 
 from alembic import op
 
-from services.sqlscript import execute_script
+from services.infra.sqlscript import execute_script
 
 revision = "0001"
 down_revision = None

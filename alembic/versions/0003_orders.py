@@ -6,14 +6,14 @@ Revises: 0002
 
 from alembic import op
 
-from services.sqlscript import execute_script
+from services.infra.sqlscript import execute_script
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# The allowed changes of status: the same pairs as services/order_model.py TRANSITIONS
+# The allowed changes of status: the same pairs as services/orders/order_model.py TRANSITIONS
 # (tests/services/test_order_states.py keeps them equal).
 TRANSITIONS = [
     ("PENDING", "SUBMITTED"),

@@ -6,7 +6,7 @@ Revises: 0003
 
 from alembic import op
 
-from services.sqlscript import execute_script
+from services.infra.sqlscript import execute_script
 
 revision = "0004"
 down_revision = "0003"
@@ -15,7 +15,7 @@ depends_on = None
 
 UPGRADE = r"""
 -- Names are stored trimmed, 1-100 characters, without control characters, and unique per user
--- ignoring case (services/watchlists.py answers a clash with INVALID_INPUT on `name`).
+-- ignoring case (services/watchlists/lists.py answers a clash with INVALID_INPUT on `name`).
 CREATE TABLE watchlists (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     user_id     uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,

@@ -6,7 +6,7 @@ Revises: 0004
 
 from alembic import op
 
-from services.sqlscript import execute_script
+from services.infra.sqlscript import execute_script
 
 revision = "0005"
 down_revision = "0004"
@@ -29,7 +29,7 @@ CREATE TABLE price_alerts (
     cancelled_at     timestamptz,
     -- The transaction that last changed the row (set on insert, and by the trigger below on every
     -- update): the checkers re-read exactly what changed since their last look (see
-    -- services/alerts.py changed_since).
+    -- services/alerts/price_alerts.py changed_since).
     changed_xid      xid8 NOT NULL DEFAULT pg_current_xact_id(),
     CHECK ((status = 'TRIGGERED') = (triggered_at IS NOT NULL AND triggered_price IS NOT NULL)),
     CHECK ((status = 'CANCELLED') = (cancelled_at IS NOT NULL))

@@ -6,7 +6,7 @@ Revises: 0005
 
 from alembic import op
 
-from services.sqlscript import execute_script
+from services.infra.sqlscript import execute_script
 
 revision = "0006"
 down_revision = "0005"

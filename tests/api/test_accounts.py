@@ -11,8 +11,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
 
-from services import accounts as accounts_service
-from services.container import Services
+from services.accounts import cash as accounts_service
+from services.infra.container import Services
 from tests.graphql_client import STRONG_PASSWORD, GraphQLClient
 from tests.trading import book_fill, listed, quote, unique_symbol
 

@@ -15,7 +15,7 @@ from gql import Client
 from gql import gql as document
 from gql.transport.websockets import WebsocketsTransport
 
-from services.container import Services
+from services.infra.container import Services
 from tests.graphql_client import GraphQLClient
 from tests.trading import eventually, listed, quote, unique_symbol
 from workers.alerts import AlertChecker

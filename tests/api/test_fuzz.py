@@ -25,9 +25,9 @@ from hypothesis_graphql import Mode, from_schema, nodes
 from sqlalchemy import text
 
 from gateway.graphql_schema import build_schema
-from services.container import Services
-from services.reconcile import find_differences
-from services.settings import Settings
+from services.accounts.reconcile import find_differences
+from services.infra.container import Services
+from services.infra.settings import Settings
 from tests.graphql_client import GraphQLClient
 from tests.trading import balances, listed, place, quote, trader, unique_symbol
 

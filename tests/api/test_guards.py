@@ -26,8 +26,8 @@ from websockets.typing import Subprotocol
 
 from gateway.graphql_schema import build_schema
 from gateway.guards import query_limit_rules
-from services.container import Services
-from services.settings import Settings
+from services.infra.container import Services
+from services.infra.settings import Settings
 from tests.api_process import api_process
 from tests.graphql_client import GraphQLClient
 from tests.trading import listed, unique_symbol

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.container import Services
+from services.infra.container import Services
 from tests.graphql_client import GraphQLClient
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from resolvers.loaders import Loaders
 from resolvers.portfolio import shown_quote
-from services.container import Services
-from services.marketdata import Quote
+from services.infra.container import Services
+from services.market_data.marketdata import Quote
 from tests.trading import book_fill, listed, quote, trader, unique_symbol
 
 

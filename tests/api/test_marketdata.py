@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
-from services.container import Services
-from services.marketdata import Quote
-from services.securities import Security
+from services.infra.container import Services
+from services.market_data.marketdata import Quote
+from services.market_data.securities import Security
 from tests.graphql_client import GraphQLClient
 
 SYMBOLS = [

@@ -13,11 +13,11 @@ from gql import Client
 from gql import gql as document
 from gql.transport.websockets import WebsocketsTransport
 
-from services.container import Services
-from services.fills import Fill, execute
-from services.order_events import publish
-from services.order_model import Status
-from services.reconcile import find_differences
+from services.accounts.reconcile import find_differences
+from services.infra.container import Services
+from services.orders.fills import Fill, execute
+from services.orders.order_events import publish
+from services.orders.order_model import Status
 from tests.graphql_client import GraphQLClient
 from tests.trading import listed, quote, reload, unique_symbol
 

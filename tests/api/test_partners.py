@@ -22,9 +22,9 @@ from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 from graphql import parse, print_ast
 
-from services.container import Services
-from services.partners import PartnerError, parse_manifest
-from services.settings import Settings
+from services.infra.container import Services
+from services.infra.settings import Settings
+from services.partners.registry import PartnerError, parse_manifest
 from tests.trading import listed, quote, unique_symbol
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from gql import gql as document
 from gql.transport.websockets import WebsocketsTransport
 from sqlalchemy import text
 
-from services.container import Services
+from services.infra.container import Services
 from tests.graphql_client import GraphQLClient
 from tests.trading import book_fill, listed, quote, unique_symbol
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import websockets
 
-from services.container import Services
-from services.settings import Settings
+from services.infra.container import Services
+from services.infra.settings import Settings
 from tests.api_process import api_process, free_port
 from tests.graphql_client import GraphQLClient
 from tests.trading import listed, quote, unique_symbol

@@ -14,8 +14,8 @@ import pytest
 from redis.asyncio.client import Pipeline
 from sqlalchemy import event
 
-from services.container import Services
-from services.holdings_version import forget_now
+from services.infra.container import Services
+from services.portfolio.holdings_version import forget_now
 from tests.graphql_client import GraphQLClient
 from tests.trading import book_fill, listed, quote, unique_symbol
 

@@ -16,11 +16,11 @@ from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
 from gateway.metrics import REGISTRY
-from services.container import Services
-from services.marketdata import Quote, encode_batch
-from services.quote_hub import QuoteEvent, QuoteSubscription
-from services.quote_store import QUOTES_CHANNEL
-from services.securities import Security
+from services.infra.container import Services
+from services.market_data.marketdata import Quote, encode_batch
+from services.market_data.quote_hub import QuoteEvent, QuoteSubscription
+from services.market_data.quote_store import QUOTES_CHANNEL
+from services.market_data.securities import Security
 
 SUBSCRIBE = gql(
     "subscription($s: [String!]!) { quotes(symbols: $s) { symbol bid ask last volume timestamp } }"

@@ -24,8 +24,9 @@ from resolvers.orders import to_order
 from resolvers.shared_events import shared_event
 from schema import orders as schema_orders
 from schema.marketdata import Quote as SchemaQuote
-from services import marketdata, order_model
-from services.settings import Settings
+from services.infra.settings import Settings
+from services.market_data import marketdata
+from services.orders import order_model
 from tests.services.test_matching import make_order
 
 completed: list[str] = []

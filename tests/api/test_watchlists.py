@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio.client import Pipeline
 from sqlalchemy import event, text
 
-from services.container import Services
+from services.infra.container import Services
 from tests.graphql_client import GraphQLClient
 from tests.trading import listed, quote, unique_symbol
 

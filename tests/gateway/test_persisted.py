@@ -11,7 +11,7 @@ import pytest
 
 from gateway.graphql_schema import build_schema
 from gateway.persisted import DocumentResolver, PersistedQueryError, apq_key
-from services.partners import (
+from services.partners.registry import (
     APOLLO_FORMAT,
     ManifestError,
     Partner,

@@ -27,9 +27,9 @@ from gateway.guards import (
 )
 from gateway.metrics import REGISTRY
 from gateway.ratelimit import Bucket, Decision, Limit, RateLimiter
-from services.container import Services
-from services.holdings_version import version_key
-from services.settings import Settings
+from services.infra.container import Services
+from services.infra.settings import Settings
+from services.portfolio.holdings_version import version_key
 from tests.trading import PASSWORD
 
 

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from services import alerts
-from services.alert_index import AlertIndex, Condition, WatchedAlert, from_ticks, to_ticks
-from services.alerts import AlertStatus, Change, Crossing, PriceAlert, Triggered
-from services.container import Services
+from services.alerts import price_alerts as alerts
+from services.alerts.alert_index import AlertIndex, Condition, WatchedAlert, from_ticks, to_ticks
+from services.alerts.price_alerts import AlertStatus, Change, Crossing, PriceAlert, Triggered
 from services.errors import InvalidInput, LimitExceeded, NotCancellable, NotFound, UnknownSymbol
+from services.infra.container import Services
 from tests.trading import listed, trader, unique_symbol
 
 D = Decimal

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.clock import MarketClock
+from services.market_data.clock import MarketClock
 
 CLOCK = MarketClock()
 

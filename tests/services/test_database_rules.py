@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from services import audit, ledger
-from services.container import Services
+from services.accounts import ledger
+from services.infra import audit
+from services.infra.container import Services
 
 
 async def _an_account(services: Services) -> uuid.UUID:

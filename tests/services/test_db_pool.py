@@ -13,8 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.db import create_engine, single_read
-from services.settings import Settings
+from services.infra.db import create_engine, single_read
+from services.infra.settings import Settings
 
 
 @pytest_asyncio.fixture

@@ -1,4 +1,4 @@
-"""`services/fills.py` against the real database, without the matcher: fills, replays, stale
+"""`services/orders/fills.py` against the real database, without the matcher: fills, replays, stale
 versions, cancels, sells, and the books balancing after each."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from uuid import UUID
 import pytest
 from sqlalchemy import text
 
-import services.fills as fills_service
-from services.container import Services
-from services.fills import Fill, Outcome, StaleOrder
-from services.order_model import Event, Order, OrderType, Side, Status, TimeInForce
-from services.order_rules import PlaceOrder
-from services.reconcile import find_differences
-from services.securities import Security
+import services.orders.fills as fills_service
+from services.accounts.reconcile import find_differences
+from services.infra.container import Services
+from services.market_data.securities import Security
+from services.orders.fills import Fill, Outcome, StaleOrder
+from services.orders.order_model import Event, Order, OrderType, Side, Status, TimeInForce
+from services.orders.order_rules import PlaceOrder
 
 D = Decimal
 PASSWORD = "violet-harbor-lantern-42"

@@ -1,4 +1,4 @@
-"""`services/holdings_cache.py`: an API process's copy of each user's balances and positions,
+"""`services/portfolio/holdings_cache.py`: an API process's copy of each user's balances and positions,
 vouched for by a version token in Redis that every writer retires after its commit. Against the
 real PostgreSQL and Redis, through the real writers (deposits, placement, fills, cancels)."""
 
@@ -16,12 +16,12 @@ from uuid import UUID
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services import order_events
-from services.container import Services
-from services.holdings_cache import HoldingsCache
-from services.holdings_version import version_key
-from services.order_model import Event
-from services.portfolio import Holdings, Portfolios
+from services.infra.container import Services
+from services.orders import order_events
+from services.orders.order_model import Event
+from services.portfolio.holdings_cache import HoldingsCache
+from services.portfolio.holdings_version import version_key
+from services.portfolio.valuation import Holdings, Portfolios
 from tests.clocks import ManualClock
 from tests.trading import PASSWORD, book_fill, listed, place, quote, trader, unique_symbol
 
@@ -326,10 +326,10 @@ async def test_an_order_is_answered_even_when_its_hand_off_fails(
 # Every module that writes cash or positions, and how it retires the owners' holdings versions.
 # A new writer must retire them after its commit, be tested here, and then be added.
 KNOWN_WRITERS = {
-    "services/accounts.py": "deposits: forget_now after the commit",
-    "services/fills.py": "fills, cancels, expiry: their callers publish the order events",
-    "services/placement.py": "holds: the hand-off retires them before the order is answered",
-    "services/users.py": "a new account: nothing can be cached before it exists",
+    "services/accounts/cash.py": "deposits: forget_now after the commit",
+    "services/orders/fills.py": "fills, cancels, expiry: their callers publish the order events",
+    "services/orders/placement.py": "holds: the hand-off retires them before the order is answered",
+    "services/accounts/users.py": "a new account: nothing can be cached before it exists",
 }
 
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import services.matching as matching
-from services.marketdata import Quote
-from services.matching import Crossed, OrderBook
-from services.order_model import Order, OrderType, Side, Status, TimeInForce
+import services.orders.matching as matching
+from services.market_data.marketdata import Quote
+from services.orders.matching import Crossed, OrderBook
+from services.orders.order_model import Order, OrderType, Side, Status, TimeInForce
 
 T0 = datetime(2025, 1, 2, 14, 30, tzinfo=UTC)
 D = Decimal

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.errors import InvalidInput
-from services.order_model import OrderType, Side, TimeInForce
-from services.order_rules import Hold, PlaceOrder, hold_for, on_tick_grid, tick_for, validate
-from services.settings import Settings
+from services.infra.settings import Settings
+from services.orders.order_model import OrderType, Side, TimeInForce
+from services.orders.order_rules import Hold, PlaceOrder, hold_for, on_tick_grid, tick_for, validate
 
 D = Decimal
 COLLAR = D("0.05")

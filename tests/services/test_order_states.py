@@ -14,8 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.container import Services
-from services.order_model import (
+from services.infra.container import Services
+from services.orders.order_model import (
     OPEN_STATUSES,
     TERMINAL_STATUSES,
     TRANSITIONS,

@@ -9,9 +9,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.accounts import Balances
-from services.marketdata import Quote
-from services.portfolio import HeldPosition, Holdings, value
+from services.accounts.cash import Balances
+from services.market_data.marketdata import Quote
+from services.portfolio.valuation import HeldPosition, Holdings, value
 
 
 def a_quote(symbol: str, last: str) -> Quote:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.positions import PositionState, apply_buy, apply_sell, fill_value
+from services.portfolio.positions import PositionState, apply_buy, apply_sell, fill_value
 
 D = Decimal
 CENT = D("0.01")

@@ -1,4 +1,4 @@
-"""`services/quote_mirror.py`: an API process's copy of the newest quotes, against the real Redis
+"""`services/market_data/quote_mirror.py`: an API process's copy of the newest quotes, against the real Redis
 (for what it falls back to) and through the quote hub (what feeds it)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from decimal import Decimal
 
 import pytest
 
-from services.container import Services
-from services.marketdata import Quote, encode_batch, encode_quote, record_timestamp_ns
-from services.quote_hub import QuoteHub
-from services.quote_mirror import QuoteMirror
-from services.quote_store import QUOTES_CHANNEL
-from services.settings import Settings
+from services.infra.container import Services
+from services.infra.settings import Settings
+from services.market_data.marketdata import Quote, encode_batch, encode_quote, record_timestamp_ns
+from services.market_data.quote_hub import QuoteHub
+from services.market_data.quote_mirror import QuoteMirror
+from services.market_data.quote_store import QUOTES_CHANNEL
 from tests.clocks import ManualClock
 from tests.trading import unique_symbol
 

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.money import round_shares_down
-from services.order_model import Side
-from services.routing import (
+from services.orders.order_model import Side
+from services.orders.routing import (
     DEFAULT_VENUES,
     VenueFill,
     VenueRouter,

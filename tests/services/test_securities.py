@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from services.container import Services
-from services.securities import (
+from services.infra.container import Services
+from services.infra.settings import Settings
+from services.market_data.securities import (
     NASDAQ_HEADER,
     OTHER_HEADER,
     DirectoryFormatError,
     parse_directory,
 )
-from services.settings import Settings
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 FOOTER = "File Creation Time: 0815201621:32|||||||"
@@ -104,7 +104,7 @@ def test_the_cli_refuses_a_truncated_file(settings: Settings, tmp_path: Path) ->
 
 
 async def test_loading_twice_updates_in_place(services: Services) -> None:
-    from services.securities import Security
+    from services.market_data.securities import Security
 
     await services.securities.load([Security("UPD", "Old Name", "NYSE")])
     await services.securities.load([Security("UPD", "New Name", "NASDAQ", is_etf=True)])

@@ -1,4 +1,4 @@
-from services.sqlscript import split_statements
+from services.infra.sqlscript import split_statements
 
 
 def test_splits_on_semicolons_outside_bodies_quotes_and_comments() -> None:

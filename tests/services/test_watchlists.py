@@ -1,4 +1,4 @@
-"""`services/watchlists.py` against the real database: order, duplicates, names, limits (also under
+"""`services/watchlists/lists.py` against the real database: order, duplicates, names, limits (also under
 concurrency), unknown symbols, ownership, cascades, audit rows, and one query for all the lists."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from services.container import Services
 from services.errors import DomainError, InvalidInput, LimitExceeded, NotFound, UnknownSymbol
-from services.watchlists import Watchlist, Watchlists
+from services.infra.container import Services
+from services.watchlists.lists import Watchlist, Watchlists
 from tests.trading import listed, trader, unique_symbol
 
 MAX_LISTS = 3

@@ -17,12 +17,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services import alerts
-from services.alert_index import Condition
-from services.alerts import Crossing, PriceAlert, Triggered
-from services.container import Services
-from services.marketdata import Quote
-from services.streams import partition_of, quote_stream
+from services.alerts import price_alerts as alerts
+from services.alerts.alert_index import Condition
+from services.alerts.price_alerts import Crossing, PriceAlert, Triggered
+from services.infra.container import Services
+from services.infra.streams import partition_of, quote_stream
+from services.market_data.marketdata import Quote
 from tests.trading import eventually, listed, quote, trader, unique_symbol
 from workers.alerts import AlertChecker
 from workers.feed import StreamPublisher

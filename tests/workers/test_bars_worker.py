@@ -14,7 +14,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.bars import (
+from services.infra.container import Services
+from services.infra.db import asyncpg_url
+from services.infra.settings import Settings
+from services.infra.streams import quote_stream, quote_streams
+from services.market_data.bars import (
     NS_PER_MINUTE,
     Bar,
     BarBuilder,
@@ -23,11 +27,7 @@ from services.bars import (
     MinuteBar,
     upsert_bars,
 )
-from services.container import Services
-from services.db import asyncpg_url
-from services.marketdata import Quote
-from services.settings import Settings
-from services.streams import quote_stream, quote_streams
+from services.market_data.marketdata import Quote
 from workers.bars import GROUP, BarsWorker
 from workers.feed import StreamPublisher
 

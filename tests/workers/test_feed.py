@@ -14,10 +14,10 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from services.container import Services
-from services.marketdata import Quote, decode_batch
-from services.settings import Settings
-from services.streams import partition_of, quote_stream
+from services.infra.container import Services
+from services.infra.settings import Settings
+from services.infra.streams import partition_of, quote_stream
+from services.market_data.marketdata import Quote, decode_batch
 from tests.workers import iex_capture as cap
 from workers.feed import StreamPublisher, batched, replay_quotes, tcp_quotes
 from workers.sources.linefeed import format_line

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from iex_parser.messages import decode_message
 
-from services.marketdata import BookUpdate, TradeReport
+from services.market_data.marketdata import BookUpdate, TradeReport
 from tests.workers import iex_capture as cap
 from tests.workers.iex_capture import (
     iextp_packet,

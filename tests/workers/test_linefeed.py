@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.marketdata import Quote
+from services.market_data.marketdata import Quote
 from workers.sources.linefeed import (
     KINDS,
     RECORD_LENGTH,

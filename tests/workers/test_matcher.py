@@ -13,12 +13,12 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.exceptions import RedisError
 
-from services.container import Services
-from services.eod import expire_day_orders
-from services.order_model import Order, Status
-from services.reconcile import find_differences
-from services.routing import DEFAULT_VENUES as VENUES
-from services.routing import VenueRouter
+from services.accounts.reconcile import find_differences
+from services.infra.container import Services
+from services.orders.eod import expire_day_orders
+from services.orders.order_model import Order, Status
+from services.orders.routing import DEFAULT_VENUES as VENUES
+from services.orders.routing import VenueRouter
 from tests.services.test_matching import make_order
 from tests.trading import (
     balances,

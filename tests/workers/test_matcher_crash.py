@@ -33,15 +33,15 @@ from uuid import UUID
 import pytest
 from sqlalchemy import text
 
-from services.container import Services
+from services.accounts.reconcile import find_differences
 from services.errors import NotCancellable
+from services.infra.container import Services
+from services.infra.settings import Settings
+from services.infra.streams import partition_of
 from services.money import round_cash_up
-from services.order_model import Order, Side, Status
-from services.order_store import orders_by_id
-from services.positions import fill_value
-from services.reconcile import find_differences
-from services.settings import Settings
-from services.streams import partition_of
+from services.orders.order_model import Order, Side, Status
+from services.orders.order_store import orders_by_id
+from services.portfolio.positions import fill_value
 from tests.trading import listed, place, quote, trader, unique_symbol
 from workers.matcher import lease_key
 

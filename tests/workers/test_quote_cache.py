@@ -15,11 +15,11 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from services.container import Services
-from services.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, encode_quote
-from services.quote_store import QUOTES_CHANNEL, QuoteStore, quote_key
-from services.settings import Settings
-from services.streams import ConsumerGroup, partition_of, quote_stream, quote_streams
+from services.infra.container import Services
+from services.infra.settings import Settings
+from services.infra.streams import ConsumerGroup, partition_of, quote_stream, quote_streams
+from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, encode_quote
+from services.market_data.quote_store import QUOTES_CHANNEL, QuoteStore, quote_key
 from workers.feed import StreamPublisher
 from workers.quotes import GROUP, QuoteCache, well_formed
 

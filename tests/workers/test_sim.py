@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.marketdata import Quote
+from services.market_data.marketdata import Quote
 from workers.sources.sim import DEFAULT_START_PRICES, SimulatedMarket
 
 SECOND = 1_000_000_000

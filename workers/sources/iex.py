@@ -57,7 +57,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO, Final, NamedTuple, cast
 
-from services.marketdata import BookUpdate, TradeReport
+from services.market_data.marketdata import BookUpdate, TradeReport
 
 __all__ = [
     "MALFORMED_KINDS",

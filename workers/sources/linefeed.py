@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Literal, get_args
 
-from services.marketdata import Quote
+from services.market_data.marketdata import Quote
 
 __all__ = [
     "FIELD_WIDTH",

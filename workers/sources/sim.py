@@ -21,7 +21,7 @@ from decimal import Decimal
 from functools import cache
 from statistics import NormalDist
 
-from services.marketdata import Quote
+from services.market_data.marketdata import Quote
 
 __all__ = ["DEFAULT_START_PRICES", "SimulatedMarket"]
 

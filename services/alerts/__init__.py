@@ -1,0 +1,1 @@
+"""Price alerts: their use cases and the checker's index of active alerts."""

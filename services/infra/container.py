@@ -1,0 +1,120 @@
+"""Everything long-lived a process needs, built once from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from broadcaster import Broadcast
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.accounts.cash import Cash
+from services.accounts.passwords import Passwords
+from services.accounts.sessions import SessionStore
+from services.accounts.users import Accounts
+from services.alerts.price_alerts import PriceAlerts
+from services.infra.db import create_engine
+from services.infra.pubsub import create_broadcast
+from services.infra.redis import create_redis
+from services.infra.settings import Settings
+from services.market_data.bars import Bars
+from services.market_data.clock import MarketClock
+from services.market_data.quote_hub import QuoteHub
+from services.market_data.quote_mirror import QuoteMirror
+from services.market_data.quote_store import QuoteStore
+from services.market_data.securities import Securities
+from services.orders.cancel import OrderCancellation
+from services.orders.order_store import OrderStore
+from services.orders.placement import OrderPlacement
+from services.partners.registry import Partners
+from services.portfolio.holdings_cache import HoldingsCache
+from services.portfolio.portfolio_hub import PortfolioHub
+from services.portfolio.valuation import Portfolios
+from services.watchlists.lists import Watchlists
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    redis: Redis
+    passwords: Passwords = field(init=False)
+    users: Accounts = field(init=False)
+    sessions: SessionStore = field(init=False)
+    partners: Partners = field(init=False)
+    cash: Cash = field(init=False)
+    securities: Securities = field(init=False)
+    quote_store: QuoteStore = field(init=False)
+    bars: Bars = field(init=False)
+    clock: MarketClock = field(init=False)
+    broadcast: Broadcast = field(init=False)
+    quote_hub: QuoteHub = field(init=False)
+    order_store: OrderStore = field(init=False)
+    placement: OrderPlacement = field(init=False)
+    cancellation: OrderCancellation = field(init=False)
+    watchlists: Watchlists = field(init=False)
+    alerts: PriceAlerts = field(init=False)
+    portfolios: Portfolios = field(init=False)
+    holdings: HoldingsCache = field(init=False)
+    quote_mirror: QuoteMirror = field(init=False)
+    portfolio_hub: PortfolioHub = field(init=False)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.passwords = Passwords(self.settings)
+        self.users = Accounts(self.engine, self.settings, self.passwords)
+        self.sessions = SessionStore(self.engine, self.redis, self.settings)
+        self.partners = Partners(self.engine, self.redis, self.settings)
+        self.cash = Cash(self.engine, self.redis, self.settings)
+        self.securities = Securities(self.engine)
+        self.quote_store = QuoteStore(self.redis)
+        self.bars = Bars(self.engine)
+        self.clock = MarketClock(always_open=self.settings.market_always_open)
+        assert self.settings.redis_url is not None
+        self.broadcast = create_broadcast(self.settings.redis_url)
+        self.quote_mirror = QuoteMirror(
+            self.quote_store, self.settings.quote_mirror_max_age_seconds
+        )
+        self.quote_hub = QuoteHub(self.broadcast, self.quote_mirror)
+        self.order_store = OrderStore(self.engine)
+        self.placement = OrderPlacement(self.engine, self.redis, self.settings, self.clock)
+        self.cancellation = OrderCancellation(self.engine, self.redis, self.settings)
+        self.watchlists = Watchlists(
+            self.engine,
+            max_lists=self.settings.watchlist_max_lists,
+            max_symbols=self.settings.watchlist_max_symbols,
+        )
+        self.alerts = PriceAlerts(self.engine, self.redis, self.settings)
+        self.portfolios = Portfolios(self.engine)
+        self.holdings = HoldingsCache(
+            self.portfolios,
+            self.redis,
+            size=self.settings.holdings_cache_size,
+            ttl_seconds=self.settings.holdings_cache_seconds,
+        )
+        self.portfolio_hub = PortfolioHub(
+            self.holdings, self.quote_mirror, self.quote_hub, self.broadcast
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        return cls(settings=settings, engine=create_engine(settings), redis=create_redis(settings))
+
+    async def start_live(self) -> None:
+        """Connect the broadcast and start fanning live data out (API processes only)."""
+        await asyncio.to_thread(self.clock.state)  # load the holiday calendar before traffic
+        await self.broadcast.connect()
+        self._tasks.append(asyncio.create_task(self.quote_hub.run(), name="quote-hub"))
+
+    async def close(self) -> None:
+        await self.placement.close()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._tasks:
+            await self.broadcast.disconnect()
+        await self.redis.aclose()
+        await self.engine.dispose()

@@ -1,0 +1,149 @@
+"""Order updates on each user's channel (`user:{id}`), published after the commit that made them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from services.orders.order_model import (
+    Event,
+    Execution,
+    Order,
+    OrderType,
+    Side,
+    Status,
+    TimeInForce,
+)
+from services.portfolio.holdings_version import forget
+
+
+def user_channel(user_id: UUID) -> str:
+    return f"user:{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    event: Event
+    order: Order
+    execution: Execution | None = None
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def encode_update(update: OrderUpdate) -> str:
+    o = update.order
+    order = {
+        "id": str(o.id),
+        "user_id": str(o.user_id),
+        "account_id": str(o.account_id),
+        "symbol": o.symbol,
+        "side": o.side.value,
+        "type": o.type.value,
+        "tif": o.time_in_force.value,
+        "quantity": str(o.quantity),
+        "notional": _text(o.notional),
+        "limit": _text(o.limit_price),
+        "stop": _text(o.stop_price),
+        "status": o.status.value,
+        "filled_quantity": str(o.filled_quantity),
+        "filled_value": str(o.filled_value),
+        "reserved_cash": str(o.reserved_cash),
+        "reserved_quantity": str(o.reserved_quantity),
+        "triggered": o.triggered,
+        "version": o.version,
+        "key": o.idempotency_key,
+        "reject_reason": o.reject_reason,
+        "created_at": o.created_at.isoformat(),
+        "updated_at": o.updated_at.isoformat(),
+        "filled_at": _text(o.filled_at and o.filled_at.isoformat()),
+    }
+    execution = None
+    if update.execution is not None:
+        e = update.execution
+        execution = {
+            "id": str(e.id),
+            "order_id": str(e.order_id),
+            "quantity": str(e.quantity),
+            "price": str(e.price),
+            "venue": e.venue,
+            "venue_execution_id": e.venue_execution_id,
+            "executed_at": e.executed_at.isoformat(),
+        }
+    return json.dumps({"event": update.event.value, "order": order, "execution": execution})
+
+
+def decode_update(payload: str) -> OrderUpdate:
+    data: dict[str, Any] = json.loads(payload)
+    o = data["order"]
+    order = Order(
+        id=UUID(o["id"]),
+        user_id=UUID(o["user_id"]),
+        account_id=UUID(o["account_id"]),
+        symbol=o["symbol"],
+        side=Side(o["side"]),
+        type=OrderType(o["type"]),
+        time_in_force=TimeInForce(o["tif"]),
+        quantity=Decimal(o["quantity"]),
+        notional=_decimal(o["notional"]),
+        limit_price=_decimal(o["limit"]),
+        stop_price=_decimal(o["stop"]),
+        status=Status(o["status"]),
+        filled_quantity=Decimal(o["filled_quantity"]),
+        filled_value=Decimal(o["filled_value"]),
+        reserved_cash=Decimal(o["reserved_cash"]),
+        reserved_quantity=Decimal(o["reserved_quantity"]),
+        triggered=bool(o["triggered"]),
+        version=int(o["version"]),
+        idempotency_key=o["key"],
+        reject_reason=o["reject_reason"],
+        created_at=datetime.fromisoformat(o["created_at"]),
+        updated_at=datetime.fromisoformat(o["updated_at"]),
+        filled_at=_time(o["filled_at"]),
+    )
+    e = data.get("execution")
+    execution = None
+    if e:
+        execution = Execution(
+            UUID(e["id"]),
+            UUID(e["order_id"]),
+            Decimal(e["quantity"]),
+            Decimal(e["price"]),
+            e["venue"],
+            e["venue_execution_id"],
+            datetime.fromisoformat(e["executed_at"]),
+        )
+    return OrderUpdate(Event(data["event"]), order, execution)
+
+
+def queue(pipe: Pipeline, updates: list[OrderUpdate]) -> None:
+    """Queue `updates` on a pipeline, after the commit that made them. The owners' cached
+    holdings are retired first (an order change moves cash or shares, or holds them back), so
+    whoever hears an update and reads the portfolio reads the new holdings."""
+    forget(pipe, (update.order.user_id for update in updates))
+    for update in updates:
+        pipe.publish(user_channel(update.order.user_id), encode_update(update))
+
+
+async def publish(redis: Redis, updates: list[OrderUpdate]) -> None:
+    if not updates:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        queue(pipe, updates)
+        await pipe.execute()

@@ -1,0 +1,188 @@
+"""What makes an order acceptable before any money is looked at, and what it holds back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from uuid import UUID
+
+from services.errors import InvalidInput
+from services.infra.idempotency import validate_key
+from services.infra.settings import Settings
+from services.market_data.securities import is_valid_symbol, normalize_symbol
+from services.money import decimal_places, require_finite, round_cash_up, round_shares_down
+from services.orders.order_model import OrderType, Side, TimeInForce
+
+CENT = Decimal("0.01")
+SUB_DOLLAR_TICK = Decimal("0.0001")
+ONE = Decimal(1)
+MAX_QUANTITY_PLACES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    """The command: what the client asked for, as typed."""
+
+    user_id: UUID
+    symbol: str
+    side: Side
+    type: OrderType
+    time_in_force: TimeInForce
+    quantity: Decimal | None
+    notional: Decimal | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    idempotency_key: str
+
+    def fingerprint_fields(self) -> dict[str, str | None]:
+        def text(v: object) -> str | None:
+            return None if v is None else str(v)
+
+        return {
+            "symbol": self.symbol,
+            "side": self.side.value,
+            "type": self.type.value,
+            "tif": self.time_in_force.value,
+            "quantity": text(self.quantity),
+            "notional": text(self.notional),
+            "limit": text(self.limit_price),
+            "stop": text(self.stop_price),
+        }
+
+
+def tick_for(price: Decimal) -> Decimal:
+    return CENT if price >= ONE else SUB_DOLLAR_TICK
+
+
+def on_tick_grid(price: Decimal) -> bool:
+    return price % tick_for(price) == 0
+
+
+def _price(value: Decimal | None, field: str, settings: Settings) -> Decimal | None:
+    if value is None:
+        return None
+    require_finite(value, field)
+    if value <= 0:
+        raise InvalidInput(f"{field} must be greater than zero", field=field)
+    if value > settings.order_max_price:
+        raise InvalidInput(f"{field} must be at most {settings.order_max_price}", field=field)
+    if not on_tick_grid(value):
+        raise InvalidInput(
+            f"{field} {value} is off the tick grid ({tick_for(value)} at this price)", field=field
+        )
+    return value
+
+
+def _require_prices(command: PlaceOrder) -> None:
+    needs = {
+        OrderType.MARKET: (False, False),
+        OrderType.LIMIT: (True, False),
+        OrderType.STOP: (False, True),
+        OrderType.STOP_LIMIT: (True, True),
+    }[command.type]
+    for given, needed, field in (
+        (command.limit_price, needs[0], "limitPrice"),
+        (command.stop_price, needs[1], "stopPrice"),
+    ):
+        if needed and given is None:
+            raise InvalidInput(f"a {command.type.value} order needs {field}", field=field)
+        if not needed and given is not None:
+            raise InvalidInput(f"a {command.type.value} order takes no {field}", field=field)
+
+
+def _size(command: PlaceOrder, settings: Settings) -> None:
+    if (command.quantity is None) == (command.notional is None):
+        raise InvalidInput("give exactly one of quantity and notional", field="quantity")
+    if command.quantity is not None:
+        require_finite(command.quantity, "quantity")
+        if command.quantity <= 0:
+            raise InvalidInput("quantity must be greater than zero", field="quantity")
+        if decimal_places(command.quantity.normalize()) > MAX_QUANTITY_PLACES:
+            raise InvalidInput("quantity has more than 6 decimal places", field="quantity")
+        if command.quantity > settings.order_max_quantity:
+            raise InvalidInput(
+                f"quantity must be at most {settings.order_max_quantity}", field="quantity"
+            )
+    if command.notional is not None:
+        require_finite(command.notional, "notional")
+        if command.type is not OrderType.MARKET:
+            raise InvalidInput("notional is for MARKET orders only", field="notional")
+        if decimal_places(command.notional.normalize()) > 2:
+            raise InvalidInput("notional has more than 2 decimal places", field="notional")
+        if not settings.order_min_notional <= command.notional <= settings.order_max_notional:
+            raise InvalidInput(
+                f"notional must be between {settings.order_min_notional} and "
+                f"{settings.order_max_notional}",
+                field="notional",
+            )
+
+
+def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
+    """The command, normalized, or InvalidInput naming the field at fault."""
+    symbol = normalize_symbol(command.symbol)
+    if not is_valid_symbol(symbol):
+        raise InvalidInput(f"{command.symbol!r} is not a symbol", field="symbol")
+    validate_key(command.idempotency_key)
+    _require_prices(command)
+    limit = _price(command.limit_price, "limitPrice", settings)
+    stop = _price(command.stop_price, "stopPrice", settings)
+    _size(command, settings)
+    if command.type in (OrderType.STOP, OrderType.STOP_LIMIT) and command.time_in_force in (
+        TimeInForce.IOC,
+        TimeInForce.FOK,
+    ):
+        raise InvalidInput(
+            f"{command.time_in_force.value} needs an order that can execute now, not a stop",
+            field="timeInForce",
+        )
+    quantity = command.quantity.normalize() if command.quantity is not None else None
+    return replace(
+        command,
+        symbol=symbol,
+        limit_price=limit,
+        stop_price=stop,
+        quantity=quantity if quantity is None else quantity.quantize(Decimal("0.000001")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What an accepted order holds back: cash for a buy, shares for a sell."""
+
+    quantity: Decimal  # the order's shares (estimated from the quote for a dollar-amount buy)
+    cash: Decimal = Decimal("0.00")
+    shares: Decimal = Decimal(0)
+
+
+def hold_for(
+    command: PlaceOrder, bid: Decimal | None, ask: Decimal | None, collar: Decimal
+) -> Hold:
+    """LIMIT: quantity x limit; MARKET: quantity x ask x (1 + collar); STOP: quantity x stop x
+    (1 + collar); a dollar amount: the amount. A sell holds its shares."""
+    if command.side is Side.SELL:
+        quantity = command.quantity
+        if quantity is None:  # selling a dollar amount: the shares it takes at the bid
+            assert command.notional is not None and bid
+            quantity = round_shares_down(command.notional / bid)
+        return Hold(quantity=quantity, shares=quantity)
+    if command.notional is not None:
+        assert ask
+        return Hold(quantity=round_shares_down(command.notional / ask), cash=command.notional)
+    assert command.quantity is not None
+    if command.type in (OrderType.LIMIT, OrderType.STOP_LIMIT):
+        assert command.limit_price is not None
+        price = command.limit_price
+    elif command.type is OrderType.STOP:
+        assert command.stop_price is not None
+        price = command.stop_price * (1 + collar)
+    else:
+        assert ask
+        price = ask * (1 + collar)
+    return Hold(quantity=command.quantity, cash=round_cash_up(command.quantity * price))
+
+
+def needs_quote(command: PlaceOrder) -> bool:
+    """A market order or a dollar amount is priced from the current quote."""
+    return command.type is OrderType.MARKET and (
+        command.side is Side.BUY or command.notional is not None
+    )

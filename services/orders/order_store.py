@@ -1,0 +1,187 @@
+"""Reading orders and executions from PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.errors import InvalidInput
+from services.infra.db import single_read
+from services.market_data.securities import is_valid_symbol, normalize_symbol
+from services.orders.order_model import (
+    OPEN_STATUSES,
+    Execution,
+    Order,
+    OrderType,
+    Side,
+    Status,
+    TimeInForce,
+)
+
+ORDER_COLUMNS = (
+    "id, user_id, account_id, symbol, side, type, time_in_force, quantity, notional, "
+    "limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash, "
+    "reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at, "
+    "updated_at, filled_at"
+)
+OPEN = tuple(s.value for s in OPEN_STATUSES)
+MAX_PAGE = 200
+
+
+def order_from_row(row: Any) -> Order:
+    return Order(
+        id=row.id,
+        user_id=row.user_id,
+        account_id=row.account_id,
+        symbol=row.symbol,
+        side=Side(row.side),
+        type=OrderType(row.type),
+        time_in_force=TimeInForce(row.time_in_force),
+        quantity=row.quantity,
+        notional=row.notional,
+        limit_price=row.limit_price,
+        stop_price=row.stop_price,
+        status=Status(row.status),
+        filled_quantity=row.filled_quantity,
+        filled_value=row.filled_value,
+        reserved_cash=row.reserved_cash,
+        reserved_quantity=row.reserved_quantity,
+        triggered=row.triggered,
+        version=row.version,
+        idempotency_key=row.idempotency_key,
+        reject_reason=row.reject_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        filled_at=row.filled_at,
+    )
+
+
+async def orders_by_id(conn: AsyncConnection, ids: Sequence[UUID]) -> dict[UUID, Order]:
+    rows = await conn.execute(
+        text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY(:ids)"), {"ids": list(ids)}
+    )
+    return {r.id: order_from_row(r) for r in rows}
+
+
+async def lock_account_and_order(
+    conn: AsyncConnection, account_id: UUID, order_id: UUID
+) -> Order | None:
+    """Lock the account, then the order (the order every writer locks them in), in one trip.
+
+    The account's lock is an uncorrelated sub-select, so PostgreSQL takes it (a one-time filter)
+    before it reads, and locks, the order's row."""
+    row = (
+        await conn.execute(
+            text(
+                "WITH account AS (SELECT id FROM accounts WHERE id = :account FOR UPDATE) "
+                f"SELECT {ORDER_COLUMNS} FROM orders "
+                "WHERE id = :id AND EXISTS (SELECT 1 FROM account) FOR UPDATE"
+            ),
+            {"account": account_id, "id": order_id},
+        )
+    ).first()
+    return order_from_row(row) if row else None
+
+
+async def open_orders(
+    conn: AsyncConnection,
+    symbols: Sequence[str] | None = None,
+    *,
+    statuses: Sequence[Status] | None = None,
+    created_before: datetime | None = None,
+) -> list[Order]:
+    sql = f"SELECT {ORDER_COLUMNS} FROM orders WHERE status = ANY(:open)"
+    params: dict[str, Any] = {"open": [s.value for s in statuses] if statuses else list(OPEN)}
+    if created_before is not None:
+        sql += " AND created_at < :before"
+        params["before"] = created_before
+    if symbols is not None:
+        sql += " AND symbol = ANY(:symbols)"
+        params["symbols"] = list(symbols)
+    rows = await conn.execute(text(sql + " ORDER BY created_at, id"), params)
+    return [order_from_row(r) for r in rows]
+
+
+def encode_cursor(order: Order) -> str:
+    raw = f"{order.created_at.isoformat()}|{order.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        created, _, order_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), UUID(order_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("`after` is not a cursor this server gave out", field="after") from exc
+
+
+class OrderStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def by_ids(self, ids: Sequence[UUID]) -> dict[UUID, Order]:
+        async with single_read(self._engine) as conn:
+            return await orders_by_id(conn, ids)
+
+    async def history(
+        self,
+        user_id: UUID,
+        *,
+        statuses: Sequence[Status] | None,
+        symbol: str | None,
+        first: int,
+        after: str | None,
+    ) -> tuple[list[Order], bool]:
+        """Newest first, by keyset (created_at, id): a page costs the same at any depth."""
+        if not 0 < first <= MAX_PAGE:
+            raise InvalidInput(f"first must be between 1 and {MAX_PAGE}", field="first")
+        conditions = ["user_id = :user"]
+        params: dict[str, Any] = {"user": user_id, "limit": first + 1}
+        if statuses:
+            conditions.append("status = ANY(:statuses)")
+            params["statuses"] = [s.value for s in statuses]
+        if symbol:
+            params["symbol"] = normalize_symbol(symbol)
+            if not is_valid_symbol(params["symbol"]):
+                raise InvalidInput(f"{symbol!r} is not a symbol", field="symbol")
+            conditions.append("symbol = :symbol")
+        if after:
+            params["after_at"], params["after_id"] = decode_cursor(after)
+            conditions.append("(created_at, id) < (:after_at, :after_id)")
+        sql = (
+            f"SELECT {ORDER_COLUMNS} FROM orders WHERE {' AND '.join(conditions)} "
+            "ORDER BY created_at DESC, id DESC LIMIT :limit"
+        )
+        async with single_read(self._engine) as conn:
+            rows = [order_from_row(r) for r in await conn.execute(text(sql), params)]
+        return rows[:first], len(rows) > first
+
+    async def executions_for(self, order_ids: Sequence[UUID]) -> dict[UUID, list[Execution]]:
+        async with single_read(self._engine) as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT id, order_id, quantity, price, venue, venue_execution_id, executed_at "
+                    "FROM executions WHERE order_id = ANY(:ids) ORDER BY executed_at, id"
+                ),
+                {"ids": list(order_ids)},
+            )
+            found: dict[UUID, list[Execution]] = {i: [] for i in order_ids}
+            for r in rows:
+                found[r.order_id].append(
+                    Execution(
+                        r.id,
+                        r.order_id,
+                        r.quantity,
+                        r.price,
+                        r.venue,
+                        r.venue_execution_id,
+                        r.executed_at,
+                    )
+                )
+        return found

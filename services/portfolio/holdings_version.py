@@ -1,0 +1,46 @@
+"""The per-user token that vouches for cached holdings (services/portfolio/holdings_cache.py), and how a
+writer retires it: kept apart so that every writer can import it without the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from uuid import UUID
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+TOKEN_TTL_SECONDS = 3600  # a token that expired only costs its user one read of PostgreSQL
+KEY_PREFIX = "holdings:v:"
+
+# A Lua function for the scripts that read tokens: the token under `key`, minted from `fresh` (a
+# random value) when none is held.
+HOLDINGS_TOKEN_LUA = """
+local function holdings_token(key, fresh, ttl)
+  local token = redis.call('GET', key)
+  if not token then
+    token = fresh
+    redis.call('SET', key, token, 'EX', ttl)
+  end
+  return token
+end
+"""
+
+
+def version_key(user_id: UUID) -> str:
+    return f"{KEY_PREFIX}{user_id}"
+
+
+def _keys(user_ids: Iterable[UUID]) -> list[str]:
+    return sorted({version_key(u) for u in user_ids})
+
+
+def forget(pipe: Pipeline, user_ids: Iterable[UUID]) -> None:
+    """Queue the retirement of these users' tokens: after the commit, before answering."""
+    if keys := _keys(user_ids):
+        pipe.delete(*keys)
+
+
+async def forget_now(redis: Redis, user_ids: Iterable[UUID]) -> None:
+    """`forget` in a round trip of its own, for a writer that publishes nothing else."""
+    if keys := _keys(user_ids):
+        await redis.delete(*keys)
