@@ -15,6 +15,7 @@ import typer
 from services.infra.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from gateway.supervisor import Child
     from services.infra.container import Services
 
 T = TypeVar("T")
@@ -69,14 +70,9 @@ def api(
     settings = _setup()
     _require_database(settings)
     if workers > 1:
-        from gateway.supervisor import Child, Supervisor, child_env, tradeql_argv
+        from gateway.supervisor import Supervisor, child_env
 
-        children = [
-            Child(
-                f"api-{i}", tradeql_argv("api", "--host", host, "--port", str(port), "--reuse-port")
-            )
-            for i in range(workers)
-        ]
+        children = api_children(host, port, workers)
         raise typer.Exit(
             Supervisor(children, child_env({}), settings.shutdown_grace_seconds + 5).run()
         )
@@ -147,7 +143,7 @@ def up(
         upgrade(env["DATABASE_URL"])
         securities_defaults(synthetic=0)
         demo()
-        children = [Child("api", tradeql_argv("api", "--host", host, "--port", str(port)))]
+        children = api_children(host, port, settings.api_workers or os.cpu_count() or 1)
         children += [Child(name, tradeql_argv(*argv)) for name, argv in WORKERS]
         typer.echo(f"TradeQL is up: http://{host}:{port}/graphql  (Ctrl-C stops everything)")
         code = Supervisor(children, child_env(env), settings.shutdown_grace_seconds + 5).run()
@@ -155,6 +151,16 @@ def up(
         if embedded is not None:
             embedded.stop()
     raise typer.Exit(code)
+
+
+def api_children(host: str, port: int, count: int) -> list[Child]:
+    """`count` API processes on one port (SO_REUSEPORT when more than one)."""
+    from gateway.supervisor import Child, tradeql_argv
+
+    if count == 1:
+        return [Child("api", tradeql_argv("api", "--host", host, "--port", str(port)))]
+    argv = tradeql_argv("api", "--host", host, "--port", str(port), "--reuse-port")
+    return [Child(f"api-{i}", argv) for i in range(count)]
 
 
 MetricsPort = Annotated[int, typer.Option(help="serve Prometheus metrics on this port (0: off)")]

@@ -20,18 +20,19 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError
 
 from services.infra.container import Services
 from services.infra.db import single_read
+from services.infra.retry import is_transient
 from services.infra.settings import Settings
 from services.infra.streams import ConsumerGroup, consumer_name, partition_of, quote_stream
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
-from services.orders import fills, order_events
+from services.orders import fills
+from services.orders.group_commit import GroupCommit
 from services.orders.matching import OrderBook
-from services.orders.order_model import Order, OrderType, Side, Status, TimeInForce
+from services.orders.order_model import Event, Order, OrderType, Side, Status, TimeInForce
 from services.orders.order_rules import tick_for
-from services.orders.order_store import open_orders, orders_by_id
+from services.orders.order_store import open_order_ids, open_orders, orders_by_id
 from services.orders.placement import order_stream
 from services.orders.routing import VenueRouter, parse_faults
 from workers.metrics import MATCHER_EXECUTIONS, MATCHER_PARTITIONS, MATCHER_WORKING
@@ -108,6 +109,7 @@ class PartitionMatcher:
         router: VenueRouter,
         owner: str,
         order_slots: asyncio.Semaphore | None = None,
+        committer: GroupCommit | None = None,
     ) -> None:
         self.partition = partition
         self.services = services
@@ -125,6 +127,14 @@ class PartitionMatcher:
         self._order_slots = order_slots or asyncio.Semaphore(
             services.settings.matcher_order_concurrency
         )
+        # Shared by every partition of the process too: their changes commit in groups.
+        self.committer = committer or GroupCommit(
+            services.engine, services.redis, max_group=services.settings.matcher_group_max
+        )
+        # Orders whose execution is routed and waiting for its group to commit: a quote
+        # meanwhile must not route them again.
+        self._executing: set[UUID] = set()
+        self._settling: set[asyncio.Task[None]] = set()
 
     # -- life cycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -163,20 +173,24 @@ class PartitionMatcher:
         log.info("partition %d: %d working orders rebuilt", self.partition, len(working))
 
     async def sweep(self) -> None:
-        """Orders committed but never handed off (the API lost Redis at the wrong moment).
-        Such an order is still PENDING (whatever the matcher has seen is SUBMITTED or done), so
-        the sweep reads only those, not every resting order, every few seconds."""
+        """Open orders of this partition missing from the book: committed but never handed off
+        (the API lost Redis at the wrong moment), or dropped by an outage. Their ids are read
+        first (an index-only look), the orders themselves only for those missing."""
         cutoff = datetime.now(UTC) - timedelta(seconds=1)
-        async with self.services.engine.connect() as conn:
-            working = [
-                o
-                for o in await open_orders(conn, statuses=[Status.PENDING], created_before=cutoff)
-                if partition_of(o.symbol, self.settings.quote_partitions) == self.partition
-                and o.id not in self.book
+        async with single_read(self.services.engine) as conn:
+            ids = await open_order_ids(conn, created_before=cutoff)
+            missing = [
+                i
+                for i, symbol in ids
+                if i not in self.book
+                and i not in self._executing
+                and partition_of(symbol, self.settings.quote_partitions) == self.partition
             ]
-        for order in working:
-            log.info("sweep found order %s without a hand-off", order.id)
+            found = await orders_by_id(conn, missing) if missing else {}
+        for order in sorted(found.values(), key=lambda o: (o.created_at, o.id)):
+            log.info("sweep found open order %s outside the book", order.id)
             await self.process_safely(order)
+        await self._drain()
 
     async def _handle_messages(self, messages: list) -> None:  # type: ignore[type-arg]
         if not messages:
@@ -193,11 +207,15 @@ class PartitionMatcher:
             for order_id in new_ids:
                 if order_id in found:
                     by_symbol.setdefault(found[order_id].symbol, []).append(found[order_id])
-            await self._process_symbols(list(by_symbol.values()))
+            quotes = await self._current_quotes(sorted(by_symbol))
+            await self._process_symbols(list(by_symbol.values()), quotes)
+            await self._drain()  # every change of these orders committed before the ack
         await self.orders.ack(messages)
         MATCHER_WORKING.labels(str(self.partition)).set(len(self.book))
 
-    async def _process_symbols(self, groups: list[list[Order]]) -> None:
+    async def _process_symbols(
+        self, groups: list[list[Order]], quotes: dict[str, Quote | None]
+    ) -> None:
         """New orders of different symbols at once, each symbol's in arrival order.
 
         A partition's work is mostly waiting on PostgreSQL round trips, one order after another;
@@ -216,7 +234,7 @@ class PartitionMatcher:
                     if failed:
                         return  # an outage elsewhere: stop between orders, never inside one
                     try:
-                        await self.process_safely(order)
+                        await self.process_safely(order, quotes)
                     except Exception as exc:
                         failed.append(exc)
                         return
@@ -257,7 +275,8 @@ class PartitionMatcher:
         for order in crossed.triggered:
             await self._guarded(self._trigger(order, quote), order)
         for order in crossed.executable:
-            await self._guarded(self._execute(order, quote), order)
+            if order.id not in self._executing:
+                await self._guarded(self._execute(order, quote), order)
 
     async def _guarded(self, work: Awaitable[None], order: Order) -> None:
         """One order that cannot be booked must not stop the partition: it is cancelled with
@@ -265,37 +284,52 @@ class PartitionMatcher:
         not the order's fault: it propagates and the partition retries."""
         try:
             await work
-        except (RedisError, OSError):
-            raise
         except Exception as exc:
-            log.exception("order %s could not be processed; cancelling it", order.id)
-            async with self._lock:
-                self.book.remove(order.id)
-            with contextlib.suppress(Exception):
-                await self._close(
-                    order, Status.CANCELLED, f"could not be booked: {type(exc).__name__}"
-                )
+            if isinstance(exc, RedisError) or is_transient(exc):
+                raise
+            await self._give_up(order, exc)
+
+    async def _give_up(self, order: Order, exc: Exception) -> None:
+        log.error("order %s could not be processed; cancelling it", order.id, exc_info=exc)
+        async with self._lock:
+            self.book.remove(order.id)
+        with contextlib.suppress(Exception):
+            await self._close(order, Status.CANCELLED, f"could not be booked: {type(exc).__name__}")
 
     async def _trigger(self, order: Order, quote: Quote) -> None:
         """A stop whose price the last trade crossed: a STOP executes as a market order, a
         STOP_LIMIT starts working as a limit order."""
-        outcome = await self._transact(order, lambda conn, o: fills.mark(conn, o, triggered=True))
+        outcome = await self._transact(order, fills.Mark(triggered=True))
         if outcome is not None:
             await self.process(outcome.order, quote)
 
     # -- orders ---------------------------------------------------------------------------
-    async def process_safely(self, order: Order) -> None:
-        await self._guarded(self.process(order), order)
+    async def process_safely(
+        self, order: Order, quotes: dict[str, Quote | None] | None = None
+    ) -> None:
+        await self._guarded(self.process(order, current=quotes), order)
 
-    async def process(self, order: Order, quote: Quote | None = None) -> None:
-        """Decide what a newly seen open order needs: execution now, or a place in the book."""
+    async def process(
+        self,
+        order: Order,
+        quote: Quote | None = None,
+        *,
+        current: dict[str, Quote | None] | None = None,
+    ) -> None:
+        """Decide what a newly seen open order needs: execution now, or a place in the book.
+        `quote` is one that just arrived for it; `current`, the quotes read for its batch."""
         if not order.is_open:
             async with self._lock:
                 self.book.remove(order.id)
             return
         if order.id in self.book and quote is None:
             return
-        quote = quote or await self._current_quote(order.symbol)
+        if quote is None:
+            quote = (
+                current.get(order.symbol)
+                if current is not None
+                else (await self._current_quotes([order.symbol]))[order.symbol]
+            )
         market_open = self.services.clock.is_open()
         if executes_now(order) or order.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
             if quote is None or not market_open:
@@ -305,14 +339,11 @@ class PartitionMatcher:
             return
         if order.status is Status.PENDING:
             outcome = await self._transact(
-                order, lambda conn, o: fills.mark(conn, o, status=Status.SUBMITTED)
+                order, fills.Mark(status=Status.SUBMITTED, event=Event.ACCEPTED)
             )
             if outcome is None:
                 return
             order = outcome.order
-            await order_events.publish(
-                self.services.redis, [order_events.OrderUpdate(order_events.Event.ACCEPTED, order)]
-            )
         async with self._lock:
             if order.id in self.book:
                 self.book.replace(order)
@@ -346,65 +377,80 @@ class PartitionMatcher:
             fills.Fill(f.venue, f.quantity, f.price, f.venue_execution_id) for f in venue_fills
         ]
         reason = None if venue_fills else "no liquidity within the price limit"
-        outcome = await self._transact(
-            order,
-            lambda conn, o: fills.execute(conn, o, booked, close_remainder=closes, reason=reason),
+        # Submitted now, in this symbol's order; settled when its group commits, while the next
+        # order is decided.
+        self._executing.add(order.id)
+        future = self.committer.submit(
+            fills.Work(order, fills.Execute(booked, closes, reason), order.request_id)
         )
-        if outcome is None:
+        task = asyncio.create_task(self._settle(order, future, len(booked)))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(
+        self, order: Order, future: asyncio.Future[fills.Outcome], executions: int
+    ) -> None:
+        """The end of an execution: its group committed (or the order had moved on)."""
+        try:
+            outcome = await future
+        except fills.StaleOrder:
+            await self._refresh(order)
             return
-        MATCHER_EXECUTIONS.inc(len(booked))
-        await order_events.publish(self.services.redis, outcome.updates)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            await self._give_up(order, exc)
+            return
+        finally:
+            self._executing.discard(order.id)
+        MATCHER_EXECUTIONS.inc(executions)
         async with self._lock:
             if outcome.order.is_open:
                 self.book.replace(outcome.order) if outcome.order.id in self.book else None
             else:
                 self.book.remove(outcome.order.id)
 
+    async def _drain(self) -> None:
+        """Wait for every execution submitted so far to settle (before acknowledging)."""
+        while self._settling:
+            results = await asyncio.gather(*self._settling, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise failures[0]
+
     async def _close(self, order: Order, status: Status, reason: str) -> None:
-        outcome = await self._transact(
-            order,
-            lambda conn, o: fills.close(conn, o, status, reason=reason, expected_version=o.version),
-        )
-        if outcome is not None:
-            await order_events.publish(self.services.redis, outcome.updates)
+        await self._transact(order, fills.Close(status, reason, expected_version=order.version))
         async with self._lock:
             self.book.remove(order.id)
 
-    async def _transact(self, order: Order, action) -> fills.Outcome | None:  # type: ignore[no-untyped-def]
-        """Run one order transaction; a stale order (a cancel won) is re-read and dropped or
-        kept, never retried blindly. A deadlock, a serialization failure or a connection that
-        died under it (a PostgreSQL restart) is tried again: if the first try did commit, the
-        second finds the order's version moved on and re-reads it, and a fill's execution ids
-        insert nothing twice."""
-        for attempt in range(3):
-            try:
-                async with self.services.engine.begin() as conn:
-                    return await action(conn, order)  # type: ignore[no-any-return]
-            except fills.StaleOrder:
-                async with self.services.engine.connect() as conn:
-                    fresh = (await orders_by_id(conn, [order.id])).get(order.id)
-                async with self._lock:
-                    if fresh is None or not fresh.is_open:
-                        self.book.remove(order.id)
-                    elif order.id in self.book:
-                        self.book.replace(fresh)
-                return None
-            except DBAPIError as exc:
-                retryable = exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in (
-                    "40P01",
-                    "40001",
-                )
-                if attempt == 2 or not retryable:
-                    raise
-        return None
-
-    async def _current_quote(self, symbol: str) -> Quote | None:
-        """The consolidated quote as the quote cache holds it now (the stream copy here is
-        kept only for symbols with resting orders, and may be old for the others)."""
-        (quote,) = await self.services.quote_store.read([symbol])
-        if quote is None or quote.bid <= 0 or quote.ask <= 0:
+    async def _transact(self, order: Order, action: fills.Action) -> fills.Outcome | None:
+        """One change of one order, committed in the process's next group (which retries an
+        outage for as long as it lasts). A stale order (a cancel won) is re-read and dropped or
+        kept, never retried blindly."""
+        try:
+            return await self.committer.submit(fills.Work(order, action, order.request_id))
+        except fills.StaleOrder:
+            await self._refresh(order)
             return None
-        return quote
+
+    async def _refresh(self, order: Order) -> None:
+        async with single_read(self.services.engine) as conn:
+            fresh = (await orders_by_id(conn, [order.id])).get(order.id)
+        async with self._lock:
+            if fresh is None or not fresh.is_open:
+                self.book.remove(order.id)
+            elif order.id in self.book:
+                self.book.replace(fresh)
+
+    async def _current_quotes(self, symbols: list[str]) -> dict[str, Quote | None]:
+        """The consolidated quotes as the quote cache holds them now, in one round trip (the
+        stream copy here is kept only for symbols with resting orders, and may be old for the
+        others); None for a symbol without a usable one."""
+        found = await self.services.quote_store.read(symbols)
+        return {
+            symbol: quote if quote is not None and quote.bid > 0 and quote.ask > 0 else None
+            for symbol, quote in zip(symbols, found, strict=True)
+        }
 
 
 class Matcher:
@@ -423,6 +469,9 @@ class Matcher:
         )
         self.running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self.order_slots = asyncio.Semaphore(settings.matcher_order_concurrency)
+        self.committer = GroupCommit(
+            services.engine, services.redis, max_group=settings.matcher_group_max
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = self.services.settings.matcher_lease_seconds / 3
@@ -434,6 +483,7 @@ class Matcher:
         finally:
             for partition in list(self.running):
                 await self._stop_partition(partition)
+            await self.committer.close()
 
     async def _tend_leases(self) -> None:
         for partition in range(self.services.settings.quote_partitions):
@@ -450,7 +500,12 @@ class Matcher:
                 log.info("partition %d: lease taken by %s", partition, self.owner)
                 stop = asyncio.Event()
                 worker = PartitionMatcher(
-                    partition, self.services, self.router, self.owner, self.order_slots
+                    partition,
+                    self.services,
+                    self.router,
+                    self.owner,
+                    self.order_slots,
+                    self.committer,
                 )
                 self.running[partition] = (
                     asyncio.create_task(worker.run(stop), name=f"matcher-{partition}"),

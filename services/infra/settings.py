@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     ws_connection_init_timeout_seconds: float = 5.0
     ws_max_subscriptions: int = 100
     shutdown_grace_seconds: float = 10.0
+    api_workers: int = Field(
+        default=0,
+        ge=0,
+        description="API processes `tradeql up` starts on one port (0: one per core)",
+    )
 
     market_always_open: bool = Field(
         default=False, description="treat the market as open at all hours (demos, tests)"
@@ -144,10 +149,13 @@ class Settings(BaseSettings):
     matcher_lease_seconds: float = Field(default=10.0, gt=0)
     matcher_sweep_seconds: float = Field(default=5.0, gt=0)
     matcher_order_concurrency: int = Field(
-        default=6,
+        default=64,
         ge=1,
-        description="new orders of different symbols a matcher process books at once (all its "
-        "partitions together; keep it below TRADEQL_DB_POOL_SIZE)",
+        description="symbols whose new orders a matcher process decides at once (all its "
+        "partitions together); their changes commit in shared groups, one connection each",
+    )
+    matcher_group_max: int = Field(
+        default=500, ge=1, description="order changes the matcher commits in one transaction"
     )
     venue_faults: str = Field(default="", description="e.g. EDGX=1.0,ARCA=0.5 (failure rates)")
     venue_timeout_ms: float = Field(default=250.0, gt=0)

@@ -1,48 +1,71 @@
-"""Applying executions, cancels and expiries to an order: one transaction each, all or nothing.
+"""The unit of work for changes to orders: executions, cancels, expiries and marks, any number of
+orders in one transaction, a fixed number of round trips whatever their number.
 
-Locks are always taken in the same order everywhere (the account, then the order, then the
-position), so placement, fills and cancels never deadlock one another. The order row is locked
-and re-read, and its version must match what the caller decided on (optimistic locking): a fill
-racing a cancel finds the order closed and applies nothing, so an order is never both fully
-filled and cancelled. Each execution has a unique venue execution id: a replay after a crash
-inserts nothing and moves nothing.
+In the caller's transaction: the accounts are locked (in id order), then the orders (in id
+order), then the positions (in account, symbol order): the order every writer locks them in, so
+placement, fills and cancels never deadlock one another. Each order's change is judged by
+`fill_rules` in arrival order against the locked rows as the earlier changes left them; an order
+that changed since its caller looked (a cancel won the race) is stale and nothing of it is
+written, without failing its neighbours. Then every execution, ledger posting, order, account,
+position and audit row of the group is written with set-based statements. Each execution has a
+unique venue execution id: a replay after a crash inserts nothing and moves nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.accounts import ledger
-from services.infra import audit
-from services.orders.order_events import OrderUpdate
-from services.orders.order_model import (
-    TERMINAL_STATUSES,
-    Event,
-    Execution,
-    Order,
-    Side,
-    Status,
-    can_transition,
+from services.infra.request_context import current_request_id
+from services.orders import fill_rules
+from services.orders.fill_rules import (
+    Action,
+    Change,
+    Close,
+    Execute,
+    Fill,
+    Mark,
+    StaleOrder,
+    fill_cash,
 )
-from services.orders.order_store import lock_account_and_order
-from services.portfolio.positions import PositionState, apply_buy, apply_sell, fill_value
+from services.orders.order_events import OrderUpdate
+from services.orders.order_model import Execution, Order, Status
+from services.orders.order_store import ORDER_COLUMNS, order_from_row
+from services.portfolio.positions import PositionState
+
+__all__ = [
+    "Close",
+    "Execute",
+    "Fill",
+    "Mark",
+    "Outcome",
+    "StaleOrder",
+    "Work",
+    "apply",
+    "close",
+    "execute",
+    "fill_cash",
+    "mark",
+]
 
 ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
-class Fill:
-    venue: str
-    quantity: Decimal
-    price: Decimal
-    venue_execution_id: str
+class Work:
+    """A caller's decision about an order as it last saw it, and the request that led to it."""
+
+    order: Order
+    action: Action
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,49 +74,123 @@ class Outcome:
     updates: list[OrderUpdate]
 
 
-class StaleOrder(Exception):
-    """The order changed (or closed) since the caller looked: nothing was applied."""
+async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | StaleOrder]:
+    """Apply `works` (at most one per order) in the caller's transaction; for each, its outcome
+    or why it was stale."""
+    if not works:
+        return []
+    if len({w.order.id for w in works}) != len(works):
+        raise ValueError("one change per order in a group: the next group takes the others")
+    orders = await _lock(conn, works)
+    stale: dict[int, StaleOrder] = {}
+    live: list[tuple[int, Work, Order]] = []
+    for index, work in enumerate(works):
+        try:
+            current = fill_rules.check_current(orders.get(work.order.id), work.order, work.action)
+        except StaleOrder as error:
+            stale[index] = error
+            continue
+        live.append((index, work, current))
+    positions = await _lock_positions(conn, live)
+    executions = await _insert_executions(conn, live)
+    changes: list[tuple[int, Work, Change]] = []
+    for index, work, current in live:
+        try:
+            change = _judge(current, work.action, positions, executions.get(index, []))
+        except StaleOrder as error:  # a transition the order cannot make from where it is
+            if executions.get(index):
+                raise  # its executions are written: the whole group rolls back
+            stale[index] = error
+            continue
+        if change.position is not None:
+            positions[(current.account_id, current.symbol)] = change.position
+        changes.append((index, work, change))
+    stamp = await _store(conn, orders, changes, positions)
+    outcomes: dict[int, Outcome] = {}
+    for index, _, change in changes:
+        after = stamp(change.after) if change.moved else change.after
+        updates = [OrderUpdate(event, after, execution) for event, execution in change.events]
+        outcomes[index] = Outcome(after, updates)
+    return [outcomes[i] if i in outcomes else stale[i] for i in range(len(works))]
 
 
-_SELECT_POSITION = text(
-    "SELECT quantity, cost_basis, realized_pnl FROM positions "
-    "WHERE account_id = :a AND symbol = :s FOR UPDATE"
-)
+def _judge(
+    order: Order,
+    action: Action,
+    positions: dict[tuple[UUID, str], PositionState],
+    new: list[Execution],
+) -> Change:
+    if isinstance(action, Execute):
+        position = positions.get((order.account_id, order.symbol), PositionState())
+        return fill_rules.execute(order, position, new, action)
+    if isinstance(action, Close):
+        return fill_rules.close(order, action)
+    return fill_rules.mark(order, action)
 
 
-async def _lock_position(conn: AsyncConnection, account_id: UUID, symbol: str) -> PositionState:
-    """The position, locked; created first if the account never held the symbol."""
-    params = {"a": account_id, "s": symbol}
-    row = (await conn.execute(_SELECT_POSITION, params)).first()
-    if row is None:
-        await conn.execute(
-            text(
-                "INSERT INTO positions (account_id, symbol) VALUES (:a, :s) ON CONFLICT DO NOTHING"
-            ),
-            params,
-        )
-        row = (await conn.execute(_SELECT_POSITION, params)).one()
-    return PositionState(row.quantity, row.cost_basis, row.realized_pnl)
+# -- locks ------------------------------------------------------------------------------------
+async def _lock(conn: AsyncConnection, works: Sequence[Work]) -> dict[UUID, Order]:
+    """The accounts, then the orders, locked in id order; the orders as they are now."""
+    await conn.execute(
+        text("SELECT id FROM accounts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
+        {"ids": sorted({w.order.account_id for w in works})},
+    )
+    rows = await conn.execute(
+        text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
+        {"ids": sorted({w.order.id for w in works})},
+    )
+    return {r.id: order_from_row(r) for r in rows}
 
 
-async def _locked(conn: AsyncConnection, order: Order, expected_version: int | None) -> Order:
-    current = await lock_account_and_order(conn, order.account_id, order.id)
-    if current is None or not current.is_open:
-        raise StaleOrder(f"order {order.id} is no longer open")
-    if expected_version is not None and current.version != expected_version:
-        raise StaleOrder(f"order {order.id} changed (version {current.version})")
-    return current
+async def _lock_positions(
+    conn: AsyncConnection, live: list[tuple[int, Work, Order]]
+) -> dict[tuple[UUID, str], PositionState]:
+    """The positions that executions will move, locked; created first where the account never
+    held the symbol."""
+    keys = sorted(
+        {
+            (order.account_id, order.symbol)
+            for _, work, order in live
+            if isinstance(work.action, Execute) and work.action.fills
+        }
+    )
+    if not keys:
+        return {}
+    params = {"a": [a for a, _ in keys], "s": [s for _, s in keys]}
+    await conn.execute(
+        text(
+            "INSERT INTO positions (account_id, symbol) SELECT a, s FROM unnest("
+            "CAST(:a AS uuid[]), CAST(:s AS text[])) AS d(a, s) ORDER BY a, s "
+            "ON CONFLICT DO NOTHING"
+        ),
+        params,
+    )
+    rows = await conn.execute(
+        text(
+            "SELECT p.account_id, p.symbol, p.quantity, p.cost_basis, p.realized_pnl "
+            "FROM positions p JOIN unnest(CAST(:a AS uuid[]), CAST(:s AS text[])) AS d(a, s) "
+            "ON p.account_id = d.a AND p.symbol = d.s ORDER BY p.account_id, p.symbol FOR UPDATE"
+        ),
+        params,
+    )
+    return {
+        (r.account_id, r.symbol): PositionState(r.quantity, r.cost_basis, r.realized_pnl)
+        for r in rows
+    }
 
 
+# -- executions -------------------------------------------------------------------------------
 _INSERT_EXECUTIONS = text(
     """
     INSERT INTO executions (order_id, user_id, symbol, side, quantity, price, venue,
                             venue_execution_id)
-    SELECT CAST(:o AS uuid), CAST(:u AS uuid), CAST(:s AS text), CAST(:side AS text),
-           f.quantity, f.price, f.venue, f.venue_execution_id
-      FROM unnest(CAST(:quantities AS numeric[]), CAST(:prices AS numeric[]),
-                  CAST(:venues AS text[]), CAST(:ids AS text[])) WITH ORDINALITY
-           AS f(quantity, price, venue, venue_execution_id, ord)
+    SELECT f.order_id, f.user_id, f.symbol, f.side, f.quantity, f.price, f.venue,
+           f.venue_execution_id
+      FROM unnest(CAST(:orders AS uuid[]), CAST(:users AS uuid[]), CAST(:symbols AS text[]),
+                  CAST(:sides AS text[]), CAST(:quantities AS numeric[]),
+                  CAST(:prices AS numeric[]), CAST(:venues AS text[]), CAST(:ids AS text[]))
+           WITH ORDINALITY
+           AS f(order_id, user_id, symbol, side, quantity, price, venue, venue_execution_id, ord)
      ORDER BY f.ord
     ON CONFLICT (venue_execution_id) DO NOTHING
     RETURNING id, executed_at, venue_execution_id
@@ -102,80 +199,184 @@ _INSERT_EXECUTIONS = text(
 
 
 async def _insert_executions(
-    conn: AsyncConnection, order: Order, fills: Sequence[Fill]
-) -> dict[str, Execution]:
-    """The executions of `fills` that are new, by venue execution id (a replay inserts none)."""
-    if not fills:
+    conn: AsyncConnection, live: list[tuple[int, Work, Order]]
+) -> dict[int, list[Execution]]:
+    """Each work's executions that are new, in its fills' order (a replayed id, or one
+    repeated in the group, inserts nothing the second time)."""
+    owners: dict[str, tuple[int, Order, Fill]] = {}
+    for index, work, order in live:
+        if isinstance(work.action, Execute):
+            for fill in work.action.fills:
+                owners.setdefault(fill.venue_execution_id, (index, order, fill))
+    if not owners:
         return {}
+    entries = list(owners.values())
     rows = await conn.execute(
         _INSERT_EXECUTIONS,
         {
-            "o": order.id,
-            "u": order.user_id,
-            "s": order.symbol,
-            "side": order.side.value,
-            "quantities": [f.quantity for f in fills],
-            "prices": [f.price for f in fills],
-            "venues": [f.venue for f in fills],
-            "ids": [f.venue_execution_id for f in fills],
+            "orders": [o.id for _, o, _ in entries],
+            "users": [o.user_id for _, o, _ in entries],
+            "symbols": [o.symbol for _, o, _ in entries],
+            "sides": [o.side.value for _, o, _ in entries],
+            "quantities": [f.quantity for _, _, f in entries],
+            "prices": [f.price for _, _, f in entries],
+            "venues": [f.venue for _, _, f in entries],
+            "ids": [f.venue_execution_id for _, _, f in entries],
         },
     )
-    by_id: dict[str, Fill] = {}
-    for f in fills:  # the first fill of an id is the one inserted; a repeat is a replay
-        by_id.setdefault(f.venue_execution_id, f)
-    executions = {}
-    for row in rows:
-        fill = by_id[row.venue_execution_id]
-        executions[row.venue_execution_id] = Execution(
-            row.id,
-            order.id,
-            fill.quantity,
-            fill.price,
-            fill.venue,
-            fill.venue_execution_id,
-            row.executed_at,
-        )
-    return executions
+    inserted = {row.venue_execution_id: row for row in rows}
+    new: dict[int, list[Execution]] = {}
+    for execution_id, (index, order, fill) in owners.items():
+        row = inserted.get(execution_id)
+        if row is not None:
+            new.setdefault(index, []).append(
+                Execution(
+                    row.id,
+                    order.id,
+                    fill.quantity,
+                    fill.price,
+                    fill.venue,
+                    execution_id,
+                    row.executed_at,
+                )
+            )
+    return new
 
 
-def fill_cash(filled_value_before: Decimal, fill: Fill) -> Decimal:
-    """The cash a fill moves: the change it makes to the order's running value rounded to the
-    cent. Rounding the running total, not each fill, keeps an order's cash within its hold
-    (a hold is rounded up from the same exact total), however many fills it takes."""
-    after = filled_value_before + fill.quantity * fill.price
-    return fill_value(after, Decimal(1)) - fill_value(filled_value_before, Decimal(1))
-
-
-def _money_and_shares(
-    order: Order, position: PositionState, fill: Fill, value: Decimal
-) -> tuple[ledger.Posting, PositionState]:
-    """The fill's cash and shares as a ledger posting, and the position after it."""
-    signed_cash = -value if order.side is Side.BUY else value
-    signed_shares = fill.quantity if order.side is Side.BUY else -fill.quantity
-    entries = [
-        ledger.Entry(ledger.POSITION, order.symbol, signed_shares, order.account_id),
-        ledger.Entry(ledger.VENUE, order.symbol, -signed_shares),
-    ]
-    if value:  # a fill worth less than half a cent moves shares and no cash
-        entries += ledger.cash_transfer(order.account_id, signed_cash, ledger.VENUE)
-    posting = ledger.Posting(f"fill.{order.side.value.lower()}", fill.venue_execution_id, entries)
-    if order.side is Side.BUY:
-        return posting, apply_buy(position, fill.quantity, value)
-    return posting, apply_sell(position, fill.quantity, value)
-
-
-def _next_status(order: Order, close_remainder: bool) -> Status:
-    done = order.remaining_quantity <= 0 or (
-        order.notional is not None
-        and order.side is Side.BUY
-        and close_remainder
-        and order.filled_quantity > 0
+# -- writing the group ------------------------------------------------------------------------
+# Accounts, positions, audit rows and orders of the whole group in one statement. The order rows
+# are locked and their versions checked already; the version in the WHERE is belt and braces.
+_STORE = text(
+    """
+    WITH account AS (
+        UPDATE accounts a SET cash = a.cash + d.cash,
+               reserved_cash = a.reserved_cash - d.released, updated_at = now()
+          FROM unnest(CAST(:acc_ids AS uuid[]), CAST(:acc_cash AS numeric[]),
+                      CAST(:acc_released AS numeric[])) AS d(id, cash, released)
+         WHERE a.id = d.id
+    ), position AS (
+        UPDATE positions p SET quantity = coalesce(d.q, p.quantity),
+               cost_basis = coalesce(d.c, p.cost_basis),
+               realized_pnl = coalesce(d.r, p.realized_pnl),
+               reserved_quantity = p.reserved_quantity - d.released, updated_at = now()
+          FROM unnest(CAST(:pos_accounts AS uuid[]), CAST(:pos_symbols AS text[]),
+                      CAST(:pos_q AS numeric[]), CAST(:pos_c AS numeric[]),
+                      CAST(:pos_r AS numeric[]), CAST(:pos_released AS numeric[]))
+               AS d(account_id, symbol, q, c, r, released)
+         WHERE p.account_id = d.account_id AND p.symbol = d.symbol
+    ), audited AS (
+        INSERT INTO audit_log (user_id, action, entity_type, entity_id, details, request_id)
+        SELECT a.user_id, a.action, 'order', a.entity_id, CAST(a.details AS jsonb), a.request_id
+          FROM unnest(CAST(:audit_users AS uuid[]), CAST(:audit_actions AS text[]),
+                      CAST(:audit_entities AS text[]), CAST(:audit_details AS text[]),
+                      CAST(:audit_requests AS text[])) WITH ORDINALITY
+               AS a(user_id, action, entity_id, details, request_id, ord)
+         ORDER BY a.ord
     )
-    if done:
-        return Status.FILLED
-    if close_remainder:
-        return Status.CANCELLED
-    return Status.PARTIALLY_FILLED if order.filled_quantity > 0 else order.status
+    UPDATE orders o SET status = d.status, quantity = d.quantity, filled_quantity = d.fq,
+           filled_value = d.fv, reserved_cash = d.rc, reserved_quantity = d.rq,
+           triggered = d.triggered, version = d.new_version, reject_reason = d.reason,
+           updated_at = now(),
+           filled_at = CASE WHEN d.status = 'FILLED' THEN now() ELSE o.filled_at END
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:created AS timestamptz[]),
+                  CAST(:versions AS integer[]), CAST(:statuses AS text[]),
+                  CAST(:quantities AS numeric[]), CAST(:fq AS numeric[]), CAST(:fv AS numeric[]),
+                  CAST(:rc AS numeric[]), CAST(:rq AS numeric[]), CAST(:triggered AS boolean[]),
+                  CAST(:new_versions AS integer[]), CAST(:reasons AS text[]))
+           AS d(id, created, version, status, quantity, fq, fv, rc, rq, triggered, new_version,
+                reason)
+     WHERE o.id = d.id AND o.created_at = d.created AND o.version = d.version
+    RETURNING o.id, now() AS at
+    """
+)
+
+
+async def _store(
+    conn: AsyncConnection,
+    before: dict[UUID, Order],
+    changes: list[tuple[int, Work, Change]],
+    positions: dict[tuple[UUID, str], PositionState],
+) -> Callable[[Order], Order]:
+    """Write the group; a function that stamps an order with the transaction's time."""
+    moving = [(work, change) for _, work, change in changes if change.moved]
+    if not moving:
+        return lambda order: order
+    await ledger.post_many(conn, [p for _, c in moving for p in c.postings])
+    cash: dict[UUID, list[Decimal]] = {}
+    shares: dict[tuple[UUID, str], Decimal] = {}
+    moved_positions: set[tuple[UUID, str]] = set()
+    final: dict[UUID, Order] = {}
+    audits: list[tuple[UUID, str, str, str, str | None]] = []
+    fallback_request = current_request_id()
+    for work, change in moving:
+        order = change.before
+        totals = cash.setdefault(order.account_id, [ZERO, ZERO])
+        totals[0] += change.cash
+        totals[1] += change.released_cash
+        key = (order.account_id, order.symbol)
+        if change.position is not None:
+            moved_positions.add(key)
+        if change.position is not None or change.released_shares:
+            shares[key] = shares.get(key, ZERO) + change.released_shares
+        final[order.id] = change.after
+        request_id = work.request_id or fallback_request
+        audits += [
+            (order.user_id, action, str(order.id), json.dumps(details, default=str), request_id)
+            for action, details in change.audits
+        ]
+    accounts = [a for a, (c, r) in cash.items() if c or r]
+    ids = list(final)
+    rows = await conn.execute(
+        _STORE,
+        {
+            "acc_ids": accounts,
+            "acc_cash": [cash[a][0] for a in accounts],
+            "acc_released": [cash[a][1] for a in accounts],
+            "pos_accounts": [a for a, _ in shares],
+            "pos_symbols": [s for _, s in shares],
+            "pos_q": [positions[k].quantity if k in moved_positions else None for k in shares],
+            "pos_c": [positions[k].cost_basis if k in moved_positions else None for k in shares],
+            "pos_r": [positions[k].realized_pnl if k in moved_positions else None for k in shares],
+            "pos_released": list(shares.values()),
+            "audit_users": [a[0] for a in audits],
+            "audit_actions": [a[1] for a in audits],
+            "audit_entities": [a[2] for a in audits],
+            "audit_details": [a[3] for a in audits],
+            "audit_requests": [a[4] for a in audits],
+            "ids": ids,
+            "created": [before[i].created_at for i in ids],
+            "versions": [before[i].version for i in ids],
+            "statuses": [final[i].status.value for i in ids],
+            "quantities": [final[i].quantity for i in ids],
+            "fq": [final[i].filled_quantity for i in ids],
+            "fv": [final[i].filled_value for i in ids],
+            "rc": [final[i].reserved_cash for i in ids],
+            "rq": [final[i].reserved_quantity for i in ids],
+            "triggered": [final[i].triggered for i in ids],
+            "new_versions": [final[i].version for i in ids],
+            "reasons": [final[i].reject_reason for i in ids],
+        },
+    )
+    written = rows.all()
+    if len(written) != len(ids):
+        raise StaleOrder("an order of the group changed under its lock")
+    at: datetime = written[0].at
+
+    def stamp(order: Order) -> Order:
+        filled_at = order.filled_at
+        if order.status is Status.FILLED and filled_at is None:
+            filled_at = at
+        return replace(order, updated_at=at, filled_at=filled_at)
+
+    return stamp
+
+
+# -- one order at a time ----------------------------------------------------------------------
+async def _one(conn: AsyncConnection, order: Order, action: Action) -> Outcome:
+    (result,) = await apply(conn, [Work(order, action)])
+    if isinstance(result, StaleOrder):
+        raise result
+    return result
 
 
 async def execute(
@@ -186,195 +387,8 @@ async def execute(
     close_remainder: bool = False,
     reason: str | None = None,
 ) -> Outcome:
-    """Apply `fills` to `order` (as the caller last saw it) in the caller's transaction.
-
-    `close_remainder` ends the order after these fills (IOC, FOK, a market order that found no
-    more liquidity): what was not filled is cancelled and its hold released."""
-    current = await _locked(conn, order, order.version)
-    position = await _lock_position(conn, current.account_id, current.symbol)
-    inserted = await _insert_executions(conn, current, fills)
-    updates: list[OrderUpdate] = []
-    executions: list[Execution] = []
-    postings: list[ledger.Posting] = []
-    filled_qty, filled_value, consumed, cash_delta = ZERO, ZERO, ZERO, ZERO
-    for fill in fills:
-        execution = inserted.pop(fill.venue_execution_id, None)
-        if execution is None:
-            continue  # a replay of a fill already applied (or repeated in this batch)
-        value = fill_cash(current.filled_value + filled_value, fill)
-        posting, position = _money_and_shares(current, position, fill, value)
-        postings.append(posting)
-        executions.append(execution)
-        filled_qty += fill.quantity
-        filled_value += fill.quantity * fill.price
-        if current.side is Side.BUY:
-            consumed += value
-            cash_delta -= value
-        else:
-            cash_delta += value
-    if not executions and not close_remainder:
-        return Outcome(current, [])  # every fill was a replay: nothing moved, nothing to write
-    # The router never pays past the limit, the collar or the amount, and cash follows the
-    # order's rounded running total, so fills stay within the hold; the guard is belt and braces.
-    consumed = min(consumed, current.reserved_cash)
-    after = replace(
-        current,
-        filled_quantity=current.filled_quantity + filled_qty,
-        filled_value=current.filled_value + filled_value,
-        reserved_cash=current.reserved_cash - consumed,
-        reserved_quantity=current.reserved_quantity
-        - (filled_qty if current.side is Side.SELL else ZERO),
-    )
-    status = _next_status(after, close_remainder)
-    if not can_transition(current.status, status):
-        raise StaleOrder(f"order {current.id} cannot go from {current.status} to {status}")
-    released_cash, released_shares = ZERO, ZERO
-    if status in TERMINAL_STATUSES:
-        released_cash, released_shares = after.reserved_cash, after.reserved_quantity
-        after = replace(after, reserved_cash=ZERO, reserved_quantity=ZERO)
-        if current.notional is not None and current.side is Side.BUY and after.filled_quantity:
-            after = replace(after, quantity=after.filled_quantity)
-    after = replace(
-        after,
-        status=status,
-        version=current.version + 1,
-        reject_reason=reason if status is Status.CANCELLED else current.reject_reason,
-    )
-    audits: list[_Audit] = [
-        (
-            "order.filled",
-            {
-                "quantity": execution.quantity,
-                "price": execution.price,
-                "venue": execution.venue,
-                "venue_execution_id": execution.venue_execution_id,
-            },
-        )
-        for execution in executions
-    ]
-    if status is Status.CANCELLED:
-        audits.append(
-            (
-                "order.cancelled",
-                {
-                    "reason": reason,
-                    "released_cash": released_cash,
-                    "released_shares": released_shares,
-                },
-            )
-        )
-    await ledger.post_many(conn, postings)
-    change = _BalanceChange(
-        cash=cash_delta,
-        released_cash=consumed + released_cash,
-        position=position,
-        released_shares=(filled_qty if current.side is Side.SELL else ZERO) + released_shares,
-    )
-    stored = await _store(conn, current, after, change, audits)
-    for execution in executions:
-        event = Event.FILL if stored.status is Status.FILLED else Event.PARTIAL_FILL
-        updates.append(OrderUpdate(event, stored, execution))
-    if stored.status is Status.CANCELLED:
-        updates.append(OrderUpdate(Event.CANCELLED, stored))
-    return Outcome(stored, updates)
-
-
-_Audit = tuple[str, dict[str, Any]]  # action, details
-
-
-@dataclass(frozen=True, slots=True)
-class _BalanceChange:
-    """What an order's change does to its account and position."""
-
-    cash: Decimal = ZERO  # added to the account's cash (negative for a buy)
-    released_cash: Decimal = ZERO  # taken off the account's reserved cash
-    position: PositionState | None = None  # the position after the change, if it moved
-    released_shares: Decimal = ZERO  # taken off the position's reserved quantity
-
-    @property
-    def touches_account(self) -> bool:
-        return bool(self.cash or self.released_cash)
-
-    @property
-    def touches_position(self) -> bool:
-        return self.position is not None or bool(self.released_shares)
-
-
-# The order, its account, its position and its audit rows in one round trip. The order row is
-# already locked and its version checked; if the version still did not match, the caller's
-# transaction is rolled back with everything else in it (StaleOrder).
-_STORE = text(
-    """
-    WITH account AS (
-        UPDATE accounts SET cash = cash + :cash, reserved_cash = reserved_cash - :released_cash,
-               updated_at = now()
-         WHERE id = :account AND CAST(:touch_account AS boolean)
-    ), position AS (
-        UPDATE positions SET quantity = coalesce(CAST(:pq AS numeric), quantity),
-               cost_basis = coalesce(CAST(:pc AS numeric), cost_basis),
-               realized_pnl = coalesce(CAST(:pr AS numeric), realized_pnl),
-               reserved_quantity = reserved_quantity - :released_shares, updated_at = now()
-         WHERE account_id = :account AND symbol = :symbol AND CAST(:touch_position AS boolean)
-    ), audited AS ("""
-    + audit.INSERT_ROWS
-    + """)
-    UPDATE orders SET status = :status, quantity = :quantity,
-           filled_quantity = :fq, filled_value = :fv, reserved_cash = :rc,
-           reserved_quantity = :rq, triggered = :triggered, version = :new_version,
-           reject_reason = :reason, updated_at = now(),
-           filled_at = CASE WHEN :status = 'FILLED' THEN now() ELSE filled_at END
-     WHERE id = :id AND created_at = :created AND version = :version
-    RETURNING updated_at, filled_at
-    """
-)
-
-
-async def _store(
-    conn: AsyncConnection,
-    before: Order,
-    after: Order,
-    change: _BalanceChange = _BalanceChange(),
-    audits: Sequence[_Audit] = (),
-) -> Order:
-    position = change.position
-    row = (
-        await conn.execute(
-            _STORE,
-            {
-                "account": before.account_id,
-                "symbol": before.symbol,
-                "cash": change.cash,
-                "released_cash": change.released_cash,
-                "touch_account": change.touches_account,
-                "pq": position.quantity if position else None,
-                "pc": position.cost_basis if position else None,
-                "pr": position.realized_pnl if position else None,
-                "released_shares": change.released_shares,
-                "touch_position": change.touches_position,
-                **audit.rows_params(
-                    user_id=before.user_id,
-                    entity_type="order",
-                    entity_id=str(before.id),
-                    rows=audits,
-                ),
-                "status": after.status.value,
-                "quantity": after.quantity,
-                "fq": after.filled_quantity,
-                "fv": after.filled_value,
-                "rc": after.reserved_cash,
-                "rq": after.reserved_quantity,
-                "triggered": after.triggered,
-                "new_version": after.version,
-                "reason": after.reject_reason,
-                "id": before.id,
-                "created": before.created_at,
-                "version": before.version,
-            },
-        )
-    ).first()
-    if row is None:
-        raise StaleOrder(f"order {before.id} changed under us")
-    return replace(after, updated_at=row.updated_at, filled_at=row.filled_at)
+    """Apply `fills` to `order` (as the caller last saw it) in the caller's transaction."""
+    return await _one(conn, order, Execute(fills, close_remainder, reason))
 
 
 async def close(
@@ -386,34 +400,7 @@ async def close(
     expected_version: int | None = None,
 ) -> Outcome:
     """Cancel, expire or reject an open order: release what it holds, in this transaction."""
-    current = await _locked(conn, order, expected_version)
-    if not can_transition(current.status, status):
-        raise StaleOrder(f"order {current.id} cannot go from {current.status} to {status}")
-    after = replace(
-        current,
-        status=status,
-        reserved_cash=ZERO,
-        reserved_quantity=ZERO,
-        version=current.version + 1,
-        reject_reason=reason or current.reject_reason,
-    )
-    change = _BalanceChange(
-        released_cash=current.reserved_cash, released_shares=current.reserved_quantity
-    )
-    details: dict[str, Any] = {
-        "reason": reason,
-        "released_cash": current.reserved_cash,
-        "released_shares": current.reserved_quantity,
-    }
-    stored = await _store(
-        conn, current, after, change, [(f"order.{status.value.lower()}", details)]
-    )
-    event = {
-        Status.CANCELLED: Event.CANCELLED,
-        Status.EXPIRED: Event.EXPIRED,
-        Status.REJECTED: Event.REJECTED,
-    }[status]
-    return Outcome(stored, [OrderUpdate(event, stored)])
+    return await _one(conn, order, Close(status, reason, expected_version))
 
 
 async def mark(
@@ -425,15 +412,4 @@ async def mark(
 ) -> Outcome:
     """A change with no money: PENDING -> SUBMITTED when an order starts resting, or a stop
     that triggered."""
-    current = await _locked(conn, order, None)
-    after = replace(
-        current,
-        status=status or current.status,
-        triggered=current.triggered if triggered is None else triggered,
-        version=current.version + 1,
-    )
-    if not can_transition(current.status, after.status):
-        raise StaleOrder(f"order {current.id} cannot go from {current.status} to {after.status}")
-    details: dict[str, Any] = {"status": after.status.value, "triggered": after.triggered}
-    stored = await _store(conn, current, after, audits=[("order.updated", details)])
-    return Outcome(stored, [])
+    return await _one(conn, order, Mark(status, triggered))

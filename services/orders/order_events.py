@@ -73,6 +73,7 @@ def encode_update(update: OrderUpdate) -> str:
         "created_at": o.created_at.isoformat(),
         "updated_at": o.updated_at.isoformat(),
         "filled_at": _text(o.filled_at and o.filled_at.isoformat()),
+        "request_id": o.request_id,
     }
     execution = None
     if update.execution is not None:
@@ -116,6 +117,7 @@ def decode_update(payload: str) -> OrderUpdate:
         created_at=datetime.fromisoformat(o["created_at"]),
         updated_at=datetime.fromisoformat(o["updated_at"]),
         filled_at=_time(o["filled_at"]),
+        request_id=o.get("request_id"),
     )
     e = data.get("execution")
     execution = None

@@ -106,6 +106,7 @@ class Order:
     created_at: datetime
     updated_at: datetime
     filled_at: datetime | None
+    request_id: str | None = None  # the request that placed it
 
     @property
     def remaining_quantity(self) -> Decimal:

@@ -28,7 +28,7 @@ ORDER_COLUMNS = (
     "id, user_id, account_id, symbol, side, type, time_in_force, quantity, notional, "
     "limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash, "
     "reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at, "
-    "updated_at, filled_at"
+    "updated_at, filled_at, request_id"
 )
 OPEN = tuple(s.value for s in OPEN_STATUSES)
 MAX_PAGE = 200
@@ -59,6 +59,7 @@ def order_from_row(row: Any) -> Order:
         created_at=row.created_at,
         updated_at=row.updated_at,
         filled_at=row.filled_at,
+        request_id=row.request_id,
     )
 
 
@@ -106,6 +107,17 @@ async def open_orders(
         params["symbols"] = list(symbols)
     rows = await conn.execute(text(sql + " ORDER BY created_at, id"), params)
     return [order_from_row(r) for r in rows]
+
+
+async def open_order_ids(
+    conn: AsyncConnection, *, created_before: datetime
+) -> list[tuple[UUID, str]]:
+    """(id, symbol) of every open order placed before `created_before`."""
+    rows = await conn.execute(
+        text("SELECT id, symbol FROM orders WHERE status = ANY(:open) AND created_at < :before"),
+        {"open": list(OPEN), "before": created_before},
+    )
+    return [(r.id, r.symbol) for r in rows]
 
 
 def encode_cursor(order: Order) -> str:

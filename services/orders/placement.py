@@ -62,6 +62,9 @@ class _Request:
     command: PlaceOrder
     fingerprint: str
     future: asyncio.Future[Order]
+    # Read when the request is queued: the batch worker runs in the context of whichever
+    # request started it, so its own context would name that request for every order.
+    request_id: str | None
 
 
 @dataclass
@@ -96,7 +99,7 @@ class OrderPlacement:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="order-placement")
         future: asyncio.Future[Order] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(command, fingerprint, future))
+        await self._queue.put(_Request(command, fingerprint, future, current_request_id()))
         return await future
 
     async def close(self) -> None:
@@ -269,6 +272,7 @@ class OrderPlacement:
                     "reserved_cash": hold.cash,
                     "reserved_quantity": hold.shares,
                     "key": c.idempotency_key,
+                    "request_id": request.request_id,
                 }
             )
         await conn.execute(
@@ -310,15 +314,15 @@ class OrderPlacement:
         await conn.execute(
             text(
                 "INSERT INTO audit_log (user_id, action, entity_type, entity_id, details, request_id) "
-                "SELECT u, 'order.accepted', 'order', o, jsonb_build_object('hold', h), :rid "
+                "SELECT u, 'order.accepted', 'order', o, jsonb_build_object('hold', h), r "
                 "FROM unnest(CAST(:users AS uuid[]), CAST(:orders AS text[]), "
-                "CAST(:holds AS text[])) AS d(u, o, h)"
+                "CAST(:holds AS text[]), CAST(:rids AS text[])) AS d(u, o, h, r)"
             ),
             {
                 "users": [r.command.user_id for r, _, _ in judged.accepted],
                 "orders": [str(i) for _, i, _ in judged.accepted],
                 "holds": [str(h.cash or h.shares) for _, _, h in judged.accepted],
-                "rid": current_request_id(),
+                "rids": [r.request_id for r, _, _ in judged.accepted],
             },
         )
         return [(request, by_id[order_id]) for request, order_id, _ in judged.accepted]
@@ -339,7 +343,10 @@ class OrderPlacement:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for order in orders:
                     partition = partition_of(order.symbol, self._settings.quote_partitions)
-                    pipe.xadd(order_stream(partition), {"op": "new", "id": str(order.id)})
+                    message: dict[Any, Any] = {"op": "new", "id": str(order.id)}
+                    if order.request_id:
+                        message["rid"] = order.request_id
+                    pipe.xadd(order_stream(partition), message)
                 order_events.queue(
                     pipe, [order_events.OrderUpdate(Event.ACCEPTED, o) for o in orders]
                 )
@@ -525,6 +532,7 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "reserved_cash",
         "reserved_quantity",
         "key",
+        "request_id",
     ]
     types = [
         "uuid",
@@ -541,13 +549,14 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "numeric",
         "numeric",
         "text",
+        "text",
     ]
     unnest = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
     result = await conn.execute(
         text(
             "INSERT INTO orders (id, user_id, account_id, symbol, side, type, time_in_force, "
             "quantity, notional, limit_price, stop_price, reserved_cash, reserved_quantity, "
-            "idempotency_key, status) "
+            "idempotency_key, request_id, status) "
             f"SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
         ),
         {c: [r[c] for r in rows] for c in columns},

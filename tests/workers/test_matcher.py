@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from services.accounts.reconcile import find_differences
 from services.infra.container import Services
+from services.market_data.marketdata import Quote
 from services.orders.eod import expire_day_orders
 from services.orders.order_model import Order, Status
 from services.orders.routing import DEFAULT_VENUES as VENUES
@@ -321,7 +322,9 @@ class Recording(PartitionMatcher):
         self.most_at_once = 0
         self.fail_on = fail_on
 
-    async def process_safely(self, order: Order) -> None:
+    async def process_safely(
+        self, order: Order, quotes: dict[str, Quote | None] | None = None
+    ) -> None:
         self.running_now += 1
         self.most_at_once = max(self.most_at_once, self.running_now)
         self.events.append(("start", order.idempotency_key))
@@ -343,7 +346,7 @@ async def test_symbols_overlap_and_each_keeps_its_arrival_order(services: Servic
     settings = services.settings.model_copy(update={"matcher_order_concurrency": 3})
     partition = Recording(dataclasses.replace(services, settings=settings))
     groups = [orders_of(s, 3) for s in ("AAA", "BBB", "CCC", "DDD", "EEE")]
-    await partition._process_symbols(groups)
+    await partition._process_symbols(groups, {})
     assert partition.most_at_once == 3  # overlapped, and never more than the setting
     for group in groups:
         keys = [o.idempotency_key for o in group]
@@ -358,7 +361,7 @@ async def test_symbols_overlap_and_each_keeps_its_arrival_order(services: Servic
 async def test_an_outage_in_one_symbol_stops_the_batch_and_propagates(services: Services) -> None:
     partition = Recording(services, fail_on="BBB-0")
     with pytest.raises(RedisError, match="went away"):
-        await partition._process_symbols([orders_of("AAA", 5), orders_of("BBB", 2)])
+        await partition._process_symbols([orders_of("AAA", 5), orders_of("BBB", 2)], {})
     started = {k for what, k in partition.events if what == "start" and k.startswith("AAA")}
     ended = {k for what, k in partition.events if what == "end" and k.startswith("AAA")}
     assert started == ended  # stopped between orders, never in the middle of one

@@ -1,0 +1,123 @@
+"""The one-transaction reference for the orders benchmark: the simplest design that can place an
+order, measured in the same run on the same machine as TradeQL.
+
+One uvicorn process, strawberry with its parser and validation caches, a raw asyncpg pool of
+10, two tables of its own, no auth, no batching: `placeOrder` is one transaction that UPDATEs
+an account's cash and INSERTs an order row. Served on `--port`, against `--database-url` (its
+tables are created if missing):
+
+    python -m bench.reference_app --database-url postgresql://... --port 8100
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import strawberry
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
+from strawberry.asgi import GraphQL
+from strawberry.extensions import ParserCache, ValidationCache
+
+ACCOUNTS = 1000
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS ref_accounts (id integer PRIMARY KEY, cash numeric NOT NULL);
+CREATE TABLE IF NOT EXISTS ref_orders (
+    id uuid PRIMARY KEY, account_id integer NOT NULL, symbol text NOT NULL,
+    quantity numeric NOT NULL, price numeric NOT NULL, created_at timestamptz DEFAULT now()
+);
+INSERT INTO ref_accounts SELECT g, 1000000000 FROM generate_series(1, $ACCOUNTS) g
+ON CONFLICT DO NOTHING;
+"""
+
+
+@strawberry.type
+class PlacedOrder:
+    id: strawberry.ID
+    status: str
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def ok(self) -> bool:
+        return True
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    async def place_order(
+        self, info: strawberry.Info, account: int, symbol: str, quantity: str, price: str
+    ) -> PlacedOrder:
+        pool: asyncpg.Pool = info.context["pool"]
+        qty, px = Decimal(quantity), Decimal(price)
+        order_id = uuid.uuid4()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE ref_accounts SET cash = cash - $2 WHERE id = $1", account, qty * px
+            )
+            await conn.execute(
+                "INSERT INTO ref_orders (id, account_id, symbol, quantity, price) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                order_id,
+                account,
+                symbol,
+                qty,
+                px,
+            )
+        return PlacedOrder(id=strawberry.ID(str(order_id)), status="ACCEPTED")
+
+
+class _App(GraphQL):  # type: ignore[type-arg]
+    pool: asyncpg.Pool
+
+    async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
+        return {"pool": self.pool}
+
+
+def build(database_url: str) -> Starlette:
+    schema = strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        extensions=[ParserCache(maxsize=1024), ValidationCache(maxsize=1024)],
+    )
+    graphql = _App(schema, graphql_ide=None)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(database_url, min_size=10, max_size=10)
+        async with pool.acquire() as conn:
+            await conn.execute(SCHEMA_SQL.replace("$ACCOUNTS", str(ACCOUNTS)))
+        graphql.pool = pool
+        yield
+        await pool.close()
+
+    return Starlette(
+        routes=[Route("/graphql", graphql, methods=["GET", "POST"])], lifespan=lifespan
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(
+        build(args.database_url),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
