@@ -15,8 +15,18 @@ always in flight) or open loop (`--rate R`: R orders/s whatever the answers do) 
   active backends wait; CPU % of every process (PostgreSQL: postmaster and all backends);
 * with --profile, where the API and the matcher spend their time (py-spy; cProfile fallback).
 
-A pgbench tpcb-like run on the same server (in a scratch database) is the reference, and
-`tradeql check` at the end says whether the books balance.
+The reference, measured in the same run on the same machine before TradeQL starts: the simplest
+design that can place an order (`bench/reference_app.py`: one uvicorn process, strawberry with
+its caches, a raw asyncpg pool of 10, one transaction per request that UPDATEs an account's cash
+and INSERTs an order row), under the same closed-loop concurrency with the same HTTP client;
+each scenario reports its accepted orders/s as a ratio of it. The API runs as `tradeql up` runs
+it (`--api-workers`, default TRADEQL_API_WORKERS: one process per core). `--pgbench` adds a
+pgbench tpcb-like run, and `tradeql check` at the end says whether the books balance.
+
+The issue's load (1-share market buys of six large caps, 64 connections, 15 s):
+
+    python -m bench.orders --concurrency 64 --symbols 6 --market-share 1 --sell-share 0 \
+        --max-quantity 1 --duration 15
 
     python -m bench.orders                                    # closed loop, concurrency 50
     python -m bench.orders --concurrency 50 200 --rate 1000 3000
@@ -112,6 +122,7 @@ class Result:
     pool_checked_out: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     load_average: float | None = None  # 1-minute, at the end of the window
+    reference_rate: float | None = None  # the one-transaction reference, same concurrency
     activity: str = ""
     profiles: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -348,7 +359,15 @@ class System:
                 str(self.config.log_dir / "cprofile-api.pstats"),
             ]
         else:
-            argv = tradeql_argv("api", "--host", "127.0.0.1", "--port", str(self.api_port))
+            argv = tradeql_argv(
+                "api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--workers",
+                str(api_workers(self.args)),
+            )
         return Managed("api", argv, self.env, self.config.log_dir / "api.log", self.registry)
 
     def _matcher(self, cprofile: bool) -> Managed:
@@ -575,7 +594,7 @@ def run_scenario(
         "limit_spread": args.limit_spread,
     }
     pids: dict[str, list[int]] = {
-        "api": [system.api.pid],
+        "api": process_tree(system.api.pid),
         "matcher": [system.matcher.pid],
         "quotes": [system.quotes.pid],
         "feed": [system.feed.pid],
@@ -800,7 +819,7 @@ def format_summary(results: Sequence[Result]) -> str:
         f"{'scenario':<16} {'sent/s':>7} {'acc/s':>7} {'refused':>7} {'failed':>6} "
         f"{'acc p50':>7} {'p95':>6} {'p99':>6} {'fill p50':>8} {'p95':>6} {'p99':>6} "
         f"{'exec/s':>7} {'backlog':>8} {'api%':>5} {'match%':>6} {'pg%':>5} {'clnt%':>5} "
-        f"{'mach%':>5}"
+        f"{'mach%':>5} {'ref/s':>6} {'ratio':>5}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
@@ -814,14 +833,22 @@ def format_summary(results: Sequence[Result]) -> str:
             f"{_fmt(f.get('p99')):>6} {r.executions_rate:>7,.0f} "
             f"{_fmt(r.backlog_end, ',.0f'):>8} {cpu.get('api', 0):>5.0f} "
             f"{cpu.get('matcher', 0):>6.0f} {_fmt(cpu.get('postgres'), '.0f'):>5} "
-            f"{cpu.get('client', 0):>5.0f} {cpu.get('machine', 0):>5.0f}"
+            f"{cpu.get('client', 0):>5.0f} {cpu.get('machine', 0):>5.0f} "
+            f"{_fmt(r.reference_rate, ',.0f'):>6} {_fmt(_ratio(r), '.2f'):>5}"
         )
     lines.append(
         "latencies in ms (accept: placeOrder HTTP round trip; fill: just before placeOrder -> "
         "FILL event, market orders); backlog: orders handed off, not yet acked by the matcher at "
-        "the end of the window; CPU in % of one core, machine = all cores"
+        "the end of the window; CPU in % of one core, machine = all cores; ref/s: the "
+        "one-transaction reference at the same concurrency, ratio = acc/s / ref/s"
     )
     return "\n".join(lines)
+
+
+def _ratio(result: Result) -> float | None:
+    if not result.reference_rate:
+        return None
+    return result.accepted_rate / result.reference_rate
 
 
 def format_pgbench(result: PgbenchResult) -> str:
@@ -831,6 +858,89 @@ def format_pgbench(result: PgbenchResult) -> str:
         f"pgbench reference (tpcb-like, same server, scratch database): {_fmt(result.tps, ',.0f')} "
         f"tps, latency average {_fmt(result.latency_ms, '.2f')} ms\n  "
         + "\n  ".join(f"$ {cmd}" for cmd in result.commands)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The one-transaction reference
+
+
+REFERENCE_DATABASE = "tradeql_bench_reference"
+
+
+def api_workers(args: argparse.Namespace) -> int:
+    """What `tradeql up` starts: --api-workers, else TRADEQL_API_WORKERS, else one per core."""
+    if args.api_workers:
+        return int(args.api_workers)
+    return int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its children (an API started with --workers is a supervisor and them)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    return [pid]
+
+
+def run_reference(
+    config: Config, args: argparse.Namespace, registry: Registry, concurrency: int
+) -> dict[str, Any]:
+    """The reference app on a scratch database, loaded by bench.reference_client."""
+    recreate_database(config.admin_url, REFERENCE_DATABASE)
+    url = with_path(config.admin_url, "/" + REFERENCE_DATABASE)
+    port = free_port()
+    app = Managed(
+        "reference",
+        [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)],
+        child_env(config.env),
+        config.log_dir / "reference.log",
+        registry,
+    )
+    app.start()
+    try:
+        wait_until(
+            "reference app",
+            [app],
+            lambda: http_get(port, "/graphql?query=%7Bok%7D", timeout=1.0)[0] == 200,
+            START_TIMEOUT_SECONDS,
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.reference_client",
+                "--port",
+                str(port),
+                "--concurrency",
+                str(concurrency),
+                "--warmup",
+                str(args.warmup),
+                "--duration",
+                str(args.duration),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=args.warmup + args.duration + 120,
+            check=False,
+        )
+        for line in done.stdout.splitlines():
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT ") :])  # type: ignore[no-any-return]
+        return {"error": (done.stderr or done.stdout)[-500:]}
+    finally:
+        app.stop()
+
+
+def format_reference(outcome: dict[str, Any]) -> str:
+    if "error" in outcome:
+        return f"  reference failed: {outcome['error']}"
+    return (
+        f"  reference: {outcome['rate']:,.0f} mutations/s, p50/p95/p99 "
+        f"{_fmt(outcome['p50_ms'])}/{_fmt(outcome['p95_ms'])}/{_fmt(outcome['p99_ms'])} ms, "
+        f"{outcome['failed']} failed"
     )
 
 
@@ -955,6 +1065,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
             py_spy, note = find_py_spy(install=True)
             print(note or f"py-spy: {py_spy}", flush=True)
+        references: dict[int, float | None] = {}
+        if args.reference:
+            for concurrency in sorted({int(s.value) for s in scenarios if s.mode == "closed"}):
+                print(f"reference: one-transaction mutation, concurrency {concurrency} ...")
+                outcome = run_reference(config, args, registry, concurrency)
+                print(format_reference(outcome), flush=True)
+                references[concurrency] = outcome.get("rate")  # type: ignore[assignment]
         if args.pgbench:
             print(
                 f"pgbench: scale {args.pgbench_scale}, -c {args.pgbench_clients} -j "
@@ -1008,6 +1125,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         for index, scenario in enumerate(scenarios, start=1):
             print(f"\nrunning {scenario.label} ...", flush=True)
             result = run_scenario(scenario, system, args, redis, py_spy, postmaster)
+            if scenario.mode == "closed":
+                result.reference_rate = references.get(int(scenario.value))
             results.append(result)
             print(format_result(result, index, len(scenarios), ready["users"]), flush=True)
             sleep_watching(0.5, system.everything)
@@ -1131,6 +1250,11 @@ def build_parser() -> argparse.ArgumentParser:
     system.add_argument("--redis-db", type=int, default=13, help="Redis db, flushed")
     system.add_argument("--batch-ms", type=float, help="TRADEQL_ORDER_BATCH_MS override")
     system.add_argument(
+        "--api-workers",
+        type=_positive,
+        help="API processes (default: TRADEQL_API_WORKERS, else one per core, as tradeql up)",
+    )
+    system.add_argument(
         "--log-level", default="WARNING", help="TRADEQL_LOG_LEVEL of the processes under test"
     )
     system.add_argument("--log-dir", type=Path, help="where logs go (default: a temp dir)")
@@ -1141,8 +1265,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--setup-concurrency", type=_positive, default=8, help="registrations at once"
     )
 
-    ref = parser.add_argument_group("pgbench reference")
-    ref.add_argument("--no-pgbench", dest="pgbench", action="store_false", help="skip it")
+    ref = parser.add_argument_group("references")
+    ref.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the one-transaction reference mutation",
+    )
+    ref.add_argument("--pgbench", action="store_true", help="also run pgbench tpcb-like")
     ref.add_argument("--pgbench-scale", type=_positive, default=10)
     ref.add_argument("--pgbench-clients", type=_positive, default=8)
     ref.add_argument("--pgbench-threads", type=_positive, default=2)
