@@ -87,7 +87,7 @@ TARGET_FILL_P95_MS = 150.0
 START_TIMEOUT_SECONDS = 60.0
 MATCHER_GROUP = "matcher"
 QS = (0.5, 0.95, 0.99)
-PROCESS_NAMES = ("api", "matcher", "postgres", "client", "redis", "quotes", "feed")
+PROCESS_NAMES = ("api", "matcher", "postgres", "client", "redis", "quotes", "feed", "relay")
 
 
 @dataclass(frozen=True)
@@ -342,6 +342,7 @@ class System:
         )
         self.api = self._api(cprofile=False)
         self.matcher = self._matcher(cprofile=False)
+        self.relay = Managed("relay", tradeql_argv("relay"), self.env, logs / "relay.log", registry)
         self.cprofile = False
         self.client: Managed | None = None
 
@@ -391,7 +392,7 @@ class System:
 
     @property
     def servers(self) -> list[Managed]:
-        return [self.quotes, self.feed, self.api, self.matcher]
+        return [self.quotes, self.feed, self.api, self.matcher, self.relay]
 
     @property
     def everything(self) -> list[Managed]:
@@ -406,6 +407,7 @@ class System:
             START_TIMEOUT_SECONDS,
         )
         self.feed.start()
+        self.relay.start()
         self._start_api_and_matcher()
         wait_until(
             f"quotes of all {len(symbols)} symbols in Redis",
@@ -508,7 +510,7 @@ def _profilers(
             recording = PySpyRecording(
                 py_spy,
                 f"{name}-{tag}",
-                targets[name].pid,
+                process_tree(targets[name].pid)[-1],  # a worker, when a supervisor leads
                 args.duration,
                 args.profile_rate,
                 system.config.log_dir,
@@ -598,6 +600,7 @@ def run_scenario(
         "matcher": [system.matcher.pid],
         "quotes": [system.quotes.pid],
         "feed": [system.feed.pid],
+        "relay": [system.relay.pid],
         "client": [client.pid],
     }
     rpid = redis_pid(redis)

@@ -398,6 +398,17 @@ def matcher(metrics_port: MetricsPort = 0) -> None:
 
 
 @app.command()
+def relay(metrics_port: MetricsPort = 0) -> None:
+    """Outbox relay: publishes the order events whose writers did not (crash, Redis outage)."""
+    settings = _setup()
+    _require_database(settings)
+    from workers.relay import run_relay
+    from workers.runner import run_worker
+
+    run_worker("outbox relay", settings, run_relay, metrics_port=metrics_port)
+
+
+@app.command()
 def alerts(metrics_port: MetricsPort = 0) -> None:
     """Alert checker: triggers price alerts as the quote streams cross their thresholds."""
     settings = _setup()
@@ -488,6 +499,7 @@ WORKERS: list[tuple[str, list[str]]] = [
     ("bars", ["bars"]),
     ("feed", ["feed", "--source", "sim"]),
     ("matcher", ["matcher"]),
+    ("relay", ["relay"]),
     ("alerts", ["alerts"]),
     ("scheduler", ["scheduler"]),
 ]

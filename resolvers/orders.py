@@ -45,6 +45,7 @@ def to_order(order: order_model.Order) -> schema.Order:
         created_at=order.created_at,
         updated_at=order.updated_at,
         filled_at=order.filled_at,
+        version=order.version,
     )
 
 

@@ -74,6 +74,11 @@ class Order:
 
         return await order_executions(info, self.id)
 
+    version: int = strawberry.field(
+        description="grows with every change of the order: of two snapshots, the higher "
+        "version is the newer"
+    )
+
 
 @strawberry.type
 class PageInfo:

@@ -32,6 +32,12 @@ SOURCE_TO_CACHE_SECONDS = Histogram(
     "Source timestamp to quote cache write",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 5),
 )
+OUTBOX_RELAYED = Counter(
+    "tradeql_outbox_relayed_total", "Order events the relay published for their writers"
+)
+OUTBOX_ROUND_FAILURES = Counter(
+    "tradeql_outbox_round_failures_total", "Relay rounds that failed", ["kind"]
+)
 BARS_UPSERTED = Counter("tradeql_bars_upserted_total", "One-minute bars written")
 GROUPS_RECREATED = Counter(
     "tradeql_stream_groups_recreated_total",

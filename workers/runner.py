@@ -33,4 +33,15 @@ def run_worker(name: str, settings: Settings, main: WorkerMain, *, metrics_port:
             await services.close()
             log.info("%s stopped", name)
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(run())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (as the API runs under uvicorn): a worker's time is mostly
+    socket I/O to PostgreSQL and Redis, which uvloop does in C."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

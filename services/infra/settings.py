@@ -154,6 +154,14 @@ class Settings(BaseSettings):
         description="symbols whose new orders a matcher process decides at once (all its "
         "partitions together); their changes commit in shared groups, one connection each",
     )
+    outbox_grace_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="how long the relay leaves an order event to its writer before publishing it",
+    )
+    outbox_relay_interval_seconds: float = Field(
+        default=0.5, gt=0, description="how often the relay looks for unpublished order events"
+    )
     matcher_group_max: int = Field(
         default=500, ge=1, description="order changes the matcher commits in one transaction"
     )

@@ -14,9 +14,9 @@ unique venue execution id: a replay after a crash inserts nothing and moves noth
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.accounts import ledger
 from services.infra.request_context import current_request_id
-from services.orders import fill_rules
+from services.orders import fill_rules, order_events
 from services.orders.fill_rules import (
     Action,
     Change,
@@ -81,7 +81,7 @@ async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | 
         return []
     if len({w.order.id for w in works}) != len(works):
         raise ValueError("one change per order in a group: the next group takes the others")
-    orders = await _lock(conn, works)
+    orders, at = await _lock(conn, works)
     stale: dict[int, StaleOrder] = {}
     live: list[tuple[int, Work, Order]] = []
     for index, work in enumerate(works):
@@ -105,13 +105,23 @@ async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | 
         if change.position is not None:
             positions[(current.account_id, current.symbol)] = change.position
         changes.append((index, work, change))
-    stamp = await _store(conn, orders, changes, positions)
     outcomes: dict[int, Outcome] = {}
     for index, _, change in changes:
-        after = stamp(change.after) if change.moved else change.after
+        after = _stamped(change.after, at) if change.moved else change.after
         updates = [OrderUpdate(event, after, execution) for event, execution in change.events]
         outcomes[index] = Outcome(after, updates)
+    events = [u for o in outcomes.values() for u in o.updates]
+    await _store(conn, orders, changes, positions, events)
     return [outcomes[i] if i in outcomes else stale[i] for i in range(len(works))]
+
+
+def _stamped(order: Order, at: datetime) -> Order:
+    """The order as `_STORE` leaves it: updated (and, when filled, filled) at the transaction's
+    time, which is `now()` throughout the transaction."""
+    filled_at = order.filled_at
+    if order.status is Status.FILLED and filled_at is None:
+        filled_at = at
+    return replace(order, updated_at=at, filled_at=filled_at)
 
 
 def _judge(
@@ -129,17 +139,24 @@ def _judge(
 
 
 # -- locks ------------------------------------------------------------------------------------
-async def _lock(conn: AsyncConnection, works: Sequence[Work]) -> dict[UUID, Order]:
-    """The accounts, then the orders, locked in id order; the orders as they are now."""
+async def _lock(conn: AsyncConnection, works: Sequence[Work]) -> tuple[dict[UUID, Order], datetime]:
+    """The accounts, then the orders, locked in id order; the orders as they are now, and the
+    transaction's time."""
     await conn.execute(
         text("SELECT id FROM accounts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
         {"ids": sorted({w.order.account_id for w in works})},
     )
-    rows = await conn.execute(
-        text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
-        {"ids": sorted({w.order.id for w in works})},
-    )
-    return {r.id: order_from_row(r) for r in rows}
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {ORDER_COLUMNS}, now() AS at FROM orders WHERE id = ANY(:ids) "
+                "ORDER BY id FOR UPDATE"
+            ),
+            {"ids": sorted({w.order.id for w in works})},
+        )
+    ).all()
+    at = rows[0].at if rows else datetime.now(UTC)
+    return {r.id: order_from_row(r) for r in rows}, at
 
 
 async def _lock_positions(
@@ -272,6 +289,11 @@ _STORE = text(
                       CAST(:audit_requests AS text[])) WITH ORDINALITY
                AS a(user_id, action, entity_id, details, request_id, ord)
          ORDER BY a.ord
+    ), events AS (
+        INSERT INTO order_events (id, user_id, order_id, version, event, payload)
+        SELECT * FROM unnest(CAST(:ev_ids AS uuid[]), CAST(:ev_users AS uuid[]),
+                             CAST(:ev_orders AS uuid[]), CAST(:ev_versions AS integer[]),
+                             CAST(:ev_events AS text[]), CAST(:ev_payloads AS text[]))
     )
     UPDATE orders o SET status = d.status, quantity = d.quantity, filled_quantity = d.fq,
            filled_value = d.fv, reserved_cash = d.rc, reserved_quantity = d.rq,
@@ -286,7 +308,7 @@ _STORE = text(
            AS d(id, created, version, status, quantity, fq, fv, rc, rq, triggered, new_version,
                 reason)
      WHERE o.id = d.id AND o.created_at = d.created AND o.version = d.version
-    RETURNING o.id, now() AS at
+    RETURNING o.id
     """
 )
 
@@ -296,11 +318,13 @@ async def _store(
     before: dict[UUID, Order],
     changes: list[tuple[int, Work, Change]],
     positions: dict[tuple[UUID, str], PositionState],
-) -> Callable[[Order], Order]:
-    """Write the group; a function that stamps an order with the transaction's time."""
+    events: list[OrderUpdate],
+) -> None:
+    """Write the group: its ledger postings, then its accounts, positions, audit rows, events
+    and orders in one statement."""
     moving = [(work, change) for _, work, change in changes if change.moved]
     if not moving:
-        return lambda order: order
+        return
     await ledger.post_many(conn, [p for _, c in moving for p in c.postings])
     cash: dict[UUID, list[Decimal]] = {}
     shares: dict[tuple[UUID, str], Decimal] = {}
@@ -355,20 +379,11 @@ async def _store(
             "triggered": [final[i].triggered for i in ids],
             "new_versions": [final[i].version for i in ids],
             "reasons": [final[i].reject_reason for i in ids],
+            **{f"ev_{k}": v for k, v in order_events.outbox_params(events).items()},
         },
     )
-    written = rows.all()
-    if len(written) != len(ids):
+    if len(rows.all()) != len(ids):
         raise StaleOrder("an order of the group changed under its lock")
-    at: datetime = written[0].at
-
-    def stamp(order: Order) -> Order:
-        filled_at = order.filled_at
-        if order.status is Status.FILLED and filled_at is None:
-            filled_at = at
-        return replace(order, updated_at=at, filled_at=filled_at)
-
-    return stamp
 
 
 # -- one order at a time ----------------------------------------------------------------------

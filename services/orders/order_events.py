@@ -1,9 +1,13 @@
-"""Order updates on each user's channel (`user:{id}`), published after the commit that made them."""
+"""Order updates: written as rows of `order_events` in the transaction that makes them (the
+outbox), published on each user's channel (`user:{id}`) after that commit by their writer, and
+marked sent; `tradeql relay` publishes any a writer did not (services/orders/outbox.py)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +15,8 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.orders.order_model import (
     Event,
@@ -28,11 +34,29 @@ def user_channel(user_id: UUID) -> str:
     return f"user:{user_id}"
 
 
+SENT_TTL_SECONDS = 3600  # how long a writer's "sent" mark outlives its minute
+
+
 @dataclass(frozen=True, slots=True)
 class OrderUpdate:
     event: Event
     order: Order
     execution: Execution | None = None
+    id: UUID = field(default_factory=uuid.uuid4)  # its row in order_events
+    _payload: str | None = field(default=None, compare=False, repr=False)
+
+
+def payload_of(update: OrderUpdate) -> str:
+    """`encode_update(update)`, made once per update (its outbox row and its publish share it)."""
+    if update._payload is None:
+        object.__setattr__(update, "_payload", encode_update(update))
+    return update._payload  # type: ignore[return-value]
+
+
+def sent_key(at: datetime) -> str:
+    """The set of event ids published by their writers in the minute of `at` (an event's
+    transaction time)."""
+    return f"outbox:sent:{at:%Y%m%d%H%M}"
 
 
 def _text(value: object) -> str | None:
@@ -134,13 +158,47 @@ def decode_update(payload: str) -> OrderUpdate:
     return OrderUpdate(Event(data["event"]), order, execution)
 
 
+_WRITE = text(
+    """
+    INSERT INTO order_events (id, user_id, order_id, version, event, payload)
+    SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS uuid[]), CAST(:orders AS uuid[]),
+                         CAST(:versions AS integer[]), CAST(:events AS text[]),
+                         CAST(:payloads AS text[]))
+    """
+)
+
+
+def outbox_params(updates: Sequence[OrderUpdate]) -> dict[str, list[Any]]:
+    """The rows of `updates` in order_events, as the arrays `_WRITE` (or a CTE of the same
+    shape: ev_ids, ev_users, ...) takes."""
+    return {
+        "ids": [u.id for u in updates],
+        "users": [u.order.user_id for u in updates],
+        "orders": [u.order.id for u in updates],
+        "versions": [u.order.version for u in updates],
+        "events": [u.event.value for u in updates],
+        "payloads": [payload_of(u) for u in updates],
+    }
+
+
+async def write(conn: AsyncConnection, updates: Sequence[OrderUpdate]) -> None:
+    """Write `updates` to the outbox in the caller's transaction."""
+    if updates:
+        await conn.execute(_WRITE, outbox_params(updates))
+
+
 def queue(pipe: Pipeline, updates: list[OrderUpdate]) -> None:
-    """Queue `updates` on a pipeline, after the commit that made them. The owners' cached
-    holdings are retired first (an order change moves cash or shares, or holds them back), so
-    whoever hears an update and reads the portfolio reads the new holdings."""
+    """Queue `updates` on a pipeline, after the commit that made them, and mark them sent. The
+    owners' cached holdings are retired first (an order change moves cash or shares, or holds
+    them back), so whoever hears an update and reads the portfolio reads the new holdings."""
     forget(pipe, (update.order.user_id for update in updates))
+    sent: dict[str, list[str]] = {}
     for update in updates:
-        pipe.publish(user_channel(update.order.user_id), encode_update(update))
+        pipe.publish(user_channel(update.order.user_id), payload_of(update))
+        sent.setdefault(sent_key(update.order.updated_at), []).append(str(update.id))
+    for key, ids in sent.items():
+        pipe.sadd(key, *ids)
+        pipe.expire(key, SENT_TTL_SECONDS)
 
 
 async def publish(redis: Redis, updates: list[OrderUpdate]) -> None:

@@ -157,6 +157,11 @@ class OrderPlacement:
                 async with self._engine.begin() as conn:
                     judged = await self._judge(conn, batch, quotes)
                     placed = await self._apply(conn, judged)
+                    # ACCEPTED in the outbox with the orders: published below, or by the relay
+                    accepted = [
+                        order_events.OrderUpdate(Event.ACCEPTED, order) for _, order in placed
+                    ]
+                    await order_events.write(conn, accepted)
                 break
             except DBAPIError as exc:
                 if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in ("40P01", "40001"):
@@ -165,7 +170,7 @@ class OrderPlacement:
         try:
             # Before anyone is answered: the owners' cached holdings are retired in it, so a
             # portfolio read after the answer, on any process, shows the hold.
-            await self._hand_off([order for _, order in placed])
+            await self._hand_off(accepted)
         finally:
             self._answer(batch, judged, placed, existing)
 
@@ -333,28 +338,26 @@ class OrderPlacement:
         async with self._engine.connect() as conn:
             return await orders_by_id(conn, list(judged.existing.values()))
 
-    async def _hand_off(self, orders: list[Order]) -> None:
+    async def _hand_off(self, accepted: list[order_events.OrderUpdate]) -> None:
         """Best effort, one round trip: the orders to the matcher, then their ACCEPTED events (and
         the owners' cached holdings retired). The matcher's sweep finds an order whose hand-off
         is lost."""
-        if not orders:
+        if not accepted:
             return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for order in orders:
+                for order in (update.order for update in accepted):
                     partition = partition_of(order.symbol, self._settings.quote_partitions)
                     message: dict[Any, Any] = {"op": "new", "id": str(order.id)}
                     if order.request_id:
                         message["rid"] = order.request_id
                     pipe.xadd(order_stream(partition), message)
-                order_events.queue(
-                    pipe, [order_events.OrderUpdate(Event.ACCEPTED, o) for o in orders]
-                )
+                order_events.queue(pipe, accepted)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning(
                 "hand-off of %d orders to the matcher failed (%s); the sweep will find them",
-                len(orders),
+                len(accepted),
                 exc,
             )
 

@@ -28,7 +28,6 @@ _CACHE_IDENTITY = {
     "Position": {"id"},
     "Portfolio": {"id"},
 }  # 14
-_ORDER_VERSION = {"Order": {"version"}}  # 11
 _TRADING_PARITY: dict[str, set[str]] = {  # 15
     "Order": {
         "orderClass",
@@ -66,7 +65,7 @@ def _merge(*parts: dict[str, set[str]]) -> dict[str, set[str]]:
     return merged
 
 
-NOT_YET_BUILT: dict[str, set[str]] = _merge(_CACHE_IDENTITY, _ORDER_VERSION, _TRADING_PARITY)
+NOT_YET_BUILT: dict[str, set[str]] = _merge(_CACHE_IDENTITY, _TRADING_PARITY)
 NOT_YET_BUILT_TYPES: set[str] = {  # 15
     "OrderClass",
     "MarketSession",

@@ -12,6 +12,7 @@ import pytest
 from gql import Client
 from gql import gql as document
 from gql.transport.websockets import WebsocketsTransport
+from sqlalchemy import text
 
 from services.accounts.reconcile import find_differences
 from services.infra.container import Services
@@ -369,3 +370,45 @@ async def test_order_updates_need_a_session(api_url: str) -> None:
         with pytest.raises(Exception, match=r"UNAUTHENTICATED|sign in"):
             async for _ in session.subscribe(document("subscription { orderUpdates { event } }")):
                 pass
+
+
+async def test_each_order_carries_the_request_id_of_the_request_that_placed_it(
+    gql: GraphQLClient, funded: dict[str, str], symbol: str, services: Services
+) -> None:
+    """Concurrent requests share a placement batch, whose worker runs in the context of the
+    request that started it: each order must still name its own request."""
+
+    async def place(request_id: str) -> str:
+        response = await gql.http.post(
+            "/graphql",
+            json={"query": PLACE, "variables": {"i": limit_buy(symbol, quantity="1")}},
+            headers={"Authorization": f"Bearer {funded['token']}", "X-Request-ID": request_id},
+        )
+        order = response.json()["data"]["placeOrder"]["order"]
+        return str(order["id"])
+
+    ids = [f"trace-order-{i}" for i in range(8)]
+    placed = await asyncio.gather(*(place(request_id) for request_id in ids))
+    async with services.engine.connect() as conn:
+        stored = dict(
+            (
+                await conn.execute(
+                    text("SELECT id::text, request_id FROM orders WHERE id::text = ANY(:ids)"),
+                    {"ids": placed},
+                )
+            ).all()
+        )
+        audited = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT entity_id, request_id FROM audit_log "
+                        "WHERE action = 'order.accepted' AND entity_id = ANY(:ids)"
+                    ),
+                    {"ids": placed},
+                )
+            ).all()
+        )
+    expected = dict(zip(placed, ids, strict=True))
+    assert stored == expected
+    assert audited == expected
