@@ -888,7 +888,11 @@ def process_tree(pid: int) -> list[int]:
 
 
 def run_reference(
-    config: Config, args: argparse.Namespace, registry: Registry, concurrency: int
+    config: Config,
+    args: argparse.Namespace,
+    registry: Registry,
+    concurrency: int,
+    postmaster: int | None,
 ) -> dict[str, Any]:
     """The reference app on a scratch database, loaded by bench.reference_client."""
     recreate_database(config.admin_url, REFERENCE_DATABASE)
@@ -909,6 +913,9 @@ def run_reference(
             lambda: http_get(port, "/graphql?query=%7Bok%7D", timeout=1.0)[0] == 200,
             START_TIMEOUT_SECONDS,
         )
+        app_cpu, pg_cpu = CpuWindow({"app": process_tree(app.pid)}), TreeCpu(postmaster)
+        app_cpu.start()
+        pg_cpu.start()
         done = subprocess.run(
             [
                 sys.executable,
@@ -929,9 +936,12 @@ def run_reference(
             timeout=args.warmup + args.duration + 120,
             check=False,
         )
+        cpu = {"app": app_cpu.stop().get("app", 0.0), "postgres": pg_cpu.stop() or 0.0}
         for line in done.stdout.splitlines():
             if line.startswith("RESULT "):
-                return json.loads(line[len("RESULT ") :])  # type: ignore[no-any-return]
+                outcome: dict[str, Any] = json.loads(line[len("RESULT ") :])
+                outcome["cpu_percent"] = cpu
+                return outcome
         return {"error": (done.stderr or done.stdout)[-500:]}
     finally:
         app.stop()
@@ -940,10 +950,13 @@ def run_reference(
 def format_reference(outcome: dict[str, Any]) -> str:
     if "error" in outcome:
         return f"  reference failed: {outcome['error']}"
+    rate = max(float(outcome["rate"]), 1e-9)
+    per = {name: pct * 10 / rate for name, pct in outcome.get("cpu_percent", {}).items()}
     return (
         f"  reference: {outcome['rate']:,.0f} mutations/s, p50/p95/p99 "
         f"{_fmt(outcome['p50_ms'])}/{_fmt(outcome['p95_ms'])}/{_fmt(outcome['p99_ms'])} ms, "
-        f"{outcome['failed']} failed"
+        f"{outcome['failed']} failed; CPU ms per mutation: app {per.get('app', 0):.2f}, "
+        f"postgres {per.get('postgres', 0):.2f} (over warm-up and window)"
     )
 
 
@@ -1072,7 +1085,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if args.reference:
             for concurrency in sorted({int(s.value) for s in scenarios if s.mode == "closed"}):
                 print(f"reference: one-transaction mutation, concurrency {concurrency} ...")
-                outcome = run_reference(config, args, registry, concurrency)
+                outcome = run_reference(
+                    config, args, registry, concurrency, facts.get("postmaster_pid")
+                )
                 print(format_reference(outcome), flush=True)
                 references[concurrency] = outcome.get("rate")  # type: ignore[assignment]
         if args.pgbench:

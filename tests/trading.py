@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import text
 
 from services.infra.container import Services
@@ -158,3 +159,23 @@ async def book_fill(
         )
     await forget_now(services.redis, [user_id])  # as the matcher's publish of the fill does
     return outcome.order
+
+
+async def cut_database(services: Services, *, cut: bool) -> None:
+    """Refuse (and end) every connection to the test database, or allow them again, from the
+    maintenance database."""
+    url = services.engine.url
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, database="postgres"
+    )
+    try:
+        await conn.execute(
+            f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS {str(not cut).lower()}'
+        )
+        if cut:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                url.database,
+            )
+    finally:
+        await conn.close()

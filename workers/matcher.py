@@ -147,13 +147,23 @@ class PartitionMatcher:
         await self._handle_messages(pending)
         next_sweep = time.monotonic() + self.settings.matcher_sweep_seconds
         quotes = asyncio.create_task(self._read_quotes(stop), name=f"quotes-{self.partition}")
+        messages: list = []  # type: ignore[type-arg]
+        outage = _Outage(self.partition)
         try:
             while not stop.is_set():
-                messages = await self.orders.read(count=200, block_ms=50)
-                await self._handle_messages(messages)
-                if time.monotonic() >= next_sweep:
-                    await self.sweep()
-                    next_sweep = time.monotonic() + self.settings.matcher_sweep_seconds
+                try:
+                    if not messages:
+                        messages = await self.orders.read(count=200, block_ms=50)
+                    await self._handle_messages(messages)  # again, after an outage
+                    messages = []
+                    if time.monotonic() >= next_sweep:
+                        await self.sweep()
+                        next_sweep = time.monotonic() + self.settings.matcher_sweep_seconds
+                    outage.over()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    await outage.wait(exc, stop)
         finally:
             quotes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,7 +275,12 @@ class PartitionMatcher:
                             latest[symbol] = decode_quote(record)
             for quote in latest.values():
                 self.quotes[quote.symbol] = quote
-                await self.on_quote(quote)
+                try:
+                    await self.on_quote(quote)
+                except Exception as exc:  # the next quote tries again
+                    if not is_transient(exc):
+                        log.exception("partition %d: quote of %s", self.partition, quote.symbol)
+                    await asyncio.sleep(0.5)
 
     async def on_quote(self, quote: Quote) -> None:
         if not self.services.clock.is_open():
@@ -322,6 +337,8 @@ class PartitionMatcher:
             async with self._lock:
                 self.book.remove(order.id)
             return
+        if order.id in self._executing:
+            return  # routed already; its group has not committed yet
         if order.id in self.book and quote is None:
             return
         if quote is None:
@@ -451,6 +468,27 @@ class PartitionMatcher:
             symbol: quote if quote is not None and quote.bid > 0 and quote.ask > 0 else None
             for symbol, quote in zip(symbols, found, strict=True)
         }
+
+
+class _Outage:
+    """Backoff while PostgreSQL or Redis is down: logged once when it starts and once when it
+    ends; the messages in hand are handled again afterwards (they are not acknowledged yet)."""
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.delay = 0.0
+
+    async def wait(self, exc: Exception, stop: asyncio.Event) -> None:
+        if not self.delay:
+            log.warning("partition %d: outage (%s); retrying", self.partition, exc)
+        self.delay = min(max(self.delay * 2, 0.05), 2.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), self.delay)
+
+    def over(self) -> None:
+        if self.delay:
+            log.info("partition %d: outage over", self.partition)
+            self.delay = 0.0
 
 
 class Matcher:

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
-import asyncpg
 import pytest
 from sqlalchemy import text
 
@@ -19,6 +18,7 @@ from services.orders.fills import Execute, Mark, StaleOrder, Work
 from services.orders.group_commit import GroupCommit
 from services.orders.order_model import Event, Side, Status
 from tests.services.test_fills_service import fill, new_trader, place_limit
+from tests.trading import cut_database
 
 D = Decimal
 
@@ -146,33 +146,13 @@ async def test_an_outage_is_waited_out_and_the_group_then_commits(
     pending: the group is retried until the database is back, and nothing is refused."""
     trader = await new_trader(services)
     orders = [await place_limit(services, trader, Side.BUY, "1", "10.00") for _ in range(5)]
-    await _cut(services, cut=True)
+    await cut_database(services, cut=True)
     try:
         futures = [committer.submit(Work(o, Execute([fill("1", "9.99")]))) for o in orders]
         await asyncio.sleep(1.0)
         assert not any(f.done() for f in futures)  # waiting, not failing
     finally:
-        await _cut(services, cut=False)
+        await cut_database(services, cut=False)
     outcomes = await asyncio.wait_for(asyncio.gather(*futures), 30)
     assert [o.order.status for o in outcomes] == [Status.FILLED] * 5
     assert await find_differences(services.engine) == []
-
-
-async def _cut(services: Services, *, cut: bool) -> None:
-    """Refuse (and end) every connection to the test database, or allow them again, from the
-    maintenance database."""
-    url = services.engine.url
-    conn = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, database="postgres"
-    )
-    try:
-        await conn.execute(
-            f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS {str(not cut).lower()}'
-        )
-        if cut:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                url.database,
-            )
-    finally:
-        await conn.close()

@@ -23,6 +23,7 @@ from services.orders.routing import VenueRouter
 from tests.services.test_matching import make_order
 from tests.trading import (
     balances,
+    cut_database,
     listed,
     place,
     position,
@@ -368,3 +369,22 @@ async def test_an_outage_in_one_symbol_stops_the_batch_and_propagates(services: 
     assert "AAA-4" not in started  # and stopped: the rest never began
     await asyncio.sleep(0.1)
     assert ("start", "AAA-4") not in partition.events
+
+
+async def test_a_database_outage_mid_burst_fills_every_order_afterwards(
+    services: Services, matcher: Matcher, symbol: str, books_balance: None
+) -> None:
+    """PostgreSQL refuses connections and its backends are terminated while a burst of orders
+    is in flight: the matcher waits it out and fills every order; none is cancelled for it."""
+    users = [await trader(services) for _ in range(4)]
+    orders = await asyncio.gather(
+        *(place(services, users[i % 4], symbol, quantity="1") for i in range(20))
+    )
+    await cut_database(services, cut=True)
+    try:
+        await asyncio.sleep(1.5)
+    finally:
+        await cut_database(services, cut=False)
+    for order in orders:
+        done = await wait_status(services, order.id, Status.FILLED, Status.CANCELLED, timeout=30)
+        assert done.status is Status.FILLED, done.reject_reason
