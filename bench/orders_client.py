@@ -551,7 +551,13 @@ class Bench:
         answer: dict[str, Any] | None = None
         try:
             async with asyncio.timeout(self.timeout):
-                status, data = await conn.post(b"/graphql", body, user.auth)
+                try:
+                    status, data = await conn.post(b"/graphql", body, user.auth)
+                except HttpError:
+                    # A kept-alive connection the server closed meanwhile (its idle timeout):
+                    # once more on a new one, as HTTP clients do; the idempotency key makes
+                    # a repeat harmless.
+                    status, data = await conn.post(b"/graphql", body, user.auth)
             if status == 200:
                 answer = orjson.loads(data)
             elif measured:

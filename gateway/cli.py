@@ -82,11 +82,19 @@ def api(
 
 
 @app.command()
-def schema() -> None:
-    """Print the served GraphQL schema (SDL)."""
+def schema(
+    out: Annotated[
+        Path | None, typer.Option(help="write it here (the repository keeps schema.graphql)")
+    ] = None,
+) -> None:
+    """Print the served GraphQL schema (SDL), or write it to a file."""
     from gateway.graphql_schema import build_schema
 
-    typer.echo(build_schema().as_str())
+    sdl = build_schema().as_str() + "\n"
+    if out is None:
+        typer.echo(sdl, nl=False)
+    else:
+        out.write_text(sdl)
 
 
 @app.command()
@@ -112,6 +120,14 @@ def up(
     host: Host = "127.0.0.1",
     port: Port = 8000,
     data_dir: Annotated[Path | None, typer.Option(help="embedded servers' data folder")] = None,
+    demo_user: Annotated[
+        bool | None,
+        typer.Option(
+            "--demo/--no-demo",
+            help="create the demo user (its password is published): by default only on the "
+            "embedded servers",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole platform: migrate, then the API, every worker and the market simulator.
 
@@ -142,7 +158,8 @@ def up(
 
         upgrade(env["DATABASE_URL"])
         securities_defaults(synthetic=0)
-        demo()
+        if demo_user if demo_user is not None else embedded is not None:
+            demo()
         children = api_children(host, port, settings.api_workers or os.cpu_count() or 1)
         children += [Child(name, tradeql_argv(*argv)) for name, argv in WORKERS]
         typer.echo(f"TradeQL is up: http://{host}:{port}/graphql  (Ctrl-C stops everything)")

@@ -4,8 +4,6 @@ it. Parts of the contract that later issues build are listed here, and only thos
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from graphql import (
     GraphQLEnumType,
@@ -18,8 +16,7 @@ from graphql import (
 )
 
 from gateway.graphql_schema import build_schema as build_served_schema
-
-CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "contract.graphql"
+from tests.contract import contract_text
 
 # Contract parts not served yet, by the issue that builds them. Shrinks to nothing.
 _CACHE_IDENTITY = {
@@ -89,9 +86,7 @@ NOT_YET_BUILT_ENUM_VALUES: dict[str, set[str]] = {  # 15
 
 @pytest.fixture(scope="module")
 def contract() -> GraphQLSchema:
-    if not CONTRACT.exists():
-        pytest.fail(f"the contract is missing: {CONTRACT}")
-    return build_schema(CONTRACT.read_text())
+    return build_schema(contract_text())
 
 
 @pytest.fixture(scope="module")

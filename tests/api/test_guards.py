@@ -13,7 +13,6 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,10 +28,10 @@ from gateway.guards import query_limit_rules
 from services.infra.container import Services
 from services.infra.settings import Settings
 from tests.api_process import api_process
+from tests.contract import contract_text
 from tests.graphql_client import GraphQLClient
 from tests.trading import listed, unique_symbol
 
-CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "contract.graphql"
 GUARDED_ENV = {
     "TRADEQL_RATE_LIMIT_SESSION_PER_SECOND": "1",
     "TRADEQL_RATE_LIMIT_SESSION_BURST": "4",
@@ -150,7 +149,7 @@ def token_count(document: str) -> int:
 
 @pytest.fixture(scope="module")
 def contract() -> GraphQLSchema:
-    return build_sdl_schema(CONTRACT.read_text())
+    return build_sdl_schema(contract_text())
 
 
 @pytest.mark.parametrize("name", sorted(REALISTIC))

@@ -17,7 +17,7 @@ from services.orders import fills
 from services.orders.fills import Execute, Mark, StaleOrder, Work
 from services.orders.group_commit import GroupCommit
 from services.orders.order_model import Event, Side, Status
-from tests.services.test_fills_service import fill, new_trader, place_limit
+from tests.services.test_fills_service import account, fill, new_trader, place_limit, position
 from tests.trading import cut_database
 
 D = Decimal
@@ -49,22 +49,10 @@ async def test_many_orders_of_one_account_and_symbol_commit_as_one_group(
     )
     assert [u.event for o in outcomes for u in o.updates] == [Event.FILL] * 4
     # one position, the three fills threaded through it: 6 shares costing 3 x 99.99
+    held = await position(services, trader)
+    assert held is not None and (held["quantity"], held["cost_basis"]) == (D(6), D("299.97"))
+    assert await account(services, trader) == (D("10000.00") - D("299.97"), D(0))
     async with services.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT quantity, cost_basis FROM positions WHERE account_id = :a "
-                    "AND symbol = :s"
-                ),
-                {"a": trader.account_id, "s": trader.symbol},
-            )
-        ).one()
-        cash = (
-            await conn.execute(
-                text("SELECT cash, reserved_cash FROM accounts WHERE id = :a"),
-                {"a": trader.account_id},
-            )
-        ).one()
         audit_requests = (
             await conn.execute(
                 text(
@@ -74,8 +62,6 @@ async def test_many_orders_of_one_account_and_symbol_commit_as_one_group(
                 {"ids": [str(o.id) for o in orders]},
             )
         ).all()
-    assert (row.quantity, row.cost_basis) == (D(6), D("299.97"))
-    assert (cash.cash, cash.reserved_cash) == (D("10000.00") - D("299.97"), D(0))
     assert dict(audit_requests) == {str(o.id): f"req-{i}" for i, o in enumerate(orders)}
     assert await find_differences(services.engine) == []
 
