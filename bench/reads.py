@@ -852,7 +852,8 @@ def format_result(result: Result, index: int, count: int) -> str:
             f"{pg.get('xact_rollback', 0):,.0f} rollbacks/s = "
             f"{xacts / max(result.rate, 1e-9):.1f} transactions per ok request (every read is a "
             f"BEGIN ... ROLLBACK; a ping after an idle spell one more), {pg.get('tup_fetched', 0):,.0f}"
-            f" tuples fetched/s, cache hit {100 * hits / max(hits + reads, 1):.1f}%"
+            f" tuples fetched/s, cache hit {100 * hits / max(hits + reads, 1):.1f}%, "
+            f"{pg.get('sessions', 0):.1f} sessions opened/s (connection churn)"
         )
     lines.append(f"  pool: {result.pool}")
     lines.append(f"  pg_stat_activity: {result.activity}")

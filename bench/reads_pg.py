@@ -59,7 +59,8 @@ def database_counters(url: str, database: str) -> dict[str, float]:
     rows = asyncio.run(
         _fetch(
             url,
-            "SELECT xact_commit, xact_rollback, blks_read, blks_hit, tup_returned, tup_fetched "
+            "SELECT xact_commit, xact_rollback, blks_read, blks_hit, tup_returned, tup_fetched, "
+            "sessions "
             "FROM pg_stat_database WHERE datname = $1",
             database,
         )

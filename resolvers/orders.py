@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from decimal import Decimal
 from uuid import UUID
 
@@ -10,6 +10,7 @@ import strawberry
 from broadcaster._base import Unsubscribed
 from graphql import GraphQLError
 from strawberry import UNSET
+from strawberry.types.nodes import SelectedField, Selection
 
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
@@ -116,22 +117,41 @@ async def orders(
     """Newest first."""
     session = require_session(info)
     try:
-        page, more = await info.context.services.order_store.history(
+        page = await info.context.services.order_store.history(
             session.user_id,
             statuses=list(status or []),
             symbol=symbol or None,
             first=first,
             after=after or None,
+            with_executions=selects(
+                [child for field in info.selected_fields for child in field.selections],
+                ("edges", "node", "executions"),
+            ),
         )
     except DomainError as error:
         raise GraphQLError(error.message, extensions={"code": "INVALID_INPUT"}) from error
-    edges = [schema.OrderEdge(cursor=encode_cursor(o), node=to_order(o)) for o in page]
+    if page.executions is not None:  # read with the page: the loader answers from them
+        loader = current_loaders(info.context.services).executions
+        for order_id, executions in page.executions.items():
+            loader.prime(order_id, executions)
+    edges = [schema.OrderEdge(cursor=encode_cursor(o), node=to_order(o)) for o in page.orders]
     return schema.OrderConnection(
         edges=edges,
         page_info=schema.PageInfo(
-            has_next_page=more, end_cursor=edges[-1].cursor if edges else None
+            has_next_page=page.has_more, end_cursor=edges[-1].cursor if edges else None
         ),
     )
+
+
+def selects(fields: Sequence[Selection], path: tuple[str, ...]) -> bool:
+    """Whether the field at `path` below `fields` is asked for (through fragments too)."""
+    for field in fields:
+        if not isinstance(field, SelectedField):  # a fragment: its fields stand where it does
+            if selects(field.selections, path):
+                return True
+        elif field.name == path[0] and (len(path) == 1 or selects(field.selections, path[1:])):
+            return True
+    return False
 
 
 async def order_executions(info: Info, order_id: strawberry.ID) -> list[schema.Execution]:

@@ -123,4 +123,22 @@ async def test_an_order_history_page_costs_the_same_for_5_and_50_orders(
     small = await measure(gql, HISTORY, few, app_services, monkeypatch)
     large = await measure(gql, HISTORY, many, app_services, monkeypatch)
     assert large == small
-    assert small.sql <= 2
+    assert small.sql == 1  # the page and its executions in one statement
+
+
+async def test_a_page_asking_for_executions_through_a_fragment_is_one_statement_too(
+    gql: GraphQLClient,
+    services: Services,
+    app_services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = await a_trader_with(services, gql, 3)
+    query = """query { orders(first: 10) { ...Page } }
+      fragment Page on OrderConnection { edges { node { id ... on Order { executions { price } } } } }"""
+    counts = await measure(gql, query, token, app_services, monkeypatch)
+    assert counts.sql == 1
+    body = await gql(query, token=token)
+    prices = [
+        e["price"] for edge in body["data"]["orders"]["edges"] for e in edge["node"]["executions"]
+    ]
+    assert sorted(prices) == ["10.00"] * 3 + ["11.00"] * 3
