@@ -48,6 +48,7 @@ from strawberry.types.field import StrawberryField
 
 from gateway.metrics import REGISTRY
 from resolvers.shared_events import shared_results
+from schema.prefetch import PREFETCHED
 
 _UNKNOWN: Any = object()
 
@@ -106,9 +107,10 @@ def compile_projection(
 ) -> Projection | None:
     """A direct reader for a subscription that selects only plain fields, or None.
 
-    Plain: attributes of the event (strawberry fields without a resolver or field extensions),
-    leaves or objects of concrete types, no lists, fragments, directives or arguments below the
-    root field. Everything else is left to graphql-core."""
+    Plain: attributes of the event (strawberry fields without a resolver or field extensions,
+    or resolver fields whose value is already on the object: schema/prefetch.py), leaves,
+    objects of concrete types or lists of either, no fragments, directives or arguments below
+    the root field. Everything else is left to graphql-core."""
     root_type = schema.subscription_type
     selections = operation.selection_set.selections
     if root_type is None or operation.directives or any(True for _ in fragments):
@@ -163,34 +165,79 @@ def _field_reader(object_type: GraphQLObjectType, node: object) -> tuple[str, _R
         return (key, lambda _obj: name) if node.selection_set is None else None
     field = object_type.fields.get(node.name.value)
     origin = field.extensions.get(GraphQLCoreConverter.DEFINITION_BACKREF) if field else None
-    if field is None or not isinstance(origin, StrawberryField):
+    if field is None or not isinstance(origin, StrawberryField) or origin.extensions:
         return None
-    if not origin.is_basic_field or origin.extensions or origin.default_resolver is not getattr:
+    attribute = _plain_attribute(origin)
+    if attribute is None:
         return None
     non_null = isinstance(field.type, GraphQLNonNull)
     inner = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
-    convert: _Read
-    if is_leaf_type(inner) and node.selection_set is None:
-        assert isinstance(inner, GraphQLLeafType)
-        convert = _leaf_coercion(inner)
-    elif isinstance(inner, GraphQLObjectType) and node.selection_set is not None:
-        nested = _object_reader(inner, node.selection_set.selections)
-        if nested is None:
-            return None
-        convert = nested
+    if isinstance(inner, GraphQLList):
+        convert = _list_reader(inner, node)
     else:
+        convert = _value_reader(inner, node)
+    if convert is None:
         return None
-    attribute = origin.python_name
+    read_value = convert
+    prefetched_only = attribute != origin.python_name
 
     def read(obj: Any) -> Any:
         value = getattr(obj, attribute)
         if value is None:
-            if non_null:
+            if non_null or prefetched_only:  # a null, or not read yet: the executor's
                 raise _ExecutorDecides(attribute)
             return None
-        return convert(value)
+        return read_value(value)
 
     return key, read
+
+
+def _plain_attribute(origin: StrawberryField) -> str | None:
+    """Where a field's value is on the object: its own attribute (no resolver), the attribute
+    a resolver field keeps its value in once read (schema/prefetch.py), or None."""
+    if origin.is_basic_field and origin.default_resolver is getattr:
+        return origin.python_name
+    attribute = origin.metadata.get(PREFETCHED) if origin.metadata else None
+    return attribute if isinstance(attribute, str) else None
+
+
+def _value_reader(inner: Any, node: FieldNode) -> _Read | None:
+    """A leaf's output coercion, or an object's reader."""
+    if is_leaf_type(inner) and node.selection_set is None:
+        assert isinstance(inner, GraphQLLeafType)
+        return _leaf_coercion(inner)
+    if isinstance(inner, GraphQLObjectType) and node.selection_set is not None:
+        return _object_reader(inner, node.selection_set.selections)
+    return None
+
+
+def _list_reader(list_type: GraphQLList[Any], node: FieldNode) -> _Read | None:
+    """A list of leaves or of objects, item by item, as graphql-core completes it."""
+    item_type = list_type.of_type
+    item_non_null = isinstance(item_type, GraphQLNonNull)
+    item_inner = item_type.of_type if item_non_null else item_type
+    if isinstance(item_inner, GraphQLList):
+        return None
+    read_item = _value_reader(item_inner, node)
+    if read_item is None:
+        return None
+
+    def read(values: Any) -> list[Any]:
+        if not isinstance(values, list | tuple):
+            raise _ExecutorDecides("not a list")
+        out: list[Any] = []
+        for value in values:
+            if value is None:
+                if item_non_null:
+                    raise _ExecutorDecides("null item")
+                out.append(None)
+            elif isawaitable(value):
+                raise _ExecutorDecides("awaitable item")
+            else:
+                out.append(read_item(value))
+        return out
+
+    return read
 
 
 def _leaf_coercion(leaf: GraphQLLeafType) -> _Read:

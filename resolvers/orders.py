@@ -24,7 +24,10 @@ from services.orders.order_rules import PlaceOrder
 from services.orders.order_store import encode_cursor
 
 
-def to_order(order: order_model.Order) -> schema.Order:
+def to_order(
+    order: order_model.Order, executions: list[order_model.Execution] | None = None
+) -> schema.Order:
+    """The GraphQL view of an order; `executions`, when they were read with it."""
     average = order.average_fill_price
     return schema.Order(
         id=strawberry.ID(str(order.id)),
@@ -47,6 +50,9 @@ def to_order(order: order_model.Order) -> schema.Order:
         updated_at=order.updated_at,
         filled_at=order.filled_at,
         version=order.version,
+        prefetched_executions=None
+        if executions is None
+        else [schema.Execution.from_domain(e) for e in executions],
     )
 
 
@@ -130,11 +136,13 @@ async def orders(
         )
     except DomainError as error:
         raise GraphQLError(error.message, extensions={"code": "INVALID_INPUT"}) from error
-    if page.executions is not None:  # read with the page: the loader answers from them
-        loader = current_loaders(info.context.services).executions
-        for order_id, executions in page.executions.items():
-            loader.prime(order_id, executions)
-    edges = [schema.OrderEdge(cursor=encode_cursor(o), node=to_order(o)) for o in page.orders]
+    read = page.executions  # with the page, when it asks for them
+    edges = [
+        schema.OrderEdge(
+            cursor=encode_cursor(o), node=to_order(o, None if read is None else read[o.id])
+        )
+        for o in page.orders
+    ]
     return schema.OrderConnection(
         edges=edges,
         page_info=schema.PageInfo(

@@ -9,6 +9,7 @@ import strawberry
 from strawberry import UNSET
 
 from schema.errors import UserError
+from schema.prefetch import prefetched
 from services.money import trim_price, trim_quantity
 from services.orders import order_model
 
@@ -68,8 +69,10 @@ class Order:
     updated_at: datetime
     filled_at: datetime | None
 
-    @strawberry.field
+    @strawberry.field(metadata=prefetched("prefetched_executions"))
     async def executions(self, info: strawberry.Info) -> list[Execution]:
+        if self.prefetched_executions is not None:
+            return self.prefetched_executions
         from resolvers.orders import order_executions
 
         return await order_executions(info, self.id)
@@ -78,6 +81,8 @@ class Order:
         description="grows with every change of the order: of two snapshots, the higher "
         "version is the newer"
     )
+    # The executions, when they were read with the order (an order-history page).
+    prefetched_executions: strawberry.Private[list[Execution] | None] = None
 
 
 @strawberry.type

@@ -11,6 +11,7 @@ import strawberry
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gateway.event_execution import ProjectingExecutionContext
+from schema.prefetch import prefetched
 from schema.scalars import SCALAR_OVERRIDES
 
 
@@ -243,3 +244,79 @@ def test_a_shared_value_is_read_once_per_selection_and_reused() -> None:
     assert [h["symbol"] for h in second.data["account"]["holdings"]] == ["S1", "CHANGED2"]  # type: ignore[index]
     other = schema.execute_sync("{ account { holdings { symbol } } }")  # another selection
     assert [h["symbol"] for h in other.data["account"]["holdings"]] == ["CHANGED1", "CHANGED2"]  # type: ignore[index]
+
+
+# -- lists inside objects, and resolver fields whose value was read already --------------------
+
+
+@strawberry.type
+class Fill:
+    price: Decimal
+    venue: str
+
+
+@strawberry.type
+class Book:
+    name: str
+    tags: list[str]
+    fills: list[Fill]
+    resolved = 0
+
+    @strawberry.field(metadata=prefetched("ready_fills"))
+    def late_fills(self) -> list[Fill]:
+        Book.resolved += 1
+        return (
+            self.ready_fills
+            if self.ready_fills is not None
+            else [Fill(price=Decimal("9.5"), venue="X")]
+        )
+
+    ready_fills: strawberry.Private[list[Fill] | None] = None
+
+
+BOOKS: list[Book] = []
+
+
+@strawberry.type
+class BookQuery:
+    @strawberry.field
+    def books(self) -> list[Book]:
+        return BOOKS
+
+
+BOOK_QUERY = "{ books { name tags fills { price venue } lateFills { price } } }"
+
+
+def run_books(executor: type) -> tuple[Any, int]:
+    global fields_executed
+    fields_executed = 0
+    schema = strawberry.Schema(
+        query=BookQuery, scalar_overrides=SCALAR_OVERRIDES, execution_context_class=executor
+    )
+    result = schema.execute_sync(BOOK_QUERY)
+    return (result.data, [(e.message, e.path) for e in result.errors or []]), fields_executed
+
+
+def a_book(i: int, *, ready: bool) -> Book:
+    fills = [Fill(price=Decimal(f"{i}.25"), venue=f"V{j}") for j in range(3)]
+    return Book(
+        name=f"b{i}", tags=["a", f"t{i}"], fills=fills, ready_fills=fills if ready else None
+    )
+
+
+def test_lists_inside_objects_and_prefetched_fields_are_read_directly() -> None:
+    BOOKS[:] = [a_book(i, ready=True) for i in range(10)]
+    Book.resolved = 0
+    projected, projected_fields = run_books(CountingProjecting)
+    assert Book.resolved == 0 and projected_fields == 1  # books; the rest read directly
+    plain, _ = run_books(CountingPlain)
+    assert projected == plain
+
+
+def test_a_prefetched_field_not_read_yet_is_resolved_the_ordinary_way() -> None:
+    BOOKS[:] = [a_book(1, ready=True), a_book(2, ready=False)]
+    Book.resolved = 0
+    projected, _ = run_books(CountingProjecting)
+    assert Book.resolved >= 1  # the second book's fills came from its resolver
+    assert projected[0]["books"][1]["lateFills"] == [{"price": "9.5"}]
+    assert projected == run_books(CountingPlain)[0]

@@ -194,7 +194,7 @@ def test_the_projection_gives_exactly_what_the_executor_gives(query: str) -> Non
         "subscription($p: Boolean!) { quotes(symbols: []) { bid @include(if: $p) } }",
         "subscription { quotes(symbols: []) @skip(if: false) { bid } }",
         "subscription { quotes(symbols: []) { bid } orderUpdates { kind } }",
-        "subscription { portfolio { positions { symbol } } }",  # objects below the root
+        "subscription { quotes(symbols: []) { bid(x: 1) } }",  # arguments below the root
     ],
 )
 def test_anything_but_plain_leaf_fields_goes_the_ordinary_way(query: str) -> None:

@@ -94,7 +94,9 @@ def test_the_cli_loads_the_real_files(settings: Settings) -> None:
 
 def test_the_cli_refuses_a_truncated_file(settings: Settings, tmp_path: Path) -> None:
     truncated = tmp_path / "nasdaqlisted.txt"
-    truncated.write_text("\n".join((DATA / "nasdaqlisted.txt").read_text().splitlines()[:10]))  # no footer
+    truncated.write_text(
+        "\n".join((DATA / "nasdaqlisted.txt").read_text().splitlines()[:10])
+    )  # no footer
     result = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "securities", "load", str(truncated)],
         capture_output=True,
