@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.errors import InvalidInput
+from services.infra import db
 from services.infra.db import single_read
 from services.market_data.securities import is_valid_symbol, normalize_symbol
 from services.orders.order_model import (
@@ -35,33 +36,28 @@ OPEN = tuple(s.value for s in OPEN_STATUSES)
 MAX_PAGE = 200
 
 
+_SIDES = {m.value: m for m in Side}
+_TYPES = {m.value: m for m in OrderType}
+_TIFS = {m.value: m for m in TimeInForce}
+_STATUSES = {m.value: m for m in Status}
+_WIDTH = len(ORDER_COLUMNS.split(","))
+
+
 def order_from_row(row: Any) -> Order:
+    """An order from a row that starts with ORDER_COLUMNS (positional: a page of 50 orders
+    read by name and with enum calls cost a seventh of the API's time for the page)."""
+    (
+        order_id, user_id, account_id, symbol, side, type_, tif, quantity, notional,
+        limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash,
+        reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at,
+        updated_at, filled_at, request_id,
+    ) = tuple(row[:_WIDTH])  # fmt: skip
     return Order(
-        id=row.id,
-        user_id=row.user_id,
-        account_id=row.account_id,
-        symbol=row.symbol,
-        side=Side(row.side),
-        type=OrderType(row.type),
-        time_in_force=TimeInForce(row.time_in_force),
-        quantity=row.quantity,
-        notional=row.notional,
-        limit_price=row.limit_price,
-        stop_price=row.stop_price,
-        status=Status(row.status),
-        filled_quantity=row.filled_quantity,
-        filled_value=row.filled_value,
-        reserved_cash=row.reserved_cash,
-        reserved_quantity=row.reserved_quantity,
-        triggered=row.triggered,
-        version=row.version,
-        idempotency_key=row.idempotency_key,
-        reject_reason=row.reject_reason,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        filled_at=row.filled_at,
-        request_id=row.request_id,
-    )
+        order_id, user_id, account_id, symbol, _SIDES[side], _TYPES[type_], _TIFS[tif],
+        quantity, notional, limit_price, stop_price, _STATUSES[status], filled_quantity,
+        filled_value, reserved_cash, reserved_quantity, triggered, version, idempotency_key,
+        reject_reason, created_at, updated_at, filled_at, request_id,
+    )  # fmt: skip
 
 
 async def orders_by_id(conn: AsyncConnection, ids: Sequence[UUID]) -> dict[UUID, Order]:
@@ -178,29 +174,33 @@ class OrderStore:
         subquery on the executions' order index): one round trip for the whole page."""
         if not 0 < first <= MAX_PAGE:
             raise InvalidInput(f"first must be between 1 and {MAX_PAGE}", field="first")
-        conditions = ["user_id = :user"]
-        params: dict[str, Any] = {"user": user_id, "limit": first + 1}
+        args: list[Any] = [user_id]
+        conditions = ["user_id = $1"]
         if statuses:
-            conditions.append("status = ANY(:statuses)")
-            params["statuses"] = [s.value for s in statuses]
+            args.append([s.value for s in statuses])
+            conditions.append(f"status = ANY(${len(args)})")
         if symbol:
-            params["symbol"] = normalize_symbol(symbol)
-            if not is_valid_symbol(params["symbol"]):
+            wanted = normalize_symbol(symbol)
+            if not is_valid_symbol(wanted):
                 raise InvalidInput(f"{symbol!r} is not a symbol", field="symbol")
-            conditions.append("symbol = :symbol")
+            args.append(wanted)
+            conditions.append(f"symbol = ${len(args)}")
         if after:
-            params["after_at"], params["after_id"] = decode_cursor(after)
-            conditions.append("(created_at, id) < (:after_at, :after_id)")
+            args.extend(decode_cursor(after))
+            conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+        args.append(first + 1)
         extra = f", {_EXECUTIONS_OF_ORDER} AS executions" if with_executions else ""
         sql = (
             f"SELECT {ORDER_COLUMNS}{extra} FROM orders o WHERE {' AND '.join(conditions)} "
-            "ORDER BY created_at DESC, id DESC LIMIT :limit"
+            f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
         )
-        async with single_read(self._engine) as conn:
-            rows = (await conn.execute(text(sql), params)).all()
+        rows = await db.fetch_directly(self._engine, sql, *args)
         orders = [order_from_row(r) for r in rows[:first]]
         executions = (
-            {r.id: [_execution(r.id, e) for e in r.executions] for r in rows[:first]}
+            {
+                o.id: [_execution(o.id, e) for e in r[_WIDTH]]
+                for o, r in zip(orders, rows, strict=False)
+            }
             if with_executions
             else None
         )

@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio.client import Pipeline
 from sqlalchemy import event
 
+from services.infra import db
 from services.infra.container import Services
 from services.portfolio.holdings_version import forget_now
 from tests.graphql_client import GraphQLClient
@@ -49,7 +50,14 @@ def counting(app_services: Services, monkeypatch: pytest.MonkeyPatch) -> Iterato
         counts.redis += 1
         return await real_pipeline(self, *args, **kwargs)
 
+    real_fetch = db.fetch_directly
+
+    async def fetch_directly(*args: Any, **kwargs: Any) -> Any:  # asyncpg itself, past SQLAlchemy
+        counts.sql += 1
+        return await real_fetch(*args, **kwargs)
+
     event.listen(app_services.engine.sync_engine, "before_cursor_execute", on_sql)
+    monkeypatch.setattr(db, "fetch_directly", fetch_directly)
     monkeypatch.setattr(app_services.redis, "execute_command", command)
     monkeypatch.setattr(Pipeline, "execute", pipeline)
     try:

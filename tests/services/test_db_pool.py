@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.infra.db import create_engine, single_read
+from services.infra.db import create_engine, fetch_directly, single_read
 from services.infra.settings import Settings
 
 
@@ -82,4 +82,20 @@ async def test_a_single_read_runs_without_a_transaction_and_leaves_the_pool_as_i
         async with single_read(engine) as conn:
             assert not await statements_share_a_transaction(conn)  # no BEGIN, no ROLLBACK
         async with engine.connect() as conn:  # the same pooled connection, back to normal
+            assert await statements_share_a_transaction(conn)
+
+
+async def test_a_direct_fetch_runs_without_a_transaction_and_leaves_the_pool_as_it_was(
+    settings: Settings,
+) -> None:
+    async with one_connection_pool(settings) as engine:
+        before = await backend_pid(engine)
+        (row,) = await fetch_directly(engine, "SELECT $1::int + 1 AS n, pg_sleep(0.05)", 41)
+        assert row["n"] == 42 and row[0] == 42
+        (later,) = await fetch_directly(
+            engine, "SELECT statement_timestamp() - now() > interval '40 milliseconds' AS lag"
+        )
+        assert not later["lag"]  # no transaction left open from one fetch to the next
+        assert await backend_pid(engine) == before  # the same pooled connection, still usable
+        async with engine.connect() as conn:
             assert await statements_share_a_transaction(conn)
