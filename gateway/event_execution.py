@@ -207,7 +207,10 @@ def _value_reader(inner: Any, node: FieldNode) -> _Read | None:
         assert isinstance(inner, GraphQLLeafType)
         return _leaf_coercion(inner)
     if isinstance(inner, GraphQLObjectType) and node.selection_set is not None:
-        return _object_reader(inner, node.selection_set.selections)
+        nested = _object_reader(inner, node.selection_set.selections)
+        if nested is None:
+            return None
+        return lambda obj: _read_object(nested, obj)  # an object marked shared: read once
     return None
 
 
