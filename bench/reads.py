@@ -284,6 +284,10 @@ def setup(config: Config, args: argparse.Namespace) -> tuple[list[str], list[str
         tokens = json.loads(tokens_file.read_text())
         symbols = json.loads(symbols_file.read_text())
         print(f"reusing database {args.database} and its {len(tokens)} sessions", flush=True)
+        if args.migrate_to == "head":  # a run of older code may have left it behind
+            from gateway.migrate import upgrade
+
+            upgrade(config.database_url)
         reads_seed.flush_redis(config.redis_url)
         written, how = reads_seed.write_quotes(config.redis_url, symbols)
         print(f"redis db {args.redis_db} flushed; {written} quotes written ({how})", flush=True)
