@@ -154,3 +154,30 @@ async def test_metrics_count_reads_served_by_the_processs_own_copies(
     misses = count(after, name, "miss") - count(before, name, "miss")
     assert (hits, misses) == (1, 1)  # read once, then served from the copy
     assert count(after, "tradeql_quote_mirror_reads_total", "miss") >= 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"null",
+        b"123",
+        b'"a string"',
+        b"true",
+        b"[1, 2]",
+        b"\xff\xfe{}",  # not UTF-8
+        b'{"query": "{ me { id } }", "variables": {"x": ' + b"9" * 5000 + b"}}",
+        b'{"query": "{ me { id } }", "variables": {"x": ' + b"[" * 3000 + b"]" * 3000 + b"}}",
+    ],
+    ids=["null", "number", "string", "bool", "list", "not-utf8", "huge-int", "deep"],
+)
+async def test_a_body_that_is_not_a_json_object_is_a_400_and_the_connection_lives_on(
+    gql: GraphQLClient, body: bytes
+) -> None:
+    response = await gql.http.post(
+        "/graphql", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    (error,) = response.json()["errors"]
+    assert error["extensions"]["code"] == "BAD_REQUEST"
+    assert (await gql("{ __typename }"))["data"] == {"__typename": "Query"}
