@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -25,6 +24,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from graphql import ASTValidationRule, GraphQLError, GraphQLSyntaxError, ValidationContext
+from graphql.language import (
+    FieldNode,
+    FragmentSpreadNode,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+)
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from prometheus_client import Counter
 from redis.asyncio import Redis
@@ -33,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions.max_aliases import create_validator as alias_validator
 from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 
+from gateway.client_address import client_address, parse_networks
 from gateway.metrics import REGISTRY
 from gateway.ratelimit import ALLOWED, Bucket, Decision, Limit, RateLimiter
 from gateway.view import SESSION_LOOKUP_STATE, bearer_token
@@ -171,57 +178,6 @@ def _larger_than(message: Message, limit: int) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Rate limits
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(spec: str) -> tuple[Network, ...]:
-    """`10.0.0.1, 10.1.0.0/16, ::1` -> networks; an empty string trusts nobody."""
-    return tuple(
-        ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()
-    )
-
-
-def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(value.strip())
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _trusted(value: str, trusted: Sequence[Network]) -> bool:
-    address = _address(value)
-    return address is not None and any(address in network for network in trusted)
-
-
-def client_address(scope: Scope, trusted: Sequence[Network]) -> str:
-    """The address to count a request against: the peer, or, when the peer is a trusted proxy,
-    the nearest untrusted hop of X-Forwarded-For (the hops to its left are the client's word)."""
-    client = scope.get("client")
-    peer = str(client[0]) if client else ""
-    if trusted and _trusted(peer, trusted):
-        headers = Headers(scope=scope)
-        hops = [h.strip() for h in ",".join(headers.getlist("x-forwarded-for")).split(",")]
-        hops = [h for h in hops if h]
-        for hop in reversed(hops):
-            if not _trusted(hop, trusted):
-                return bucket_address(hop)
-        if hops:
-            return bucket_address(hops[0])
-    return bucket_address(peer) if peer else "unknown"
-
-
-def bucket_address(value: str) -> str:
-    """IPv4 as is; IPv6 by its /64 (one subscriber's usual allocation, which they can cycle)."""
-    address = _address(value)
-    if address is None:
-        return value.strip().lower()[:64] or "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def _sha256(value: str) -> str:
@@ -436,12 +392,47 @@ def _coded(rule: type[ASTValidationRule], extensions: Mapping[str, Any]) -> type
     return type(f"Coded{rule.__name__}", (rule,), {"__init__": __init__})
 
 
+SIGN_IN_FIELDS = frozenset({"login", "register"})
+
+
+class OneSignInPerOperation(ASTValidationRule):
+    """At most one `login` or `register` in an operation: aliases would otherwise make one
+    request many password guesses (or many argon2 hashes) past the per-request limits."""
+
+    def enter_operation_definition(self, node: OperationDefinitionNode, *_args: Any) -> None:
+        found = self._sign_ins(node.selection_set, set())
+        if found > 1:
+            self.report_error(
+                GraphQLError(
+                    "one login or register per operation: send each in its own request",
+                    node,
+                    extensions={"code": "BAD_REQUEST"},
+                )
+            )
+
+    def _sign_ins(self, selection_set: SelectionSetNode | None, seen: set[str]) -> int:
+        if selection_set is None:
+            return 0
+        count = 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                count += selection.name.value in SIGN_IN_FIELDS
+            elif isinstance(selection, InlineFragmentNode):
+                count += self._sign_ins(selection.selection_set, seen)
+            elif isinstance(selection, FragmentSpreadNode) and selection.name.value not in seen:
+                seen.add(selection.name.value)
+                fragment = self.context.get_fragment(selection.name.value)
+                count += self._sign_ins(fragment.selection_set if fragment else None, seen)
+        return count
+
+
 def query_limit_rules(
     *, max_depth: int, max_aliases: int, introspection: bool
 ) -> tuple[type[ASTValidationRule], ...]:
     """Validation rules for depth, aliases and (unless allowed) introspection. Build them once per
     schema: ValidationCache keys on the rule classes, so classes made per request never hit it."""
-    rules = [
+    rules: list[type[ASTValidationRule]] = [
+        OneSignInPerOperation,
         _coded(depth_validator(max_depth, None), {"code": "QUERY_TOO_DEEP", "maxDepth": max_depth}),
         _coded(
             alias_validator(max_aliases), {"code": "TOO_MANY_ALIASES", "maxAliases": max_aliases}

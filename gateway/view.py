@@ -22,6 +22,7 @@ from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult, SubscriptionExecutionResult
 from strawberry.types.unset import UnsetType
 
+from gateway.client_address import client_address, parse_networks
 from gateway.connections import CONNECTIONS
 from gateway.legacy_ws import GraphQLWSHandler
 from gateway.metrics import WEBSOCKETS_OPEN
@@ -55,6 +56,21 @@ def error_body(message: str, code: str) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": {"code": code}}]}
 
 
+def throttled_for(response: object) -> int | None:
+    """The seconds to wait when an attempt was throttled (a RATE_LIMITED error with
+    `retryAfter` from a resolver, such as a sign-in), else None."""
+    if not isinstance(response, Mapping):
+        return None
+    waits = [
+        int(e["extensions"]["retryAfter"])
+        for e in response.get("errors") or []
+        if isinstance(e, Mapping)
+        and (e.get("extensions") or {}).get("code") == "RATE_LIMITED"
+        and "retryAfter" in (e.get("extensions") or {})
+    ]
+    return max(waits) if waits else None
+
+
 def is_request_error(response: Mapping[str, Any]) -> bool:
     """No data and only errors without a path: the document itself was refused (parse, validate)."""
     errors = response.get("errors") or []
@@ -74,6 +90,7 @@ class GraphQLView(GraphQL[Context, None]):
             ),
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
         )
+        self._trusted = parse_networks(settings.trusted_proxies)
 
     def encode_json(self, data: object) -> str:
         """Every response and WebSocket message: orjson (several times faster), json past its range.
@@ -156,6 +173,7 @@ class GraphQLView(GraphQL[Context, None]):
             response=response,
             request_id=current_request_id() or uuid.uuid4().hex,
         )
+        context.client_address = client_address(request.scope, self._trusted)
         if isinstance(request, WebSocket):
             CONNECTIONS.add(request)
         else:
@@ -208,4 +226,8 @@ class GraphQLView(GraphQL[Context, None]):
         response = super().create_response(response_data, sub_response)
         if isinstance(response_data, dict) and is_request_error(response_data):
             response.status_code = 400
+        retry_after = throttled_for(response_data)
+        if retry_after is not None:
+            response.status_code = 429
+            response.headers["Retry-After"] = str(retry_after)
         return response

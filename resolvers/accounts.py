@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import strawberry
+from graphql import GraphQLError
 
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
@@ -30,10 +31,22 @@ async def register(info: Info, email: str, password: str) -> AuthPayload:
 
 
 async def login(info: Info, email: str, password: str) -> AuthPayload:
+    """Throttled per attempt (services/accounts/login_throttle.py): a throttled attempt is a
+    top-level RATE_LIMITED error with `retryAfter` (HTTP 429 with Retry-After)."""
+    services, address = info.context.services, info.context.client_address
+    wait = await services.login_throttle.begin(email, address)
+    if wait:
+        raise GraphQLError(
+            f"too many failed sign-ins: try again in {wait:.0f} s",
+            extensions={"code": "RATE_LIMITED", "retryAfter": int(wait)},
+        )
     try:
-        return _signed_in(await info.context.services.users.login(email, password))
+        signed_in = await services.users.login(email, password)
     except DomainError as error:
+        await services.login_throttle.failed(address)
         return AuthPayload(errors=[to_user_error(error)])
+    await services.login_throttle.succeeded(email)
+    return _signed_in(signed_in)
 
 
 async def logout(info: Info) -> bool:

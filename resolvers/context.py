@@ -24,6 +24,7 @@ class Context:
     request_id: str
     token: str | None = None
     session: SessionInfo | None = None
+    client_address: str = "unknown"  # as the rate limiter counts it (trusted proxies applied)
     connection_params: dict[str, Any] | None = field(default=None)
     # Holdings version tokens read with the session at the start of an HTTP request (never on a
     # WebSocket: its context outlives them).

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.accounts.cash import Cash
+from services.accounts.login_throttle import LoginThrottle, ThrottleRules
 from services.accounts.passwords import Passwords
 from services.accounts.sessions import SessionStore
 from services.accounts.users import Accounts
@@ -43,6 +44,7 @@ class Services:
     passwords: Passwords = field(init=False)
     users: Accounts = field(init=False)
     sessions: SessionStore = field(init=False)
+    login_throttle: LoginThrottle = field(init=False)
     partners: Partners = field(init=False)
     cash: Cash = field(init=False)
     securities: Securities = field(init=False)
@@ -66,6 +68,15 @@ class Services:
         self.passwords = Passwords(self.settings)
         self.users = Accounts(self.engine, self.settings, self.passwords)
         self.sessions = SessionStore(self.engine, self.redis, self.settings)
+        self.login_throttle = LoginThrottle(
+            self.redis,
+            ThrottleRules(
+                free=self.settings.login_free_failures,
+                max_wait_seconds=self.settings.login_max_wait_seconds,
+                address_limit=self.settings.login_address_failures,
+                address_window_seconds=self.settings.login_address_window_seconds,
+            ),
+        )
         self.partners = Partners(self.engine, self.redis, self.settings)
         self.cash = Cash(self.engine, self.redis, self.settings)
         self.securities = Securities(self.engine)

@@ -120,6 +120,16 @@ class Settings(BaseSettings):
     ws_connection_init_timeout_seconds: float = 5.0
     ws_max_subscriptions: int = 100
     shutdown_grace_seconds: float = 10.0
+    login_free_failures: int = Field(
+        default=5, ge=1, description="consecutive failed sign-ins of an e-mail before waits begin"
+    )
+    login_max_wait_seconds: float = Field(
+        default=900.0, gt=0, description="the longest wait between sign-ins of one e-mail"
+    )
+    login_address_failures: int = Field(
+        default=100, ge=1, description="failed sign-ins from one address per window"
+    )
+    login_address_window_seconds: int = Field(default=600, ge=1)
     api_workers: int = Field(
         default=0,
         ge=0,

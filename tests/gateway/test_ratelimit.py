@@ -18,13 +18,8 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
-from gateway.guards import (
-    BodySizeLimitMiddleware,
-    RateLimitMiddleware,
-    bucket_address,
-    client_address,
-    parse_networks,
-)
+from gateway.client_address import bucket_address, client_address, parse_networks
+from gateway.guards import BodySizeLimitMiddleware, RateLimitMiddleware
 from gateway.metrics import REGISTRY
 from gateway.ratelimit import Bucket, Decision, Limit, RateLimiter
 from services.infra.container import Services
