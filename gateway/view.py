@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -54,6 +55,24 @@ def bearer_token(value: object) -> str | None:
 
 def error_body(message: str, code: str) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": {"code": code}}]}
+
+
+def is_subscription(query: str | None, operation_name: str | None) -> bool:
+    """Whether the operation a request runs is a subscription. Only a document that says
+    `subscription` is parsed for it (strawberry parses it again, from its cache)."""
+    if not query or "subscription" not in query:
+        return False
+    try:
+        document = parse(query)
+    except GraphQLError:
+        return False  # strawberry reports the syntax error
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    chosen = [
+        o
+        for o in operations
+        if operation_name is None or (o.name and o.name.value == operation_name)
+    ]
+    return len(chosen) == 1 and chosen[0].operation is OperationType.SUBSCRIPTION
 
 
 def throttled_for(response: object) -> int | None:
@@ -157,8 +176,16 @@ class GraphQLView(GraphQL[Context, None]):
         root_value: None,
         sub_response: Response,
     ) -> ExecutionResult | list[ExecutionResult] | SubscriptionExecutionResult:
-        """Persisted queries first (APQ, partners' documents): strawberry has none."""
+        """Persisted queries first (APQ, partners' documents): strawberry has none. A
+        subscription sent as a plain JSON request is refused: its transport is a WebSocket."""
         await resolve_http(DocumentResolver.for_services(context.services), request, request_data)
+        for data in request_data if isinstance(request_data, list) else [request_data]:
+            if is_subscription(data.query, data.operation_name):
+                raise HTTPException(
+                    400,
+                    "subscriptions are served over WebSocket (graphql-transport-ws or graphql-ws "
+                    "at /graphql), not as a plain HTTP request",
+                )
         return await super().execute_operation(
             request, request_adapter, request_data, context, root_value, sub_response
         )

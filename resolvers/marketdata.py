@@ -11,6 +11,7 @@ from resolvers.context import Info
 from resolvers.loaders import current_loaders
 from resolvers.shared_events import shared_event
 from schema.marketdata import Bar, BarInterval, MarketClock, Quote, Security
+from services.errors import DomainError
 from services.market_data import bars, marketdata
 from services.market_data.securities import is_valid_symbol, normalize_symbol
 
@@ -66,7 +67,10 @@ async def security_bars(
     end: datetime | None,
 ) -> list[Bar]:
     domain_interval = bars.Interval(interval.value)
-    start, end = bars.bucket_window(domain_interval, start, end, datetime.now(UTC))
+    try:
+        start, end = bars.bucket_window(domain_interval, start, end, datetime.now(UTC))
+    except DomainError as error:
+        raise input_error(error.message) from error
     if start >= end:
         raise input_error("`from` must be before `to`")
     expected = (end - start) / bars.INTERVAL_LENGTH[domain_interval]

@@ -11,6 +11,8 @@ from enum import Enum
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.errors import InvalidInput
+
 NS_PER_MINUTE = 60_000_000_000
 MAX_BARS_PER_REQUEST = 5000
 
@@ -188,7 +190,12 @@ def bucket_window(
     interval: Interval, start: datetime | None, end: datetime | None, now: datetime
 ) -> tuple[datetime, datetime]:
     end = end or now
-    start = start or end - DEFAULT_SPAN[interval]
+    try:
+        start = start or end - DEFAULT_SPAN[interval]
+    except OverflowError as exc:  # `to` near year 1: no default span before it
+        raise InvalidInput(
+            "`to` is too early to look back from; give `from` too", field="to"
+        ) from exc
     return start, end
 
 

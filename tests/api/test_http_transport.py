@@ -181,3 +181,29 @@ async def test_a_body_that_is_not_a_json_object_is_a_400_and_the_connection_live
     (error,) = response.json()["errors"]
     assert error["extensions"]["code"] == "BAD_REQUEST"
     assert (await gql("{ __typename }"))["data"] == {"__typename": "Query"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        'subscription { quotes(symbols: ["AAPL"]) { bid } }',
+        "subscription { orderUpdates { event } }",  # anonymous, too
+    ],
+)
+async def test_a_subscription_sent_as_plain_http_is_a_400_naming_the_websocket(
+    gql: GraphQLClient, query: str
+) -> None:
+    response = await gql.http.post("/graphql", json={"query": query})
+    assert response.status_code == 400
+    (error,) = response.json()["errors"]
+    assert error["extensions"]["code"] == "BAD_REQUEST"
+    assert "WebSocket" in error["message"]
+
+
+async def test_a_query_beside_a_subscription_in_one_document_still_runs(
+    gql: GraphQLClient,
+) -> None:
+    document = "query Q { me { id } } subscription S { orderUpdates { event } }"
+    response = await gql.http.post("/graphql", json={"query": document, "operationName": "Q"})
+    assert response.status_code == 200
+    assert response.json() == {"data": {"me": None}}

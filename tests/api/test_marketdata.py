@@ -176,6 +176,8 @@ async def test_bars_roll_up_through_the_api(gql: GraphQLClient, services: Servic
     [
         ('interval: MINUTE, from: "2026-11-25T00:00:00Z", to: "2026-11-24T00:00:00Z"', "before"),
         ('interval: MINUTE, from: "2020-01-01T00:00:00Z", to: "2026-01-01T00:00:00Z"', "at most"),
+        ('interval: MINUTE, to: "0001-01-01T00:00:00Z"', "too early"),  # no span before year 1
+        ('interval: DAY, from: "9999-12-31T23:59:59Z"', "before"),
     ],
 )
 async def test_bars_refuse_bad_ranges(gql: GraphQLClient, arguments: str, message: str) -> None:
