@@ -1,11 +1,13 @@
 """Open WebSockets of this process: closed with 1001 on shutdown (clients reconnect elsewhere)
-and with 4401 when their session is revoked (a logout on any process ends them at once)."""
+and with 4401 when their session ends: revoked (a logout on any process ends them at once) or
+expired (at the expiry instant)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 from uuid import UUID
 
 from broadcaster import Broadcast
@@ -23,6 +25,8 @@ class Connections:
     def __init__(self) -> None:
         self._sockets: dict[int, WebSocket] = {}
         self._sessions: dict[int, UUID] = {}
+        self._expiries: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # expiry closes under way
         self.draining = False
         self.emptied = asyncio.Event()
         self.emptied.set()
@@ -34,12 +38,34 @@ class Connections:
         self._sockets[id(websocket.scope)] = websocket
         self.emptied.clear()
 
-    def bind(self, websocket: WebSocket, session_id: UUID) -> None:
-        self._sessions[id(websocket.scope)] = session_id
+    def bind(self, websocket: WebSocket, session_id: UUID, expires_at: datetime) -> None:
+        """Tie a socket to its session: it is closed (4401) when the session is revoked, and at
+        the instant it expires."""
+        key = id(websocket.scope)
+        self._sessions[key] = session_id
+        previous = self._expiries.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
+        loop = asyncio.get_running_loop()
+        self._expiries[key] = loop.call_later(
+            delay, lambda: self._track(loop.create_task(self._expire(key)))
+        )
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, key: int) -> None:
+        if await self._close([key], SESSION_REVOKED, "session expired"):
+            log.info("closed a socket whose session expired")
 
     def remove(self, scope: object) -> None:
         self._sockets.pop(id(scope), None)
         self._sessions.pop(id(scope), None)
+        expiry = self._expiries.pop(id(scope), None)
+        if expiry is not None:
+            expiry.cancel()
         if not self._sockets:
             self.emptied.set()
 
@@ -53,6 +79,10 @@ class Connections:
                 await websocket.close(code=code, reason=reason)
                 closed += 1
         return closed
+
+    async def close_socket(self, websocket: WebSocket, reason: str) -> None:
+        """End one socket whose session is no longer live (4401: clients stop retrying)."""
+        await self._close([id(websocket.scope)], SESSION_REVOKED, reason)
 
     async def close_session(self, session_id: UUID) -> int:
         keys = [k for k, s in self._sessions.items() if s == session_id]

@@ -13,6 +13,8 @@ from graphql import GraphQLError, OperationType, parse
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import CompleteMessage, ErrorMessage
 
+from gateway.ws_persisted import session_still_live
+
 
 def operation_type(query: str, operation_name: str | None) -> OperationType | None:
     try:
@@ -36,6 +38,8 @@ class GraphQLWSHandler(BaseGraphQLWSHandler[Any, Any]):
         operation_name: str | None,
         variables: dict[str, object] | None,
     ) -> None:
+        if not await session_still_live(self.context):
+            return
         kind = operation_type(query, operation_name)
         if kind in (None, OperationType.SUBSCRIPTION):
             await super().handle_async_results(operation_id, query, operation_name, variables)

@@ -230,7 +230,7 @@ class GraphQLView(GraphQL[Context, None]):
         context.token = token
         context.session = session
         assert isinstance(context.request, WebSocket)
-        CONNECTIONS.bind(context.request, session.session_id)
+        CONNECTIONS.bind(context.request, session.session_id, session.expires_at)
         return None
 
     async def process_result(self, request: Request, result: Any) -> GraphQLHTTPResponse:

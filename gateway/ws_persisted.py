@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.websockets import WebSocket
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -19,6 +20,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     SubscribeMessage,
 )
 
+from gateway.connections import CONNECTIONS
 from gateway.persisted import API_KEY_HEADER, DocumentResolver, PersistedQueryError
 from resolvers.context import Context
 
@@ -33,8 +35,23 @@ def websocket_api_key(context: Context) -> str | None:
     return value if isinstance(value, str) else None
 
 
+async def session_still_live(context: Context) -> bool:
+    """A socket signed in with a token runs each new operation only while that session lives
+    (it may have expired or been revoked since `connection_init`); one that is not is closed
+    with 4401. An anonymous socket stays anonymous."""
+    if context.token is None:
+        return True
+    if await context.services.sessions.authenticate(context.token) is not None:
+        return True
+    assert isinstance(context.request, WebSocket)
+    await CONNECTIONS.close_socket(context.request, "session ended")
+    return False
+
+
 class PersistedGraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        if self.connection_acknowledged and not await session_still_live(self.context):
+            return
         payload: Any = message.get("payload")
         # Protocol violations (before the ack, a reused id, a malformed payload) stay strawberry's.
         if (
