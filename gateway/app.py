@@ -17,7 +17,7 @@ from gateway.graphql_schema import build_schema
 from gateway.guards import BodySizeLimitMiddleware, RateLimitMiddleware
 from gateway.health import healthz, metrics, readyz
 from gateway.logging import install_request_id
-from gateway.metrics import REGISTRY, CacheCollector, PoolCollector
+from gateway.metrics import REGISTRY, CacheCollector, HubCollector, PoolCollector
 from gateway.middleware import RequestIdMiddleware
 from gateway.view import GraphQLView
 from services.infra.container import Services
@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         REGISTRY.register(pool_collector)
         cache_collector = CacheCollector(services.holdings, services.quote_mirror)
         REGISTRY.register(cache_collector)
+        hub_collector = HubCollector(services.portfolio_hub)
+        REGISTRY.register(hub_collector)
         freeze_startup_objects()
         log.info("api started")
         try:
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await drain(settings.shutdown_grace_seconds)
             REGISTRY.unregister(pool_collector)
             REGISTRY.unregister(cache_collector)
+            REGISTRY.unregister(hub_collector)
             await services.close()
             log.info("api stopped")
 

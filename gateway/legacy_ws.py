@@ -10,9 +10,12 @@ import asyncio
 from typing import Any
 
 from graphql import GraphQLError, OperationType, parse
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import CompleteMessage, ErrorMessage
+from strawberry.types.unset import UnsetType
 
+from gateway.ws_frames import message_problem
 from gateway.ws_persisted import session_still_live
 
 
@@ -31,6 +34,42 @@ def operation_type(query: str, operation_name: str | None) -> OperationType | No
 
 
 class GraphQLWSHandler(BaseGraphQLWSHandler[Any, Any]):
+    async def handle_message(self, message: Any) -> None:
+        problem = message_problem(message)
+        if problem is not None:
+            await self.websocket.close(code=4400, reason=problem)
+            return
+        await super().handle_message(message)
+
+    async def handle_connection_init(self, message: Any) -> None:
+        """strawberry answers a refused `connection_init` with `connection_error` and then 1011
+        (a server error); a bad or expired token is the client's: 4401, as on the other
+        protocol, after the same `connection_error`."""
+        payload = message.get("payload")
+        if payload is not None and not isinstance(payload, dict):
+            await self.send_message({"type": "connection_error"})
+            await self.websocket.close(
+                code=4400, reason="connection_init payload must be an object"
+            )
+            return
+        if isinstance(self.context, dict):
+            self.context["connection_params"] = payload
+        elif hasattr(self.context, "connection_params"):
+            self.context.connection_params = payload
+        try:
+            ack_payload = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError as rejected:
+            await self.send_message({"type": "connection_error", "payload": rejected.payload})
+            await self.websocket.close(code=4401, reason="unauthorized")
+            return
+        if isinstance(ack_payload, UnsetType) or ack_payload is None:
+            await self.send_message({"type": "connection_ack"})
+        else:
+            await self.send_message({"type": "connection_ack", "payload": ack_payload})
+        self.connection_acknowledged = True
+        if self.keep_alive:
+            self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
+
     async def handle_async_results(
         self,
         operation_id: str,

@@ -15,6 +15,7 @@ from strawberry.extensions import SchemaExtension
 
 from services.market_data.quote_mirror import QuoteMirror
 from services.portfolio.holdings_cache import HoldingsCache
+from services.portfolio.portfolio_hub import PortfolioHub
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -109,6 +110,22 @@ class CacheCollector(Collector):
             family.add_metric(["hit"], float(cache.hits))
             family.add_metric(["miss"], float(cache.misses))
             yield family
+
+
+class HubCollector(Collector):
+    """Long-lived feeds of the API process that failed and were restarted, read when scraped."""
+
+    def __init__(self, portfolio_hub: PortfolioHub) -> None:
+        self._portfolio_hub = portfolio_hub
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "tradeql_live_feed_restarts",
+            "live feeds restarted after a failure, by hub",
+            labels=["hub"],
+        )
+        family.add_metric(["portfolio"], float(self._portfolio_hub.failures))
+        yield family
 
 
 class PoolCollector(Collector):

@@ -22,6 +22,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 
 from gateway.connections import CONNECTIONS
 from gateway.persisted import API_KEY_HEADER, DocumentResolver, PersistedQueryError
+from gateway.ws_frames import message_problem
 from resolvers.context import Context
 
 
@@ -49,6 +50,13 @@ async def session_still_live(context: Context) -> bool:
 
 
 class PersistedGraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_message(self, message: Any) -> None:
+        problem = message_problem(message)
+        if problem is not None:
+            await self.handle_invalid_message(problem)  # 4400 with the reason
+            return
+        await super().handle_message(message)
+
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         if self.connection_acknowledged and not await session_still_live(self.context):
             return

@@ -62,6 +62,7 @@ class PortfolioHub:
         self._quote_hub = quote_hub
         self._broadcast = broadcast
         self._feeds: dict[UUID, _UserFeed] = {}
+        self.failures = 0  # feeds that failed and were restarted (read by /metrics)
 
     def revaluations(self, user_id: UUID) -> int:
         feed = self._feeds.get(user_id)
@@ -99,13 +100,24 @@ class PortfolioHub:
         return symbols
 
     async def _run(self, feed: _UserFeed) -> None:
-        try:
-            await self._follow(feed)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the sockets stop receiving; say why instead of dying silently
-            log.exception("live portfolio of %s stopped", feed.user_id)
-            raise
+        """Follow the user's fills and quotes for as long as a socket watches. A failure (Redis
+        or PostgreSQL away, anything else) restarts the feed with backoff, so its sockets are
+        served again when it passes; it is counted, and logged once per run of failures."""
+        delay, served = 0.0, -1
+        while True:
+            try:
+                await self._follow(feed)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.failures += 1
+                if feed.revaluations != served:  # served since the last failure: a new run
+                    delay = 0.0
+                    log.exception("live portfolio of %s failed; restarting it", feed.user_id)
+                served = feed.revaluations
+                delay = min(max(delay * 2, 0.1), 5.0)
+                await asyncio.sleep(delay)
 
     async def _follow(self, feed: _UserFeed) -> None:
         async with self._broadcast.subscribe(user_channel(feed.user_id)) as fills:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
+import websockets
 from gql import Client, gql
 from gql.transport.exceptions import TransportError
 from gql.transport.websockets import WebsocketsTransport
@@ -72,3 +75,65 @@ async def test_a_revoked_token_is_refused_on_a_new_socket(
     with pytest.raises(Exception):  # noqa: B017
         async with Client(transport=transport(api_url, "graphql-transport-ws", payload)) as session:
             await session.execute(gql("{ me { id } }"))
+
+
+async def raw_socket(api_url: str, protocol: str, init: dict[str, Any] | None = None) -> Any:
+    ws = await websockets.connect(ws_url(api_url), subprotocols=[protocol], close_timeout=2)
+    await ws.send(json.dumps({"type": "connection_init", "payload": init or {}}))
+    return ws
+
+
+async def close_of(ws: Any, within: float = 5) -> tuple[int | None, str]:
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), within)
+    received = closed.value.rcvd
+    return (received.code, received.reason) if received else (None, "")
+
+
+MALFORMED = ["[]", "null", "123", '"text"', "{}"]
+BAD_OPERATIONS = {
+    "graphql-transport-ws": [
+        {"id": "1", "type": "subscribe", "payload": "x"},
+        {"id": "1", "type": "subscribe", "payload": None},
+        {"id": "1", "type": "subscribe", "payload": []},
+        {"id": 1, "type": "subscribe", "payload": {"query": "{ me { id } }"}},
+        {"id": "1", "type": "subscribe", "payload": {"query": 5}},
+    ],
+    "graphql-ws": [
+        {"id": "1", "type": "start", "payload": "x"},
+        {"id": "1", "type": "start", "payload": None},
+        {"id": "1", "type": "start", "payload": {"query": "{ me { id } }", "variables": []}},
+    ],
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(SUBPROTOCOLS))
+@pytest.mark.parametrize("frame", [*MALFORMED, "bad operation"])
+async def test_a_malformed_message_closes_the_socket_with_4400_and_a_reason(
+    api_url: str, protocol: str, frame: str
+) -> None:
+    frames = (
+        [json.dumps(m) for m in BAD_OPERATIONS[protocol]] if frame == "bad operation" else [frame]
+    )
+    for sent in frames:
+        ws = await raw_socket(api_url, protocol)
+        try:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
+            await ws.send(sent)
+            code, reason = await close_of(ws)
+            assert code == 4400 and reason, sent
+        finally:
+            await ws.close()
+
+
+async def test_a_bad_token_on_the_legacy_protocol_is_4401_not_a_server_error(
+    api_url: str,
+) -> None:
+    ws = await raw_socket(api_url, "graphql-ws", {"Authorization": "Bearer forged"})
+    try:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert message["type"] == "connection_error"
+        assert (await close_of(ws))[0] == 4401
+    finally:
+        await ws.close()
