@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 
+import strawberry
 from graphql import GraphQLError
 
 from resolvers.context import Info
@@ -12,8 +13,12 @@ from resolvers.loaders import current_loaders
 from resolvers.shared_events import shared_event
 from schema.marketdata import Bar, BarInterval, MarketClock, Quote, Security
 from services.errors import DomainError
-from services.market_data import bars, marketdata
+from services.market_data import bars, marketdata, securities
 from services.market_data.securities import is_valid_symbol, normalize_symbol
+
+
+def to_security(found: securities.Security) -> Security:
+    return Security(id=strawberry.ID(found.symbol), symbol=found.symbol, name=found.name)
 
 
 def input_error(message: str, code: str = "INVALID_INPUT") -> GraphQLError:
@@ -32,7 +37,7 @@ async def _security(info: Info, symbol: str) -> Security | None:
     if not is_valid_symbol(symbol):
         return None
     found = await current_loaders(info.context.services).securities.load(symbol)
-    return Security(symbol=found.symbol, name=found.name) if found else None
+    return to_security(found) if found else None
 
 
 async def security(info: Info, symbol: str) -> Security | None:

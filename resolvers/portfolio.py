@@ -6,6 +6,7 @@ from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+import strawberry
 from cachetools import LRUCache
 from graphql import GraphQLError
 
@@ -49,12 +50,13 @@ def shown_quote(quote: marketdata.Quote) -> Quote:
     return shown
 
 
-def to_position(row: domain.PositionValue) -> Position:
+def to_position(row: domain.PositionValue, account_id: UUID) -> Position:
     """A valued position as the API shows it: made once per valuation of the position
     (`PositionValue.view`) and shared by the requests that reuse it, so it is never changed."""
     p = row.position
     return shared_value(
         Position(
+            id=strawberry.ID(f"{account_id}:{p.symbol}"),
             symbol=p.symbol,
             quantity=trim_quantity(p.quantity),
             reserved_quantity=trim_quantity(p.reserved_quantity),
@@ -69,15 +71,17 @@ def to_position(row: domain.PositionValue) -> Position:
 
 
 def to_portfolio(value: domain.Valuation, user_id: UUID) -> Portfolio:
+    account_id = value.balances.account_id
     return Portfolio(
         user_id=user_id,
+        id=strawberry.ID(str(account_id)),
         cash=value.balances.cash,
         buying_power=value.balances.buying_power,
         market_value=value.market_value,
         equity=value.equity,
         realized_pnl=value.realized_pnl,
         unrealized_pnl=value.unrealized_pnl,
-        positions=[p.view(to_position) for p in value.positions],
+        positions=[p.view(lambda row: to_position(row, account_id)) for p in value.positions],
     )
 
 

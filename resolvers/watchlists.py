@@ -11,6 +11,7 @@ import strawberry
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
 from resolvers.loaders import current_loaders
+from resolvers.marketdata import to_security
 from schema.marketdata import Security
 from schema.watchlists import DeletePayload, Watchlist, WatchlistPayload
 from services.errors import DomainError, NotFound
@@ -41,7 +42,7 @@ async def watchlist_securities(info: Info, symbols: Sequence[str]) -> list[Secur
     an operation cost one query (and their quotes one Redis round trip). A symbol delisted
     since it was added stays in `symbols` but has no security to show."""
     found = await current_loaders(info.context.services).securities.load_many(list(symbols))
-    return [Security(symbol=s.symbol, name=s.name) for s in found if s is not None]
+    return [to_security(s) for s in found if s is not None]
 
 
 async def create_watchlist(

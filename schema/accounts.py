@@ -31,6 +31,9 @@ class HistorySpan(Enum):
 
 @strawberry.type
 class Position:
+    id: strawberry.ID = strawberry.field(
+        description="its account and symbol: one cache entry per holding"
+    )
     symbol: str
     quantity: Decimal
     reserved_quantity: Decimal = strawberry.field(
@@ -56,6 +59,9 @@ class Portfolio:
     quote), made before the object is: plain fields, read directly by the executor."""
 
     user_id: strawberry.Private[UUID]
+    id: strawberry.ID = strawberry.field(
+        description="the account's id: one cache entry per account"
+    )
     cash: Decimal
     buying_power: Decimal = strawberry.field(description="cash less what open buy orders hold back")
     market_value: Decimal

@@ -25,6 +25,9 @@ class BarInterval(Enum):
 
 @strawberry.type
 class Quote:
+    id: strawberry.ID = strawberry.field(
+        description="stable for a symbol, so client caches keep one entry per symbol"
+    )
     symbol: str
     bid: Decimal
     ask: Decimal
@@ -37,6 +40,7 @@ class Quote:
     @classmethod
     def from_domain(cls, quote: marketdata.Quote) -> Quote:
         return cls(
+            id=strawberry.ID(quote.symbol),
             symbol=quote.symbol,
             bid=quote.bid,
             ask=quote.ask,
@@ -71,6 +75,7 @@ class Bar:
 
 @strawberry.type
 class Security:
+    id: strawberry.ID = strawberry.field(description="its symbol: one cache entry per security")
     symbol: str
     name: str
 

@@ -194,3 +194,33 @@ async def test_the_live_portfolio_moves_with_its_quotes_once_a_second_for_all_so
         assert a["portfolio"]["marketValue"] == b["portfolio"]["marketValue"]
         assert a["portfolio"]["marketValue"] in ("115.00", "116.00", "117.00")
         assert app_services.portfolio_hub.revaluations(user_id) - before <= 2
+
+
+async def test_cache_ids_are_stable_per_account_holding_and_symbol(
+    gql: GraphQLClient, services: Services
+) -> None:
+    """Apollo's InMemoryCache normalizes by `id`: a portfolio is its account, a position its
+    account and symbol, a quote and a security their symbol, whatever the request."""
+    user = await gql.register_user()
+    user_id = uuid.UUID(user["id"])
+    await services.cash.deposit(user_id, Decimal("1000"), "seed")
+    symbol = unique_symbol("I")
+    await listed(services, symbol)
+    await book_fill(services, user_id, symbol, "BUY", "2", "10.00")
+    await quote(services, symbol, "10.50", "10.52", last="10.51")
+    query = (
+        "{ portfolio { id positions { id symbol quote { id } } } "
+        f'security(symbol: "{symbol}") {{ id quote {{ id }} }} }}'
+    )
+    first = (await gql(query, token=user["token"]))["data"]
+    async with services.engine.connect() as conn:
+        account_id = (
+            await conn.execute(text("SELECT id FROM accounts WHERE user_id = :u"), {"u": user_id})
+        ).scalar_one()
+    assert first["portfolio"]["id"] == str(account_id)
+    (position,) = first["portfolio"]["positions"]
+    assert position["id"] == f"{account_id}:{symbol}"
+    assert position["quote"]["id"] == first["security"]["id"] == symbol
+    assert first["security"]["quote"]["id"] == symbol
+    await quote(services, symbol, "10.60", "10.62", last="10.61")
+    assert (await gql(query, token=user["token"]))["data"] == first  # ids, not values, here
