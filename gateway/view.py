@@ -53,6 +53,29 @@ def bearer_token(value: object) -> str | None:
     return token.strip()
 
 
+def websocket_token(params: Mapping[str, Any], handshake: str | None) -> tuple[bool, str | None]:
+    """(whether the client offered credentials, the session token if well formed) from the
+    forms client libraries send: `connection_init` payload `{"Authorization": "Bearer t"}`,
+    `{"headers": {"Authorization": "Bearer t"}}` or `{"authToken": t}` / `{"token": t}` (the
+    bare token, or `Bearer t`), else the handshake's own `Authorization` header."""
+    headers = params.get("headers")
+    candidates: list[object] = [params.get("Authorization"), params.get("authorization")]
+    if isinstance(headers, Mapping):
+        candidates += [headers.get("Authorization"), headers.get("authorization")]
+    for value in candidates:
+        if value is not None:
+            return True, bearer_token(value)
+    for name in ("authToken", "token"):
+        value = params.get(name)
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                return True, None
+            return True, bearer_token(value) or value.strip()
+    if handshake is not None:
+        return True, bearer_token(handshake)
+    return False, None
+
+
 def error_body(message: str, code: str) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": {"code": code}}]}
 
@@ -220,10 +243,9 @@ class GraphQLView(GraphQL[Context, None]):
         params = context.connection_params or {}
         if not isinstance(params, dict):
             raise ConnectionRejectionError({"message": "connection_init payload must be an object"})
-        raw = params.get("Authorization", params.get("authorization"))
-        if raw is None:
+        offered, token = websocket_token(params, context.request.headers.get("authorization"))
+        if not offered:
             return None  # anonymous: public fields work, private ones answer UNAUTHENTICATED
-        token = bearer_token(raw)
         session = await context.services.sessions.authenticate(token) if token else None
         if session is None:
             raise ConnectionRejectionError({"message": "invalid or expired session token"})

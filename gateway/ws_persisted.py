@@ -12,13 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.websockets import WebSocket
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionAckMessage,
     ErrorMessage,
     SubscribeMessage,
 )
+from strawberry.types.unset import UnsetType
 
 from gateway.connections import CONNECTIONS
 from gateway.persisted import API_KEY_HEADER, DocumentResolver, PersistedQueryError
@@ -50,6 +53,34 @@ async def session_still_live(context: Context) -> bool:
 
 
 class PersistedGraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_connection_init(self, message: Any) -> None:
+        """strawberry's, but a refused session closes with 4401, not 4403: graphql-ws (the JS
+        client) retries 4403 six times, about 30 s before the app hears of it, and stops on
+        4401, which the protocol keeps for an unauthorized client."""
+        if self.connection_timed_out:
+            return
+        if self.connection_init_timeout_task:
+            self.connection_init_timeout_task.cancel()
+        payload = message.get("payload", {})
+        if not isinstance(payload, dict):
+            await self.websocket.close(code=4400, reason="Invalid connection init payload")
+            return
+        if self.connection_init_received:
+            await self.websocket.close(code=4429, reason="Too many initialisation requests")
+            return
+        self.connection_init_received = True
+        self.context.connection_params = payload
+        try:
+            ack_payload = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError:
+            await self.websocket.close(code=4401, reason="Unauthorized")
+            return
+        ack = ConnectionAckMessage(type="connection_ack")
+        if not (isinstance(ack_payload, UnsetType) or ack_payload is None):
+            ack["payload"] = ack_payload
+        await self.send_message(ack)
+        self.connection_acknowledged = True
+
     async def handle_message(self, message: Any) -> None:
         problem = message_problem(message)
         if problem is not None:

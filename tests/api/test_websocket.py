@@ -137,3 +137,50 @@ async def test_a_bad_token_on_the_legacy_protocol_is_4401_not_a_server_error(
         assert (await close_of(ws))[0] == 4401
     finally:
         await ws.close()
+
+
+async def who_am_i(api_url: str, protocol: str, init: dict[str, Any], headers: Any = None) -> Any:
+    ws = await websockets.connect(
+        ws_url(api_url), subprotocols=[protocol], close_timeout=2, additional_headers=headers
+    )
+    try:
+        await ws.send(json.dumps({"type": "connection_init", "payload": init}))
+        ack = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert ack["type"] == "connection_ack", ack
+        start = "subscribe" if protocol == "graphql-transport-ws" else "start"
+        await ws.send(json.dumps({"id": "1", "type": start, "payload": {"query": "{ me { id } }"}}))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if message["type"] in ("next", "data"):
+                return message["payload"]["data"]["me"]
+    finally:
+        await ws.close()
+
+
+@pytest.mark.parametrize("protocol", sorted(SUBPROTOCOLS))
+@pytest.mark.parametrize("form", ["authToken", "bearer authToken", "headers", "handshake"])
+async def test_the_common_websocket_auth_forms_sign_the_socket_in(
+    api_url: str, user: dict[str, str], protocol: str, form: str
+) -> None:
+    token, init, headers = user["token"], {}, None
+    if form == "authToken":
+        init = {"authToken": token}
+    elif form == "bearer authToken":
+        init = {"authToken": f"Bearer {token}"}
+    elif form == "headers":
+        init = {"headers": {"Authorization": f"Bearer {token}"}}
+    else:
+        headers = {"Authorization": f"Bearer {token}"}
+    me = await who_am_i(api_url, SUBPROTOCOLS[protocol], init, headers)
+    assert me == {"id": user["id"]}
+
+
+@pytest.mark.parametrize("init", [{"Authorization": "Bearer forged"}, {"authToken": "forged"}])
+async def test_a_bad_token_closes_the_socket_with_4401_so_clients_stop_retrying(
+    api_url: str, init: dict[str, Any]
+) -> None:
+    ws = await raw_socket(api_url, "graphql-transport-ws", init)
+    try:
+        assert (await close_of(ws))[0] == 4401
+    finally:
+        await ws.close()
