@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from gateway.connections import CONNECTIONS, drain
@@ -91,6 +92,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
+            # Outside the limits, so a 429 or 413 carries CORS headers the page can read; it
+            # answers preflights itself.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origin_list,
+                allow_methods=["GET", "POST"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "Accept",
+                    "X-API-Key",
+                    "X-Request-ID",
+                    "apollographql-client-name",
+                    "apollographql-client-version",
+                ],
+                expose_headers=["X-Request-ID", "Retry-After"],
+                max_age=600,
+            ),
             Middleware(RateLimitMiddleware, settings=settings),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],

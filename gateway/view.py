@@ -131,6 +131,7 @@ class GraphQLView(GraphQL[Context, None]):
                 seconds=settings.ws_connection_init_timeout_seconds
             ),
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
+            allowed_origins=settings.cors_origin_list,
         )
         self._trusted = parse_networks(settings.trusted_proxies)
 

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         default=100.0, ge=0, description="requests per second per client address (0: no limit)"
     )
     rate_limit_ip_burst: int = Field(default=300, ge=1, description="burst per client address")
+    cors_origins: str = Field(
+        default="",
+        description="origins (comma-separated, e.g. https://app.example.com) whose pages may "
+        "call the API and open its WebSockets; empty: same origin only",
+    )
     trusted_proxies: str = Field(
         default="",
         description="proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For is "
@@ -188,6 +193,10 @@ class Settings(BaseSettings):
     alert_resync_seconds: float = Field(
         default=5.0, gt=0, description="how often the alert checker re-reads alert changes"
     )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @field_validator("trusted_proxies")
     @classmethod
