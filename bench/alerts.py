@@ -66,6 +66,8 @@ from bench._procs import (
     wait_until,
 )
 from bench._setup import STATE_DIR, free_port, server_urls, with_path
+from services.infra import keys
+from services.infra.streams import quote_stream
 
 TARGET_P99_MS = 100.0
 BATCH_SECONDS = 0.01  # the feed's batching window
@@ -205,7 +207,7 @@ def run_index(args: argparse.Namespace) -> IndexResult:
     for _ in range(batches):
         ts_ns += int(BATCH_SECONDS * 1e9)
         messages = [
-            StreamMessage(f"md:quotes:{p}", "0-0", {"q": "\n".join(records)})
+            StreamMessage(quote_stream(p), "0-0", {"q": "\n".join(records)})
             for p, records in walk.records(per_batch, ts_ns).items()
         ]
         cpu_start, wall_start = time.process_time(), time.perf_counter()
@@ -325,7 +327,7 @@ async def _database_counts(config: Config) -> tuple[int, int]:
         await conn.close()
 
 
-def _listen(redis_url: str, ready: Any, stop: Any, out: Connection) -> None:
+def _listen(redis_url: str, pattern: str, ready: Any, stop: Any, out: Connection) -> None:
     """A separate process: every triggered alert pushed to any user's channel, as (source time of
     the crossing quote, received - source time). On `stop` it answers on `out` with latency
     histograms (0.1 ms buckets), overall and for quotes stamped within the window it was sent."""
@@ -334,7 +336,7 @@ def _listen(redis_url: str, ready: Any, stop: Any, out: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("alerts:*")
+    pubsub.psubscribe(pattern)  # every user's alert channel, in the deployment's namespace
     pubsub.get_message(timeout=1.0)
     ready.set()
     samples: list[tuple[int, int]] = []
@@ -342,7 +344,7 @@ def _listen(redis_url: str, ready: Any, stop: Any, out: Connection) -> None:
     duplicates = 0
     while not stop.is_set():
         message = pubsub.get_message(timeout=0.2)
-        if message is None or message["channel"] == "alerts:changes":
+        if message is None or message["channel"].endswith(":alerts:changes"):
             continue
         now = time.time_ns()
         data = json.loads(message["data"])
@@ -380,7 +382,7 @@ async def _feed(
             async with redis.pipeline(transaction=False) as pipe:
                 for partition, records in by_partition.items():
                     pipe.xadd(
-                        f"md:quotes:{partition}",
+                        quote_stream(partition),
                         {"q": "\n".join(records)},
                         maxlen=10_000,
                         approximate=True,
@@ -407,7 +409,7 @@ def _stream_backlog(redis_url: str) -> tuple[int | None, int]:
     pending = 0
     try:
         for p in range(PARTITIONS):
-            for group in client.xinfo_groups(f"md:quotes:{p}"):
+            for group in client.xinfo_groups(quote_stream(p)):
                 if group.get("name") != "alerts":
                     continue
                 pending += int(group.get("pending") or 0)
@@ -498,6 +500,7 @@ def run_e2e(args: argparse.Namespace) -> E2eResult:
         redis_url=with_path(base_redis, f"/{args.redis_db}"),
         log_dir=STATE_DIR / "alerts-logs",
     )
+    keys.configure(config.database_url)  # the processes under test derive the same namespace
     registry = Registry(STATE_DIR / "alerts-pids.json")
     ended = registry.end_leftovers()
     if ended:
@@ -534,7 +537,8 @@ def run_e2e(args: argparse.Namespace) -> E2eResult:
     listener_ready, listener_stop = ctx.Event(), ctx.Event()
     ours, theirs = ctx.Pipe()
     listener = ctx.Process(
-        target=_listen, args=(config.redis_url, listener_ready, listener_stop, theirs)
+        target=_listen,
+        args=(config.redis_url, keys.ns("alerts:*"), listener_ready, listener_stop, theirs),
     )
     try:
         started = time.perf_counter()

@@ -80,6 +80,9 @@ from bench.orders_pg import (
     server_facts,
 )
 from bench.quotes import redis_pid
+from services.infra import keys
+from services.market_data.quote_store import quote_key
+from services.orders.placement import order_stream
 
 TARGET_RATE = 3000.0
 TARGET_ACCEPT_P95_MS = 50.0
@@ -212,9 +215,9 @@ def orders_backlog(client: Any, partitions: int) -> int | None:
     backlog = 0
     for p in range(partitions):
         try:
-            if not client.exists(f"orders:{p}"):
+            if not client.exists(order_stream(p)):
                 continue  # no order yet on this partition
-            groups = client.xinfo_groups(f"orders:{p}")
+            groups = client.xinfo_groups(order_stream(p))
         except Exception:  # Redis busy or gone: unknown
             return None
         for group in groups:
@@ -412,7 +415,7 @@ class System:
         wait_until(
             f"quotes of all {len(symbols)} symbols in Redis",
             self.servers,
-            lambda: all(redis.exists(f"quote:{s}") for s in symbols),
+            lambda: all(redis.exists(quote_key(s)) for s in symbols),
             START_TIMEOUT_SECONDS,
         )
 
@@ -988,6 +991,7 @@ def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
     admin = with_path(admin, "/postgres")
     database_url = with_path(admin, f"/{args.database}")
     redis_url = with_path(redis_base, f"/{args.redis_db}")
+    keys.configure(database_url)  # the processes under test derive the same Redis namespace
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

@@ -71,6 +71,8 @@ from bench._setup import (
     with_path,
 )
 from bench._sockets import QueueWatch
+from services.infra import keys
+from services.infra.streams import quote_stream
 
 TARGET_RATE = 100_000.0
 TARGET_P99_MS = 100.0
@@ -180,7 +182,7 @@ def stream_state(client: Any, partitions: int) -> StreamState:
     lag: int | None = 0
     pending = added = 0
     for p in range(partitions):
-        stream = f"md:quotes:{p}"
+        stream = quote_stream(p)
         try:
             added += int(client.xinfo_stream(stream).get("entries-added") or 0)
             groups = client.xinfo_groups(stream)
@@ -199,7 +201,7 @@ def stream_state(client: Any, partitions: int) -> StreamState:
 
 def quote_group_ready(client: Any, partitions: int) -> bool:
     for p in range(partitions):
-        groups = client.xinfo_groups(f"md:quotes:{p}")
+        groups = client.xinfo_groups(quote_stream(p))
         if not any(g.get("name") == QUOTES_GROUP for g in groups):
             return False
     return True
@@ -1015,6 +1017,7 @@ def make_config(args: argparse.Namespace, log_dir: Path, redis_base: str | None)
     admin, redis_base = server_urls(redis_base)
     database_url = with_path(admin, f"/{args.database}")
     redis_url = with_path(redis_base, f"/{args.redis_db}")
+    keys.configure(database_url)  # the processes under test derive the same Redis namespace
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

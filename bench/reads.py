@@ -242,6 +242,8 @@ def process_tree(pid: int) -> list[int]:
 
 
 def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
+    from services.infra import keys
+
     admin, redis_base = server_urls()
     admin = with_path(admin, "/postgres")
     env = {
@@ -259,6 +261,7 @@ def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
         if not sep or not key.startswith("TRADEQL_"):
             raise BenchError(f"--api-env wants TRADEQL_NAME=VALUE, not {item!r}")
         env[key] = value
+    keys.configure(env["DATABASE_URL"], env.get("TRADEQL_REDIS_NAMESPACE", ""))  # as the API
     return Config(admin, args.database, env["DATABASE_URL"], env["REDIS_URL"], env, log_dir=log_dir)
 
 

@@ -14,7 +14,7 @@ from broadcaster import Broadcast
 from broadcaster._base import Unsubscribed
 from starlette.websockets import WebSocket, WebSocketState
 
-from services.accounts.sessions import REVOKED_CHANNEL
+from services.accounts.sessions import revoked_channel
 
 log = logging.getLogger("tradeql.connections")
 GOING_AWAY = 1001
@@ -93,7 +93,7 @@ class Connections:
         return await self._close(list(self._sockets), GOING_AWAY, "server shutting down")
 
     async def follow_revocations(self, broadcast: Broadcast) -> None:
-        async with broadcast.subscribe(REVOKED_CHANNEL) as revoked:
+        async with broadcast.subscribe(revoked_channel()) as revoked:
             while True:
                 try:
                     event = await revoked.get()

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from strawberry.http import GraphQLRequestData
 
+from services.infra.keys import ns
 from services.partners.registry import Partners, document_hash, normalize_hash
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class PersistedQueryError(Exception):
 
 
 def apq_key(sha256: str) -> str:
-    return f"apq:{sha256}"
+    return ns(f"apq:{sha256}")
 
 
 class DocumentResolver:

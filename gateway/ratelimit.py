@@ -19,8 +19,7 @@ from services.accounts.sessions import (
     hash_token,
     lookup_key_and_args,
 )
-
-KEY_PREFIX = "tq:rl:"
+from services.infra.keys import ns
 
 # GCRA: a bucket is its "theoretical arrival time" (TAT) in microseconds of Redis' clock, so
 # API processes with skewed clocks still agree. With T = 1/rate and a burst of B requests, a
@@ -103,7 +102,7 @@ class Bucket:
 
     @property
     def key(self) -> str:
-        return f"{KEY_PREFIX}{self.limit.name}:{self.identity}"
+        return ns(f"tq:rl:{self.limit.name}:{self.identity}")
 
 
 @dataclass(frozen=True, slots=True)

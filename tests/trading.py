@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from services.infra.container import Services
 from services.market_data.marketdata import Quote, encode_quote
-from services.market_data.quote_store import QUOTES_CHANNEL
+from services.market_data.quote_store import quotes_channel
 from services.market_data.securities import Security
 from services.orders.order_model import Order, OrderType, Side, Status, TimeInForce
 from services.orders.order_rules import PlaceOrder
@@ -48,7 +48,7 @@ async def quote(
         symbol, Decimal(bid), Decimal(ask), 100, 100, Decimal(last or bid), 1000, time.time_ns()
     )
     await services.quote_store.write([q])
-    await services.redis.publish(QUOTES_CHANNEL, encode_quote(q))
+    await services.redis.publish(quotes_channel(), encode_quote(q))
     await StreamPublisher(services.redis, services.settings, "test").publish([q])
     return q
 

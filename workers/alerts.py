@@ -268,7 +268,7 @@ class AlertChecker:
         while not stop.is_set():
             pubsub = self.services.redis.pubsub()
             try:
-                await pubsub.subscribe(alerts.CHANGES_CHANNEL)
+                await pubsub.subscribe(alerts.changes_channel())
                 while True:  # the confirmation: from here on, nothing published is missed
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "subscribe":

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from services.infra.container import Services
 from services.infra.db import single_read
+from services.infra.keys import ns
 from services.infra.retry import is_transient
 from services.infra.settings import Settings
 from services.infra.streams import ConsumerGroup, consumer_name, partition_of, quote_stream
@@ -55,7 +56,7 @@ return 0
 
 
 def lease_key(partition: int) -> str:
-    return f"matcher:lease:{partition}"
+    return ns(f"matcher:lease:{partition}")
 
 
 class Lease:

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from services.infra.settings import Settings
 from services.infra.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
-from services.market_data.quote_store import QUOTES_CHANNEL, QuoteStore
+from services.market_data.quote_store import QuoteStore, quotes_channel
 from workers.metrics import (
     GROUPS_RECREATED,
     QUOTE_WINDOW_SECONDS,
@@ -139,7 +139,7 @@ class QuoteCache:
         written = await self.store.write_records(records)
         if written:
             payload = RECORD_SEPARATOR.join(FIELD_SEPARATOR.join(records[i]) for i in written)
-            await self.redis.publish(QUOTES_CHANNEL, payload)
+            await self.redis.publish(quotes_channel(), payload)
         await self.group.ack(window.messages)
         now_ns = time.time_ns()
         for i in written[::LATENCY_SAMPLE_EVERY]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.infra.keys import ns
+
 log = logging.getLogger("tradeql.login_throttle")
 
 # KEYS: the e-mail's failures hash, the address's failure counter.
@@ -72,11 +74,11 @@ class LoginThrottle:
     @staticmethod
     def _email_key(email: str) -> str:
         digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
-        return f"login:fail:{digest}"
+        return ns(f"login:fail:{digest}")
 
     @staticmethod
     def _address_key(address: str) -> str:
-        return f"login:fail-ip:{address}"
+        return ns(f"login:fail-ip:{address}")
 
     async def begin(self, email: str, address: str) -> float:
         """0 to go ahead (the attempt counts as a failure until `succeeded`), else the seconds

@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.infra import audit
 from services.infra.db import single_read
+from services.infra.keys import ns
 from services.infra.settings import Settings
-from services.portfolio.holdings_version import HOLDINGS_TOKEN_LUA, KEY_PREFIX, TOKEN_TTL_SECONDS
+from services.portfolio.holdings_version import HOLDINGS_TOKEN_LUA, TOKEN_TTL_SECONDS, key_prefix
 
-REVOKED_CHANNEL = "tq:sessions:revoked"
 MAX_TOKEN_LENGTH = 128
 
 
@@ -70,7 +70,12 @@ class CachedLookup:
 
 def lookup_key_and_args(token_hash: str) -> tuple[str, list[str]]:
     """The key and arguments of `session_lookup` for the token of `token_hash`."""
-    return _cache_key(token_hash), [uuid.uuid4().hex, str(TOKEN_TTL_SECONDS), KEY_PREFIX]
+    return _cache_key(token_hash), [uuid.uuid4().hex, str(TOKEN_TTL_SECONDS), key_prefix()]
+
+
+def revoked_channel() -> str:
+    """Where a revoked session's id is announced: every API process closes its sockets."""
+    return ns("tq:sessions:revoked")
 
 
 def hash_token(token: str) -> str:
@@ -78,7 +83,7 @@ def hash_token(token: str) -> str:
 
 
 def _cache_key(token_hash: str) -> str:
-    return f"tq:session:{token_hash}"
+    return ns(f"tq:session:{token_hash}")
 
 
 async def issue(conn: AsyncConnection, settings: Settings, user_id: UUID) -> IssuedSession:
@@ -187,5 +192,5 @@ class SessionStore:
         await self._redis.delete(_cache_key(token_hash))
         if row is None:
             return None
-        await self._redis.publish(REVOKED_CHANNEL, str(row.id))
+        await self._redis.publish(revoked_channel(), str(row.id))
         return SessionInfo(row.id, row.user_id, row.expires_at)

@@ -32,12 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.alerts.alert_index import PRICE_PLACES, Condition, WatchedAlert, to_ticks
 from services.errors import InvalidInput, LimitExceeded, NotCancellable, NotFound, UnknownSymbol
 from services.infra import audit
+from services.infra.keys import ns
 from services.infra.settings import Settings
 from services.market_data.securities import MAX_SYMBOL_LENGTH, is_valid_symbol, normalize_symbol
 from services.money import decimal_places, require_finite
 
 __all__ = [
-    "CHANGES_CHANNEL",
     "AlertStatus",
     "Change",
     "Condition",
@@ -47,6 +47,7 @@ __all__ = [
     "Triggered",
     "alert_channel",
     "changed_since",
+    "changes_channel",
     "decode_change",
     "decode_triggered",
     "load_active",
@@ -57,14 +58,18 @@ __all__ = [
 
 log = logging.getLogger("tradeql.alerts")
 
-CHANGES_CHANNEL = "alerts:changes"
 LIST_LIMIT = 1000  # alerts(status) answers at most this many, newest first
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
 
 
+def changes_channel() -> str:
+    """Where new and cancelled alerts are announced to the checkers."""
+    return ns("alerts:changes")
+
+
 def alert_channel(user_id: UUID) -> str:
-    return f"alerts:{user_id}"
+    return ns(f"alerts:{user_id}")
 
 
 class AlertStatus(StrEnum):
@@ -208,7 +213,7 @@ def decode_change(payload: str) -> Change:
 async def publish_change(redis: Redis, change: Change) -> None:
     """Tell the checkers at once; if Redis fails, their re-sync finds the change in seconds."""
     try:
-        await redis.publish(CHANGES_CHANNEL, encode_change(change))
+        await redis.publish(changes_channel(), encode_change(change))
     except (RedisError, OSError) as exc:
         log.warning("alert change not published (the checkers' re-sync will find it): %s", exc)
 
@@ -221,7 +226,7 @@ async def publish_triggered(redis: Redis, triggered: Sequence[Triggered]) -> Non
         for t in triggered:
             pipe.publish(alert_channel(t.alert.user_id), encode_triggered(t))
         pipe.publish(
-            CHANGES_CHANNEL, encode_change(Change(gone=tuple(t.alert.id for t in triggered)))
+            changes_channel(), encode_change(Change(gone=tuple(t.alert.id for t in triggered)))
         )
         await pipe.execute()
 

@@ -16,6 +16,7 @@ from services.accounts.passwords import Passwords
 from services.accounts.sessions import SessionStore
 from services.accounts.users import Accounts
 from services.alerts.price_alerts import PriceAlerts
+from services.infra import keys
 from services.infra.db import create_engine
 from services.infra.pubsub import create_broadcast
 from services.infra.redis import create_redis
@@ -65,6 +66,7 @@ class Services:
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
+        keys.configure(self.settings.database_url, self.settings.redis_namespace)
         self.passwords = Passwords(self.settings)
         self.users = Accounts(self.engine, self.settings, self.passwords)
         self.sessions = SessionStore(self.engine, self.redis, self.settings)

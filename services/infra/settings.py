@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         default=100.0, ge=0, description="requests per second per client address (0: no limit)"
     )
     rate_limit_ip_burst: int = Field(default=300, ge=1, description="burst per client address")
+    redis_namespace: str = Field(
+        default="",
+        description="prefix of every Redis key and channel of this deployment; empty: derived "
+        "from DATABASE_URL's host, port and database",
+    )
     cors_origins: str = Field(
         default="",
         description="origins (comma-separated, e.g. https://app.example.com) whose pages may "

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.infra.keys import ns
+
 log = logging.getLogger("tradeql.streams")
 
 
@@ -21,7 +23,7 @@ def partition_of(symbol: str, partitions: int) -> int:
 
 
 def quote_stream(partition: int) -> str:
-    return f"md:quotes:{partition}"
+    return ns(f"md:quotes:{partition}")
 
 
 def quote_streams(partitions: int) -> list[str]:

@@ -25,7 +25,7 @@ from services.market_data.marketdata import (
     record_timestamp_ns,
 )
 from services.market_data.quote_mirror import QuoteMirror
-from services.market_data.quote_store import QUOTES_CHANNEL
+from services.market_data.quote_store import quotes_channel
 
 log = logging.getLogger("tradeql.quote_hub")
 
@@ -108,7 +108,7 @@ class QuoteHub:
         return len({s for subs in self._by_symbol.values() for s in subs})
 
     async def run(self) -> None:
-        async with self._broadcast.subscribe(QUOTES_CHANNEL) as subscriber:
+        async with self._broadcast.subscribe(quotes_channel()) as subscriber:
             while True:
                 try:
                     event = await subscriber.get()

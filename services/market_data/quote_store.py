@@ -7,9 +7,9 @@ from decimal import Decimal
 
 from redis.asyncio import Redis
 
+from services.infra.keys import ns
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, encode_quote
 
-QUOTES_CHANNEL = "md:quotes"
 FIELDS = ("bid", "ask", "bid_size", "ask_size", "last", "volume", "ts")
 
 # Writes each quote whose source time is not older than the stored one, in one call for a whole
@@ -38,7 +38,7 @@ for line in string.gmatch(ARGV[1], '[^\\n]+') do
   for field in string.gmatch(line, '[^|]+') do
     f[#f + 1] = field
   end
-  local key = 'quote:' .. f[1]
+  local key = ARGV[2] .. f[1]
   local stored = redis.call('HGET', key, 'ts')
   if (not stored) or not_after(stored, f[8]) then
     redis.call('HSET', key, 'bid', f[2], 'ask', f[3], 'bid_size', f[4], 'ask_size', f[5],
@@ -50,8 +50,13 @@ return written
 """
 
 
+def quotes_channel() -> str:
+    """Where each coalescing window's changed quotes are published (one message a window)."""
+    return ns("md:quotes")
+
+
 def quote_key(symbol: str) -> str:
-    return f"quote:{symbol}"
+    return ns(f"quote:{symbol}")
 
 
 class QuoteStore:
@@ -72,7 +77,7 @@ class QuoteStore:
         if not records:
             return []
         payload = RECORD_SEPARATOR.join(FIELD_SEPARATOR.join(r) for r in records)
-        written = await self._write_newer(keys=[], args=[payload])
+        written = await self._write_newer(keys=[], args=[payload, ns("quote:")])
         return [i - 1 for i in written]
 
     async def read(self, symbols: Sequence[str]) -> list[Quote | None]:

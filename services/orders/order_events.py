@@ -18,6 +18,7 @@ from redis.asyncio.client import Pipeline
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.infra.keys import ns
 from services.orders.order_model import (
     Event,
     Execution,
@@ -31,7 +32,7 @@ from services.portfolio.holdings_version import forget
 
 
 def user_channel(user_id: UUID) -> str:
-    return f"user:{user_id}"
+    return ns(f"user:{user_id}")
 
 
 SENT_TTL_SECONDS = 3600  # how long a writer's "sent" mark outlives its minute
@@ -56,7 +57,7 @@ def payload_of(update: OrderUpdate) -> str:
 def sent_key(at: datetime) -> str:
     """The set of event ids published by their writers in the minute of `at` (an event's
     transaction time)."""
-    return f"outbox:sent:{at:%Y%m%d%H%M}"
+    return ns(f"outbox:sent:{at:%Y%m%d%H%M}")
 
 
 def _text(value: object) -> str | None:

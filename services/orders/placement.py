@@ -37,6 +37,7 @@ from services.errors import (
     UnknownSymbol,
 )
 from services.infra.idempotency import request_fingerprint
+from services.infra.keys import ns
 from services.infra.request_context import current_request_id
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
@@ -54,7 +55,7 @@ ZERO = Decimal(0)
 
 
 def order_stream(partition: int) -> str:
-    return f"orders:{partition}"
+    return ns(f"orders:{partition}")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.infra import audit
+from services.infra.keys import ns
 from services.infra.settings import Settings
 
 APOLLO_FORMAT = "apollo-persisted-query-manifest"
@@ -227,11 +228,11 @@ def check_against_schema(documents: list[TrustedDocument], schema: GraphQLSchema
 
 
 def _key_cache(key_hash: str) -> str:
-    return f"tq:partner:key:{key_hash}"
+    return ns(f"tq:partner:key:{key_hash}")
 
 
 def _document_cache(partner: Partner, sha256: str) -> str:
-    return f"tq:partner:doc:{partner.id}:{partner.documents_version}:{sha256}"
+    return ns(f"tq:partner:doc:{partner.id}:{partner.documents_version}:{sha256}")
 
 
 class Partners:

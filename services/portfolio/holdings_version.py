@@ -9,8 +9,9 @@ from uuid import UUID
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from services.infra.keys import ns
+
 TOKEN_TTL_SECONDS = 3600  # a token that expired only costs its user one read of PostgreSQL
-KEY_PREFIX = "holdings:v:"
 
 # A Lua function for the scripts that read tokens: the token under `key`, minted from `fresh` (a
 # random value) when none is held.
@@ -26,8 +27,13 @@ end
 """
 
 
+def key_prefix() -> str:
+    """What every token's key starts with (the session lookup script appends the user id)."""
+    return ns("holdings:v:")
+
+
 def version_key(user_id: UUID) -> str:
-    return f"{KEY_PREFIX}{user_id}"
+    return f"{key_prefix()}{user_id}"
 
 
 def _keys(user_ids: Iterable[UUID]) -> list[str]:

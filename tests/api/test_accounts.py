@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from services.accounts import cash as accounts_service
 from services.infra.container import Services
+from services.infra.keys import ns
 from tests.graphql_client import STRONG_PASSWORD, GraphQLClient
 from tests.trading import book_fill, listed, quote, unique_symbol
 
@@ -198,7 +199,7 @@ async def test_the_token_itself_is_never_stored(
         )
     assert stored and user["token"] not in stored
     assert all(len(h) == 64 for h in stored)
-    keys = [k async for k in services.redis.scan_iter("tq:session:*")]
+    keys = [k async for k in services.redis.scan_iter(ns("tq:session:*"))]
     assert not any(user["token"] in k for k in keys)
 
 

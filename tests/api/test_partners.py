@@ -22,6 +22,7 @@ from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 from graphql import parse, print_ast
 
+from gateway.persisted import apq_key
 from services.infra.container import Services
 from services.infra.settings import Settings
 from services.partners.registry import PartnerError, parse_manifest
@@ -116,7 +117,7 @@ async def test_apq_with_a_real_client_over_http(
         assert (result["me"]["id"], hit) == (user["id"], False)
         result, hit = await execute_apq(session, document)
         assert (result["me"]["id"], hit) == (user["id"], True)
-    key = f"apq:{APQRequest(document, hash_only=True).sha256}"
+    key = apq_key(APQRequest(document, hash_only=True).sha256)
     ttl = await app_services.redis.ttl(key)
     assert app_services.settings.apq_ttl_seconds - 60 < ttl <= app_services.settings.apq_ttl_seconds
 
@@ -175,7 +176,7 @@ async def test_a_hash_that_does_not_match_the_query_is_refused_and_not_stored(
         assert code_of(response.json()) == "PERSISTED_QUERY_HASH_MISMATCH"
         response = await http.post("/graphql", json={"extensions": persisted(sha(other))})
         assert code_of(response.json()) == "PERSISTED_QUERY_NOT_FOUND"
-    assert await app_services.redis.exists(f"apq:{sha(other)}", f"apq:{sha(document)}") == 0
+    assert await app_services.redis.exists(apq_key(sha(other)), apq_key(sha(document))) == 0
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from gateway.metrics import REGISTRY
 from services.infra.container import Services
 from services.market_data.marketdata import Quote, encode_batch
 from services.market_data.quote_hub import QuoteEvent, QuoteSubscription
-from services.market_data.quote_store import QUOTES_CHANNEL
+from services.market_data.quote_store import quotes_channel
 from services.market_data.securities import Security
 
 SUBSCRIBE = gql(
@@ -45,7 +45,7 @@ def quote(symbol: str, bid: str, ts: int | None = None) -> Quote:
 async def publish(services: Services, *quotes: Quote) -> None:
     """What the quote cache does: write the hashes, then publish the batch."""
     written = await services.quote_store.write(list(quotes))
-    await services.redis.publish(QUOTES_CHANNEL, encode_batch(written))
+    await services.redis.publish(quotes_channel(), encode_batch(written))
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from gateway.guards import BodySizeLimitMiddleware, RateLimitMiddleware
 from gateway.metrics import REGISTRY
 from gateway.ratelimit import Bucket, Decision, Limit, RateLimiter
 from services.infra.container import Services
+from services.infra.keys import ns
 from services.infra.settings import Settings
 from services.portfolio.holdings_version import version_key
 from tests.trading import PASSWORD
@@ -144,7 +145,7 @@ async def test_a_session_not_cached_is_looked_up_by_the_view_itself(
     redis: Redis, services: Services
 ) -> None:
     signed = await services.users.register(f"rl-{uuid.uuid4().hex[:10]}@example.com", PASSWORD)
-    await redis.delete(*[k async for k in redis.scan_iter("tq:session:*")])
+    await redis.delete(*[k async for k in redis.scan_iter(ns("tq:session:*"))])
     decision, lookup = await RateLimiter(redis).hit_and_look_up([], signed.token)
     assert decision.allowed and lookup is not None and lookup.found is None
     session, token = await services.sessions.authenticate_request(signed.token, lookup)

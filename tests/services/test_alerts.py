@@ -495,7 +495,7 @@ async def changes(services: Services) -> AsyncIterator[asyncio.Queue[Change]]:
     """What the checkers hear on `alerts:changes`."""
     received: asyncio.Queue[Change] = asyncio.Queue()
     pubsub = services.redis.pubsub()
-    await pubsub.subscribe(alerts.CHANGES_CHANNEL)
+    await pubsub.subscribe(alerts.changes_channel())
 
     async def listen() -> None:
         async for message in pubsub.listen():

@@ -14,7 +14,7 @@ from services.infra.settings import Settings
 from services.market_data.marketdata import Quote, encode_batch, encode_quote, record_timestamp_ns
 from services.market_data.quote_hub import QuoteHub
 from services.market_data.quote_mirror import QuoteMirror
-from services.market_data.quote_store import QUOTES_CHANNEL
+from services.market_data.quote_store import quotes_channel
 from tests.clocks import ManualClock
 from tests.trading import unique_symbol
 
@@ -203,7 +203,7 @@ async def test_an_api_process_values_at_what_was_published_through_pub_sub(
         symbol = unique_symbol("M")
         quote = a_quote(symbol, "13.00", time.time_ns())
         for _ in range(100):  # until the hub's subscription is in place
-            await services.redis.publish(QUOTES_CHANNEL, encode_quote(quote))
+            await services.redis.publish(quotes_channel(), encode_quote(quote))
             await asyncio.sleep(0.02)
             if symbol in live.quote_mirror._latest:
                 break

@@ -21,6 +21,7 @@ from services.alerts import price_alerts as alerts
 from services.alerts.alert_index import Condition
 from services.alerts.price_alerts import Crossing, PriceAlert, Triggered
 from services.infra.container import Services
+from services.infra.keys import ns
 from services.infra.streams import partition_of, quote_stream
 from services.market_data.marketdata import Quote
 from tests.trading import eventually, listed, quote, trader, unique_symbol
@@ -76,13 +77,13 @@ async def published(services: Services) -> AsyncIterator[list[Triggered]]:
     """Every triggered alert published on any user's channel, in order."""
     seen: list[Triggered] = []
     pubsub = services.redis.pubsub()
-    await pubsub.psubscribe("alerts:*")
+    await pubsub.psubscribe(ns("alerts:*"))
     while (await pubsub.get_message(timeout=1.0) or {}).get("type") != "psubscribe":
         pass
 
     async def listen() -> None:
         async for message in pubsub.listen():
-            if message["type"] == "pmessage" and message["channel"] != alerts.CHANGES_CHANNEL:
+            if message["type"] == "pmessage" and message["channel"] != alerts.changes_channel():
                 seen.append(alerts.decode_triggered(message["data"]))
 
     task = asyncio.create_task(listen())

@@ -19,7 +19,7 @@ from services.infra.container import Services
 from services.infra.settings import Settings
 from services.infra.streams import ConsumerGroup, partition_of, quote_stream, quote_streams
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, encode_quote
-from services.market_data.quote_store import QUOTES_CHANNEL, QuoteStore, quote_key
+from services.market_data.quote_store import QuoteStore, quote_key, quotes_channel
 from workers.feed import StreamPublisher
 from workers.quotes import GROUP, QuoteCache, well_formed
 
@@ -79,11 +79,11 @@ async def running_cache(services: Services, settings: Settings) -> AsyncIterator
 
 @asynccontextmanager
 async def subscribed(settings: Settings) -> AsyncIterator[PubSub]:
-    """A pubsub on its own connection, subscribed to QUOTES_CHANNEL before anything is produced."""
+    """A pubsub on its own connection, subscribed to the quotes channel before anything is produced."""
     assert settings.redis_url is not None
     client = Redis.from_url(settings.redis_url, decode_responses=True)
     pubsub = client.pubsub()
-    await pubsub.subscribe(QUOTES_CHANNEL)
+    await pubsub.subscribe(quotes_channel())
     confirmation = await pubsub.get_message(timeout=2)
     assert confirmation is not None and confirmation["type"] == "subscribe"
     try:
