@@ -9,6 +9,7 @@ limits tests/conftest.py relaxes (every test client is 127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import websockets
 from graphql import build_schema as build_sdl_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -238,3 +240,55 @@ NUL_CASES = {
 @pytest.mark.parametrize("case", sorted(NUL_CASES))
 async def test_a_nul_character_is_refused_not_an_internal_error(fuzzer: Fuzzer, case: str) -> None:
     await fuzzer.send([NUL_CASES[case]])
+
+
+# -- hostile bodies and WebSocket frames ---------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=20,
+)
+BODY_SHAPES = st.one_of(
+    JSON_VALUES,  # anything JSON at all
+    st.fixed_dictionaries(  # requests of the right shape with wrong parts
+        {"query": JSON_VALUES | st.just("{ me { id } }")},
+        optional={
+            "variables": JSON_VALUES,
+            "extensions": JSON_VALUES,
+            "operationName": JSON_VALUES,
+        },
+    ),
+)
+
+
+@settings(FUZZ_SETTINGS, max_examples=150)
+@given(body=BODY_SHAPES)
+async def test_fuzzed_request_bodies_never_fail_the_server(fuzzer: Fuzzer, body: Any) -> None:
+    response = await fuzzer.gql.http.post(
+        "/graphql",
+        content=json.dumps(body),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {fuzzer.token}"},
+    )
+    fuzzer.check(json.dumps(body)[:300], response)
+
+
+@settings(FUZZ_SETTINGS, max_examples=60)
+@given(frame=JSON_VALUES, protocol=st.sampled_from(["graphql-transport-ws", "graphql-ws"]))
+async def test_fuzzed_websocket_frames_never_drop_the_socket_unannounced(
+    api_server: tuple[str, object], frame: Any, protocol: str
+) -> None:
+    """A frame the protocol does not know closes the socket with a code and a reason (4400,
+    or a protocol's own), or is answered; never a dropped connection (1006) or 1011."""
+    url = api_server[0].replace("http://", "ws://") + "/graphql"
+    async with websockets.connect(url, subprotocols=[protocol], close_timeout=2) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        await asyncio.wait_for(ws.recv(), 5)  # the ack
+        await ws.send(json.dumps(frame))
+        try:
+            await asyncio.wait_for(ws.recv(), 0.3)
+        except TimeoutError:
+            return  # ignored, as a protocol may ignore what it does not know
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None, f"dropped without a close frame: {frame!r}"
+            assert closed.rcvd.code not in (1006, 1011), (frame, closed.rcvd)
