@@ -80,6 +80,34 @@ def error_body(message: str, code: str) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": {"code": code}}]}
 
 
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json; charset=utf-8"
+
+
+def wants_graphql_response_json(accept: str | None) -> bool:
+    """Whether a client's Accept prefers `application/graphql-response+json` (Apollo Client 4
+    and the GraphQL-over-HTTP spec's clients) to `application/json`: by q-value, then order."""
+    if not accept:
+        return False
+    best: tuple[float, int] | None = None
+    json_rank: tuple[float, int] | None = None
+    for position, part in enumerate(accept.split(",")):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        rank = (q, -position)
+        if media.lower() == "application/graphql-response+json" and q > 0:
+            best = rank
+        elif media.lower() in ("application/json", "*/*", "application/*") and q > 0:
+            json_rank = max(json_rank, rank) if json_rank else rank
+    return best is not None and (json_rank is None or best > json_rank)
+
+
 def is_subscription(query: str | None, operation_name: str | None) -> bool:
     """Whether the operation a request runs is a subscription. Only a document that says
     `subscription` is parsed for it (strawberry parses it again, from its cache)."""
@@ -184,6 +212,11 @@ class GraphQLView(GraphQL[Context, None]):
                 response.headers["Allow"] = "POST" if request.method == "GET" else "GET, POST"
         except PersistedQueryError as exc:
             response = exc.response()
+        media_type = response.headers.get("content-type", "")
+        if media_type.startswith("application/json") and wants_graphql_response_json(
+            request.headers.get("accept")
+        ):
+            response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
         await response(scope, receive, send)
 
     def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
@@ -273,8 +306,12 @@ class GraphQLView(GraphQL[Context, None]):
         response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
         sub_response: Response,
     ) -> Response:
+        request_error = isinstance(response_data, dict) and is_request_error(response_data)
+        if request_error:  # a request error has no `data` entry (GraphQL over HTTP)
+            assert isinstance(response_data, dict)
+            response_data = {k: v for k, v in response_data.items() if k != "data"}  # type: ignore[assignment]
         response = super().create_response(response_data, sub_response)
-        if isinstance(response_data, dict) and is_request_error(response_data):
+        if request_error:
             response.status_code = 400
         retry_after = throttled_for(response_data)
         if retry_after is not None:

@@ -207,3 +207,39 @@ async def test_a_query_beside_a_subscription_in_one_document_still_runs(
     response = await gql.http.post("/graphql", json={"query": document, "operationName": "Q"})
     assert response.status_code == 200
     assert response.json() == {"data": {"me": None}}
+
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+APOLLO_ACCEPT = "application/graphql-response+json,application/json;q=0.9"
+
+
+@pytest.mark.parametrize("accept", [GRAPHQL_RESPONSE, APOLLO_ACCEPT])
+async def test_the_graphql_response_media_type_is_negotiated(
+    gql: GraphQLClient, accept: str
+) -> None:
+    ok = await gql.http.post(
+        "/graphql", json={"query": "{ __typename }"}, headers={"Accept": accept}
+    )
+    assert ok.status_code == 200
+    assert ok.headers["content-type"].startswith(GRAPHQL_RESPONSE)
+    assert ok.json() == {"data": {"__typename": "Query"}}
+    # a field error is still a 200, with its data
+    partial = await gql.http.post(
+        "/graphql", json={"query": "{ __typename portfolio { cash } }"}, headers={"Accept": accept}
+    )
+    assert partial.status_code == 200 and "data" in partial.json()
+    # a request error is a 400 without a `data` entry, so Apollo shows its GraphQL errors
+    bad = await gql.http.post("/graphql", json={"query": "{ nope }"}, headers={"Accept": accept})
+    assert bad.status_code == 400
+    assert bad.headers["content-type"].startswith(GRAPHQL_RESPONSE)
+    assert "data" not in bad.json() and bad.json()["errors"][0]["extensions"]["code"]
+
+
+@pytest.mark.parametrize("accept", [None, "application/json", "*/*", "application/json, */*"])
+async def test_plain_json_clients_keep_application_json(
+    gql: GraphQLClient, accept: str | None
+) -> None:
+    headers = {"Accept": accept} if accept else {}
+    bad = await gql.http.post("/graphql", json={"query": "{ nope }"}, headers=headers)
+    assert bad.headers["content-type"].startswith("application/json")
+    assert bad.status_code == 400 and "data" not in bad.json()
