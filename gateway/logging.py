@@ -32,10 +32,20 @@ class DropClientDisconnects(logging.Filter):
         return type(error).__name__ not in ("WebSocketDisconnected", "WebSocketDisconnect")
 
 
-def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
+def wants_json(setting: str | bool) -> bool:
+    """`TRADEQL_LOG_JSON`: true, false, or auto (JSON for log collectors, readable lines for a
+    person at a terminal)."""
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return not sys.stderr.isatty()
+    return setting == "true"
+
+
+def configure_logging(level: str = "INFO", *, json_lines: str | bool = "auto") -> None:
     install_request_id()
     handler = logging.StreamHandler(sys.stderr)
-    if json_lines:
+    if wants_json(json_lines):
         handler.setFormatter(
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",

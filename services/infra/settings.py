@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import ipaddress
 from decimal import Decimal
 from functools import lru_cache
@@ -37,7 +39,11 @@ class Settings(BaseSettings):
         default=False, description="answer introspection queries (__schema, __type)"
     )
     log_level: str = "INFO"
-    log_json: bool = True
+    log_json: Literal["auto", "true", "false"] = Field(
+        default="auto",
+        description="JSON lines (true), readable lines (false), or JSON unless stderr is a "
+        "terminal (auto)",
+    )
 
     # All of a process's connections are kept open: past the pool, SQLAlchemy closes an
     # overflow connection as soon as it is returned, and a steady load opened ~16 a second.
@@ -202,6 +208,17 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @field_validator("log_json", mode="before")
+    @classmethod
+    def _log_json(cls, value: object) -> object:
+        """Booleans as pydantic reads them (1/0, yes/no, on/off), plus auto."""
+        text = str(value).strip().lower()
+        if text in ("1", "yes", "on", "true"):
+            return "true"
+        if text in ("0", "no", "off", "false"):
+            return "false"
+        return text
 
     @field_validator("trusted_proxies")
     @classmethod
