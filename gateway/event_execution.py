@@ -18,6 +18,7 @@ giving exactly what graphql-core would:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from inspect import isawaitable
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from cachetools import LRUCache
 from graphql import (
     ExecutionResult,
+    GraphQLError,
     GraphQLLeafType,
     GraphQLList,
     GraphQLNonNull,
@@ -51,6 +53,7 @@ from resolvers.shared_events import shared_results
 from schema.prefetch import PREFETCHED
 
 _UNKNOWN: Any = object()
+log = logging.getLogger("tradeql.execution")
 
 EVENTS = Counter(
     "tradeql_subscription_events_total",
@@ -102,6 +105,27 @@ class _ExecutorDecides(Exception):
     """A null where the schema allows none: graphql-core reports it, with its path."""
 
 
+FALLBACKS = Counter(
+    "tradeql_projection_fallbacks_total",
+    "values the projection left to graphql-core, by where and why (a null or value it would "
+    "report, or an unexpected exception: a bug, logged once)",
+    ["where", "why"],
+    registry=REGISTRY,
+)
+_LOGGED: set[type[BaseException]] = set()
+
+
+def _fell_back(where: str, exc: Exception) -> None:
+    """Expected (a null where none is allowed, a value a scalar refuses: graphql-core reports
+    it) or not (a bug in the projection, or a library change): counted either way, and an
+    unexpected kind logged once with its traceback."""
+    expected = isinstance(exc, _ExecutorDecides | GraphQLError | TypeError | ValueError)
+    FALLBACKS.labels(where, "expected" if expected else type(exc).__name__).inc()
+    if not expected and type(exc) not in _LOGGED:
+        _LOGGED.add(type(exc))
+        log.error("projection fell back on an unexpected %s", type(exc).__name__, exc_info=exc)
+
+
 def compile_projection(
     schema: GraphQLSchema, operation: OperationDefinitionNode, fragments: Iterable[object]
 ) -> Projection | None:
@@ -132,7 +156,8 @@ def compile_projection(
     def project(event: Any) -> ExecutionResult | None:
         try:
             return ExecutionResult(data={root_key: read_event(event)})
-        except Exception:  # a null, a value a scalar refuses: graphql-core says what is wrong
+        except Exception as exc:  # a null, a value a scalar refuses: graphql-core says what
+            _fell_back("event", exc)
             return None
 
     return project
@@ -315,8 +340,8 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if read is not None:
             try:
                 return _read_object(read, result)
-            except Exception:  # graphql-core says what is wrong, with its path
-                pass
+            except Exception as exc:  # graphql-core says what is wrong, with its path
+                _fell_back("object", exc)
         return super().complete_object_value(
             return_type, field_details_list, info, path, result, position_context
         )
@@ -341,8 +366,8 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             if read is not None and not field_details_list[0].node.directives:
                 try:
                     return [_read_item(read, item, non_null) for item in result]
-                except Exception:  # graphql-core says what is wrong, with its path
-                    pass
+                except Exception as exc:  # graphql-core says what is wrong, with its path
+                    _fell_back("list", exc)
         return super().complete_list_value(
             return_type, field_details_list, info, path, result, position_context
         )

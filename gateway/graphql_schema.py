@@ -61,6 +61,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         subscription=Subscription,
         extensions=extensions,
         scalar_overrides=SCALAR_OVERRIDES,
-        execution_context_class=ProjectingExecutionContext,
+        # graphql-core's own executor when the projection is switched off (a strawberry or
+        # graphql-core upgrade it was not checked against, or to rule it out)
+        execution_context_class=ProjectingExecutionContext if settings.projection else None,
         config=StrawberryConfig(auto_camel_case=True),
     )

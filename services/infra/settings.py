@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import ipaddress
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,6 +106,11 @@ class Settings(BaseSettings):
         default=100.0, ge=0, description="requests per second per client address (0: no limit)"
     )
     rate_limit_ip_burst: int = Field(default=300, ge=1, description="burst per client address")
+    projection: bool = Field(
+        default=True,
+        description="read plain objects directly instead of field by field "
+        "(gateway/event_execution.py); false: graphql-core's executor for everything",
+    )
     redis_namespace: str = Field(
         default="",
         description="prefix of every Redis key and channel of this deployment; empty: derived "

@@ -320,3 +320,26 @@ def test_a_prefetched_field_not_read_yet_is_resolved_the_ordinary_way() -> None:
     assert Book.resolved >= 1  # the second book's fills came from its resolver
     assert projected[0]["books"][1]["lateFills"] == [{"price": "9.5"}]
     assert projected == run_books(CountingPlain)[0]
+
+
+def test_every_fallback_is_counted_by_where_and_why() -> None:
+    from gateway.event_execution import FALLBACKS
+
+    counted = FALLBACKS.labels("list", "expected")
+    before = counted._value.get()
+    broken = holding(1)
+    broken.symbol = None  # type: ignore[assignment]
+    HOLDINGS[:] = [holding(0), broken]
+    run(CountingProjecting, QUERY)
+    assert counted._value.get() == before + 1
+
+
+def test_the_projection_can_be_switched_off() -> None:
+    from gateway.graphql_schema import build_schema
+    from services.infra.settings import Settings
+
+    assert build_schema(Settings(projection=True)).execution_context_class is (
+        ProjectingExecutionContext
+    )
+    off = build_schema(Settings(projection=False)).execution_context_class
+    assert off is None or not issubclass(off, ProjectingExecutionContext)
