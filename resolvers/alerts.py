@@ -15,6 +15,7 @@ from resolvers.errors import to_user_error
 from schema import alerts as schema
 from services.alerts import price_alerts as alerts
 from services.errors import DomainError, NotFound
+from services.infra.pubsub import RESUBSCRIBED
 from services.money import trim_price
 
 
@@ -88,6 +89,8 @@ async def subscribe_alert_triggered(info: Info) -> AsyncGenerator[schema.PriceAl
                 event = await subscriber.get()
             except Unsubscribed:
                 return
+            if event.message == RESUBSCRIBED:
+                continue  # alert pushes are at most once (the trigger is recorded once in PG)
             triggered = alerts.decode_triggered(event.message)
             if triggered.alert.user_id == session.user_id:  # the channel is theirs; be sure
                 yield to_price_alert(triggered.alert)

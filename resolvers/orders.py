@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
@@ -18,6 +19,7 @@ from resolvers.loaders import current_loaders, fresh_loaders
 from resolvers.portfolio import holdings_written
 from schema import orders as schema
 from services.errors import DomainError, NotFound
+from services.infra.pubsub import RESUBSCRIBED
 from services.money import trim_price, trim_quantity
 from services.orders import order_events, order_model
 from services.orders.order_rules import PlaceOrder
@@ -170,22 +172,60 @@ async def order_executions(info: Info, order_id: strawberry.ID) -> list[schema.E
 
 async def subscribe_order_updates(info: Info) -> AsyncGenerator[schema.OrderUpdate, None]:
     """Status changes and fills of the signed-in user's orders, from whichever process made
-    them: every API process receives the user's channel through Redis pub/sub."""
+    them: every API process receives the user's channel through Redis pub/sub. When this
+    process's pub/sub connection was lost and is back, what was published meanwhile reached
+    nobody here: the events written since the last one delivered are read back from the
+    outbox, so none is missed (one may come twice; `Order.version` tells which is newer)."""
     session = require_session(info)
     services = info.context.services
     channel = order_events.user_channel(session.user_id)
+    delivered = _Delivered(datetime.now(UTC))
     async with services.broadcast.subscribe(channel) as subscriber:
         while True:
             try:
                 event = await subscriber.get()
             except Unsubscribed:
                 return
-            update = order_events.decode_update(event.message)
-            fresh_loaders(services)  # executions read for this event, not an earlier one
-            yield schema.OrderUpdate(
-                event=update.event,
-                order=to_order(update.order),
-                execution=schema.Execution.from_domain(update.execution)
-                if update.execution
-                else None,
-            )
+            if event.message == RESUBSCRIBED:
+                missed = await order_events.events_since(
+                    services.engine, session.user_id, delivered.catch_up_from()
+                )
+            else:
+                missed = [order_events.decode_update(event.message)]
+            for update in missed:
+                if delivered.is_new(update):
+                    fresh_loaders(services)  # executions read for this event, not an earlier one
+                    yield _to_update(update)
+
+
+def _to_update(update: order_events.OrderUpdate) -> schema.OrderUpdate:
+    return schema.OrderUpdate(
+        event=update.event,
+        order=to_order(update.order),
+        execution=schema.Execution.from_domain(update.execution) if update.execution else None,
+    )
+
+
+class _Delivered:
+    """What a subscription delivered lately, so a catch-up after a lost connection sends only
+    what it missed: events by (order, version, event, execution), and the newest event's time."""
+
+    MARGIN = timedelta(seconds=5)  # clocks of writers and commit order: read back a little more
+
+    def __init__(self, started: datetime) -> None:
+        self._since = started
+        self._seen: dict[tuple[object, ...], None] = {}
+
+    def catch_up_from(self) -> datetime:
+        return self._since - self.MARGIN
+
+    def is_new(self, update: order_events.OrderUpdate) -> bool:
+        execution = update.execution.venue_execution_id if update.execution else None
+        key = (update.order.id, update.order.version, update.event, execution)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > 1000:  # keep the newest only
+            del self._seen[next(iter(self._seen))]
+        self._since = max(self._since, update.order.updated_at)
+        return True

@@ -22,6 +22,10 @@ log = logging.getLogger("tradeql.pubsub")
 MAX_BACKOFF_SECONDS = 5.0
 # Bounded, so a stalled consumer costs memory up to this many messages, then slows the reader.
 QUEUE_SIZE = 10_000
+# Told on every channel once the connection is back after a loss: what was published meanwhile
+# reached nobody here, so a consumer that must not miss a message (order updates) catches up
+# from where it is kept (the outbox); the others ignore it.
+RESUBSCRIBED = "\x00tradeql:resubscribed"
 
 
 class ResilientRedisBackend(BroadcastBackend):
@@ -79,6 +83,9 @@ class ResilientRedisBackend(BroadcastBackend):
             self._pubsub = pubsub
             try:
                 await pubsub.subscribe(*self._channels)
+                if backoff > 0.1:  # back after a loss: tell every channel's consumers
+                    for channel in list(self._channels):
+                        await self._queue.put(Event(channel, RESUBSCRIBED))
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -88,7 +95,7 @@ class ResilientRedisBackend(BroadcastBackend):
                 self.reconnects += 1
                 log.warning("pub/sub connection lost (%s); reconnecting in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                backoff = min(max(backoff * 2, 0.2), MAX_BACKOFF_SECONDS)
             finally:
                 self._pubsub = None
                 with contextlib.suppress(RedisError, OSError):

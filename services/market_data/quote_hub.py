@@ -17,6 +17,7 @@ from typing import TypeVar, cast
 from broadcaster import Broadcast
 from broadcaster._base import Unsubscribed
 
+from services.infra.pubsub import RESUBSCRIBED
 from services.market_data.marketdata import (
     FIELD_SEPARATOR,
     RECORD_SEPARATOR,
@@ -114,6 +115,8 @@ class QuoteHub:
                     event = await subscriber.get()
                 except Unsubscribed:
                     return
+                if event.message == RESUBSCRIBED:
+                    continue  # quotes are superseded by the next ones: nothing to catch up
                 try:
                     self.dispatch(event.message)
                 except Exception:  # one bad batch must not end live quotes for the process

@@ -16,8 +16,9 @@ from uuid import UUID
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.infra.db import single_read
 from services.infra.keys import ns
 from services.orders.order_model import (
     Event,
@@ -208,3 +209,17 @@ async def publish(redis: Redis, updates: list[OrderUpdate]) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         queue(pipe, updates)
         await pipe.execute()
+
+
+_SINCE = text(
+    "SELECT payload FROM order_events WHERE user_id = :u AND created_at >= :since "
+    "ORDER BY created_at, order_id, version"
+)
+
+
+async def events_since(engine: AsyncEngine, user_id: UUID, since: datetime) -> list[OrderUpdate]:
+    """The user's order events written at or after `since`, oldest first: what a subscriber
+    catches up on after its pub/sub connection was lost (the outbox keeps every event)."""
+    async with single_read(engine) as conn:
+        rows = await conn.execute(_SINCE, {"u": user_id, "since": since})
+        return [decode_update(r.payload) for r in rows]
