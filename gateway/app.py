@@ -59,7 +59,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = Services.from_settings(settings)
         await services.start_live()
-        revocations = asyncio.create_task(CONNECTIONS.follow_revocations(services.broadcast))
+        revocations = asyncio.create_task(
+            CONNECTIONS.follow_revocations(services.broadcast, services.sessions)
+        )
         app.state.services = services
         app.state.draining = False
         pool_collector = PoolCollector(services.engine)

@@ -14,7 +14,8 @@ from broadcaster import Broadcast
 from broadcaster._base import Unsubscribed
 from starlette.websockets import WebSocket, WebSocketState
 
-from services.accounts.sessions import revoked_channel
+from services.accounts.sessions import SessionStore, revoked_channel
+from services.infra.pubsub import RESUBSCRIBED
 
 log = logging.getLogger("tradeql.connections")
 GOING_AWAY = 1001
@@ -80,6 +81,17 @@ class Connections:
                 closed += 1
         return closed
 
+    async def _close_ended(self, sessions: SessionStore) -> None:
+        try:
+            ended = await sessions.ended_among(sorted(set(self._sessions.values())))
+        except Exception:  # PostgreSQL away too: each socket's next operation checks anyway
+            log.warning("could not check the sessions of open sockets", exc_info=True)
+            return
+        for session_id in ended:
+            closed = await self.close_session(session_id)
+            if closed:
+                log.info("closed %d sockets of a session that ended meanwhile", closed)
+
     async def close_socket(self, websocket: WebSocket, reason: str) -> None:
         """End one socket whose session is no longer live (4401: clients stop retrying)."""
         await self._close([id(websocket.scope)], SESSION_REVOKED, reason)
@@ -92,13 +104,19 @@ class Connections:
         self.draining = True
         return await self._close(list(self._sockets), GOING_AWAY, "server shutting down")
 
-    async def follow_revocations(self, broadcast: Broadcast) -> None:
+    async def follow_revocations(self, broadcast: Broadcast, sessions: SessionStore) -> None:
+        """Close the sockets of each revoked session. A revocation published while this
+        process's pub/sub was reconnecting reached nobody here: once it is back, every bound
+        socket's session is checked in PostgreSQL instead."""
         async with broadcast.subscribe(revoked_channel()) as revoked:
             while True:
                 try:
                     event = await revoked.get()
                 except Unsubscribed:
                     return
+                if event.message == RESUBSCRIBED:
+                    await self._close_ended(sessions)
+                    continue
                 with contextlib.suppress(ValueError):
                     closed = await self.close_session(UUID(event.message))
                     if closed:

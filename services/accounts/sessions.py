@@ -6,6 +6,7 @@ import hashlib
 import json
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -167,6 +168,20 @@ class SessionStore:
             }
         )
         await self._redis.set(_cache_key(token_hash), payload, ex=ttl)
+
+    async def ended_among(self, session_ids: Sequence[UUID]) -> set[UUID]:
+        """Those of `session_ids` that are revoked or expired now."""
+        if not session_ids:
+            return set()
+        async with single_read(self._engine) as conn:
+            live = await conn.execute(
+                text(
+                    "SELECT id FROM sessions WHERE id = ANY(:ids) AND revoked_at IS NULL "
+                    "AND expires_at > now()"
+                ),
+                {"ids": list(session_ids)},
+            )
+            return set(session_ids) - {r.id for r in live}
 
     async def revoke(self, token: str) -> SessionInfo | None:
         """End the session behind `token` in PostgreSQL, drop it from the cache, tell every process."""

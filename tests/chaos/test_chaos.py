@@ -190,6 +190,7 @@ class Trader:
     def __init__(self, platform: Platform, http: httpx.AsyncClient) -> None:
         self.platform, self.http = platform, http
         self.token = ""
+        self.email = ""
         self.symbols: list[str] = []
         self.placed: list[str] = []
         self.events: list[dict[str, Any]] = []
@@ -205,7 +206,7 @@ class Trader:
         return response.json()
 
     async def sign_up(self) -> None:
-        email = f"chaos-{uuid.uuid4().hex[:10]}@example.com"
+        email = self.email = f"chaos-{uuid.uuid4().hex[:10]}@example.com"
         body = await self.graphql(
             "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token } }",
             {"e": email, "p": PASSWORD},
@@ -356,6 +357,24 @@ async def test_a_database_cut_under_orders_and_subscriptions(
 
 async def test_every_redis_connection_dropped(platform: Platform, trader: Trader) -> None:
     await trader.place(10)
+    # A session revoked while the API's pub/sub is away (its announcement reaches nobody):
+    # written in PostgreSQL only, as a revocation lost in the gap would be.
+    other = Trader(platform, trader.http)
+    await other.sign_up()
+    url = platform.api_url.replace("http://", "ws://") + "/graphql"
+    socket = await websockets.connect(url, subprotocols=["graphql-transport-ws"])
+    init = {"Authorization": f"Bearer {other.token}"}
+    await socket.send(json.dumps({"type": "connection_init", "payload": init}))
+    await socket.recv()
+    conn = await asyncpg.connect(platform.database_url)
+    try:
+        await conn.execute(
+            "UPDATE sessions SET revoked_at = now() WHERE revoked_at IS NULL "
+            "AND user_id = (SELECT id FROM users WHERE email = $1)",
+            other.email,
+        )
+    finally:
+        await conn.close()
     redis = Redis.from_url(platform.redis_url)
     try:
         await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
@@ -363,6 +382,9 @@ async def test_every_redis_connection_dropped(platform: Platform, trader: Trader
     finally:
         await redis.aclose()
     await settled(platform, trader)
+    with pytest.raises(websockets.ConnectionClosed) as closed:  # checked once it was back
+        await asyncio.wait_for(socket.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
 
 
 @pytest.mark.parametrize("worker", WORKERS)
