@@ -59,3 +59,16 @@ def bucket_address(value: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
+
+
+_STATE_KEY = "tradeql.client_address"
+
+
+def request_client_address(scope: Scope, trusted: Sequence[Network]) -> str:
+    """`client_address` of a request, worked out once: the rate limiter and the view (for the
+    sign-in throttle) both ask, and the answer is kept in the request's state."""
+    state = scope.setdefault("state", {})
+    address = state.get(_STATE_KEY)
+    if address is None:
+        address = state[_STATE_KEY] = client_address(scope, trusted)
+    return str(address)

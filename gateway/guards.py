@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions.max_aliases import create_validator as alias_validator
 from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 
-from gateway.client_address import client_address, parse_networks
+from gateway.client_address import parse_networks, request_client_address
 from gateway.metrics import REGISTRY
 from gateway.ratelimit import ALLOWED, Bucket, Decision, Limit, RateLimiter
 from gateway.view import SESSION_LOOKUP_STATE, bearer_token
@@ -217,7 +217,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        ip = Bucket(self.ip, client_address(scope, self.trusted))
+        ip = Bucket(self.ip, request_client_address(scope, self.trusted))
         token = bearer_token(headers.get("authorization"))
         token_hash = hash_token(token) if token else None  # the bucket's and the session's key
         buckets = [ip, *self._credential_buckets(token_hash, headers.get("x-api-key"))]

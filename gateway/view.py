@@ -23,7 +23,7 @@ from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult, SubscriptionExecutionResult
 from strawberry.types.unset import UnsetType
 
-from gateway.client_address import client_address, parse_networks
+from gateway.client_address import parse_networks, request_client_address
 from gateway.connections import CONNECTIONS
 from gateway.legacy_ws import GraphQLWSHandler
 from gateway.metrics import WEBSOCKETS_OPEN
@@ -257,7 +257,7 @@ class GraphQLView(GraphQL[Context, None]):
             response=response,
             request_id=current_request_id() or uuid.uuid4().hex,
         )
-        context.client_address = client_address(request.scope, self._trusted)
+        context.client_address = request_client_address(request.scope, self._trusted)
         if isinstance(request, WebSocket):
             CONNECTIONS.add(request)
         else:
