@@ -178,8 +178,7 @@ class PartitionMatcher:
                 for o in await open_orders(conn)
                 if partition_of(o.symbol, self.settings.quote_partitions) == self.partition
             ]
-        for order in working:
-            await self.process_safely(order)
+        await self._process_orders(working)
         MATCHER_WORKING.labels(str(self.partition)).set(len(self.book))
         log.info("partition %d: %d working orders rebuilt", self.partition, len(working))
 
@@ -198,10 +197,9 @@ class PartitionMatcher:
                 and partition_of(symbol, self.settings.quote_partitions) == self.partition
             ]
             found = await orders_by_id(conn, missing) if missing else {}
-        for order in sorted(found.values(), key=lambda o: (o.created_at, o.id)):
+        for order in found.values():
             log.info("sweep found open order %s outside the book", order.id)
-            await self.process_safely(order)
-        await self._drain()
+        await self._process_orders(sorted(found.values(), key=lambda o: (o.created_at, o.id)))
 
     async def _handle_messages(self, messages: list) -> None:  # type: ignore[type-arg]
         if not messages:
@@ -214,15 +212,20 @@ class PartitionMatcher:
         if new_ids:
             async with single_read(self.services.engine) as conn:
                 found = await orders_by_id(conn, new_ids)
-            by_symbol: dict[str, list[Order]] = {}
-            for order_id in new_ids:
-                if order_id in found:
-                    by_symbol.setdefault(found[order_id].symbol, []).append(found[order_id])
+            await self._process_orders([found[i] for i in new_ids if i in found])
+        await self.orders.ack(messages)  # every change of these orders committed before it
+        MATCHER_WORKING.labels(str(self.partition)).set(len(self.book))
+
+    async def _process_orders(self, orders: list[Order]) -> None:
+        """Orders in arrival order (new ones, a rebuild, a sweep): their quotes read in one round
+        trip, symbols at once and each symbol's in order, every change committed on return."""
+        by_symbol: dict[str, list[Order]] = {}
+        for order in orders:
+            by_symbol.setdefault(order.symbol, []).append(order)
+        if by_symbol:
             quotes = await self._current_quotes(sorted(by_symbol))
             await self._process_symbols(list(by_symbol.values()), quotes)
-            await self._drain()  # every change of these orders committed before the ack
-        await self.orders.ack(messages)
-        MATCHER_WORKING.labels(str(self.partition)).set(len(self.book))
+        await self._drain()
 
     async def _process_symbols(
         self, groups: list[list[Order]], quotes: dict[str, Quote | None]
