@@ -189,15 +189,33 @@ async def write(conn: AsyncConnection, updates: Sequence[OrderUpdate]) -> None:
         await conn.execute(_WRITE, outbox_params(updates))
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event as it goes out: whose, which, when it was written, and its payload."""
+
+    user_id: UUID
+    event_id: UUID
+    written_at: datetime
+    payload: str
+
+
 def queue(pipe: Pipeline, updates: list[OrderUpdate]) -> None:
-    """Queue `updates` on a pipeline, after the commit that made them, and mark them sent. The
+    """Queue `updates` on a pipeline, after the commit that made them (see `queue_outgoing`)."""
+    queue_outgoing(
+        pipe,
+        [Outgoing(u.order.user_id, u.id, u.order.updated_at, payload_of(u)) for u in updates],
+    )
+
+
+def queue_outgoing(pipe: Pipeline, events: Sequence[Outgoing]) -> None:
+    """Queue events on a pipeline and mark them sent, by their writer or by the relay alike. The
     owners' cached holdings are retired first (an order change moves cash or shares, or holds
-    them back), so whoever hears an update and reads the portfolio reads the new holdings."""
-    forget(pipe, (update.order.user_id for update in updates))
+    them back), so whoever hears an event and reads the portfolio reads the new holdings."""
+    forget(pipe, (event.user_id for event in events))
     sent: dict[str, list[str]] = {}
-    for update in updates:
-        pipe.publish(user_channel(update.order.user_id), payload_of(update))
-        sent.setdefault(sent_key(update.order.updated_at), []).append(str(update.id))
+    for event in events:
+        pipe.publish(user_channel(event.user_id), event.payload)
+        sent.setdefault(sent_key(event.written_at), []).append(str(event.event_id))
     for key, ids in sent.items():
         pipe.sadd(key, *ids)
         pipe.expire(key, SENT_TTL_SECONDS)

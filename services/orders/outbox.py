@@ -26,8 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.infra.db import single_read
-from services.orders.order_events import SENT_TTL_SECONDS, sent_key, user_channel
-from services.portfolio.holdings_version import forget
+from services.orders.order_events import Outgoing, queue_outgoing, sent_key
 
 log = logging.getLogger("tradeql.outbox")
 CURSOR = "order_events"
@@ -42,7 +41,7 @@ _YOUNGEST_HELD = text(
     "SELECT min(xid)::text::bigint FROM order_events "
     "WHERE xid >= CAST(:w AS xid8) AND created_at > now() - make_interval(secs => :grace)"
 )
-_PAYLOADS = text("SELECT id, user_id, payload FROM order_events WHERE id = ANY(:ids)")
+_PAYLOADS = text("SELECT id, user_id, created_at, payload FROM order_events WHERE id = ANY(:ids)")
 _LOAD_CURSOR = text("SELECT watermark FROM outbox_cursor WHERE name = :name")
 _SAVE_CURSOR = text(
     "INSERT INTO outbox_cursor (name, watermark) VALUES (:name, :w) "
@@ -115,12 +114,9 @@ class OutboxRelay:
         async with single_read(self._engine) as conn:
             events = (await conn.execute(_PAYLOADS, {"ids": unsent})).all()
         async with self._redis.pipeline(transaction=False) as pipe:
-            forget(pipe, (e.user_id for e in events))
-            for event in events:
-                pipe.publish(user_channel(event.user_id), event.payload)
-            for key, ids in by_key.items():
-                pipe.sadd(key, *[str(i) for i in ids])
-                pipe.expire(key, SENT_TTL_SECONDS)
+            queue_outgoing(
+                pipe, [Outgoing(e.user_id, e.id, e.created_at, e.payload) for e in events]
+            )
             await pipe.execute()
         log.info("relayed %d order events their writers had not published", len(events))
         return len(events)
