@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from graphql import GraphQLError, OperationType, parse
+from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import CompleteMessage, ErrorMessage
@@ -20,17 +20,13 @@ from gateway.ws_persisted import session_still_live
 
 
 def operation_type(query: str, operation_name: str | None) -> OperationType | None:
+    """The type of the operation a request runs; None if the document does not parse or does
+    not name one operation (graphql-core then reports why)."""
     try:
-        document = parse(query)
+        operation = get_operation_ast(parse(query), operation_name)
     except GraphQLError:
         return None
-    for definition in document.definitions:
-        name = getattr(definition, "name", None)
-        if hasattr(definition, "operation") and (
-            operation_name is None or (name is not None and name.value == operation_name)
-        ):
-            return definition.operation  # type: ignore[no-any-return]
-    return None
+    return operation.operation if operation is not None else None
 
 
 class GraphQLWSHandler(BaseGraphQLWSHandler[Any, Any]):

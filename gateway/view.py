@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
+from graphql import OperationType
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -25,7 +25,7 @@ from strawberry.types.unset import UnsetType
 
 from gateway.client_address import parse_networks, request_client_address
 from gateway.connections import CONNECTIONS
-from gateway.legacy_ws import GraphQLWSHandler
+from gateway.legacy_ws import GraphQLWSHandler, operation_type
 from gateway.metrics import WEBSOCKETS_OPEN
 from gateway.persisted import (
     DocumentResolver,
@@ -113,17 +113,7 @@ def is_subscription(query: str | None, operation_name: str | None) -> bool:
     `subscription` is parsed for it (strawberry parses it again, from its cache)."""
     if not query or "subscription" not in query:
         return False
-    try:
-        document = parse(query)
-    except GraphQLError:
-        return False  # strawberry reports the syntax error
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    chosen = [
-        o
-        for o in operations
-        if operation_name is None or (o.name and o.name.value == operation_name)
-    ]
-    return len(chosen) == 1 and chosen[0].operation is OperationType.SUBSCRIPTION
+    return operation_type(query, operation_name) is OperationType.SUBSCRIPTION
 
 
 def throttled_for(response: object) -> int | None:
