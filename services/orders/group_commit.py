@@ -60,9 +60,6 @@ class GroupCommit:
             self._task = asyncio.create_task(self._run(), name="order-group-commit")
         return future
 
-    async def apply(self, work: Work) -> Outcome:
-        return await self.submit(work)
-
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -48,15 +48,7 @@ _TRADING_PARITY: dict[str, set[str]] = {  # 15
 }
 
 
-def _merge(*parts: dict[str, set[str]]) -> dict[str, set[str]]:
-    merged: dict[str, set[str]] = {}
-    for part in parts:
-        for type_name, fields in part.items():
-            merged.setdefault(type_name, set()).update(fields)
-    return merged
-
-
-NOT_YET_BUILT: dict[str, set[str]] = _merge(_TRADING_PARITY)
+NOT_YET_BUILT: dict[str, set[str]] = _TRADING_PARITY
 NOT_YET_BUILT_TYPES: set[str] = {  # 15
     "OrderClass",
     "MarketSession",
