@@ -305,6 +305,14 @@ def raise_nofile_limit(wanted: int = 16_384) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (an API started with --workers is a supervisor and them)."""
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        return [pid, *(c.pid for c in root.children(recursive=True))]
+    return [pid]
+
+
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)

@@ -65,6 +65,7 @@ from bench._procs import (
     Managed,
     Registry,
     child_env,
+    process_tree,
     raise_nofile_limit,
     sleep_watching,
     tradeql_argv,
@@ -879,15 +880,6 @@ def api_workers(args: argparse.Namespace) -> int:
     if args.api_workers:
         return int(args.api_workers)
     return int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and its children (an API started with --workers is a supervisor and them)."""
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
-    return [pid]
 
 
 def run_reference(

@@ -81,6 +81,7 @@ from bench._procs import (
     Registry,
     child_env,
     log_tail,
+    process_tree,
     raise_nofile_limit,
     tradeql_argv,
     wait_until,
@@ -228,13 +229,6 @@ def quotes_present(redis_url: str, symbols: Sequence[str]) -> int:
         return int(found)
     finally:
         client.close()
-
-
-def process_tree(pid: int) -> list[int]:
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        return [pid, *(c.pid for c in root.children(recursive=True))]
-    return [pid]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil
 
-from bench._procs import ROOT, child_env, tradeql_argv
+from bench._procs import ROOT, child_env, process_tree, tradeql_argv
 from bench._setup import STATE_DIR, free_port, server_urls, with_path
-from bench.orders_client import HttpError, HttpPool, graphql
+from bench.closed_loop import Request, closed_loop
 
 DATABASE = "tradeql_bench_reads"
 PACKAGE = ROOT / "bench" / "postgraphile"
@@ -45,7 +44,6 @@ POSTGRAPHILE_PAGE = (
     "orderBy: [CREATED_AT_DESC, PRIMARY_KEY_DESC]) { nodes { id status filledQuantity "
     "executionsByOrderId { nodes { price } } } pageInfo { hasNextPage endCursor } } }"
 )
-Request = tuple[str, dict[str, Any], bytes]
 
 
 def install_postgraphile() -> Path:
@@ -98,53 +96,14 @@ def answers(port: int) -> bool:
 async def load(
     port: int, make: Callable[[random.Random], Request], pids: Sequence[int], args: Any
 ) -> dict[str, float]:
-    """Closed loop: `args.concurrency` requests always in flight; pages/s and CPU per page."""
-    pool = HttpPool("127.0.0.1", port, args.concurrency)
-    rng = random.Random(1)
-    latencies: list[float] = []
-    failed = 0
-    start = time.monotonic()
-    measure_from, end = start + args.warmup, start + args.warmup + args.duration
-    processes = [psutil.Process(p) for p in pids]
-    cpu_at_start = 0.0
-
-    def cpu() -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in processes)
-
-    async def worker() -> None:
-        nonlocal failed
-        while (now := time.monotonic()) < end:
-            query, variables, auth = make(rng)
-            async with pool.connection() as conn:
-                try:
-                    await graphql(conn, query, variables, auth, 30.0)
-                except (HttpError, TimeoutError):
-                    failed += 1
-                    continue
-            if now >= measure_from:
-                latencies.append(time.monotonic() - now)
-
-    async def mark() -> None:
-        nonlocal cpu_at_start
-        await asyncio.sleep(args.warmup)
-        cpu_at_start = cpu()
-
-    await asyncio.gather(mark(), *(worker() for _ in range(args.concurrency)))
-    used = cpu() - cpu_at_start
-    pool.close()
-    latencies.sort()
-    count = max(len(latencies), 1)
-    return {
-        "rate": len(latencies) / args.duration,
-        "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
-        "p95_ms": latencies[int(len(latencies) * 0.95)] * 1000 if latencies else 0.0,
-        "failed": failed,
-        "cpu_ms": used * 1000 / count,
-    }
-
-
-def tree(pid: int) -> list[int]:
-    return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    return await closed_loop(
+        port,
+        make,
+        concurrency=args.concurrency,
+        warmup=args.warmup,
+        duration=args.duration,
+        pids=pids,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         def tradeql_page(r: random.Random) -> Request:
             return TRADEQL_PAGE, {}, f"Authorization: Bearer {r.choice(tokens)}\r\n".encode()
 
-        measured = asyncio.run(load(api_port, tradeql_page, tree(api.pid), args))
+        measured = asyncio.run(load(api_port, tradeql_page, process_tree(api.pid), args))
         print(f"TradeQL ({workers} API processes, auth and limits on): {_line(measured)}")
         print(f"ratio: {measured['rate'] / max(reference['rate'], 1e-9):.2f}x PostGraphile")
     finally:

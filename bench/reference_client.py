@@ -12,9 +12,8 @@ import argparse
 import asyncio
 import json
 import random
-import time
 
-from bench.orders_client import HttpError, HttpPool, graphql
+from bench.closed_loop import Request, closed_loop
 
 MUTATION = (
     "mutation P($a: Int!, $s: String!, $q: String!, $p: String!) "
@@ -24,47 +23,15 @@ SYMBOLS = ("AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META")
 
 
 async def run(port: int, concurrency: int, warmup: float, duration: float) -> dict[str, object]:
-    pool = HttpPool("127.0.0.1", port, concurrency)
-    rng = random.Random(1)
-    latencies: list[float] = []
-    failed = 0
-    start = time.monotonic()
-    measure_from, end = start + warmup, start + warmup + duration
+    def order(rng: random.Random) -> Request:
+        variables = {"a": rng.randint(1, 1000), "s": rng.choice(SYMBOLS), "q": "1", "p": "100.00"}
+        return MUTATION, variables, b""
 
-    async def worker() -> None:
-        nonlocal failed
-        while (now := time.monotonic()) < end:
-            variables = {
-                "a": rng.randint(1, 1000),
-                "s": rng.choice(SYMBOLS),
-                "q": "1",
-                "p": "100.00",
-            }
-            async with pool.connection() as conn:
-                try:
-                    await graphql(conn, MUTATION, variables, b"", 30.0)
-                except (HttpError, TimeoutError):
-                    if now >= measure_from:
-                        failed += 1
-                    continue
-            if now >= measure_from:
-                latencies.append((time.monotonic() - now) * 1000)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    pool.close()
-    ordered = sorted(latencies)
-
-    def at(q: float) -> float | None:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
-
-    return {
-        "accepted": len(latencies),
-        "rate": len(latencies) / duration,
-        "failed": failed,
-        "p50_ms": at(0.5),
-        "p95_ms": at(0.95),
-        "p99_ms": at(0.99),
-    }
+    result = await closed_loop(
+        port, order, concurrency=concurrency, warmup=warmup, duration=duration
+    )
+    result.pop("cpu_ms")  # bench.orders measures the reference's processes itself
+    return dict(result)
 
 
 def main() -> None:
