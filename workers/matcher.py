@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from services.infra.container import Services
 from services.infra.db import single_read
 from services.infra.keys import ns
-from services.infra.retry import is_transient
+from services.infra.retry import Backoff, is_transient
 from services.infra.settings import Settings
 from services.infra.streams import ConsumerGroup, consumer_name, partition_of, quote_stream
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
@@ -149,7 +149,7 @@ class PartitionMatcher:
         next_sweep = time.monotonic() + self.settings.matcher_sweep_seconds
         quotes = asyncio.create_task(self._read_quotes(stop), name=f"quotes-{self.partition}")
         messages: list = []  # type: ignore[type-arg]
-        outage = _Outage(self.partition)
+        outage = Backoff(initial=0.05, maximum=2.0)  # PostgreSQL or Redis away
         try:
             while not stop.is_set():
                 try:
@@ -160,11 +160,16 @@ class PartitionMatcher:
                     if time.monotonic() >= next_sweep:
                         await self.sweep()
                         next_sweep = time.monotonic() + self.settings.matcher_sweep_seconds
-                    outage.over()
+                    if outage.succeeded():
+                        log.info("partition %d: outage over", self.partition)
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
-                    await outage.wait(exc, stop)
+                    first, delay = outage.failed()
+                    if first:
+                        log.warning("partition %d: outage (%s); retrying", self.partition, exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
         finally:
             quotes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -472,27 +477,6 @@ class PartitionMatcher:
             symbol: quote if quote is not None and quote.bid > 0 and quote.ask > 0 else None
             for symbol, quote in zip(symbols, found, strict=True)
         }
-
-
-class _Outage:
-    """Backoff while PostgreSQL or Redis is down: logged once when it starts and once when it
-    ends; the messages in hand are handled again afterwards (they are not acknowledged yet)."""
-
-    def __init__(self, partition: int) -> None:
-        self.partition = partition
-        self.delay = 0.0
-
-    async def wait(self, exc: Exception, stop: asyncio.Event) -> None:
-        if not self.delay:
-            log.warning("partition %d: outage (%s); retrying", self.partition, exc)
-        self.delay = min(max(self.delay * 2, 0.05), 2.0)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), self.delay)
-
-    def over(self) -> None:
-        if self.delay:
-            log.info("partition %d: outage over", self.partition)
-            self.delay = 0.0
 
 
 class Matcher:

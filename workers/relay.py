@@ -13,7 +13,7 @@ import contextlib
 import logging
 
 from services.infra.container import Services
-from services.infra.retry import is_transient
+from services.infra.retry import Backoff, is_transient
 from services.orders.outbox import OutboxRelay
 from workers.metrics import OUTBOX_RELAYED, OUTBOX_ROUND_FAILURES
 
@@ -26,16 +26,17 @@ async def run_relay(services: Services, stop: asyncio.Event) -> None:
         services.engine, services.redis, grace_seconds=settings.outbox_grace_seconds
     )
     interval = settings.outbox_relay_interval_seconds
-    delay = interval
+    backoff = Backoff(initial=2 * interval, maximum=5.0)
     while not stop.is_set():
         try:
             done = await relay.relay_once()
             OUTBOX_RELAYED.inc(done.published)
+            backoff.succeeded()
             delay = interval
         except Exception as exc:
             OUTBOX_ROUND_FAILURES.labels("outage" if is_transient(exc) else "error").inc()
-            if delay == interval:  # the first failure of a run of them
+            first, delay = backoff.failed()
+            if first:
                 log.warning("outbox relay round failed: %s", exc, exc_info=not is_transient(exc))
-            delay = min(delay * 2, 5.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)

@@ -56,3 +56,26 @@ def until_it_works(log: logging.Logger, what: str, *, max_wait: float = 2.0) -> 
         before_sleep=_log,
         reraise=True,
     )
+
+
+class Backoff:
+    """The waits of a loop that goes on through failures: from `initial`, doubling to `maximum`
+    while they last, back to the start after a success. `failed()` also says whether this
+    failure starts a run (so a loop logs an outage once, not at every retry)."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._delay = 0.0
+
+    def failed(self) -> tuple[bool, float]:
+        """(whether this failure starts a run, how long to wait before trying again)."""
+        first = self._delay == 0.0
+        self._delay = min(max(self._delay * 2, self.initial), self.maximum)
+        return first, self._delay
+
+    def succeeded(self) -> bool:
+        """Back to the start; whether a run of failures ended here."""
+        ended = self._delay != 0.0
+        self._delay = 0.0
+        return ended

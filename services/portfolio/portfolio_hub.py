@@ -13,6 +13,7 @@ from uuid import UUID
 
 from broadcaster import Broadcast
 
+from services.infra.retry import Backoff
 from services.market_data.quote_hub import QuoteHub
 from services.market_data.quote_mirror import QuoteMirror
 from services.orders.order_events import user_channel
@@ -103,7 +104,7 @@ class PortfolioHub:
         """Follow the user's fills and quotes for as long as a socket watches. A failure (Redis
         or PostgreSQL away, anything else) restarts the feed with backoff, so its sockets are
         served again when it passes; it is counted, and logged once per run of failures."""
-        delay, served = 0.0, -1
+        backoff, served = Backoff(initial=0.1, maximum=5.0), -1
         while True:
             try:
                 await self._follow(feed)
@@ -113,10 +114,11 @@ class PortfolioHub:
             except Exception:
                 self.failures += 1
                 if feed.revaluations != served:  # served since the last failure: a new run
-                    delay = 0.0
-                    log.exception("live portfolio of %s failed; restarting it", feed.user_id)
+                    backoff.succeeded()
                 served = feed.revaluations
-                delay = min(max(delay * 2, 0.1), 5.0)
+                first, delay = backoff.failed()
+                if first:
+                    log.exception("live portfolio of %s failed; restarting it", feed.user_id)
                 await asyncio.sleep(delay)
 
     async def _follow(self, feed: _UserFeed) -> None:
