@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.alerts import price_alerts as alerts
 from services.alerts.alert_index import AlertIndex, WatchedAlert
 from services.infra.container import Services
+from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
 from workers.metrics import GROUPS_RECREATED, LogOncePerKind
@@ -66,7 +67,6 @@ GROUP = "alerts"
 READ_COUNT = 200
 IDLE_BLOCK_MS = 200
 CLAIM_EVERY_SECONDS = 30.0
-RETRYABLE_SQLSTATES = ("40P01", "40001")  # deadlock, serialization failure
 MAX_WRITES = 4  # batches being recorded at once
 MAX_PENDING_MESSAGES = 5_000  # read and crossed, waiting for a writer: past this, stop reading
 FIELD_COUNT = 8
@@ -386,7 +386,7 @@ class AlertChecker:
                 with contextlib.suppress(Exception):
                     await conn.close()
                 sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-                if attempt == 2 or sqlstate not in RETRYABLE_SQLSTATES:
+                if attempt == 2 or sqlstate not in CONFLICT_SQLSTATES:
                     raise
                 continue
             self._connections.append(conn)

@@ -18,7 +18,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 # deadlock, serialization failure, admin shutdown, crash shutdown, cannot connect now,
 # too many connections, and the whole class 08 (connection exceptions)
 # and a database that does not accept connections now (55000: ALLOW_CONNECTIONS false)
-_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "57P01", "57P02", "57P03", "53300", "55000"})
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
+_TRANSIENT_SQLSTATES = CONFLICT_SQLSTATES | {"57P01", "57P02", "57P03", "53300", "55000"}
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -39,6 +39,7 @@ from services.errors import (
 from services.infra.idempotency import request_fingerprint
 from services.infra.keys import ns
 from services.infra.request_context import current_request_id
+from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
 from services.market_data.clock import MarketClock
@@ -165,7 +166,7 @@ class OrderPlacement:
                     await order_events.write(conn, accepted)
                 break
             except DBAPIError as exc:
-                if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in ("40P01", "40001"):
+                if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in CONFLICT_SQLSTATES:
                     raise
         existing = await self._load_existing(judged)
         try:
