@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from inspect import isawaitable
 from typing import Any
 
+import orjson
 from cachetools import LRUCache
 from graphql import (
     ExecutionResult,
@@ -63,6 +64,13 @@ EVENTS = Counter(
     registry=REGISTRY,
 )
 _SHARED, _PROJECTED, _EXECUTED = (EVENTS.labels(how) for how in ("shared", "projected", "executed"))
+PRE_ENCODED = Counter(
+    "tradeql_pre_encoded_results_total",
+    "objects a resolver answered as JSON written already (an order-history page compiled to "
+    "one SQL statement: resolvers/order_page.py), by type",
+    ["type"],
+    registry=REGISTRY,
+)
 
 
 def _uses_variables(node: Node | None) -> bool:
@@ -335,7 +343,11 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         """An object whose selection is plain (a position in a portfolio, say) is read directly:
         graphql-core's per-field machinery cost ~7 us a field, ~360 fields for 50 positions.
         Anything it cannot read (a null where none is allowed, a refused value) is completed the
-        ordinary way, which reports it."""
+        ordinary way, which reports it. An object its resolver wrote as JSON already (an
+        `orjson.Fragment`: resolvers/order_page.py) is passed through as it is."""
+        if isinstance(result, orjson.Fragment):
+            PRE_ENCODED.labels(return_type.name).inc()
+            return result
         read = self._object_reader_for(return_type, field_details_list)
         if read is not None:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import cast
 from uuid import UUID
 
 import strawberry
@@ -13,6 +14,7 @@ from graphql import GraphQLError
 from strawberry import UNSET
 from strawberry.types.nodes import SelectedField, Selection
 
+from resolvers import order_page
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
 from resolvers.loaders import current_loaders, fresh_loaders
@@ -20,7 +22,7 @@ from resolvers.portfolio import holdings_written
 from schema import orders as schema
 from services.errors import DomainError, NotFound
 from services.infra.pubsub import RESUBSCRIBED
-from services.money import trim_price, trim_quantity
+from services.money import average_price, trim_price, trim_quantity
 from services.orders import order_events, order_model
 from services.orders.order_rules import PlaceOrder
 from services.orders.order_store import encode_cursor
@@ -30,7 +32,6 @@ def to_order(
     order: order_model.Order, executions: list[order_model.Execution] | None = None
 ) -> schema.Order:
     """The GraphQL view of an order; `executions`, when they were read with it."""
-    average = order.average_fill_price
     return schema.Order(
         id=strawberry.ID(str(order.id)),
         idempotency_key=order.idempotency_key,
@@ -44,8 +45,8 @@ def to_order(
         stop_price=trim_price(order.stop_price) if order.stop_price is not None else None,
         status=order.status,
         filled_quantity=trim_quantity(order.filled_quantity),
-        average_fill_price=trim_price(average.quantize(order_model.PRICE_STEP))
-        if average is not None
+        average_fill_price=trim_price(average_price(order.filled_value, order.filled_quantity))
+        if order.filled_quantity
         else None,
         reject_reason=order.reject_reason,
         created_at=order.created_at,
@@ -122,10 +123,27 @@ async def orders(
     first: int = 50,
     after: str | None = UNSET,
 ) -> schema.OrderConnection:
-    """Newest first."""
+    """Newest first. A selection `resolvers/order_page.py` compiles is read as one statement
+    that writes the page's JSON; any other the ordinary way."""
     session = require_session(info)
+    store = info.context.services.order_store
+    plan = (
+        order_page.plan_for(info._raw_info.field_nodes, info._raw_info.fragments)
+        if info.context.services.settings.projection  # the executor passes the JSON through
+        else None
+    )
     try:
-        page = await info.context.services.order_store.history(
+        if plan is not None:
+            written, has_next = await store.history_json(
+                session.user_id,
+                statuses=list(status or []),
+                symbol=symbol or None,
+                first=first,
+                after=after or None,
+                edge_json=plan.edge_sql,
+            )
+            return cast(schema.OrderConnection, plan.respond(written, has_next))
+        page = await store.history(
             session.user_id,
             statuses=list(status or []),
             symbol=symbol or None,

@@ -7,12 +7,21 @@ ROUND_DOWN for quantities bought by dollar amount, so an order never costs more 
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal, InvalidOperation
+from decimal import (
+    ROUND_DOWN,
+    ROUND_HALF_EVEN,
+    ROUND_HALF_UP,
+    ROUND_UP,
+    Decimal,
+    InvalidOperation,
+    localcontext,
+)
 
 from services.errors import InvalidInput
 
 CENT = Decimal("0.01")
 SHARE_STEP = Decimal("0.000001")
+PRICE_STEP = Decimal("0.0001")
 MAX_DIGITS = 20
 
 
@@ -57,6 +66,17 @@ def round_cash_up(value: Decimal) -> Decimal:
 def round_shares_down(value: Decimal) -> Decimal:
     """Shares bought for a dollar amount, rounded down to the 6th decimal place."""
     return value.quantize(SHARE_STEP, rounding=ROUND_DOWN)
+
+
+def average_price(value: Decimal, quantity: Decimal) -> Decimal:
+    """A price paid on average (value / quantity) to the 4th place, half away from zero, as
+    PostgreSQL's `round(value / quantity, 4)` gives it (a compiled order page computes it there).
+    The quotient is taken to 60 digits, past where rounding it first could change the result:
+    a quotient of quantities with 6 places has no run of nines that long."""
+    with localcontext() as context:
+        context.prec = 60
+        quotient = value / quantity
+    return quotient.quantize(PRICE_STEP, rounding=ROUND_HALF_UP)
 
 
 def trim_price(value: Decimal) -> Decimal:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -117,16 +117,38 @@ async def open_order_ids(
     return [(r.id, r.symbol) for r in rows]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+# The cursor of row `o`, made by PostgreSQL exactly as `encode_cursor` makes it (a compiled page
+# reads its cursors with its rows). Its text is at most 56 bytes, so base64 breaks no line.
+CURSOR_SQL = (
+    "translate(encode(convert_to((extract(epoch FROM o.created_at) * 1000000)::bigint::text "
+    "|| '|' || o.id::text, 'UTF8'), 'base64'), '+/', '-_')"
+)
+
+# `services.money.average_price` of the order row `o`, as PostgreSQL computes it: the quotient
+# to 34 places (past where two roundings of it could disagree), then half away from zero.
+AVERAGE_FILL_PRICE_SQL = (
+    "CASE WHEN o.filled_quantity > 0 THEN "
+    "round(o.filled_value::numeric(64, 34) / o.filled_quantity, 4) END"
+)
+
+
 def encode_cursor(order: Order) -> str:
-    raw = f"{order.created_at.isoformat()}|{order.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    """Opaque to clients: `<microseconds since the epoch>|<id>`, URL-safe base64."""
+    micros = (order.created_at - _EPOCH) // _MICROSECOND
+    return base64.urlsafe_b64encode(f"{micros}|{order.id}".encode()).decode()
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """A cursor of `encode_cursor`, or of the ISO-8601 form earlier releases gave out."""
     try:
         created, _, order_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        if created.lstrip("-").isdigit():
+            return _EPOCH + int(created) * _MICROSECOND, UUID(order_id)
         return datetime.fromisoformat(created), UUID(order_id)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise InvalidInput("`after` is not a cursor this server gave out", field="after") from exc
 
 
@@ -142,6 +164,35 @@ def _execution(order_id: UUID, record: Sequence[Any]) -> Execution:
     return Execution(
         execution_id, order_id, quantity, price, venue, venue_execution_id, executed_at
     )
+
+
+def _page_filter(
+    user_id: UUID,
+    statuses: Sequence[Status] | None,
+    symbol: str | None,
+    first: int,
+    after: str | None,
+) -> tuple[str, list[Any]]:
+    """A history page's conditions over `orders o` and their arguments, the last of them the
+    LIMIT (one row past the page, to tell whether more follow)."""
+    if not 0 < first <= MAX_PAGE:
+        raise InvalidInput(f"first must be between 1 and {MAX_PAGE}", field="first")
+    args: list[Any] = [user_id]
+    conditions = ["user_id = $1"]
+    if statuses:
+        args.append([s.value for s in statuses])
+        conditions.append(f"status = ANY(${len(args)})")
+    if symbol:
+        wanted = normalize_symbol(symbol)
+        if not is_valid_symbol(wanted):
+            raise InvalidInput(f"{symbol!r} is not a symbol", field="symbol")
+        args.append(wanted)
+        conditions.append(f"symbol = ${len(args)}")
+    if after:
+        args.extend(decode_cursor(after))
+        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(first + 1)
+    return " AND ".join(conditions), args
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,26 +223,10 @@ class OrderStore:
         """Newest first, by keyset (created_at, id): a page costs the same at any depth. With
         `with_executions`, each order's executions come in the same statement (an array
         subquery on the executions' order index): one round trip for the whole page."""
-        if not 0 < first <= MAX_PAGE:
-            raise InvalidInput(f"first must be between 1 and {MAX_PAGE}", field="first")
-        args: list[Any] = [user_id]
-        conditions = ["user_id = $1"]
-        if statuses:
-            args.append([s.value for s in statuses])
-            conditions.append(f"status = ANY(${len(args)})")
-        if symbol:
-            wanted = normalize_symbol(symbol)
-            if not is_valid_symbol(wanted):
-                raise InvalidInput(f"{symbol!r} is not a symbol", field="symbol")
-            args.append(wanted)
-            conditions.append(f"symbol = ${len(args)}")
-        if after:
-            args.extend(decode_cursor(after))
-            conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
-        args.append(first + 1)
+        where, args = _page_filter(user_id, statuses, symbol, first, after)
         extra = f", {_EXECUTIONS_OF_ORDER} AS executions" if with_executions else ""
         sql = (
-            f"SELECT {ORDER_COLUMNS}{extra} FROM orders o WHERE {' AND '.join(conditions)} "
+            f"SELECT {ORDER_COLUMNS}{extra} FROM orders o WHERE {where} "
             f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
         )
         rows = await db.fetch_directly(self._engine, sql, *args)
@@ -205,6 +240,27 @@ class OrderStore:
             else None
         )
         return HistoryPage(orders, len(rows) > first, executions)
+
+    async def history_json(
+        self,
+        user_id: UUID,
+        *,
+        statuses: Sequence[Status] | None,
+        symbol: str | None,
+        first: int,
+        after: str | None,
+        edge_json: str,
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """The page of `history` as PostgreSQL writes it: (cursor, the edge's JSON text made
+        by `edge_json`, an expression over the order row `o`) per order, and whether more
+        follow. The caller's expression must read only `o` and its own subqueries."""
+        where, args = _page_filter(user_id, statuses, symbol, first, after)
+        sql = (
+            f"SELECT {CURSOR_SQL}, ({edge_json})::text FROM orders o WHERE {where} "
+            f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+        )
+        rows = await db.fetch_directly(self._engine, sql, *args)
+        return [(r[0], r[1]) for r in rows[:first]], len(rows) > first
 
     async def executions_for(self, order_ids: Sequence[UUID]) -> dict[UUID, list[Execution]]:
         async with single_read(self._engine) as conn:
