@@ -751,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkers", type=int, default=1)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--database", default="tradeql_bench_alerts", help="dropped, recreated")
-    parser.add_argument("--redis-db", type=int, default=10, help="Redis db, flushed")
+    parser.add_argument("--redis-db", type=int, default=11, help="Redis db, flushed")
     parser.add_argument("--run-checker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--metrics-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -1237,7 +1237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-db",
         type=int,
         default=15,
-        help="Redis db, flushed (12 was in use by other processes on this machine)",
+        help="Redis db, flushed (the tests use 1-9, their locks 10)",
     )
     system.add_argument(
         "--log-level",
