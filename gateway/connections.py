@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from broadcaster import Broadcast
-from broadcaster._base import Unsubscribed
 from starlette.websockets import WebSocket, WebSocketState
 
 from services.accounts.sessions import SessionStore, revoked_channel
+from services.infra.compat import Unsubscribed
 from services.infra.pubsub import RESUBSCRIBED
 
 log = logging.getLogger("tradeql.connections")

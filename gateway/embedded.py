@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.infra.compat import embedded_pg_ctl
+
 log = logging.getLogger("tradeql.embedded")
 logging.getLogger("pgserver").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
@@ -139,10 +141,8 @@ class EmbeddedPostgres:
         server = getattr(self, "_server", None)
         if server is None:
             return
-        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
-
         with contextlib.suppress(subprocess.SubprocessError, OSError):
-            pg_ctl(
+            embedded_pg_ctl()(
                 ["-m", "fast", "-w", "stop"],
                 pgdata=self.data_dir.resolve() / "pg",
                 user=server.system_user,

@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
 from strawberry.types import ExecutionContext
 
+from services.infra.compat import MaskErrors  # its _process_result is overridden below
 from services.infra.request_context import current_request_id
 
 log = logging.getLogger("tradeql.errors")

@@ -45,13 +45,13 @@ from graphql.language import (
 )
 from graphql.pyutils import AwaitableOrValue, Undefined
 from prometheus_client import Counter
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
 
 from gateway.metrics import REGISTRY
 from resolvers.shared_events import shared_results
 from schema.prefetch import PREFETCHED
+from services.infra.compat import StrawberryGraphQLCoreExecutionContext
 
 _UNKNOWN: Any = object()
 log = logging.getLogger("tradeql.execution")
@@ -297,11 +297,12 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
     _shareable: bool = _UNKNOWN
     _projection: Projection | None = None
+    passes_pre_encoded = True  # resolvers/order_page.py: PASSES_PRE_ENCODED
 
     def _plain_fields_allowed(self) -> bool:
         """No field middleware: a projection would skip it."""
         middleware = self.middleware_manager
-        return middleware is None or not middleware._middleware_resolvers
+        return middleware is None or not middleware.middlewares
 
     def build_per_event_executor(self, payload: Any) -> Any:
         if self._shareable is _UNKNOWN:  # once per subscription; the copies inherit it

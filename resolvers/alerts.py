@@ -7,7 +7,6 @@ from decimal import Decimal
 from uuid import UUID
 
 import strawberry
-from broadcaster._base import Unsubscribed
 from strawberry import UNSET
 
 from resolvers.context import Info, require_session
@@ -15,6 +14,7 @@ from resolvers.errors import to_user_error
 from schema import alerts as schema
 from services.alerts import price_alerts as alerts
 from services.errors import DomainError, NotFound
+from services.infra.compat import Unsubscribed
 from services.infra.pubsub import RESUBSCRIBED
 from services.money import trim_price
 

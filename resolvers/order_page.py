@@ -82,6 +82,9 @@ EXECUTION_LEAVES: Mapping[str, str] = {
 }
 
 Fragments = Mapping[str, FragmentDefinitionNode]
+# The class attribute of an execution context that passes an `orjson.Fragment` a resolver
+# returns through as the field's completed value (gateway/event_execution.py).
+PASSES_PRE_ENCODED = "passes_pre_encoded"
 
 
 class _NotCompilable(Exception):

@@ -9,7 +9,6 @@ from typing import cast
 from uuid import UUID
 
 import strawberry
-from broadcaster._base import Unsubscribed
 from graphql import GraphQLError
 from strawberry import UNSET
 from strawberry.types.nodes import SelectedField, Selection
@@ -18,9 +17,11 @@ from resolvers import order_page
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
 from resolvers.loaders import current_loaders, fresh_loaders
+from resolvers.order_page import PASSES_PRE_ENCODED
 from resolvers.portfolio import holdings_written
 from schema import orders as schema
 from services.errors import DomainError, NotFound
+from services.infra.compat import Unsubscribed, raw_info
 from services.infra.pubsub import RESUBSCRIBED
 from services.money import average_price, trim_price, trim_quantity
 from services.orders import order_events, order_model
@@ -128,9 +129,9 @@ async def orders(
     session = require_session(info)
     store = info.context.services.order_store
     plan = (
-        order_page.plan_for(info._raw_info.field_nodes, info._raw_info.fragments)
-        if info.context.services.settings.projection  # the executor passes the JSON through
-        else None
+        order_page.plan_for(raw_info(info).field_nodes, raw_info(info).fragments)
+        if getattr(info.schema.execution_context_class, PASSES_PRE_ENCODED, False)
+        else None  # graphql-core's own executor would complete the JSON as an object
     )
     try:
         if plan is not None:

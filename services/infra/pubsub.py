@@ -13,10 +13,11 @@ import logging
 from typing import Any
 
 from broadcaster import Broadcast, Event
-from broadcaster._backends.base import BroadcastBackend
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from services.infra.compat import BroadcastBackend
 
 log = logging.getLogger("tradeql.pubsub")
 MAX_BACKOFF_SECONDS = 5.0

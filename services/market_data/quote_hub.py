@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar, cast
 
 from broadcaster import Broadcast
-from broadcaster._base import Unsubscribed
 
+from services.infra.compat import Unsubscribed
 from services.infra.pubsub import RESUBSCRIBED
 from services.market_data.marketdata import (
     FIELD_SEPARATOR,

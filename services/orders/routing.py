@@ -33,8 +33,8 @@ from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.messages.base import Event
 from purgatory.domain.messages.events import ContextChanged
 from purgatory.domain.model import CLOSED, HALF_OPENED, OPENED, OpenedState
-from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
 
+from services.infra.compat import AsyncCircuitBreaker
 from services.money import round_shares_down
 from services.orders.order_model import Side
 

@@ -8,11 +8,11 @@ from decimal import Decimal
 from typing import Any
 
 import strawberry
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gateway.event_execution import ProjectingExecutionContext
 from schema.prefetch import prefetched
 from schema.scalars import SCALAR_OVERRIDES
+from services.infra.compat import StrawberryGraphQLCoreExecutionContext
 
 
 @strawberry.enum
