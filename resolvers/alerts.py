@@ -16,7 +16,6 @@ from services.alerts import price_alerts as alerts
 from services.errors import DomainError, NotFound
 from services.infra.compat import Unsubscribed
 from services.infra.pubsub import RESUBSCRIBED
-from services.money import trim_price
 
 
 def to_price_alert(alert: alerts.PriceAlert) -> schema.PriceAlert:
@@ -24,13 +23,11 @@ def to_price_alert(alert: alerts.PriceAlert) -> schema.PriceAlert:
         id=strawberry.ID(str(alert.id)),
         symbol=alert.symbol,
         condition=schema.AlertCondition(alert.condition.value),
-        threshold=trim_price(alert.threshold),
+        threshold=alert.threshold,
         status=schema.AlertStatus(alert.status.value),
         created_at=alert.created_at,
         triggered_at=alert.triggered_at,
-        triggered_price=trim_price(alert.triggered_price)
-        if alert.triggered_price is not None
-        else None,
+        triggered_price=alert.triggered_price,
     )
 
 

@@ -31,20 +31,21 @@ from graphql.language import (
     SelectionSetNode,
 )
 
+from schema.decimals import MONEY, PRICE, QUANTITY, Kind
 from services.orders.order_store import AVERAGE_FILL_PRICE_SQL, CURSOR_SQL
 
 
+def _scaled(column: str, kind: Kind) -> str:
+    """`schema.decimals.Scaled`: the kind's places, half away from zero."""
+    return f"round({column}, {kind.places})::text"
+
+
 def _quantity(column: str) -> str:
-    """`services.money.trim_quantity`: 10.000000 -> 10, 0.500000 -> 0.5."""
-    return f"trim_scale({column})::text"
+    return _scaled(column, QUANTITY)
 
 
 def _price(column: str) -> str:
-    """`services.money.trim_price`: 189.9800 -> 189.98, 190.0000 -> 190.00, 0.1234 kept."""
-    return (
-        f"CASE WHEN scale(trim_scale({column})) > 2 THEN trim_scale({column}) "
-        f"ELSE round({column}, 2) END::text"
-    )
+    return _scaled(column, PRICE)
 
 
 def _instant(column: str) -> str:
@@ -61,7 +62,7 @@ ORDER_LEAVES: Mapping[str, str] = {
     "type": "o.type",
     "timeInForce": "o.time_in_force",
     "quantity": _quantity("o.quantity"),
-    "notional": "o.notional::text",
+    "notional": _scaled("o.notional", MONEY),
     "limitPrice": _price("o.limit_price"),
     "stopPrice": _price("o.stop_price"),
     "status": "o.status",

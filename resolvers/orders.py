@@ -23,7 +23,7 @@ from schema import orders as schema
 from services.errors import DomainError, NotFound
 from services.infra.compat import Unsubscribed, raw_info
 from services.infra.pubsub import RESUBSCRIBED
-from services.money import average_price, trim_price, trim_quantity
+from services.money import average_price
 from services.orders import order_events, order_model
 from services.orders.order_rules import PlaceOrder
 from services.orders.order_store import encode_cursor
@@ -40,13 +40,13 @@ def to_order(
         side=order.side,
         type=order.type,
         time_in_force=order.time_in_force,
-        quantity=trim_quantity(order.quantity),
+        quantity=order.quantity,
         notional=order.notional,
-        limit_price=trim_price(order.limit_price) if order.limit_price is not None else None,
-        stop_price=trim_price(order.stop_price) if order.stop_price is not None else None,
+        limit_price=order.limit_price,
+        stop_price=order.stop_price,
         status=order.status,
-        filled_quantity=trim_quantity(order.filled_quantity),
-        average_fill_price=trim_price(average_price(order.filled_value, order.filled_quantity))
+        filled_quantity=order.filled_quantity,
+        average_fill_price=average_price(order.filled_value, order.filled_quantity)
         if order.filled_quantity
         else None,
         reject_reason=order.reject_reason,

@@ -16,7 +16,6 @@ from resolvers.shared_events import shared_value
 from schema.accounts import HistorySpan, Portfolio, PortfolioPoint, Position
 from schema.marketdata import Quote
 from services.market_data import marketdata
-from services.money import trim_quantity
 from services.portfolio import valuation as domain
 
 # How far back each span looks, and the bucket that thins its snapshots.
@@ -58,8 +57,8 @@ def to_position(row: domain.PositionValue, account_id: UUID) -> Position:
         Position(
             id=strawberry.ID(f"{account_id}:{p.symbol}"),
             symbol=p.symbol,
-            quantity=trim_quantity(p.quantity),
-            reserved_quantity=trim_quantity(p.reserved_quantity),
+            quantity=p.quantity,
+            reserved_quantity=p.reserved_quantity,
             average_cost=row.average_cost,
             cost_basis=row.cost_basis,
             quote=shown_quote(row.quote) if row.quote else None,

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import strawberry
 
+from schema.decimals import MONEY, PERCENT, PRICE, QUANTITY, Scaled, scaled
 from schema.errors import UserError
 from schema.marketdata import Quote
 
@@ -30,31 +31,29 @@ class HistorySpan(Enum):
 
 
 @strawberry.type
-class Position:
+class Position(Scaled):
     id: strawberry.ID = strawberry.field(
         description="its account and symbol: one cache entry per holding"
     )
     symbol: str
-    quantity: Decimal
-    reserved_quantity: Decimal = strawberry.field(
-        description="shares held back by open sell orders"
-    )
-    average_cost: Decimal
-    cost_basis: Decimal
+    quantity: Decimal = scaled(QUANTITY, "shares held")
+    reserved_quantity: Decimal = scaled(QUANTITY, "shares held back by open sell orders")
+    average_cost: Decimal = scaled(PRICE, "cost per share, by the average-cost method")
+    cost_basis: Decimal = scaled(MONEY)
     quote: Quote | None
-    market_value: Decimal | None
-    unrealized_pnl: Decimal | None
-    unrealized_pnl_percent: Decimal | None
+    market_value: Decimal | None = scaled(MONEY, "at the last price")
+    unrealized_pnl: Decimal | None = scaled(MONEY)
+    unrealized_pnl_percent: Decimal | None = scaled(PERCENT, "of the cost basis")
 
 
 @strawberry.type
-class PortfolioPoint:
+class PortfolioPoint(Scaled):
     timestamp: datetime
-    equity: Decimal
+    equity: Decimal = scaled(MONEY)
 
 
 @strawberry.type
-class Portfolio:
+class Portfolio(Scaled):
     """One valuation of the account (every total the sum of its rows, at one read of each
     quote), made before the object is: plain fields, read directly by the executor."""
 
@@ -62,12 +61,12 @@ class Portfolio:
     id: strawberry.ID = strawberry.field(
         description="the account's id: one cache entry per account"
     )
-    cash: Decimal
-    buying_power: Decimal = strawberry.field(description="cash less what open buy orders hold back")
-    market_value: Decimal
-    equity: Decimal = strawberry.field(description="cash plus market value")
-    realized_pnl: Decimal
-    unrealized_pnl: Decimal
+    cash: Decimal = scaled(MONEY)
+    buying_power: Decimal = scaled(MONEY, "cash less what open buy orders hold back")
+    market_value: Decimal = scaled(MONEY)
+    equity: Decimal = scaled(MONEY, "cash plus market value")
+    realized_pnl: Decimal = scaled(MONEY)
+    unrealized_pnl: Decimal = scaled(MONEY)
     positions: list[Position]
 
     @strawberry.field

@@ -8,6 +8,7 @@ from enum import Enum
 
 import strawberry
 
+from schema.decimals import PRICE, Scaled, scaled
 from schema.errors import UserError
 
 
@@ -25,15 +26,15 @@ class AlertStatus(Enum):
 
 
 @strawberry.type
-class PriceAlert:
+class PriceAlert(Scaled):
     id: strawberry.ID
     symbol: str
     condition: AlertCondition
-    threshold: Decimal
+    threshold: Decimal = scaled(PRICE)
     status: AlertStatus
     created_at: datetime
     triggered_at: datetime | None
-    triggered_price: Decimal | None
+    triggered_price: Decimal | None = scaled(PRICE)
 
 
 @strawberry.type

@@ -10,9 +10,9 @@ from typing import Annotated
 import strawberry
 from strawberry import UNSET
 
+from schema.decimals import PRICE, Scaled, scaled
 from services.market_data import bars as bars_domain
 from services.market_data import marketdata
-from services.money import trim_price
 
 
 @strawberry.enum
@@ -24,16 +24,16 @@ class BarInterval(Enum):
 
 
 @strawberry.type
-class Quote:
+class Quote(Scaled):
     id: strawberry.ID = strawberry.field(
         description="stable for a symbol, so client caches keep one entry per symbol"
     )
     symbol: str
-    bid: Decimal
-    ask: Decimal
+    bid: Decimal = scaled(PRICE)
+    ask: Decimal = scaled(PRICE)
     bid_size: int
     ask_size: int
-    last: Decimal
+    last: Decimal = scaled(PRICE)
     volume: int
     timestamp: datetime = strawberry.field(description="when the source stamped it")
 
@@ -53,22 +53,22 @@ class Quote:
 
 
 @strawberry.type
-class Bar:
+class Bar(Scaled):
     start: datetime
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
+    open: Decimal = scaled(PRICE)
+    high: Decimal = scaled(PRICE)
+    low: Decimal = scaled(PRICE)
+    close: Decimal = scaled(PRICE)
     volume: int
 
     @classmethod
     def from_domain(cls, bar: bars_domain.Bar) -> Bar:
         return cls(
             start=bar.start,
-            open=trim_price(bar.open),
-            high=trim_price(bar.high),
-            low=trim_price(bar.low),
-            close=trim_price(bar.close),
+            open=bar.open,
+            high=bar.high,
+            low=bar.low,
+            close=bar.close,
             volume=bar.volume,
         )
 

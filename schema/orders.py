@@ -8,9 +8,9 @@ from decimal import Decimal
 import strawberry
 from strawberry import UNSET
 
+from schema.decimals import MONEY, PRICE, QUANTITY, Scaled, scaled
 from schema.errors import UserError
 from schema.prefetch import prefetched
-from services.money import trim_price, trim_quantity
 from services.orders import order_model
 
 # The domain's enums are the contract's: one definition, exposed under the contract's names.
@@ -27,10 +27,10 @@ OrderEvent = order_model.Event
 
 
 @strawberry.type
-class Execution:
+class Execution(Scaled):
     id: strawberry.ID
-    quantity: Decimal
-    price: Decimal
+    quantity: Decimal = scaled(QUANTITY)
+    price: Decimal = scaled(PRICE)
     venue: str
     executed_at: datetime
 
@@ -38,32 +38,32 @@ class Execution:
     def from_domain(cls, e: order_model.Execution) -> Execution:
         return cls(
             id=strawberry.ID(str(e.id)),
-            quantity=trim_quantity(e.quantity),
-            price=trim_price(e.price),
+            quantity=e.quantity,
+            price=e.price,
             venue=e.venue,
             executed_at=e.executed_at,
         )
 
 
 @strawberry.type
-class Order:
+class Order(Scaled):
     id: strawberry.ID
     idempotency_key: str
     symbol: str
     side: OrderSide
     type: OrderKind
     time_in_force: TimeInForce
-    quantity: Decimal = strawberry.field(
-        description="shares; fractional orders carry up to 6 decimal places"
+    quantity: Decimal = scaled(QUANTITY, "shares")
+    notional: Decimal | None = scaled(
+        MONEY, "the dollar amount asked for, when the order was placed by amount"
     )
-    notional: Decimal | None = strawberry.field(
-        description="the dollar amount asked for, when the order was placed by amount"
-    )
-    limit_price: Decimal | None
-    stop_price: Decimal | None
+    limit_price: Decimal | None = scaled(PRICE)
+    stop_price: Decimal | None = scaled(PRICE)
     status: OrderStatus
-    filled_quantity: Decimal
-    average_fill_price: Decimal | None
+    filled_quantity: Decimal = scaled(QUANTITY)
+    average_fill_price: Decimal | None = scaled(
+        PRICE, "the average price of the executions, half away from zero"
+    )
     reject_reason: str | None
     created_at: datetime
     updated_at: datetime

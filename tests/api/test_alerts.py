@@ -85,7 +85,7 @@ async def test_create_answers_with_the_active_alert(
     assert {k: alert[k] for k in ("symbol", "condition", "threshold", "status")} == {
         "symbol": symbol,
         "condition": "ABOVE",
-        "threshold": "55.50",
+        "threshold": "55.5000",
         "status": "ACTIVE",
     }
     assert (alert["triggeredAt"], alert["triggeredPrice"]) == (None, None)
@@ -232,8 +232,8 @@ async def test_a_triggered_alert_shows_its_price_and_time(
     (shown,) = (await gql(LIST, {"s": "TRIGGERED"}, token=user["token"]))["data"]["alerts"]
     assert (shown["status"], shown["triggeredPrice"], shown["threshold"]) == (
         "TRIGGERED",
-        "49.41",
-        "49.50",
+        "49.4100",
+        "49.5000",
     )
     at = datetime.fromisoformat(shown["triggeredAt"].replace("Z", "+00:00"))
     assert abs(at.timestamp() - crossing.timestamp_ns / 1e9) < 0.001  # the quote's source time
@@ -286,8 +286,8 @@ async def test_alert_triggered_reaches_the_owner_over_websocket(
         assert received["id"] == mine["id"]
         assert (received["status"], received["triggeredPrice"], received["threshold"]) == (
             "TRIGGERED",
-            "53.10",
-            "53.00",
+            "53.1000",
+            "53.0000",
         )
         assert received["triggeredAt"] is not None
         nothing_more = asyncio.ensure_future(anext(triggers))

@@ -56,7 +56,7 @@ async def test_quote_of_a_known_symbol(gql: GraphQLClient) -> None:
     )
     quote = body["data"]["quote"]
     assert quote["symbol"] == "MDA"
-    assert (quote["bid"], quote["ask"], quote["last"]) == ("10.01", "10.03", "10.02")
+    assert (quote["bid"], quote["ask"], quote["last"]) == ("10.0100", "10.0300", "10.0200")
     assert (quote["bidSize"], quote["askSize"], quote["volume"]) == (300, 500, 12345)
     assert quote["timestamp"].endswith("Z")
 
@@ -74,7 +74,7 @@ async def test_quotes_keeps_the_order_asked_with_nulls(gql: GraphQLClient) -> No
     assert body["data"]["quotes"] == [
         {"symbol": "MD.C", "bid": "0.1234"},
         None,
-        {"symbol": "MDA", "bid": "10.01"},
+        {"symbol": "MDA", "bid": "10.0100"},
         None,
     ]
 
@@ -92,7 +92,7 @@ async def test_security_with_its_quote(gql: GraphQLClient) -> None:
     assert body["data"]["security"] == {
         "symbol": "MDA",
         "name": "Market Data A Inc.",
-        "quote": {"last": "10.02"},
+        "quote": {"last": "10.0200"},
     }
 
 
@@ -133,28 +133,28 @@ async def test_bars_roll_up_through_the_api(gql: GraphQLClient, services: Servic
     ]
     assert minutes[0] == {
         "start": "2026-11-24T15:00:00.000Z",
-        "open": "10.00",
-        "high": "10.50",
-        "low": "9.90",
-        "close": "10.20",
+        "open": "10.0000",
+        "high": "10.5000",
+        "low": "9.9000",
+        "close": "10.2000",
         "volume": 100,
     }
     five = (await gql(query, {"i": "FIVE_MINUTES"}))["data"]["security"]["bars"]
     assert five == [
         {
             "start": "2026-11-24T15:00:00.000Z",
-            "open": "10.00",
-            "high": "10.80",
-            "low": "9.90",
-            "close": "10.70",
+            "open": "10.0000",
+            "high": "10.8000",
+            "low": "9.9000",
+            "close": "10.7000",
             "volume": 250,
         },
         {
             "start": "2026-11-24T15:05:00.000Z",
-            "open": "10.70",
-            "high": "10.75",
-            "low": "10.00",
-            "close": "10.05",
+            "open": "10.7000",
+            "high": "10.7500",
+            "low": "10.0000",
+            "close": "10.0500",
             "volume": 50,
         },
     ]
@@ -162,10 +162,10 @@ async def test_bars_roll_up_through_the_api(gql: GraphQLClient, services: Servic
     assert hour == [
         {
             "start": "2026-11-24T15:00:00.000Z",
-            "open": "10.00",
-            "high": "10.80",
-            "low": "9.90",
-            "close": "10.05",
+            "open": "10.0000",
+            "high": "10.8000",
+            "low": "9.9000",
+            "close": "10.0500",
             "volume": 300,
         }
     ]

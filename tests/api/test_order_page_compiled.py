@@ -135,7 +135,7 @@ async def test_each_page_is_what_the_ordinary_execution_answers(
             after = cursor
 
 
-async def test_the_tie_is_rounded_half_away_from_zero_and_scales_are_trimmed(
+async def test_the_tie_is_rounded_half_away_from_zero_and_scales_are_fixed(
     gql: GraphQLClient, history: str
 ) -> None:
     body = await gql(
@@ -145,11 +145,11 @@ async def test_the_tie_is_rounded_half_away_from_zero_and_scales_are_trimmed(
     )
     nodes = [e["node"] for e in body["data"]["orders"]["edges"]]
     averages = {n["averageFillPrice"] for n in nodes}
-    assert {"50.1235", "50.106"} <= averages
-    assert {"0.5123", "51.50", "49.00", "60.00"} <= {
+    assert {"50.1235", "50.1060"} <= averages
+    assert {"0.5123", "51.5000", "49.0000", "60.0000"} <= {
         n["limitPrice"] or n["stopPrice"] for n in nodes
     }
-    assert {"0.123456", "2", "2.5"} <= {n["quantity"] for n in nodes} | {
+    assert {"0.123456", "2.000000", "2.500000"} <= {n["quantity"] for n in nodes} | {
         n["filledQuantity"] for n in nodes
     }
     assert "12.34" in {n["notional"] for n in nodes}

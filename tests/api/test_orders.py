@@ -76,9 +76,9 @@ async def test_a_limit_order_is_accepted_and_holds_buying_power(
         "DAY",
     )
     assert (order["quantity"], order["limitPrice"], order["filledQuantity"]) == (
-        "2.5",
-        "49.00",
-        "0",
+        "2.500000",
+        "49.0000",
+        "0.000000",
     )
     assert order["status"] == "PENDING" and order["executions"] == []
     portfolio = (await gql(PORTFOLIO, token=funded["token"]))["data"]["portfolio"]
@@ -352,8 +352,8 @@ async def test_order_updates_reach_the_owner_over_websocket(
         assert fill["orderUpdates"]["event"] == "PARTIAL_FILL"
         assert fill["orderUpdates"]["order"]["status"] == "PARTIALLY_FILLED"
         assert fill["orderUpdates"]["execution"] == {
-            "quantity": "4",
-            "price": "48.50",
+            "quantity": "4.000000",
+            "price": "48.5000",
             "venue": "ARCA",
         }
         await gql(CANCEL, {"id": order_id}, token=funded["token"])

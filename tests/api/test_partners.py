@@ -233,7 +233,7 @@ async def test_apq_over_websocket_query_and_subscription(
             stream = session.subscribe(APQRequest(subscription, hash_only=hash_only))
             first = await asyncio.wait_for(anext(stream), 10)
             await stream.aclose()
-            assert first["quotes"] == {"symbol": symbol, "bid": "10.00"}
+            assert first["quotes"] == {"symbol": symbol, "bid": "10.0000"}
 
 
 # --- partners ----------------------------------------------------------------------------------

@@ -49,14 +49,14 @@ async def test_average_cost_and_pnl_by_hand(
     assert portfolio["positions"] == [
         {
             "symbol": symbol,
-            "quantity": "15",
-            "reservedQuantity": "0",
+            "quantity": "15.000000",
+            "reservedQuantity": "0.000000",
             "averageCost": "105.0000",
             "costBasis": "1575.00",
             "marketValue": "1950.00",
             "unrealizedPnl": "375.00",
             "unrealizedPnlPercent": "23.81",
-            "quote": {"last": "130.00"},
+            "quote": {"last": "130.0000"},
         }
     ]
     assert (portfolio["cash"], portfolio["buyingPower"]) == ("8500.00", "8500.00")
@@ -75,7 +75,7 @@ async def test_a_full_close_and_reopen(
     await quote(services, symbol, "10.99", "11.01", last="11.00")
     portfolio = (await gql(PORTFOLIO, token=funded["token"]))["data"]["portfolio"]
     (row,) = portfolio["positions"]
-    assert (row["quantity"], row["averageCost"], row["costBasis"]) == ("2", "11.0000", "22.00")
+    assert (row["quantity"], row["averageCost"], row["costBasis"]) == ("2.000000", "11.0000", "22.00")
     assert (row["unrealizedPnl"], portfolio["realizedPnl"]) == ("0.00", "7.50")
 
 

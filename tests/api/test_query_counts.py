@@ -149,4 +149,4 @@ async def test_a_page_asking_for_executions_through_a_fragment_is_one_statement_
     prices = [
         e["price"] for edge in body["data"]["orders"]["edges"] for e in edge["node"]["executions"]
     ]
-    assert sorted(prices) == ["10.00"] * 3 + ["11.00"] * 3
+    assert sorted(prices) == ["10.0000"] * 3 + ["11.0000"] * 3

@@ -85,12 +85,12 @@ async def test_current_quotes_first_then_every_change_of_the_symbols_asked(
     async with Client(transport=transport(api_url, protocol)) as session:
         async with aclosing(session.subscribe(SUBSCRIBE, variable_values={"s": [a, b]})) as stream:
             first = await take(stream, 1)
-            assert first[0]["symbol"] == a and first[0]["bid"] == "50.00"
+            assert first[0]["symbol"] == a and first[0]["bid"] == "50.0000"
             await asyncio.sleep(0.2)  # the subscription is registered once the snapshot is sent
             await publish(services, quote("SUBC", "1.00"), quote(b, "20.00"))
             await publish(services, quote(a, "50.10"))
             changes = await take(stream, 2)
-        assert [(c["symbol"], c["bid"]) for c in changes] == [(b, "20.00"), (a, "50.10")]
+        assert [(c["symbol"], c["bid"]) for c in changes] == [(b, "20.0000"), (a, "50.1000")]
 
 
 def events_made(how: str) -> float:
@@ -125,7 +125,7 @@ async def test_two_subscribers_of_one_document_share_each_quotes_result(
             got = await asyncio.gather(*(take(s, 1) for s in streams))
             made = {how: events_made(how) - before[how] for how in before}
     assert got[0] == got[1] == got[2]
-    assert got[0][0]["bid"] == "7.10"
+    assert got[0][0]["bid"] == "7.1000"
     assert made == {"shared": 1, "projected": 1, "executed": 1}
 
 
@@ -178,7 +178,7 @@ async def test_a_slow_client_does_not_slow_the_others(api_url: str, services: Se
             for i in range(1500):
                 await publish(services, quote("SUBC", f"{3 + i / 100:.2f}"))
             seen: list[dict[str, Any]] = []
-            while not seen or seen[-1]["bid"] != "17.99":
+            while not seen or seen[-1]["bid"] != "17.9900":
                 seen += await take(fast_stream, 1)
             elapsed = time.monotonic() - started
         bids = [Decimal(q["bid"]) for q in seen]

@@ -139,18 +139,18 @@ async def test_create_keeps_the_order_drops_duplicates_and_shows_securities_with
         {
             "symbol": c,
             "name": f"{c} Test Corp",
-            "quote": {"last": "12.01", "bid": "12.00", "ask": "12.02"},
+            "quote": {"last": "12.0100", "bid": "12.0000", "ask": "12.0200"},
         },
         {
             "symbol": a,
             "name": f"{a} Test Corp",
-            "quote": {"last": "10.01", "bid": "10.00", "ask": "10.02"},
+            "quote": {"last": "10.0100", "bid": "10.0000", "ask": "10.0200"},
         },
         {"symbol": d, "name": f"{d} Test Corp", "quote": None},
         {
             "symbol": b,
             "name": f"{b} Test Corp",
-            "quote": {"last": "11.01", "bid": "11.00", "ask": "11.02"},
+            "quote": {"last": "11.0100", "bid": "11.0000", "ask": "11.0200"},
         },
     ]
     assert await lists_of(gql, user["token"]) == [watchlist]
