@@ -96,7 +96,7 @@ async def test_every_decimal_served_has_its_kinds_places(
             ],
         )
     await place(services, user_id, symbol, type="MARKET", quantity=None, notional="10")
-    alert = f'mutation {{ createPriceAlert(symbol: "{symbol}", condition: BELOW, threshold: "9") {{ errors {{ code }} }} }}'  # noqa: E501
+    alert = f'mutation {{ createPriceAlert(symbol: "{symbol}", condition: BELOW, threshold: "9") {{ errors {{ code }} }} }}'
     assert (await gql(alert, token=token))["data"]["createPriceAlert"]["errors"] == []
     document = f"""{{
       portfolio {{ cash buyingPower marketValue equity realizedPnl unrealizedPnl
