@@ -67,9 +67,9 @@ def _check(value: Any, type_: Any, path: str, seen: list[str]) -> None:
             if get_named_type(field.type).name == "Decimal" and not isinstance(item, list):
                 places = places_of(field.description)
                 if item is not None:
-                    assert places is not None and re.fullmatch(
-                        rf"-?\d+\.\d{{{places}}}", item
-                    ), f"{path}.{name} = {item!r}: not {places} decimal places"
+                    assert places is not None and re.fullmatch(rf"-?\d+\.\d{{{places}}}", item), (
+                        f"{path}.{name} = {item!r}: not {places} decimal places"
+                    )
                     seen.append(f"{type_.name}.{name}")
             else:
                 _check(item, field.type, f"{path}.{name}", seen)
