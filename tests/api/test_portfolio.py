@@ -75,7 +75,11 @@ async def test_a_full_close_and_reopen(
     await quote(services, symbol, "10.99", "11.01", last="11.00")
     portfolio = (await gql(PORTFOLIO, token=funded["token"]))["data"]["portfolio"]
     (row,) = portfolio["positions"]
-    assert (row["quantity"], row["averageCost"], row["costBasis"]) == ("2.000000", "11.0000", "22.00")
+    assert (row["quantity"], row["averageCost"], row["costBasis"]) == (
+        "2.000000",
+        "11.0000",
+        "22.00",
+    )
     assert (row["unrealizedPnl"], portfolio["realizedPnl"]) == ("0.00", "7.50")
 
 
