@@ -24,12 +24,7 @@ _TRADING_PARITY: dict[str, set[str]] = {  # 15
         "orderClass",
         "legs",
         "parentId",
-        "trailPrice",
-        "trailPercent",
-        "highWaterMark",
         "extendedHours",
-        "replaces",
-        "replacedBy",
         "events",
     },
     "Position": {"previousClose", "dayChange"},
@@ -37,14 +32,11 @@ _TRADING_PARITY: dict[str, set[str]] = {  # 15
     "MarketClock": {"session"},
     "Query": {"activities"},
     "PlaceOrderInput": {
-        "trailPrice",
-        "trailPercent",
         "extendedHours",
         "orderClass",
         "takeProfit",
         "stopLoss",
     },
-    "Mutation": {"replaceOrder", "cancelAllOrders", "closePosition", "closeAllPositions"},
 }
 
 
@@ -59,15 +51,8 @@ NOT_YET_BUILT_TYPES: set[str] = {  # 15
     "ActivityConnection",
     "TakeProfitInput",
     "StopLossInput",
-    "ReplaceOrderInput",
-    "OrdersPayload",
 }
-NOT_YET_BUILT_ENUM_VALUES: dict[str, set[str]] = {  # 15
-    "OrderType": {"TRAILING_STOP"},
-    "OrderStatus": {"REPLACED"},
-    "OrderEvent": {"REPLACED", "TRIGGERED"},
-    "ErrorCode": {"NOT_REPLACEABLE"},
-}
+NOT_YET_BUILT_ENUM_VALUES: dict[str, set[str]] = {}
 
 
 @pytest.fixture(scope="module")
