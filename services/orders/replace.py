@@ -67,6 +67,10 @@ class ReplaceOrder:
         return idempotency.request_fingerprint({k: _text(v) for k, v in fields.items()})
 
 
+def _changed(given: Decimal | None, was: Decimal | None) -> Decimal | None:
+    return was if given is None else given
+
+
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
@@ -85,11 +89,11 @@ def successor(old: Order, change: ReplaceOrder) -> PlaceOrder:
         time_in_force=change.time_in_force or old.time_in_force,
         quantity=old.remaining_quantity if change.quantity is None else change.quantity,
         notional=None,
-        limit_price=change.limit_price or old.limit_price,
+        limit_price=_changed(change.limit_price, old.limit_price),
         # a trailing stop's stop is worked out from its mark, never given
         stop_price=change.stop_price
         if old.type is OrderType.TRAILING_STOP
-        else change.stop_price or old.stop_price,
+        else _changed(change.stop_price, old.stop_price),
         idempotency_key=change.idempotency_key,
         trail_price=trail_price,
         trail_percent=trail_percent,

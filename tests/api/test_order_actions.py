@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import pytest
 import pytest_asyncio
+from gql import Client as GqlClient
+from gql import gql as document
+from gql.transport.websockets import WebsocketsTransport
 from sqlalchemy import text
 
 from services.accounts.reconcile import find_differences
@@ -346,12 +350,12 @@ async def test_replace_refusals(services: Services, client: Client, symbol: str)
     cases = [
         ({"limitPrice": "200.00"}, "INSUFFICIENT_BUYING_POWER", "quantity"),  # 200k > 100k
         ({"limitPrice": "90.001"}, "INVALID_INPUT", "limitPrice"),
+        ({"limitPrice": "0"}, "INVALID_INPUT", "limitPrice"),
         ({"stopPrice": "80.00"}, "INVALID_INPUT", "stopPrice"),  # a LIMIT takes none
         ({"trailPrice": "1.00"}, "INVALID_INPUT", "trailPrice"),
         ({"quantity": "0"}, "INVALID_INPUT", "quantity"),
-        ({"timeInForce": "IOC"}, None, None),  # allowed: a LIMIT may be IOC
     ]
-    for fields, code, field in cases[:-1]:
+    for fields, code, field in cases:
         payload = await client.replace(order["id"], **fields)
         assert [(e["code"], e["field"]) for e in payload["errors"]] == [(code, field)], fields
     assert (await client.order(order["id"]))["status"] in ("PENDING", "SUBMITTED")
@@ -540,4 +544,60 @@ async def test_cancel_all_orders_releases_every_hold(
     assert (await balances(services, client.user_id))[1] == 0
     assert (await client.call(CANCEL_ALL))["orders"] == []
     await wait_status(services, UUID(orders[0]["id"]), Status.CANCELLED)
+    await check(services)
+
+
+async def test_triggered_and_replaced_reach_order_updates(
+    api_url: str, services: Services, matcher: Matcher, client: Client, symbol: str
+) -> None:
+    transport = WebsocketsTransport(
+        url=api_url.replace("http://", "ws://") + "/graphql",
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+        init_payload={"Authorization": f"Bearer {client.token}"},
+        close_timeout=2,
+    )
+    subscription = document(
+        "subscription { orderUpdates { event order { id status stopPrice highWaterMark "
+        "replaces replacedBy } } }"
+    )
+    async with (
+        GqlClient(transport=transport) as session,
+        aclosing(session.subscribe(subscription)) as updates,
+    ):
+        first = asyncio.ensure_future(anext(updates))  # gql subscribes on the first read
+        await asyncio.sleep(0.5)
+        seen: list[dict[str, Any]] = []
+
+        async def until(event: str, order_id: str) -> dict[str, Any]:
+            if not seen:
+                seen.append(await asyncio.wait_for(first, 10))
+            while True:
+                update = seen[-1]["orderUpdates"]
+                if (update["event"], update["order"]["id"]) == (event, order_id):
+                    return update  # type: ignore[no-any-return]
+                seen.append(await asyncio.wait_for(anext(updates), 10))
+
+        await bought(client, symbol, "3")
+        stop = await client.place(
+            symbol, side="SELL", type="TRAILING_STOP", quantity="3", trailPrice="1.00"
+        )
+        await until("ACCEPTED", stop["id"])
+        await wait_order(client, stop["id"], status="SUBMITTED")
+        await quote(services, symbol, "98.90", "98.92", "98.90")
+        triggered = await until("TRIGGERED", stop["id"])
+        assert (triggered["order"]["stopPrice"], triggered["order"]["highWaterMark"]) == (
+            "99.00",
+            "100.00",
+        )
+        await until("FILL", stop["id"])
+
+        old = await client.place(symbol, type="LIMIT", limitPrice="90.00", quantity="1")
+        new = (await client.replace(old["id"], limitPrice="91.00"))["order"]
+        replaced = await until("REPLACED", old["id"])
+        assert (replaced["order"]["status"], replaced["order"]["replacedBy"]) == (
+            "REPLACED",
+            new["id"],
+        )
+        accepted = await until("ACCEPTED", new["id"])
+        assert accepted["order"]["replaces"] == old["id"]
     await check(services)
