@@ -13,6 +13,7 @@ CODES: dict[type[errors.DomainError], ErrorCode] = {
     errors.MarketClosed: ErrorCode.MARKET_CLOSED,
     errors.NotFound: ErrorCode.NOT_FOUND,
     errors.NotCancellable: ErrorCode.NOT_CANCELLABLE,
+    errors.NotReplaceable: ErrorCode.NOT_REPLACEABLE,
     errors.IdempotencyConflict: ErrorCode.IDEMPOTENCY_CONFLICT,
     errors.EmailTaken: ErrorCode.EMAIL_TAKEN,
     errors.InvalidCredentials: ErrorCode.INVALID_CREDENTIALS,

@@ -31,7 +31,7 @@ from graphql.language import (
     SelectionSetNode,
 )
 
-from schema.decimals import MONEY, PRICE, QUANTITY, Kind
+from schema.decimals import MONEY, PERCENT, PRICE, QUANTITY, Kind
 from services.orders.order_store import AVERAGE_FILL_PRICE_SQL, CURSOR_SQL
 
 
@@ -73,6 +73,11 @@ ORDER_LEAVES: Mapping[str, str] = {
     "updatedAt": _instant("o.updated_at"),
     "filledAt": _instant("o.filled_at"),
     "version": "o.version",
+    "trailPrice": _price("o.trail_price"),
+    "trailPercent": _scaled("o.trail_percent", PERCENT),
+    "highWaterMark": _price("o.high_water_mark"),
+    "replaces": "o.replaces::text",
+    "replacedBy": "o.replaced_by::text",
 }
 EXECUTION_LEAVES: Mapping[str, str] = {
     "id": "e.id::text",

@@ -27,6 +27,7 @@ from services.money import average_price
 from services.orders import order_events, order_model
 from services.orders.order_rules import PlaceOrder
 from services.orders.order_store import encode_cursor
+from services.orders.replace import ReplaceOrder
 
 
 def to_order(
@@ -54,6 +55,11 @@ def to_order(
         updated_at=order.updated_at,
         filled_at=order.filled_at,
         version=order.version,
+        trail_price=order.trail_price,
+        trail_percent=order.trail_percent,
+        high_water_mark=order.high_water_mark,
+        replaces=strawberry.ID(str(order.replaces)) if order.replaces else None,
+        replaced_by=strawberry.ID(str(order.replaced_by)) if order.replaced_by else None,
         prefetched_executions=None
         if executions is None
         else [schema.Execution.from_domain(e) for e in executions],
@@ -85,6 +91,8 @@ async def place_order(info: Info, input: schema.PlaceOrderInput) -> schema.Order
         limit_price=_given(input.limit_price),
         stop_price=_given(input.stop_price),
         idempotency_key=input.idempotency_key,
+        trail_price=_given(input.trail_price),
+        trail_percent=_given(input.trail_percent),
     )
     try:
         order = await info.context.services.placement.place(command)
@@ -105,6 +113,78 @@ async def cancel_order(info: Info, id: strawberry.ID) -> schema.OrderPayload:
         return schema.OrderPayload(errors=[to_user_error(error)])
     holdings_written(info, session.user_id)  # the hold released
     return schema.OrderPayload(order=to_order(order))
+
+
+async def replace_order(
+    info: Info, id: strawberry.ID, input: schema.ReplaceOrderInput
+) -> schema.OrderPayload:
+    session = require_session(info)
+    order_id = _parse_id(id)
+    try:
+        if order_id is None:
+            raise NotFound("no such order", field="id")
+        order = await info.context.services.replacement.replace(
+            ReplaceOrder(
+                user_id=session.user_id,
+                order_id=order_id,
+                quantity=_given(input.quantity),
+                limit_price=_given(input.limit_price),
+                stop_price=_given(input.stop_price),
+                trail_price=_given(input.trail_price),
+                trail_percent=_given(input.trail_percent),
+                time_in_force=None if input.time_in_force is UNSET else input.time_in_force,
+                idempotency_key=input.idempotency_key,
+            )
+        )
+    except DomainError as error:
+        return schema.OrderPayload(errors=[to_user_error(error)])
+    holdings_written(info, session.user_id)  # the holds swapped
+    return schema.OrderPayload(order=to_order(order))
+
+
+async def cancel_all_orders(info: Info) -> schema.OrdersPayload:
+    session = require_session(info)
+    cancelled = await info.context.services.cancellation.cancel_all(session.user_id)
+    holdings_written(info, session.user_id)
+    return schema.OrdersPayload(orders=[to_order(o) for o in cancelled])
+
+
+async def close_position(
+    info: Info,
+    symbol: str,
+    quantity: Decimal | None = UNSET,
+    percentage: Decimal | None = UNSET,
+    *,
+    idempotency_key: str,
+) -> schema.OrderPayload:
+    session = require_session(info)
+    try:
+        order = await info.context.services.closing.close_position(
+            session.user_id, symbol, _given(quantity), _given(percentage), idempotency_key
+        )
+    except DomainError as error:
+        return schema.OrderPayload(errors=[to_user_error(error)])
+    holdings_written(info, session.user_id)
+    return schema.OrderPayload(order=to_order(order))
+
+
+async def close_all_positions(
+    info: Info, cancel_orders: bool = True, *, idempotency_key: str
+) -> schema.OrdersPayload:
+    session = require_session(info)
+    try:
+        placed, failed = await info.context.services.closing.close_all(
+            session.user_id, cancel_orders=cancel_orders, idempotency_key=idempotency_key
+        )
+    except DomainError as error:
+        return schema.OrdersPayload(errors=[to_user_error(error)])
+    holdings_written(info, session.user_id)
+    errors = []
+    for symbol, failure in failed:
+        user_error = to_user_error(failure)
+        user_error.message = f"{symbol}: {user_error.message}"
+        errors.append(user_error)
+    return schema.OrdersPayload(orders=[to_order(o) for o in placed], errors=errors)
 
 
 async def order(info: Info, id: strawberry.ID) -> schema.Order | None:

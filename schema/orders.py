@@ -8,7 +8,7 @@ from decimal import Decimal
 import strawberry
 from strawberry import UNSET
 
-from schema.decimals import MONEY, PRICE, QUANTITY, Scaled, scaled
+from schema.decimals import MONEY, PERCENT, PRICE, QUANTITY, Scaled, scaled
 from schema.errors import UserError
 from schema.prefetch import prefetched
 from services.orders import order_model
@@ -81,6 +81,22 @@ class Order(Scaled):
         description="grows with every change of the order: of two snapshots, the higher "
         "version is the newer"
     )
+    trail_price: Decimal | None = scaled(
+        PRICE,
+        "TRAILING_STOP: the distance below (sells) or above (buys) the best price seen, in dollars",
+        default=None,
+    )
+    trail_percent: Decimal | None = scaled(
+        PERCENT, "TRAILING_STOP: the same distance as a percentage of that price", default=None
+    )
+    high_water_mark: Decimal | None = scaled(
+        PRICE, "TRAILING_STOP: the best price seen since the order started working", default=None
+    )
+    replaces: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="the order this one replaced, and the order that replaced this one",
+    )
+    replaced_by: strawberry.ID | None = None
     # The executions, when they were read with the order (an order-history page).
     prefetched_executions: strawberry.Private[list[Execution] | None] = None
 
@@ -117,14 +133,35 @@ class PlaceOrderInput:
     )
     limit_price: Decimal | None = UNSET
     stop_price: Decimal | None = UNSET
+    trail_price: Decimal | None = strawberry.field(
+        default=UNSET, description="TRAILING_STOP: give exactly one"
+    )
+    trail_percent: Decimal | None = UNSET
     idempotency_key: str = strawberry.field(
         description="chosen by the client: the same key always answers with the same order"
     )
 
 
+@strawberry.input(description="The fields to change; what is left out stays as it was.")
+class ReplaceOrderInput:
+    quantity: Decimal | None = UNSET
+    limit_price: Decimal | None = UNSET
+    stop_price: Decimal | None = UNSET
+    trail_price: Decimal | None = UNSET
+    trail_percent: Decimal | None = UNSET
+    time_in_force: TimeInForce | None = UNSET
+    idempotency_key: str
+
+
 @strawberry.type
 class OrderPayload:
     order: Order | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class OrdersPayload:
+    orders: list[Order] = strawberry.field(default_factory=list)
     errors: list[UserError] = strawberry.field(default_factory=list)
 
 

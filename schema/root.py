@@ -8,7 +8,7 @@ from resolvers import accounts, alerts, marketdata, orders, portfolio, watchlist
 from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
 from schema.alerts import PriceAlert, PriceAlertPayload
 from schema.marketdata import MarketClock, Quote, Security
-from schema.orders import Order, OrderConnection, OrderPayload, OrderUpdate
+from schema.orders import Order, OrderConnection, OrderPayload, OrdersPayload, OrderUpdate
 from schema.watchlists import DeletePayload, Watchlist, WatchlistPayload
 
 
@@ -42,6 +42,20 @@ class Mutation:
     )
     place_order: OrderPayload = strawberry.mutation(resolver=orders.place_order)
     cancel_order: OrderPayload = strawberry.mutation(resolver=orders.cancel_order)
+    replace_order: OrderPayload = strawberry.mutation(
+        resolver=orders.replace_order,
+        description="a new order in the old one's place, which ends REPLACED; refused once the "
+        "old one has finished",
+    )
+    cancel_all_orders: OrdersPayload = strawberry.mutation(
+        resolver=orders.cancel_all_orders, description="every open order of the account"
+    )
+    close_position: OrderPayload = strawberry.mutation(
+        resolver=orders.close_position,
+        description="a market order selling the position, or the given quantity or percentage "
+        "(0-100] of it",
+    )
+    close_all_positions: OrdersPayload = strawberry.mutation(resolver=orders.close_all_positions)
     create_watchlist: WatchlistPayload = strawberry.mutation(resolver=watchlists.create_watchlist)
     add_to_watchlist: WatchlistPayload = strawberry.mutation(resolver=watchlists.add_to_watchlist)
     remove_from_watchlist: WatchlistPayload = strawberry.mutation(

@@ -40,6 +40,10 @@ class NotCancellable(DomainError):
     pass
 
 
+class NotReplaceable(DomainError):
+    pass
+
+
 class IdempotencyConflict(DomainError):
     pass
 

@@ -33,13 +33,14 @@ from services.orders.group_commit import GroupCommit
 from services.orders.matching import OrderBook
 from services.orders.order_model import Event, Order, OrderType, Side, Status, TimeInForce
 from services.orders.order_rules import tick_for
-from services.orders.order_store import open_order_ids, open_orders, orders_by_id
+from services.orders.order_store import open_order_ids, open_orders, orders_by_id, store_marks
 from services.orders.placement import order_stream
 from services.orders.routing import VenueRouter, parse_faults
 from workers.metrics import MATCHER_EXECUTIONS, MATCHER_PARTITIONS, MATCHER_WORKING
 
 log = logging.getLogger("tradeql.matcher")
 GROUP = "matcher"
+MARKS_EVERY = 1.0  # seconds between two stores of a partition's moved trailing-stop marks
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -97,7 +98,9 @@ def collar_limit(order: Order, quote: Quote, collar: Decimal) -> Decimal | None:
 
 
 def executes_now(order: Order) -> bool:
-    return order.type is OrderType.MARKET or (order.type is OrderType.STOP and order.triggered)
+    return order.type is OrderType.MARKET or (
+        order.type in (OrderType.STOP, OrderType.TRAILING_STOP) and order.triggered
+    )
 
 
 class PartitionMatcher:
@@ -136,6 +139,9 @@ class PartitionMatcher:
         # meanwhile must not route them again.
         self._executing: set[UUID] = set()
         self._settling: set[asyncio.Task[None]] = set()
+        # Trailing stops whose mark moved since it was last stored, and when that was.
+        self._moved_marks: dict[UUID, Order] = {}
+        self._marks_stored_at = 0.0
 
     # -- life cycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -290,17 +296,39 @@ class PartitionMatcher:
                     if not is_transient(exc):
                         log.exception("partition %d: quote of %s", self.partition, quote.symbol)
                     await asyncio.sleep(0.5)
+            try:
+                await self._store_marks()
+            except Exception as exc:  # kept, and stored on a later round
+                if not is_transient(exc):
+                    log.exception("partition %d: storing trailing marks", self.partition)
+                await asyncio.sleep(0.5)
 
     async def on_quote(self, quote: Quote) -> None:
         if not self.services.clock.is_open():
             return
         async with self._lock:
             crossed = self.book.on_quote(quote)
+        for order in crossed.trailed:
+            self._moved_marks[order.id] = order
         for order in crossed.triggered:
+            self._moved_marks.pop(order.id, None)  # stored with its trigger
             await self._guarded(self._trigger(order, quote), order)
         for order in crossed.executable:
             if order.id not in self._executing:
                 await self._guarded(self._execute(order, quote), order)
+
+    async def _store_marks(self) -> None:
+        """The trailing stops' moved marks, stored at most once a second (a restart resumes from
+        them; the trigger stores its own)."""
+        if not self._moved_marks or time.monotonic() - self._marks_stored_at < MARKS_EVERY:
+            return
+        moved = list(self._moved_marks.values())
+        async with self.services.engine.begin() as conn:
+            await store_marks(conn, moved)
+        self._marks_stored_at = time.monotonic()
+        for order in moved:
+            if self._moved_marks.get(order.id) is order:
+                del self._moved_marks[order.id]
 
     async def _guarded(self, work: Awaitable[None], order: Order) -> None:
         """One order that cannot be booked must not stop the partition: it is cancelled with
@@ -321,9 +349,18 @@ class PartitionMatcher:
             await self._close(order, Status.CANCELLED, f"could not be booked: {type(exc).__name__}")
 
     async def _trigger(self, order: Order, quote: Quote) -> None:
-        """A stop whose price the last trade crossed: a STOP executes as a market order, a
-        STOP_LIMIT starts working as a limit order."""
-        outcome = await self._transact(order, fills.Mark(triggered=True))
+        """A stop whose price the last trade crossed: a STOP or TRAILING_STOP executes as a
+        market order, a STOP_LIMIT starts working as a limit order."""
+        trail = order.type is OrderType.TRAILING_STOP
+        outcome = await self._transact(
+            order,
+            fills.Mark(
+                triggered=True,
+                event=Event.TRIGGERED,
+                high_water_mark=order.high_water_mark if trail else None,
+                stop_price=order.stop_price if trail else None,
+            ),
+        )
         if outcome is not None:
             await self.process(outcome.order, quote)
 

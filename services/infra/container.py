@@ -28,8 +28,10 @@ from services.market_data.quote_mirror import QuoteMirror
 from services.market_data.quote_store import QuoteStore
 from services.market_data.securities import Securities
 from services.orders.cancel import OrderCancellation
+from services.orders.closing import PositionClosing
 from services.orders.order_store import OrderStore
 from services.orders.placement import OrderPlacement
+from services.orders.replace import OrderReplacement
 from services.partners.registry import Partners
 from services.portfolio.holdings_cache import HoldingsCache
 from services.portfolio.portfolio_hub import PortfolioHub
@@ -57,6 +59,8 @@ class Services:
     order_store: OrderStore = field(init=False)
     placement: OrderPlacement = field(init=False)
     cancellation: OrderCancellation = field(init=False)
+    replacement: OrderReplacement = field(init=False)
+    closing: PositionClosing = field(init=False)
     watchlists: Watchlists = field(init=False)
     alerts: PriceAlerts = field(init=False)
     portfolios: Portfolios = field(init=False)
@@ -94,6 +98,8 @@ class Services:
         self.order_store = OrderStore(self.engine)
         self.placement = OrderPlacement(self.engine, self.redis, self.settings, self.clock)
         self.cancellation = OrderCancellation(self.engine, self.redis, self.settings)
+        self.replacement = OrderReplacement(self.engine, self.redis, self.settings)
+        self.closing = PositionClosing(self.engine, self.placement, self.cancellation)
         self.watchlists = Watchlists(
             self.engine,
             max_lists=self.settings.watchlist_max_lists,

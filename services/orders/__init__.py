@@ -1,1 +1,2 @@
-"""Orders: their model and rules, batched placement, the matching book, venue routing, fills, cancels and end of day."""
+"""Orders: their model and rules, batched placement, the matching book (trailing stops too),
+venue routing, fills, cancels, replaces, closing positions and end of day."""

@@ -1,4 +1,4 @@
-"""Cancelling an order at the user's request."""
+"""Cancelling an order, or every open order of an account, at the user's request."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.errors import NotCancellable, NotFound
+from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
 from services.orders import fills, order_events
 from services.orders.order_model import Order, Status
-from services.orders.order_store import orders_by_id
+from services.orders.order_store import OPEN, ORDER_COLUMNS, order_from_row, orders_by_id
 from services.orders.placement import order_stream
 
 log = logging.getLogger("tradeql.cancel")
@@ -49,10 +52,56 @@ class OrderCancellation:
                     order = (await orders_by_id(conn, [order_id]))[order_id]
         else:
             raise NotCancellable("the order is changing; try again", field="id")
-        try:
-            await order_events.publish(self._redis, outcome.updates)
-            partition = partition_of(order.symbol, self._settings.quote_partitions)
-            await self._redis.xadd(order_stream(partition), {"op": "cancel", "id": str(order_id)})
-        except (RedisError, OSError) as exc:  # the matcher's sweep drops closed orders anyway
-            log.warning("could not tell the matcher about cancel of %s: %s", order_id, exc)
+        await self._announce([outcome])
         return outcome.order
+
+    async def cancel_all(self, user_id: UUID, *, sparing_prefix: str | None = None) -> list[Order]:
+        """Every open order of the user's account, in one transaction; those that finish
+        meanwhile (a fill won the race) are left out. `sparing_prefix`: orders whose
+        idempotency key starts with it are kept (closeAllPositions' own orders, on a retry)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    f"SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = :u "
+                    "AND status = ANY(:open) ORDER BY created_at, id"
+                ),
+                {"u": user_id, "open": list(OPEN)},
+            )
+            open_orders = [
+                o
+                for o in map(order_from_row, rows)
+                if not (sparing_prefix and o.idempotency_key.startswith(sparing_prefix))
+            ]
+        if not open_orders:
+            return []
+        works = [
+            fills.Work(o, fills.Close(Status.CANCELLED, reason="cancelled by the user (all)"))
+            for o in open_orders
+        ]
+        for attempt in range(3):
+            try:
+                async with self._engine.begin() as conn:
+                    results = await fills.apply(conn, works)
+                break
+            except DBAPIError as exc:
+                if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in CONFLICT_SQLSTATES:
+                    raise
+        outcomes = [r for r in results if isinstance(r, fills.Outcome)]
+        await self._announce(outcomes)
+        return [o.order for o in outcomes]
+
+    async def _announce(self, outcomes: list[fills.Outcome]) -> None:
+        """After the commit: the events, and the matcher told to drop the orders."""
+        if not outcomes:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                order_events.queue(pipe, [u for o in outcomes for u in o.updates])
+                for outcome in outcomes:
+                    partition = partition_of(outcome.order.symbol, self._settings.quote_partitions)
+                    pipe.xadd(
+                        order_stream(partition), {"op": "cancel", "id": str(outcome.order.id)}
+                    )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:  # the matcher's sweep drops closed orders anyway
+            log.warning("could not tell the matcher about %d cancels: %s", len(outcomes), exc)

@@ -59,12 +59,14 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """A change with no money: PENDING -> SUBMITTED, or a stop that triggered; `event` is what
-    subscribers are told, if anything."""
+    """A change with no money: PENDING -> SUBMITTED, or a stop that triggered (a trailing stop
+    with the mark and stop it triggered at); `event` is what subscribers are told, if anything."""
 
     status: Status | None = None
     triggered: bool | None = None
     event: Event | None = None
+    high_water_mark: Decimal | None = None
+    stop_price: Decimal | None = None
 
 
 Action = Execute | Close | Mark
@@ -277,10 +279,14 @@ def mark(current: Order, action: Mark) -> Change:
         current,
         status=action.status or current.status,
         triggered=current.triggered if action.triggered is None else action.triggered,
+        high_water_mark=action.high_water_mark or current.high_water_mark,
+        stop_price=action.stop_price or current.stop_price,
         version=current.version + 1,
     )
     _checked(current, after.status)
     details: dict[str, Any] = {"status": after.status.value, "triggered": after.triggered}
+    if action.high_water_mark is not None:
+        details |= {"high_water_mark": after.high_water_mark, "stop_price": after.stop_price}
     return Change(
         before=current,
         after=after,

@@ -37,7 +37,7 @@ from services.orders.fill_rules import (
     fill_cash,
 )
 from services.orders.order_events import OrderUpdate
-from services.orders.order_model import Execution, Order, Status
+from services.orders.order_model import Event, Execution, Order, Status
 from services.orders.order_store import ORDER_COLUMNS, order_from_row
 from services.portfolio.positions import PositionState
 
@@ -298,15 +298,17 @@ _STORE = text(
     UPDATE orders o SET status = d.status, quantity = d.quantity, filled_quantity = d.fq,
            filled_value = d.fv, reserved_cash = d.rc, reserved_quantity = d.rq,
            triggered = d.triggered, version = d.new_version, reject_reason = d.reason,
+           stop_price = d.stop, high_water_mark = d.mark,
            updated_at = now(),
            filled_at = CASE WHEN d.status = 'FILLED' THEN now() ELSE o.filled_at END
       FROM unnest(CAST(:ids AS uuid[]), CAST(:created AS timestamptz[]),
                   CAST(:versions AS integer[]), CAST(:statuses AS text[]),
                   CAST(:quantities AS numeric[]), CAST(:fq AS numeric[]), CAST(:fv AS numeric[]),
                   CAST(:rc AS numeric[]), CAST(:rq AS numeric[]), CAST(:triggered AS boolean[]),
-                  CAST(:new_versions AS integer[]), CAST(:reasons AS text[]))
+                  CAST(:new_versions AS integer[]), CAST(:reasons AS text[]),
+                  CAST(:stops AS numeric[]), CAST(:marks AS numeric[]))
            AS d(id, created, version, status, quantity, fq, fv, rc, rq, triggered, new_version,
-                reason)
+                reason, stop, mark)
      WHERE o.id = d.id AND o.created_at = d.created AND o.version = d.version
     RETURNING o.id
     """
@@ -379,6 +381,8 @@ async def _store(
             "triggered": [final[i].triggered for i in ids],
             "new_versions": [final[i].version for i in ids],
             "reasons": [final[i].reject_reason for i in ids],
+            "stops": [final[i].stop_price for i in ids],
+            "marks": [final[i].high_water_mark for i in ids],
             **{f"ev_{k}": v for k, v in order_events.outbox_params(events).items()},
         },
     )
@@ -424,7 +428,8 @@ async def mark(
     *,
     status: Status | None = None,
     triggered: bool | None = None,
+    event: Event | None = None,
 ) -> Outcome:
     """A change with no money: PENDING -> SUBMITTED when an order starts resting, or a stop
     that triggered."""
-    return await _one(conn, order, Mark(status, triggered))
+    return await _one(conn, order, Mark(status, triggered, event))

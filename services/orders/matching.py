@@ -8,6 +8,11 @@ has four binary heaps (``heapq``), one per way an order can be crossed:
 * buy stops not yet triggered, triggered when ``last >= stop``: lowest stop first;
 * sell stops not yet triggered, triggered when ``last <= stop``: highest stop first.
 
+Trailing stops rest in the stop heaps at their current stop, and each also sits in one of two
+more heaps keyed by its mark (the best last price seen): sell trails lowest mark first, buy trails
+highest first. A quote pops only the trails whose mark its ``last`` improves, moves their marks
+and stops, and puts them back; so it still touches only the orders it changes.
+
 A heap entry is ``(signed price, created_at, id)``; the price is negated where the highest comes
 first, so every heap is a min-heap and "crossed" is always ``signed price <= signed market
 price``. Ties go to time priority: ``created_at``, then ``id``. A quote peeks at each top and pops
@@ -31,6 +36,7 @@ from heapq import heapify, heappop, heappush
 from uuid import UUID
 
 from services.market_data.marketdata import Quote
+from services.orders import trailing
 from services.orders.order_model import Order, OrderType, Side
 
 __all__ = ["Crossed", "OrderBook"]
@@ -50,10 +56,13 @@ class _Kind(IntEnum):
     SELL_LIMIT = 1
     BUY_STOP = 2
     SELL_STOP = 3
+    SELL_TRAIL = 4  # sell trailing stops by mark: lowest first (a higher last improves it)
+    BUY_TRAIL = 5  # buy trailing stops by mark: highest first (a lower last improves it)
 
 
 # Kinds whose heap puts the highest price first: their keys are negated prices.
-_NEGATED = frozenset({_Kind.BUY_LIMIT, _Kind.SELL_STOP})
+_NEGATED = frozenset({_Kind.BUY_LIMIT, _Kind.SELL_STOP, _Kind.BUY_TRAIL})
+_PLACES = 4  # the heaps an order rests in; the trail heaps come after them
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,20 +75,27 @@ class Crossed:
 
     ``triggered``: stop orders whose stop ``last`` crossed, already removed from the book: buy stops
     (lowest stop first), then sell stops (highest stop first), each in time priority within a price.
-    A STOP becomes a market execution; a STOP_LIMIT is re-added with ``triggered=True``.
+    A STOP or TRAILING_STOP becomes a market execution; a STOP_LIMIT is re-added with
+    ``triggered=True``.
+
+    ``trailed``: trailing stops whose mark (and stop) ``last`` moved, still resting, as the book
+    now holds them (the caller stores the new marks).
     """
 
     executable: list[Order] = field(default_factory=list)
     triggered: list[Order] = field(default_factory=list)
+    trailed: list[Order] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class _Slot:
-    """Where a resting order is: its current version, its heap, and its one live heap entry."""
+    """Where a resting order is: its current version, its heap, and its one live heap entry (and,
+    for a trailing stop, its live entry in a trail heap)."""
 
     order: Order
     kind: _Kind
     entry: _Entry
+    trail: _Entry | None = None
 
 
 class _Heap:
@@ -98,7 +114,7 @@ class _SymbolBook:
     __slots__ = ("count", "heaps")
 
     def __init__(self) -> None:
-        self.heaps: tuple[_Heap, _Heap, _Heap, _Heap] = (_Heap(), _Heap(), _Heap(), _Heap())
+        self.heaps: tuple[_Heap, ...] = tuple(_Heap() for _ in _Kind)
         self.count = 0
 
 
@@ -114,8 +130,10 @@ def _placement(order: Order) -> tuple[_Kind, Decimal]:
     buy = order.side is Side.BUY
     if order.type is OrderType.MARKET:
         raise ValueError(f"order {order.id} is a MARKET order, which never rests")
-    if order.type is OrderType.STOP and order.triggered:
-        raise ValueError(f"order {order.id} is a triggered STOP, which executes as MARKET")
+    if order.type in (OrderType.STOP, OrderType.TRAILING_STOP) and order.triggered:
+        raise ValueError(f"order {order.id} is a triggered {order.type.value}, which executes now")
+    if order.type is OrderType.TRAILING_STOP:
+        _check_price(order, order.high_water_mark, "high_water_mark")
     if order.type is OrderType.LIMIT or (order.type is OrderType.STOP_LIMIT and order.triggered):
         limit = _check_price(order, order.limit_price, "limit_price")
         return (_Kind.BUY_LIMIT if buy else _Kind.SELL_LIMIT), limit
@@ -170,7 +188,7 @@ class OrderBook:
             found = [slot.order for slot in self._slots.values()]
         else:
             book = self._books.get(symbol)
-            heaps = () if book is None else book.heaps  # one symbol: its own heaps only
+            heaps = () if book is None else book.heaps[:_PLACES]  # one symbol: its own heaps
             found = [
                 self._slots[entry[2]].order
                 for heap in heaps
@@ -183,7 +201,8 @@ class OrderBook:
     # -- changing ---------------------------------------------------------------------------
 
     def add(self, order: Order) -> None:
-        """Rest an open LIMIT, STOP or STOP_LIMIT order (a triggered STOP_LIMIT rests as a limit).
+        """Rest an open LIMIT, STOP, STOP_LIMIT or TRAILING_STOP order (a triggered STOP_LIMIT
+        rests as a limit).
 
         ValueError for a MARKET order, a triggered STOP, a closed order, a missing or non-positive
         price, or an id already resting (use ``replace``).
@@ -197,7 +216,9 @@ class OrderBook:
         entry: _Entry = (_signed(kind, price), order.created_at, order.id)
         heappush(book.heaps[kind].entries, entry)
         book.count += 1
-        self._slots[order.id] = _Slot(order, kind, entry)
+        slot = self._slots[order.id] = _Slot(order, kind, entry)
+        if trailing.is_trailing(order):
+            slot.trail = self._push_trail(book, order)
 
     def remove(self, order_id: UUID) -> Order | None:
         """Take an order out of the book; its heap entry dies in place. None if it was not here."""
@@ -218,12 +239,14 @@ class OrderBook:
         slot = self._slots.get(order.id)
         if slot is None:
             raise KeyError(order.id)
+        order = trailing.best_of(slot.order, order)  # a mark here may be ahead of the stored one
         kind, price = _placement(order)
         old = slot.order
         if (
             kind is slot.kind
             and order.symbol == old.symbol
             and slot.entry == (_signed(kind, price), order.created_at, order.id)
+            and slot.trail is None
         ):
             slot.order = order
             return
@@ -233,7 +256,8 @@ class OrderBook:
     # -- matching ---------------------------------------------------------------------------
 
     def on_quote(self, quote: Quote) -> Crossed:
-        """The limit orders the quote makes executable and the stops its ``last`` triggers.
+        """The limit orders the quote makes executable, the trailing stops whose mark its ``last``
+        moves, and the stops its ``last`` triggers (after the trails have moved).
 
         Executable orders stay in the book; triggered stops are removed. A side of the quote that is
         zero (no bid, no ask, no last) crosses nothing. Only the quote's symbol is looked at.
@@ -244,6 +268,7 @@ class OrderBook:
         executable: list[Order] = []
         triggered: list[Order] = []
         ask, bid, last = _market(quote.ask), _market(quote.bid), _market(quote.last)
+        trailed = self._follow(book, last) if last is not None else []
         for kind, market in ((_Kind.BUY_LIMIT, ask), (_Kind.SELL_LIMIT, bid)):
             if market is not None:
                 heap = book.heaps[kind]
@@ -254,17 +279,55 @@ class OrderBook:
         if last is not None:
             for kind in (_Kind.BUY_STOP, _Kind.SELL_STOP):
                 for entry in self._pop_crossed(book.heaps[kind], _signed(kind, last)):
-                    triggered.append(self._slots.pop(entry[2]).order)
+                    slot = self._slots.pop(entry[2])
+                    triggered.append(slot.order)
                     book.count -= 1
+                    if slot.trail is not None:
+                        self._bury(book, _trail_kind(slot.order))
             if book.count == 0:
                 del self._books[quote.symbol]
-        return Crossed(executable, triggered)
+        return Crossed(executable, triggered, [o for o in trailed if o.id in self._slots])
 
     # -- internals --------------------------------------------------------------------------
 
     def _is_live(self, entry: _Entry) -> bool:
         slot = self._slots.get(entry[2])
-        return slot is not None and slot.entry is entry
+        return slot is not None and (slot.entry is entry or slot.trail is entry)
+
+    @staticmethod
+    def _push_trail(book: _SymbolBook, order: Order) -> _Entry:
+        kind = _trail_kind(order)
+        assert order.high_water_mark is not None  # _placement checked it
+        entry: _Entry = (_signed(kind, order.high_water_mark), order.created_at, order.id)
+        heappush(book.heaps[kind].entries, entry)
+        return entry
+
+    def _follow(self, book: _SymbolBook, last: Decimal) -> list[Order]:
+        """Move every trailing stop whose mark `last` improves: its mark becomes `last`, its stop
+        follows, and both heap entries are renewed (the old ones die in place)."""
+        moved: list[Order] = []
+        for kind in (_Kind.SELL_TRAIL, _Kind.BUY_TRAIL):
+            heap = book.heaps[kind]
+            market = _signed(kind, last)
+            improved: list[_Entry] = []
+            while heap.entries and heap.entries[0][0] < market:  # strictly better only
+                entry = heappop(heap.entries)
+                if self._is_live(entry):
+                    improved.append(entry)
+                else:
+                    heap.dead -= 1
+            for entry in improved:
+                slot = self._slots[entry[2]]
+                order = trailing.follow(slot.order, last)
+                stop_kind, stop = _placement(order)
+                old_kind = slot.kind
+                slot.order, slot.kind = order, stop_kind
+                slot.entry = (_signed(stop_kind, stop), order.created_at, order.id)
+                heappush(book.heaps[stop_kind].entries, slot.entry)
+                slot.trail = self._push_trail(book, order)
+                self._bury(book, old_kind)  # the old stop entry, dead now that the slot moved
+                moved.append(order)
+        return moved
 
     def _pop_crossed(self, heap: _Heap, market: Decimal) -> list[_Entry]:
         """Pop the live entries whose key is at or better than ``market``, best first.
@@ -290,9 +353,19 @@ class OrderBook:
         if book.count == 0:
             del self._books[symbol]  # its heaps, dead entries included, go with it
             return
-        heap = book.heaps[slot.kind]
+        self._bury(book, slot.kind)
+        if slot.trail is not None:
+            self._bury(book, _trail_kind(slot.order))
+
+    def _bury(self, book: _SymbolBook, kind: _Kind) -> None:
+        """Count one more dead entry in a heap; rebuild it once the dead outnumber the live."""
+        heap = book.heaps[kind]
         heap.dead += 1
         if heap.dead > _COMPACT_MIN_DEAD and 2 * heap.dead > len(heap.entries):
             heap.entries = [entry for entry in heap.entries if self._is_live(entry)]
             heapify(heap.entries)
             heap.dead = 0
+
+
+def _trail_kind(order: Order) -> _Kind:
+    return _Kind.SELL_TRAIL if order.side is Side.SELL else _Kind.BUY_TRAIL

@@ -69,6 +69,10 @@ def _decimal(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
 
 
+def _uuid(value: str | None) -> UUID | None:
+    return None if value is None else UUID(value)
+
+
 def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
@@ -100,6 +104,11 @@ def encode_update(update: OrderUpdate) -> str:
         "updated_at": o.updated_at.isoformat(),
         "filled_at": _text(o.filled_at and o.filled_at.isoformat()),
         "request_id": o.request_id,
+        "trail": _text(o.trail_price),
+        "trail_pct": _text(o.trail_percent),
+        "mark": _text(o.high_water_mark),
+        "replaces": _text(o.replaces),
+        "replaced_by": _text(o.replaced_by),
     }
     execution = None
     if update.execution is not None:
@@ -144,6 +153,11 @@ def decode_update(payload: str) -> OrderUpdate:
         updated_at=datetime.fromisoformat(o["updated_at"]),
         filled_at=_time(o["filled_at"]),
         request_id=o.get("request_id"),
+        trail_price=_decimal(o.get("trail")),
+        trail_percent=_decimal(o.get("trail_pct")),
+        high_water_mark=_decimal(o.get("mark")),
+        replaces=_uuid(o.get("replaces")),
+        replaced_by=_uuid(o.get("replaced_by")),
     )
     e = data.get("execution")
     execution = None

@@ -19,6 +19,7 @@ class OrderType(StrEnum):
     LIMIT = "LIMIT"
     STOP = "STOP"
     STOP_LIMIT = "STOP_LIMIT"
+    TRAILING_STOP = "TRAILING_STOP"
 
 
 class TimeInForce(StrEnum):
@@ -36,6 +37,7 @@ class Status(StrEnum):
     CANCELLED = "CANCELLED"
     REJECTED = "REJECTED"
     EXPIRED = "EXPIRED"
+    REPLACED = "REPLACED"
 
 
 class Event(StrEnum):
@@ -45,14 +47,20 @@ class Event(StrEnum):
     CANCELLED = "CANCELLED"
     REJECTED = "REJECTED"
     EXPIRED = "EXPIRED"
+    REPLACED = "REPLACED"
+    TRIGGERED = "TRIGGERED"
 
 
 PRICE_STEP = Decimal("0.0001")
 
 OPEN_STATUSES = frozenset({Status.PENDING, Status.SUBMITTED, Status.PARTIALLY_FILLED})
-TERMINAL_STATUSES = frozenset({Status.FILLED, Status.CANCELLED, Status.REJECTED, Status.EXPIRED})
+TERMINAL_STATUSES = frozenset(
+    {Status.FILLED, Status.CANCELLED, Status.REJECTED, Status.EXPIRED, Status.REPLACED}
+)
+# Orders that rest until a price is crossed, then execute (or, STOP_LIMIT, start working).
+STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP})
 
-# The one place the allowed changes of status live. Migration 0003 loads the same pairs into
+# The one place the allowed changes of status live. Migrations 0003 and 0009 load the same pairs into
 # `order_transitions`, which a trigger checks on every UPDATE; a test keeps the two equal.
 # An order whose status stays the same (more fills while PARTIALLY_FILLED) is not a transition.
 TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset(
@@ -71,6 +79,9 @@ TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset(
         (Status.PARTIALLY_FILLED, Status.FILLED),
         (Status.PARTIALLY_FILLED, Status.CANCELLED),
         (Status.PARTIALLY_FILLED, Status.EXPIRED),
+        (Status.PENDING, Status.REPLACED),
+        (Status.SUBMITTED, Status.REPLACED),
+        (Status.PARTIALLY_FILLED, Status.REPLACED),
     }
 )
 
@@ -107,6 +118,13 @@ class Order:
     updated_at: datetime
     filled_at: datetime | None
     request_id: str | None = None  # the request that placed it
+    # TRAILING_STOP: the trail (one of the two) and the best last price seen since it started
+    # working; `stop_price` is the stop that trail makes of it.
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    high_water_mark: Decimal | None = None
+    replaces: UUID | None = None  # the order this one replaced
+    replaced_by: UUID | None = None  # the order that replaced this one (status REPLACED)
 
     @property
     def remaining_quantity(self) -> Decimal:

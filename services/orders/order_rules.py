@@ -11,12 +11,14 @@ from services.infra.idempotency import validate_key
 from services.infra.settings import Settings
 from services.market_data.securities import is_valid_symbol, normalize_symbol
 from services.money import decimal_places, require_finite, round_cash_up, round_shares_down
-from services.orders.order_model import OrderType, Side, TimeInForce
+from services.orders.order_model import STOP_TYPES, OrderType, Side, TimeInForce
 
 CENT = Decimal("0.01")
 SUB_DOLLAR_TICK = Decimal("0.0001")
 ONE = Decimal(1)
 MAX_QUANTITY_PLACES = 6
+MAX_PERCENT_PLACES = 2  # the API writes percentages with 2 places (schema/decimals.py)
+HUNDRED = Decimal(100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +35,22 @@ class PlaceOrder:
     limit_price: Decimal | None
     stop_price: Decimal | None
     idempotency_key: str
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    # What the client asked for, when the order was derived from another request (closing a
+    # position): the idempotency key guards that request, not the quantity worked out from it.
+    intent: tuple[tuple[str, str | None], ...] | None = None
 
     def fingerprint_fields(self) -> dict[str, str | None]:
         def text(v: object) -> str | None:
             return None if v is None else str(v)
 
+        if self.intent is not None:
+            return dict(self.intent)
+        trail = {"trail": text(self.trail_price), "trail_pct": text(self.trail_percent)}
         return {
+            # only when given: the fingerprints of orders without a trail stay as they were
+            **{k: v for k, v in trail.items() if v is not None},
             "symbol": self.symbol,
             "side": self.side.value,
             "type": self.type.value,
@@ -79,6 +91,7 @@ def _require_prices(command: PlaceOrder) -> None:
         OrderType.LIMIT: (True, False),
         OrderType.STOP: (False, True),
         OrderType.STOP_LIMIT: (True, True),
+        OrderType.TRAILING_STOP: (False, False),  # its stop follows the price
     }[command.type]
     for given, needed, field in (
         (command.limit_price, needs[0], "limitPrice"),
@@ -88,6 +101,34 @@ def _require_prices(command: PlaceOrder) -> None:
             raise InvalidInput(f"a {command.type.value} order needs {field}", field=field)
         if not needed and given is not None:
             raise InvalidInput(f"a {command.type.value} order takes no {field}", field=field)
+
+
+def _trail(command: PlaceOrder, settings: Settings) -> tuple[Decimal | None, Decimal | None]:
+    """A TRAILING_STOP's trail: exactly one of trailPrice (> 0, on the tick grid) and
+    trailPercent (0 < p < 100); no other type takes either."""
+    given = ((command.trail_price, "trailPrice"), (command.trail_percent, "trailPercent"))
+    if command.type is not OrderType.TRAILING_STOP:
+        for value, field in given:
+            if value is not None:
+                raise InvalidInput(f"a {command.type.value} order takes no {field}", field=field)
+        return None, None
+    if (command.trail_price is None) == (command.trail_percent is None):
+        raise InvalidInput(
+            "a TRAILING_STOP order needs exactly one of trailPrice and trailPercent",
+            field="trailPrice",
+        )
+    percent = command.trail_percent
+    if percent is not None:
+        require_finite(percent, "trailPercent")
+        if not 0 < percent < HUNDRED:
+            raise InvalidInput("trailPercent must be between 0 and 100", field="trailPercent")
+        if decimal_places(percent.normalize()) > MAX_PERCENT_PLACES:
+            raise InvalidInput(
+                f"trailPercent has more than {MAX_PERCENT_PLACES} decimal places",
+                field="trailPercent",
+            )
+        percent = percent.quantize(Decimal(1).scaleb(-MAX_PERCENT_PLACES))
+    return _price(command.trail_price, "trailPrice", settings), percent
 
 
 def _size(command: PlaceOrder, settings: Settings) -> None:
@@ -126,8 +167,9 @@ def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
     _require_prices(command)
     limit = _price(command.limit_price, "limitPrice", settings)
     stop = _price(command.stop_price, "stopPrice", settings)
+    trail_price, trail_percent = _trail(command, settings)
     _size(command, settings)
-    if command.type in (OrderType.STOP, OrderType.STOP_LIMIT) and command.time_in_force in (
+    if command.type in STOP_TYPES and command.time_in_force in (
         TimeInForce.IOC,
         TimeInForce.FOK,
     ):
@@ -141,6 +183,8 @@ def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
         symbol=symbol,
         limit_price=limit,
         stop_price=stop,
+        trail_price=trail_price,
+        trail_percent=trail_percent,
         quantity=quantity if quantity is None else quantity.quantize(Decimal("0.000001")),
     )
 
@@ -157,8 +201,9 @@ class Hold:
 def hold_for(
     command: PlaceOrder, bid: Decimal | None, ask: Decimal | None, collar: Decimal
 ) -> Hold:
-    """LIMIT: quantity x limit; MARKET: quantity x ask x (1 + collar); STOP: quantity x stop x
-    (1 + collar); a dollar amount: the amount. A sell holds its shares."""
+    """LIMIT: quantity x limit; MARKET: quantity x ask x (1 + collar); STOP (and TRAILING_STOP,
+    at its initial stop): quantity x stop x (1 + collar); a dollar amount: the amount. A sell
+    holds its shares."""
     if command.side is Side.SELL:
         quantity = command.quantity
         if quantity is None:  # selling a dollar amount: the shares it takes at the bid
@@ -172,7 +217,7 @@ def hold_for(
     if command.type in (OrderType.LIMIT, OrderType.STOP_LIMIT):
         assert command.limit_price is not None
         price = command.limit_price
-    elif command.type is OrderType.STOP:
+    elif command.type in (OrderType.STOP, OrderType.TRAILING_STOP):
         assert command.stop_price is not None
         price = command.stop_price * (1 + collar)
     else:
@@ -182,7 +227,9 @@ def hold_for(
 
 
 def needs_quote(command: PlaceOrder) -> bool:
-    """A market order or a dollar amount is priced from the current quote."""
-    return command.type is OrderType.MARKET and (
-        command.side is Side.BUY or command.notional is not None
+    """A market order or a dollar amount is priced from the current quote; a trailing stop
+    starts following from it."""
+    return command.type is OrderType.TRAILING_STOP or (
+        command.type is OrderType.MARKET
+        and (command.side is Side.BUY or command.notional is not None)
     )

@@ -30,7 +30,8 @@ ORDER_COLUMNS = (
     "id, user_id, account_id, symbol, side, type, time_in_force, quantity, notional, "
     "limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash, "
     "reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at, "
-    "updated_at, filled_at, request_id"
+    "updated_at, filled_at, request_id, trail_price, trail_percent, high_water_mark, replaces, "
+    "replaced_by"
 )
 OPEN = tuple(s.value for s in OPEN_STATUSES)
 MAX_PAGE = 200
@@ -50,13 +51,15 @@ def order_from_row(row: Any) -> Order:
         order_id, user_id, account_id, symbol, side, type_, tif, quantity, notional,
         limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash,
         reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at,
-        updated_at, filled_at, request_id,
+        updated_at, filled_at, request_id, trail_price, trail_percent, high_water_mark,
+        replaces, replaced_by,
     ) = tuple(row[:_WIDTH])  # fmt: skip
     return Order(
         order_id, user_id, account_id, symbol, _SIDES[side], _TYPES[type_], _TIFS[tif],
         quantity, notional, limit_price, stop_price, _STATUSES[status], filled_quantity,
         filled_value, reserved_cash, reserved_quantity, triggered, version, idempotency_key,
-        reject_reason, created_at, updated_at, filled_at, request_id,
+        reject_reason, created_at, updated_at, filled_at, request_id, trail_price,
+        trail_percent, high_water_mark, replaces, replaced_by,
     )  # fmt: skip
 
 
@@ -133,6 +136,40 @@ AVERAGE_FILL_PRICE_SQL = (
     "CASE WHEN o.filled_quantity > 0 THEN "
     "round(o.filled_value::numeric(64, 34) / o.filled_quantity, 4) END"
 )
+
+
+# Rows locked in id order first, as every writer of orders locks them, so a store of many marks
+# never deadlocks with a group of fills. Only an open, untriggered trailing stop takes a mark,
+# and only a better one: a late store never moves a mark back. Not a change of the order's state:
+# no version, no event (the trigger, which is one, carries the mark it triggered at).
+_STORE_MARKS = text(
+    """
+    WITH locked AS (
+        SELECT id, created_at FROM orders WHERE id = ANY(:ids) ORDER BY id FOR UPDATE
+    )
+    UPDATE orders o SET high_water_mark = d.mark, stop_price = d.stop
+      FROM locked, unnest(CAST(:ids AS uuid[]), CAST(:marks AS numeric[]),
+                          CAST(:stops AS numeric[])) AS d(id, mark, stop)
+     WHERE o.id = locked.id AND o.created_at = locked.created_at AND o.id = d.id
+       AND o.type = 'TRAILING_STOP' AND NOT o.triggered AND o.status = ANY(:open)
+       AND CASE WHEN o.side = 'SELL' THEN d.mark > o.high_water_mark
+                ELSE d.mark < o.high_water_mark END
+    """
+)
+
+
+async def store_marks(conn: AsyncConnection, orders: Sequence[Order]) -> None:
+    """Trailing stops' marks and the stops they make, as the matcher moved them."""
+    if orders:
+        await conn.execute(
+            _STORE_MARKS,
+            {
+                "ids": [o.id for o in orders],
+                "marks": [o.high_water_mark for o in orders],
+                "stops": [o.stop_price for o in orders],
+                "open": list(OPEN),
+            },
+        )
 
 
 def encode_cursor(order: Order) -> str:

@@ -45,7 +45,7 @@ from services.infra.streams import partition_of
 from services.market_data.clock import MarketClock
 from services.market_data.quote_store import QuoteStore
 from services.money import trim_quantity
-from services.orders import order_events
+from services.orders import order_events, trailing
 from services.orders.order_model import Event, Order, OrderType, Side
 from services.orders.order_rules import PlaceOrder, hold_for, needs_quote, validate
 from services.orders.order_store import ORDER_COLUMNS, order_from_row, orders_by_id
@@ -275,7 +275,10 @@ class OrderPlacement:
                     "quantity": hold.quantity,
                     "notional": c.notional,
                     "limit_price": c.limit_price,
-                    "stop_price": c.stop_price,
+                    "stop_price": hold.stop_price or c.stop_price,
+                    "trail_price": c.trail_price,
+                    "trail_percent": c.trail_percent,
+                    "high_water_mark": hold.high_water_mark,
                     "reserved_cash": hold.cash,
                     "reserved_quantity": hold.shares,
                     "key": c.idempotency_key,
@@ -474,6 +477,17 @@ class _AccountHold:
     quantity: Decimal
     cash: Decimal
     shares: Decimal
+    # A trailing stop's starting mark and the stop it makes
+    high_water_mark: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+def _start_trailing(command: PlaceOrder, quote: Any) -> tuple[PlaceOrder, Decimal]:
+    """A trailing stop's starting mark (from `quote`) and the command with its initial stop."""
+    mark = trailing.starting_mark(command.side, quote)
+    if mark is None:
+        raise InvalidInput(f"no price for {command.symbol} yet to trail from", field="symbol")
+    return trailing.with_stop(command, mark), mark
 
 
 def _judge_one(
@@ -491,8 +505,13 @@ def _judge_one(
     quote = quotes.get(command.symbol)
     if needs_quote(command) and (quote is None or quote.ask <= 0 or quote.bid <= 0):
         raise InvalidInput(
-            f"no quote for {command.symbol} yet: cannot price a market order", field="symbol"
+            f"no quote for {command.symbol} yet: cannot price a "
+            f"{'trailing stop' if command.type is OrderType.TRAILING_STOP else 'market order'}",
+            field="symbol",
         )
+    mark = None
+    if command.type is OrderType.TRAILING_STOP:
+        command, mark = _start_trailing(command, quote)
     hold = hold_for(
         command,
         quote.bid if quote else None,
@@ -518,7 +537,14 @@ def _judge_one(
                 field="quantity" if command.quantity is not None else "notional",
             )
         positions[key] = available - hold.shares
-    return _AccountHold(account["id"], hold.quantity, hold.cash, hold.shares)
+    return _AccountHold(
+        account["id"], hold.quantity, hold.cash, hold.shares, mark, command.stop_price
+    )
+
+
+async def insert_orders(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Order]:
+    """New PENDING orders from `rows` (a column left out of a row is NULL)."""
+    return await _insert_many(conn, rows)
 
 
 async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Order]:
@@ -538,6 +564,10 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "reserved_quantity",
         "key",
         "request_id",
+        "trail_price",
+        "trail_percent",
+        "high_water_mark",
+        "replaces",
     ]
     types = [
         "uuid",
@@ -555,15 +585,19 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "numeric",
         "text",
         "text",
+        "numeric",
+        "numeric",
+        "numeric",
+        "uuid",
     ]
     unnest = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
     result = await conn.execute(
         text(
             "INSERT INTO orders (id, user_id, account_id, symbol, side, type, time_in_force, "
             "quantity, notional, limit_price, stop_price, reserved_cash, reserved_quantity, "
-            "idempotency_key, request_id, status) "
-            f"SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
+            "idempotency_key, request_id, trail_price, trail_percent, high_water_mark, replaces, "
+            f"status) SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
         ),
-        {c: [r[c] for r in rows] for c in columns},
+        {c: [r.get(c) for r in rows] for c in columns},
     )
     return [order_from_row(r) for r in result]

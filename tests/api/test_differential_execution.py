@@ -173,7 +173,8 @@ async def test_the_order_page_agrees_between_the_two_executors(executors: Execut
     """Hypothesis rarely writes the whole page: the compiled selection, written out."""
     document = """{ orders(first: 2) { __typename edges { cursor node { id symbol side type
       timeInForce quantity notional limitPrice stopPrice status filledQuantity averageFillPrice
-      rejectReason createdAt updatedAt filledAt version executions { id quantity price venue
+      rejectReason createdAt updatedAt filledAt version trailPrice trailPercent highWaterMark
+      replaces replacedBy executions { id quantity price venue
       executedAt } } } pageInfo { hasNextPage endCursor } } }"""
     ours = await executors.run(executors.ours, document)
     plain = await executors.run(executors.plain, document)

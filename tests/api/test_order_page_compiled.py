@@ -20,13 +20,15 @@ from tests.trading import listed, quote, reload, unique_symbol
 PLACE = """mutation($i: PlaceOrderInput!) { placeOrder(input: $i) { order { id }
   errors { code field } } }"""
 CANCEL = "mutation($id: ID!) { cancelOrder(id: $id) { errors { code } } }"
+REPLACE = """mutation($id: ID!, $i: ReplaceOrderInput!) { replaceOrder(id: $id, input: $i) {
+  errors { code field message } } }"""
 DEPOSIT = 'mutation { deposit(amount: "100000", idempotencyKey: "seed") { errors { code } } }'
 
 EVERY_FIELD = """
   __typename
   edges { __typename cursor node { __typename id idempotencyKey symbol side type timeInForce
     quantity notional limitPrice stopPrice status filledQuantity averageFillPrice rejectReason
-    createdAt updatedAt filledAt version
+    createdAt updatedAt filledAt version trailPrice trailPercent highWaterMark replaces replacedBy
     executions { __typename id quantity price venue executedAt } } }
   pageInfo { __typename hasNextPage endCursor }"""
 
@@ -100,6 +102,15 @@ async def history(gql: GraphQLClient, user: dict[str, str], services: Services) 
     await place(type="STOP", quantity="4", stopPrice="60")
     await place(type="MARKET", notional="12.34")
     await place(symbol=cheap, type="LIMIT", quantity="100", limitPrice="0.5123")
+    await place(type="TRAILING_STOP", quantity="1", trailPercent="1.5")
+    await place(type="TRAILING_STOP", quantity="2", trailPrice="0.25")
+    replaced = await place(type="LIMIT", quantity="1", limitPrice="44.10")
+    body = await gql(
+        REPLACE,
+        {"id": str(replaced), "i": {"limitPrice": "44.20", "idempotencyKey": uuid.uuid4().hex}},
+        token=token,
+    )
+    assert body["data"]["replaceOrder"]["errors"] == [], body
     cancelled = await place(type="LIMIT", quantity="1", limitPrice="45.10")
     assert (await gql(CANCEL, {"id": str(cancelled)}, token=token))["data"]["cancelOrder"][
         "errors"

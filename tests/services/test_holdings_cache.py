@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.infra.container import Services
 from services.orders import order_events
 from services.orders.order_model import Event
+from services.orders.replace import ReplaceOrder
 from services.portfolio.holdings_cache import HoldingsCache
 from services.portfolio.holdings_version import version_key
 from services.portfolio.valuation import Holdings, Portfolios
@@ -131,6 +132,24 @@ async def test_a_fill_and_a_cancel_retire_the_copy(
     resting = await place(services, user, symbol, type="LIMIT", quantity="1", limit="5.00")
     assert (await cache.holdings([user]))[0].balances.reserved_cash == Decimal("5.00")  # type: ignore[union-attr]
     await services.cancellation.cancel(user, resting.id)
+    (cancelled,) = await cache.holdings([user])
+    assert cancelled is not None and cancelled.balances.reserved_cash == Decimal("0.00")
+
+
+async def test_a_replace_and_a_cancel_of_all_retire_the_copy(
+    services: Services, cache: HoldingsCache
+) -> None:
+    user = await trader(services, cash="1000")
+    symbol = unique_symbol("H")
+    await listed(services, symbol)
+    resting = await place(services, user, symbol, type="LIMIT", quantity="2", limit="5.00")
+    assert (await cache.holdings([user]))[0].balances.reserved_cash == Decimal("10.00")  # type: ignore[union-attr]
+    await services.replacement.replace(
+        ReplaceOrder(user, resting.id, None, Decimal("7.00"), None, None, None, None, "r-1")
+    )
+    (replaced,) = await cache.holdings([user])
+    assert replaced is not None and replaced.balances.reserved_cash == Decimal("14.00")
+    await services.cancellation.cancel_all(user)
     (cancelled,) = await cache.holdings([user])
     assert cancelled is not None and cancelled.balances.reserved_cash == Decimal("0.00")
 
@@ -329,6 +348,7 @@ KNOWN_WRITERS = {
     "services/accounts/cash.py": "deposits: forget_now after the commit",
     "services/orders/fills.py": "fills, cancels, expiry: their callers publish the order events",
     "services/orders/placement.py": "holds: the hand-off retires them before the order is answered",
+    "services/orders/replace.py": "swapped holds: its announcement retires them before the answer",
     "services/accounts/users.py": "a new account: nothing can be cached before it exists",
 }
 

@@ -385,7 +385,7 @@ def test_market_order_is_refused() -> None:
 
 
 def test_triggered_stop_is_refused() -> None:
-    with pytest.raises(ValueError, match="triggered STOP"):
+    with pytest.raises(ValueError, match="triggered STOP,"):
         OrderBook().add(make_order(Side.SELL, OrderType.STOP, stop="10", triggered=True))
 
 

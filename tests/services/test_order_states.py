@@ -24,7 +24,8 @@ from services.orders.order_model import (
 )
 
 ALL_PAIRS = list(itertools.product(Status, Status))
-MIGRATION = Path(__file__).resolve().parents[2] / "alembic" / "versions" / "0003_orders.py"
+VERSIONS = Path(__file__).resolve().parents[2] / "alembic" / "versions"
+MIGRATIONS = [VERSIONS / "0003_orders.py", VERSIONS / "0009_trailing_stops_and_replace.py"]
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -52,8 +53,9 @@ async def insert_order(
     await conn.execute(
         text(
             "INSERT INTO orders (id, user_id, account_id, symbol, side, type, time_in_force, "
-            "quantity, limit_price, status, idempotency_key, reserved_cash, reserved_quantity) "
-            "VALUES (:id, :u, :a, 'STATES', 'BUY', 'LIMIT', 'DAY', 10, 100, :status, :k, 0, 0)"
+            "quantity, limit_price, status, idempotency_key, reserved_cash, reserved_quantity, "
+            "replaced_by) VALUES (:id, :u, :a, 'STATES', 'BUY', 'LIMIT', 'DAY', 10, 100, :status, "
+            ":k, 0, 0, CASE WHEN :status = 'REPLACED' THEN gen_random_uuid() END)"
         ),
         {
             "id": order_id,
@@ -72,7 +74,9 @@ async def database_allows(
     current: Status,
     new: Status,
     *,
-    statement: str = "UPDATE orders SET status = :new WHERE id = :id",
+    # a REPLACED order names its successor (a CHECK): the update names one when it replaces
+    statement: str = "UPDATE orders SET status = :new, replaced_by = CASE WHEN :new = 'REPLACED' "
+    "THEN gen_random_uuid() END WHERE id = :id",
 ) -> bool:
     """Insert an order in `current`, try `statement` on it, and roll everything back."""
     async with services.engine.connect() as conn:
@@ -110,13 +114,16 @@ async def test_python_transitions_equal_the_order_transitions_table(services: Se
     assert in_database == set(TRANSITIONS)
 
 
-def test_python_transitions_equal_the_migration_list() -> None:
-    spec = importlib.util.spec_from_file_location("migration_0003", MIGRATION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert {(Status(a), Status(b)) for a, b in module.TRANSITIONS} == set(TRANSITIONS)
-    assert len(module.TRANSITIONS) == len(TRANSITIONS)
+def test_python_transitions_equal_the_migration_lists() -> None:
+    listed: list[tuple[str, str]] = []
+    for path in MIGRATIONS:
+        spec = importlib.util.spec_from_file_location(f"migration_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        listed += getattr(module, "TRANSITIONS", []) + getattr(module, "ADDED_TRANSITIONS", [])
+    assert {(Status(a), Status(b)) for a, b in listed} == set(TRANSITIONS)
+    assert len(listed) == len(TRANSITIONS)
 
 
 def test_no_transition_leaves_a_terminal_status_or_enters_pending() -> None:
