@@ -176,31 +176,31 @@ async def test_a_trailing_stop_follows_a_rising_price_and_triggers_on_the_fall(
     )
     assert (order["type"], order["trailPrice"], order["trailPercent"]) == (
         "TRAILING_STOP",
-        "2.00",
+        "2.0000",
         None,
     )
-    assert (order["highWaterMark"], order["stopPrice"]) == ("100.00", "98.00")
+    assert (order["highWaterMark"], order["stopPrice"]) == ("100.0000", "98.0000")
     await wait_order(client, order["id"], status="SUBMITTED")
     assert (await position(services, client.user_id, symbol)) == (D(10), D(10))  # held
 
     await quote(services, symbol, "103.00", "103.02", "103.00")  # up: the stop follows
-    await wait_order(client, order["id"], highWaterMark="103.00", stopPrice="101.00")
+    await wait_order(client, order["id"], highWaterMark="103.0000", stopPrice="101.0000")
     await quote(services, symbol, "102.00", "102.02", "102.00")  # down a little: it stays
     await quote(services, symbol, "101.50", "101.52", "101.50")  # above the stop
     await asyncio.sleep(1.2)  # a second for any store of the mark
     still = await client.order(order["id"])
     assert (still["status"], still["highWaterMark"], still["stopPrice"]) == (
         "SUBMITTED",
-        "103.00",
-        "101.00",
+        "103.0000",
+        "101.0000",
     )
 
     await quote(services, symbol, "100.90", "100.92", "100.90")  # through the stop: sold
     filled = await wait_order(client, order["id"], status="FILLED")
     assert (filled["averageFillPrice"], filled["highWaterMark"], filled["stopPrice"]) == (
-        "100.90",
-        "103.00",
-        "101.00",
+        "100.9000",
+        "103.0000",
+        "101.0000",
     )
     assert await events_of(services, order["id"]) == ["ACCEPTED", "ACCEPTED", "TRIGGERED", "FILL"]
     assert await position(services, client.user_id, symbol) == (D(0), D(0))
@@ -216,20 +216,20 @@ async def test_a_buy_trailing_stop_holds_at_its_initial_stop_and_triggers_on_the
 ) -> None:
     order = await client.place(symbol, type="TRAILING_STOP", trailPercent="5")
     assert (order["highWaterMark"], order["stopPrice"], order["trailPercent"]) == (
-        "100.00",
-        "105.00",
-        "5",
+        "100.0000",
+        "105.0000",
+        "5.00",
     )
     collar = services.settings.market_order_collar
     hold = (D(10) * D("105.00") * (1 + collar)).quantize(D("0.01"))
     assert D((await client.portfolio())["buyingPower"]) == CASH - hold
     await wait_order(client, order["id"], status="SUBMITTED")
     await quote(services, symbol, "90.00", "90.02", "90.00")  # down: the buy stop follows
-    await wait_order(client, order["id"], highWaterMark="90.00", stopPrice="94.50")
+    await wait_order(client, order["id"], highWaterMark="90.0000", stopPrice="94.5000")
     assert D((await client.portfolio())["buyingPower"]) == CASH - hold  # the hold stays
     await quote(services, symbol, "94.50", "94.52", "94.50")
     filled = await wait_order(client, order["id"], status="FILLED")
-    assert filled["averageFillPrice"] == "94.52"
+    assert filled["averageFillPrice"] == "94.5200"
     assert await balances(services, client.user_id) == (CASH - D("945.20"), D(0))
     await check(services)
 
@@ -294,8 +294,8 @@ async def test_replace_swaps_the_order_and_its_hold_in_one_step(
     assert payload["errors"] == []
     new = payload["order"]
     assert (new["quantity"], new["limitPrice"], new["replaces"], new["idempotencyKey"]) == (
-        "4",
-        "95.00",
+        "4.000000",
+        "95.0000",
         old["id"],
         key,
     )
@@ -326,21 +326,21 @@ async def test_a_replaced_trailing_stop_keeps_following_from_its_mark(
     )
     await wait_order(client, old["id"], status="SUBMITTED")
     await quote(services, symbol, "103.00", "103.02", "103.00")
-    await wait_order(client, old["id"], highWaterMark="103.00")
+    await wait_order(client, old["id"], highWaterMark="103.0000")
     payload = await client.replace(old["id"], trailPercent="1")
     assert payload["errors"] == []
     new = payload["order"]
     assert (new["trailPrice"], new["trailPercent"], new["highWaterMark"], new["stopPrice"]) == (
         None,
-        "1",
-        "103.00",
-        "101.97",
+        "1.00",
+        "103.0000",
+        "101.9700",
     )
     await wait_order(client, new["id"], status="SUBMITTED")  # the matcher took the new one
     assert await position(services, client.user_id, symbol) == (D(4), D(4))
     await quote(services, symbol, "101.90", "101.92", "101.90")
     filled = await wait_order(client, new["id"], status="FILLED")
-    assert filled["averageFillPrice"] == "101.90"
+    assert filled["averageFillPrice"] == "101.9000"
     assert (await client.order(old["id"]))["status"] == "REPLACED"
     await check(services)
 
@@ -362,7 +362,7 @@ async def test_replace_refusals(services: Services, client: Client, symbol: str)
     assert D((await client.portfolio())["buyingPower"]) == CASH - D("90000.00")
     # the hold may use what the old order held: 1000 x 99 = 99,000 < 100,000 free with it
     payload = await client.replace(order["id"], limitPrice="99.00")
-    assert payload["errors"] == [] and payload["order"]["quantity"] == "1000"
+    assert payload["errors"] == [] and payload["order"]["quantity"] == "1000.000000"
     missing = await client.replace(str(uuid.uuid4()), limitPrice="1.00")
     assert [e["code"] for e in missing["errors"]] == ["NOT_FOUND"]
     assert D((await client.portfolio())["buyingPower"]) == CASH - D("99000.00")
@@ -379,7 +379,7 @@ async def test_replace_a_partly_filled_sell_trades_what_is_left(
     payload = await client.replace(sell["id"], limitPrice="108.00")
     assert payload["errors"] == []
     new = payload["order"]
-    assert (new["quantity"], new["limitPrice"]) == ("7", "108.00")
+    assert (new["quantity"], new["limitPrice"]) == ("7.000000", "108.0000")
     assert await position(services, client.user_id, symbol) == (D(7), D(7))
     too_many = await client.replace(new["id"], quantity="8")
     assert [(e["code"], e["field"]) for e in too_many["errors"]] == [
@@ -451,7 +451,7 @@ async def test_close_position_by_percentage_quantity_and_whole(
     assert (half["order"]["side"], half["order"]["type"], half["order"]["quantity"]) == (
         "SELL",
         "MARKET",
-        "2.5",
+        "2.500000",
     )
     await wait_order(client, half["order"]["id"], status="FILLED")
     again = await client.call(CLOSE, s=symbol, p="25", k=key)  # a retry: the same order
@@ -478,7 +478,7 @@ async def test_close_position_by_percentage_quantity_and_whole(
     assert await position(services, client.user_id, symbol) == (D(3), D(3))
     await client.call(CANCEL_ALL)
     rest = await client.call(CLOSE, s=symbol, k=uuid.uuid4().hex)
-    assert rest["order"]["quantity"] == "3"
+    assert rest["order"]["quantity"] == "3.000000"
     await wait_order(client, rest["order"]["id"], status="FILLED")
     assert await position(services, client.user_id, symbol) == (D(0), D(0))
     gone = await client.call(CLOSE, s=symbol, k=uuid.uuid4().hex)
@@ -503,7 +503,7 @@ async def test_close_all_positions_cancels_first_and_is_idempotent(
     assert [(e["code"], e["message"].split(":")[0]) for e in kept["errors"]] == [
         ("INSUFFICIENT_SHARES", symbol)
     ]
-    assert [(o["symbol"], o["quantity"]) for o in kept["orders"]] == [(second, "8")]
+    assert [(o["symbol"], o["quantity"]) for o in kept["orders"]] == [(second, "8.000000")]
     await wait_order(client, kept["orders"][0]["id"], status="FILLED")
     await bought(client, second, "8")
 
@@ -512,7 +512,7 @@ async def test_close_all_positions_cancels_first_and_is_idempotent(
     assert closed["errors"] == []
     orders = sorted(closed["orders"], key=lambda o: o["symbol"])
     assert sorted((o["symbol"], o["quantity"], o["idempotencyKey"]) for o in orders) == sorted(
-        [(symbol, "5", f"{key}:{symbol}"), (second, "8", f"{key}:{second}")]
+        [(symbol, "5.000000", f"{key}:{symbol}"), (second, "8.000000", f"{key}:{second}")]
     )
     assert (await client.order(sell["id"]))["status"] == "CANCELLED"
     assert (await client.order(buy["id"]))["status"] == "CANCELLED"
@@ -586,8 +586,8 @@ async def test_triggered_and_replaced_reach_order_updates(
         await quote(services, symbol, "98.90", "98.92", "98.90")
         triggered = await until("TRIGGERED", stop["id"])
         assert (triggered["order"]["stopPrice"], triggered["order"]["highWaterMark"]) == (
-            "99.00",
-            "100.00",
+            "99.0000",
+            "100.0000",
         )
         await until("FILL", stop["id"])
 
