@@ -12,6 +12,7 @@ Two comparisons, each failing with every difference it finds:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +27,7 @@ from services.alerts.alert_index import Condition
 from services.alerts.price_alerts import AlertStatus
 from services.infra import tables
 from services.infra.db import asyncpg_url
-from services.orders.order_model import OrderType, Side, Status, TimeInForce
+from services.orders.order_model import Order, OrderType, Side, Status, TimeInForce
 from services.orders.order_store import ORDER_COLUMNS
 
 # Each table of the public schema, but not what the models cannot hold: the run-time monthly
@@ -178,5 +179,8 @@ def test_the_checked_values_are_the_domains_enums() -> None:
     assert tables.ALERT_STATUSES == tuple(AlertStatus)
 
 
-def test_order_columns_are_the_order_models_columns() -> None:
-    assert ORDER_COLUMNS.split(", ") == [c.name for c in tables.OrderRow.__table__.columns]
+def test_an_order_holds_the_orders_columns_in_table_order() -> None:
+    """order_from_row reads a row of ORDER_COLUMNS (the model's columns) into Order by position."""
+    columns = [c.name for c in tables.OrderRow.__table__.columns]
+    assert ORDER_COLUMNS.split(", ") == columns
+    assert [f.name for f in dataclasses.fields(Order)] == columns
