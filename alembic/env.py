@@ -28,7 +28,7 @@ def _url() -> str:
 
 
 def _run(connection: Connection) -> None:
-    # target_metadata: what `alembic check` and `alembic revision --autogenerate` compare with.
+    # target_metadata and the options: what `alembic check` compares the database with.
     context.configure(
         connection=connection,
         target_metadata=metadata,

@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import SchemaItem
 
 from services.infra.db import asyncpg_url
+from services.infra.tables import metadata
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,6 @@ def model_drift(database_url: str) -> str:
     """What autogenerate finds between the database and the models (services/infra/tables.py),
     as the Alembic operations a migration would need to bring the database to the models; ""
     when they agree."""
-    from services.infra.tables import metadata
 
     def compare(connection: Connection) -> str:
         context = MigrationContext.configure(connection, opts=COMPARE_OPTIONS)
