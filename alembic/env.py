@@ -10,8 +10,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from gateway.migrate import COMPARE_OPTIONS
 from services.infra.db import asyncpg_url
 from services.infra.settings import get_settings
+from services.infra.tables import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -26,7 +28,13 @@ def _url() -> str:
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    # target_metadata and the options: what `alembic check` compares the database with.
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        transaction_per_migration=True,
+        **COMPARE_OPTIONS,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -34,6 +34,7 @@ from services.errors import InvalidInput, LimitExceeded, NotCancellable, NotFoun
 from services.infra import audit
 from services.infra.keys import ns
 from services.infra.settings import Settings
+from services.infra.tables import PriceAlertRow, column_list
 from services.market_data.securities import MAX_SYMBOL_LENGTH, is_valid_symbol, normalize_symbol
 from services.money import decimal_places, require_finite
 
@@ -125,9 +126,11 @@ class Change:
     gone: tuple[UUID, ...] = ()
 
 
-_COLUMNS = (
-    "id, user_id, symbol, condition, threshold, status, created_at, triggered_at, triggered_price"
-)
+_COLUMNS = column_list(
+    PriceAlertRow,
+    "id", "user_id", "symbol", "condition", "threshold", "status", "created_at", "triggered_at",
+    "triggered_price",
+)  # fmt: skip
 
 
 def _alert_from_row(row: Any) -> PriceAlert:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.errors import InvalidInput
 from services.infra import db
 from services.infra.db import single_read
+from services.infra.tables import OrderRow, column_list
 from services.market_data.securities import is_valid_symbol, normalize_symbol
 from services.orders.order_model import (
     OPEN_STATUSES,
@@ -26,13 +27,9 @@ from services.orders.order_model import (
     TimeInForce,
 )
 
-ORDER_COLUMNS = (
-    "id, user_id, account_id, symbol, side, type, time_in_force, quantity, notional, "
-    "limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash, "
-    "reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at, "
-    "updated_at, filled_at, request_id, trail_price, trail_percent, high_water_mark, replaces, "
-    "replaced_by"
-)
+# Every column of `orders`, in the table's order, from its model (order_from_row reads them by
+# position: a column added to the model is added there too).
+ORDER_COLUMNS = column_list(OrderRow)
 OPEN = tuple(s.value for s in OPEN_STATUSES)
 MAX_PAGE = 200
 
