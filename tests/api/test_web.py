@@ -15,7 +15,9 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
+from gateway.app import create_app
 from gateway.web import STATIC_DIR
+from services.infra.settings import Settings
 from tests.graphql_client import GraphQLClient
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
@@ -173,3 +175,12 @@ def test_every_vendored_library_keeps_its_license() -> None:
             licenses[0].read_text()
         )
     assert "Patrick Arminio" in Path(STATIC_DIR / "graphiql.LICENSE").read_text()
+
+
+async def test_the_app_is_not_served_when_switched_off(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"web_app": False}))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        assert (await http.get("/", headers=BROWSER)).status_code == 404
+        # GraphiQL's files stay served: its page needs them whatever the app's setting.
+        assert (await http.get("/static/vendor/graphiql@3.8.3/graphiql.min.js")).status_code == 200

@@ -1,7 +1,7 @@
 """The web app and GraphiQL in a real headless Chromium (Debian's `chromium`, driven by Playwright),
 against the suite's live server with the matcher running and quotes published as the feed would:
-sign up, deposit, watch a symbol's live quotes, buy, see the fill and the position, see a field
-error, cancel a resting order. Every request the browser makes stays on the server.
+sign up, deposit, watch a symbol's live quotes, see field errors, buy by shares and by dollars,
+see the fills and the position with its live P&L, place a stop, cancel a resting limit order. Every request the browser makes stays on the server.
 
 Set TRADEQL_APP_SCREENSHOT=docs/app.png to save a screenshot of the app at the end (README).
 """
@@ -128,8 +128,17 @@ async def test_sign_up_deposit_buy_see_the_fill_and_cancel_a_resting_order(
     )
     await expect(tab.locator("#connection")).to_have_text("● live")
 
-    # Deposit.
+    # Deposit: an amount that is not a number is refused under its field, before any request.
     deposit = tab.locator("#deposit-form")
+    await deposit.get_by_label("Deposit").fill("ten")
+    await deposit.get_by_role("button", name="Deposit").click()
+    await expect(deposit.locator('[data-error-for="amount"]')).to_have_text(
+        "amount must be a number"
+    )
+    # Too many decimal places: the API's INVALID_INPUT names the field.
+    await deposit.get_by_label("Deposit").fill("10.001")
+    await deposit.get_by_role("button", name="Deposit").click()
+    await expect(deposit.locator('[data-error-for="amount"]')).to_contain_text("decimal places")
     await deposit.get_by_label("Deposit").fill("10000")
     await deposit.get_by_role("button", name="Deposit").click()
     await expect(tab.get_by_test_id("cash")).to_have_text("$10,000.00")
@@ -157,6 +166,12 @@ async def test_sign_up_deposit_buy_see_the_fill_and_cancel_a_resting_order(
 
     # Buy at the market: the fill comes over the socket, the position appears.
     await ticket.get_by_label("Type").select_option("MARKET")
+    await ticket.get_by_label("Quantity").fill("ten")
+    await ticket.get_by_role("button", name="Place order").click()
+    await expect(ticket.locator('[data-error-for="quantity"]')).to_have_text(
+        "quantity must be a number"
+    )
+    await expect(ticket.locator('[data-error-for="limitPrice"]')).to_be_empty()
     await ticket.get_by_label("Quantity").fill("10")
     await ticket.get_by_role("button", name="Place order").click()
     fill = tab.locator(f'#order-updates li[data-event="FILL"][data-symbol="{symbol}"]')
@@ -168,22 +183,40 @@ async def test_sign_up_deposit_buy_see_the_fill_and_cancel_a_resting_order(
     await quote(services, symbol, "101.03", "101.05", "101.04")
     await expect(position.get_by_test_id("pnl")).to_contain_text("+$9.90")
 
-    # A limit buy far below the market rests; cancel it from the open orders.
+    # Buy by dollar amount: $1,010.50 at the 101.05 ask is 10 more shares.
+    await ticket.get_by_label("Dollars").check()
+    await ticket.get_by_label("Amount ($)").fill("1010.50")
+    await ticket.get_by_role("button", name="Place order").click()
+    await expect(position.get_by_test_id("quantity")).to_have_text("20")
+    await expect(tab.get_by_test_id("cash")).to_have_text("$7,989.00")
+    await expect(position.get_by_test_id("pnl")).to_contain_text("+$9.80")
+    await ticket.get_by_label("Shares").check()
+
+    # A limit buy far below the market rests, holding back $100 of buying power; cancel it.
+    await expect(tab.get_by_test_id("buying-power")).to_have_text("$7,989.00")
     await ticket.get_by_label("Type").select_option("LIMIT")
     await ticket.get_by_label("Quantity").fill("2")
     await ticket.get_by_label("Limit price").fill("50.00")
     await ticket.get_by_role("button", name="Place order").click()
-    resting = tab.locator(f'#open-orders tr[data-symbol="{symbol}"]')
+    resting = tab.locator(f'#open-orders tr[data-symbol="{symbol}"]', has_text="LIMIT")
     await expect(resting.get_by_test_id("status")).to_have_text("SUBMITTED")
-    await expect(tab.get_by_test_id("buying-power")).to_have_text("$8,899.50")
-    if target := os.environ.get("TRADEQL_APP_SCREENSHOT"):
-        await tab.screenshot(path=target, full_page=True)
+    await expect(tab.get_by_test_id("buying-power")).to_have_text("$7,889.00")
     await resting.get_by_role("button", name="Cancel").click()
     await expect(resting).to_have_count(0)
     cancelled = tab.locator(f'#order-updates li[data-event="CANCELLED"][data-symbol="{symbol}"]')
     await expect(cancelled).to_have_count(1)
-    await expect(tab.get_by_test_id("buying-power")).to_have_text("$8,999.50")
+    await expect(tab.get_by_test_id("buying-power")).to_have_text("$7,989.00")
+
+    # A stop buy above the market rests until the price rises to it.
+    await ticket.get_by_label("Type").select_option("STOP")
+    await ticket.get_by_label("Quantity").fill("1")
+    await ticket.get_by_label("Stop price").fill("150.00")
+    await ticket.get_by_role("button", name="Place order").click()
+    stop = tab.locator(f'#open-orders tr[data-symbol="{symbol}"]', has_text="STOP")
+    await expect(stop.get_by_test_id("status")).to_have_text("SUBMITTED")
     await expect(tab.locator("#chart svg")).to_be_visible()
+    if target := os.environ.get("TRADEQL_APP_SCREENSHOT"):
+        await tab.screenshot(path=target, full_page=True)
     assert outside == [] and errors == []
 
     # Signed out, the page shows the sign-in form again and forgets the token.

@@ -24,7 +24,8 @@ function socketUrl(httpPath) {
 export class Api {
   /**
    * @param {{ path?: string, onSessionEnded?: () => void,
-   *           onConnection?: (status: "connecting" | "live" | "offline") => void }} options
+   *           onConnection?: (status: "connecting" | "live" | "offline", retried: boolean) => void
+   *        }} options
    */
   constructor({ path = "/graphql", onSessionEnded = () => {}, onConnection = () => {} } = {}) {
     this.path = path;
@@ -97,10 +98,11 @@ export class Api {
         // 4401: the session is gone (expired, revoked, signed out elsewhere): stop retrying.
         shouldRetry: (event) => !(event && typeof event === "object" && event.code === 4401),
         on: {
-          connecting: () => this.onConnection("connecting"),
-          connected: () => this.onConnection("live"),
+          connecting: (retrying) => this.onConnection("connecting", retrying),
+          // After a reconnect the app reloads what it shows: events may have gone by meanwhile.
+          connected: (_socket, _payload, retried) => this.onConnection("live", retried),
           closed: (event) => {
-            this.onConnection("offline");
+            this.onConnection("offline", false);
             if (event && typeof event === "object" && event.code === 4401) this.onSessionEnded();
           },
         },

@@ -37,11 +37,12 @@ const api = new Api({
   onSessionEnded: () => {
     if (state.user) signedOut("Your session has ended: sign in again.");
   },
-  onConnection: (status) => {
+  onConnection: (status, retried) => {
     const badge = $("#connection");
     badge.hidden = !state.user;
     badge.textContent = { connecting: "connecting…", live: "● live", offline: "offline" }[status];
     badge.dataset.status = status;
+    if (status === "live" && retried && state.user) refresh();
   },
 });
 
@@ -94,6 +95,15 @@ async function submitting(form, action) {
 }
 
 const decimalOrNull = (value) => (value.trim() === "" ? null : value.trim());
+const DECIMAL = /^\d+(\.\d+)?$/;
+
+/** Field errors, in the API's shape, for decimal inputs that are not numbers: the API would
+ * refuse the whole request (a variable that does not coerce) without naming the field. */
+function notDecimals(values) {
+  return Object.entries(values)
+    .filter(([, value]) => value != null && !DECIMAL.test(value))
+    .map(([field]) => ({ code: "INVALID_INPUT", field, message: `${field} must be a number` }));
+}
 
 // ---- signing in and out -----------------------------------------------------------------
 
@@ -128,14 +138,35 @@ async function showDashboard(user) {
   $("#signed-in").hidden = false;
   $("#sign-out").hidden = false;
   $("#user-email").textContent = user.email;
-  const data = await api.request(ops.DASHBOARD, { open: ops.OPEN_STATUSES });
-  setPortfolio(data.portfolio);
-  data.orders.edges.forEach(({ node }) => upsertOrder(node));
-  renderOrders();
-  state.watchlist = data.watchlists[0] ?? (await createWatchlist());
+  await loadDashboard();
+  state.watchlist ??= await createWatchlist();
   renderWatchlist();
   follow();
   await loadHistory();
+}
+
+/** The account, its open orders and its watchlist, as the server has them now. */
+async function loadDashboard() {
+  const data = await api.request(ops.DASHBOARD, { open: ops.OPEN_STATUSES });
+  const open = new Set(data.orders.edges.map(({ node }) => node.id));
+  // An order shown as open that the server no longer lists as open finished meanwhile.
+  for (const [id, order] of state.orders) {
+    if (!open.has(id) && ops.OPEN_STATUSES.includes(order.status)) state.orders.delete(id);
+  }
+  data.orders.edges.forEach(({ node }) => upsertOrder(node));
+  setPortfolio(data.portfolio);
+  renderOrders();
+  state.watchlist = data.watchlists[0] ?? state.watchlist;
+}
+
+/** After the socket came back: what changed while it was away. */
+async function refresh() {
+  try {
+    await loadDashboard();
+    renderWatchlist();
+  } catch (error) {
+    console.warn("refresh:", error);
+  }
 }
 
 function signedOut(message = "") {
@@ -253,6 +284,8 @@ async function onDeposit(event) {
   const form = event.target;
   await submitting(form, async () => {
     const variables = { amount: form.amount.value.trim(), idempotencyKey: newKey() };
+    const invalid = notDecimals({ amount: variables.amount });
+    if (invalid.length) return showErrors(form, invalid);
     const { deposit } = await api.request(ops.DEPOSIT, variables);
     if (deposit.errors.length) return showErrors(form, deposit.errors);
     clearErrors(form);
@@ -283,6 +316,9 @@ async function onPlaceOrder(event) {
   const form = event.target;
   await submitting(form, async () => {
     const input = ticketInput(form);
+    const { quantity, notional, limitPrice, stopPrice } = input;
+    const invalid = notDecimals({ quantity, notional, limitPrice, stopPrice });
+    if (invalid.length) return showErrors(form, invalid);
     const { placeOrder } = await api.request(ops.PLACE_ORDER, { input });
     if (placeOrder.errors.length) return showErrors(form, placeOrder.errors);
     clearErrors(form);
