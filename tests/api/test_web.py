@@ -141,6 +141,10 @@ async def test_app_files_are_revalidated_and_answer_304_when_unchanged(
     again = await gql.http.get("/static/app/app.js", headers={"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304
     assert again.headers["cache-control"] == "no-cache"
+    # Counted as one path in the metrics, not one series per file.
+    metrics = (await gql.http.get("/metrics")).text
+    assert 'method="GET",path="/static",status="304"' in metrics
+    assert "app.js" not in metrics
 
 
 @pytest.mark.parametrize(

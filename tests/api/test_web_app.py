@@ -76,6 +76,7 @@ async def page(
             outside.append(url)
             await route.abort()
 
+    playwright_api.expect.set_options(timeout=TIMEOUT_MS)  # fills on a busy 2-core machine
     await context.route("**/*", only_the_server)
     opened = await context.new_page()
     opened.set_default_timeout(TIMEOUT_MS)
