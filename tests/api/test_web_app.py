@@ -177,6 +177,8 @@ async def test_sign_up_deposit_buy_see_the_fill_and_cancel_a_resting_order(
     await ticket.get_by_role("button", name="Place order").click()
     fill = tab.locator(f'#order-updates li[data-event="FILL"][data-symbol="{symbol}"]')
     await expect(fill).to_contain_text("10 @ 100.05")
+    # The ticket's line follows the order it placed (the answer said PENDING; the fill came).
+    await expect(ticket.locator(".form-status")).to_have_text(f"BUY 10 {symbol} MARKET: FILLED")
     position = tab.locator(f'#positions tr[data-symbol="{symbol}"]')
     await expect(position.get_by_test_id("quantity")).to_have_text("10")
     await expect(tab.get_by_test_id("cash")).to_have_text("$8,999.50")

@@ -31,6 +31,7 @@ const state = {
   span: "DAY",
   stops: [], // functions that end the live subscriptions
   stopQuotes: null,
+  ticketOrderId: null, // the order the ticket placed last: its line follows its status
 };
 
 const api = new Api({
@@ -180,6 +181,7 @@ function signedOut(message = "") {
     quotes: new Map(),
     updates: [],
     history: [],
+    ticketOrderId: null,
   });
   $("#signed-in").hidden = true;
   $("#signed-out").hidden = false;
@@ -194,6 +196,8 @@ function signedOut(message = "") {
 async function onSignOut() {
   try {
     await api.request(ops.LOGOUT);
+  } catch (error) {
+    console.warn("logout:", error); // the token is forgotten here all the same
   } finally {
     signedOut();
   }
@@ -243,6 +247,7 @@ function onQuote(quote) {
 
 function onOrderUpdate(update) {
   upsertOrder(update.order);
+  if (update.order.id === state.ticketOrderId) showTicketOrder();
   state.updates.unshift(update);
   state.updates.length = Math.min(state.updates.length, MAX_UPDATES);
   renderOrders();
@@ -315,6 +320,7 @@ async function onPlaceOrder(event) {
   event.preventDefault();
   const form = event.target;
   await submitting(form, async () => {
+    state.ticketOrderId = null;
     const input = ticketInput(form);
     const { quantity, notional, limitPrice, stopPrice } = input;
     const invalid = notDecimals({ quantity, notional, limitPrice, stopPrice });
@@ -322,12 +328,21 @@ async function onPlaceOrder(event) {
     const { placeOrder } = await api.request(ops.PLACE_ORDER, { input });
     if (placeOrder.errors.length) return showErrors(form, placeOrder.errors);
     clearErrors(form);
-    const order = placeOrder.order;
-    upsertOrder(order);
+    upsertOrder(placeOrder.order);
     renderOrders();
-    const size = order.notional ? formatMoney(order.notional) : formatQuantity(order.quantity);
-    showStatus(form, `${order.side} ${size} ${order.symbol} ${order.type}: ${order.status}`);
+    state.ticketOrderId = placeOrder.order.id;
+    showTicketOrder();
   });
+}
+
+/** The ticket's line for the order it placed last, at that order's newest status. */
+function showTicketOrder() {
+  const form = $("#order-form");
+  const order = state.orders.get(state.ticketOrderId);
+  if (!order) return;
+  form.querySelector(".form-status")?.remove();
+  const size = order.notional ? formatMoney(order.notional) : formatQuantity(order.quantity);
+  showStatus(form, `${order.side} ${size} ${order.symbol} ${order.type}: ${order.status}`);
 }
 
 async function onCancel(id, button) {
