@@ -217,6 +217,8 @@ async def test_sign_up_deposit_buy_see_the_fill_and_cancel_a_resting_order(
     await ticket.get_by_role("button", name="Place order").click()
     stop = tab.locator(f'#open-orders tr[data-symbol="{symbol}"]', has_text="STOP")
     await expect(stop.get_by_test_id("status")).to_have_text("SUBMITTED")
+    # It holds back buying power (the stop price and a collar), shown as the portfolio is pushed.
+    await expect(tab.get_by_test_id("buying-power")).not_to_have_text("$7,989.00")
     await expect(tab.locator("#chart svg")).to_be_visible()
     if target := os.environ.get("TRADEQL_APP_SCREENSHOT"):
         await tab.screenshot(path=target, full_page=True)
