@@ -21,6 +21,7 @@ from gateway.logging import install_request_id
 from gateway.metrics import REGISTRY, CacheCollector, HubCollector, PoolCollector
 from gateway.middleware import RequestIdMiddleware
 from gateway.view import GraphQLView
+from gateway.web import web_routes
 from services.infra.container import Services
 from services.infra.settings import Settings, get_settings
 
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *web_routes(web_app=settings.web_app),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),

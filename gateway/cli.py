@@ -162,7 +162,10 @@ def up(
             demo()
         children = api_children(host, port, settings.api_workers or os.cpu_count() or 1)
         children += [Child(name, tradeql_argv(*argv)) for name, argv in WORKERS]
-        typer.echo(f"TradeQL is up: http://{host}:{port}/graphql  (Ctrl-C stops everything)")
+        typer.echo(
+            f"TradeQL is up: the app at http://{host}:{port}/, GraphiQL at "
+            f"http://{host}:{port}/graphql  (Ctrl-C stops everything)"
+        )
         code = Supervisor(children, child_env(env), settings.shutdown_grace_seconds + 5).run()
     finally:
         if embedded is not None:

@@ -15,7 +15,15 @@ from services.infra.request_context import request_id_var
 
 log = logging.getLogger("tradeql.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-KNOWN_PATHS = frozenset({"/graphql", "/healthz", "/readyz", "/metrics"})
+KNOWN_PATHS = frozenset({"/graphql", "/healthz", "/readyz", "/metrics", "/"})
+
+
+def path_label(path: str) -> str:
+    """The metrics label of a path: a known one, every static file as one, the rest as `other`
+    (a label per path would let clients grow the series without bound)."""
+    if path in KNOWN_PATHS:
+        return path
+    return "/static" if path.startswith("/static/") else "other"
 
 
 def incoming_request_id(headers: Headers) -> str:
@@ -49,7 +57,7 @@ class RequestIdMiddleware:
         finally:
             if scope["type"] == "http":
                 elapsed = time.perf_counter() - started
-                path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+                path = path_label(scope["path"])
                 HTTP_REQUESTS.labels(path, scope["method"], str(status)).observe(elapsed)
                 if path != "/metrics":
                     log.info(

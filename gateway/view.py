@@ -33,6 +33,7 @@ from gateway.persisted import (
     names_a_persisted_document,
     resolve_http,
 )
+from gateway.web import graphiql_page
 from gateway.ws_persisted import PersistedGraphQLTransportWSHandler
 from resolvers.context import Context
 from services.infra.container import Services
@@ -208,6 +209,11 @@ class GraphQLView(GraphQL[Context, None]):
         ):
             response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
         await response(scope, receive, send)
+
+    @property
+    def graphql_ide_html(self) -> str:
+        """GraphiQL with its scripts served by the gateway, not a CDN (works offline)."""
+        return graphiql_page()
 
     def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
         return super().should_render_graphql_ide(request) and not names_a_persisted_document(

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     graphiql: bool = Field(
         default=False, description="serve GraphiQL at GET /graphql (it needs introspection too)"
     )
+    web_app: bool = Field(
+        default=True, description="serve the trading web app at GET / (gateway/static/app)"
+    )
     introspection: bool = Field(
         default=False, description="answer introspection queries (__schema, __type)"
     )
