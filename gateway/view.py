@@ -52,6 +52,8 @@ from services.infra.settings import Settings
 
 # Where the rate limiter leaves the session it looked up for an HTTP request (a CachedLookup).
 SESSION_LOOKUP_STATE = "tradeql.session_lookup"
+# Set on a request whose answer is a GraphQL request error (the document was refused).
+REQUEST_ERROR_STATE = "graphql_request_error"
 # Where the view keeps the context of a request answered with a stream (SSE, multipart).
 STREAM_CONTEXT_STATE = "tradeql.stream_context"
 PLAIN_SUBSCRIPTION_REFUSAL = (
@@ -245,11 +247,15 @@ class GraphQLView(GraphQL[Context, None]):
                 response.headers["Allow"] = "POST" if request.method == "GET" else "GET, POST"
         except PersistedQueryError as exc:
             response = exc.response()
-        media_type = response.headers.get("content-type", "")
-        if media_type.startswith("application/json") and wants_graphql_response_json(
-            request.headers.get("accept")
-        ):
-            response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
+        graphql_json = wants_graphql_response_json(request.headers.get("accept"))
+        if response.headers.get("content-type", "").startswith("application/json"):
+            if graphql_json:
+                response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
+            if getattr(request.state, REQUEST_ERROR_STATE, False):
+                # GraphQL over HTTP: a request error (the document does not parse or validate,
+                # bad variables) is a 4xx in application/graphql-response+json, and a 200 in
+                # application/json, which older clients read only from a 200.
+                response.status_code = 400 if graphql_json else 200
         await response(scope, receive, send)
 
     def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
@@ -390,6 +396,8 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def process_result(self, request: Request, result: Any) -> GraphQLHTTPResponse:
         processed = await super().process_result(request, result)
+        if is_request_error(processed):  # its status depends on the media type (see __call__)
+            setattr(request.state, REQUEST_ERROR_STATE, True)
         errors: list[dict[str, Any]] = list(processed.get("errors") or [])  # type: ignore[arg-type]
         for error in errors:
             extensions = error.setdefault("extensions", {})
@@ -410,8 +418,6 @@ class GraphQLView(GraphQL[Context, None]):
             assert isinstance(response_data, dict)
             response_data = {k: v for k, v in response_data.items() if k != "data"}  # type: ignore[assignment]
         response = super().create_response(response_data, sub_response)
-        if request_error:
-            response.status_code = 400
         retry_after = throttled_for(response_data)
         if retry_after is not None:
             response.status_code = 429

@@ -29,7 +29,7 @@ from services.infra.container import Services
 from services.infra.settings import Settings
 from tests.api_process import api_process
 from tests.contract import contract_text
-from tests.graphql_client import GraphQLClient
+from tests.graphql_client import ACCEPT, GraphQLClient
 from tests.trading import listed, unique_symbol
 
 GUARDED_ENV = {
@@ -335,7 +335,9 @@ class Guarded:
 
     async def post(self, query: str = "{ __typename }", **headers: str) -> httpx.Response:
         return await self.http.post(
-            "/graphql", json={"query": query}, headers={"X-Forwarded-For": self.address, **headers}
+            "/graphql",
+            json={"query": query},
+            headers={"X-Forwarded-For": self.address, "Accept": ACCEPT, **headers},
         )
 
 

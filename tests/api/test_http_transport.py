@@ -238,10 +238,14 @@ async def test_the_graphql_response_media_type_is_negotiated(
 
 
 @pytest.mark.parametrize("accept", [None, "application/json", "*/*", "application/json, */*"])
-async def test_plain_json_clients_keep_application_json(
+async def test_plain_json_clients_keep_application_json_and_read_request_errors_from_a_200(
     gql: GraphQLClient, accept: str | None
 ) -> None:
+    """GraphQL over HTTP, for application/json: a request error is a 200 (older clients read
+    errors only from a 200), still without a `data` entry and with its code."""
     headers = {"Accept": accept} if accept else {}
-    bad = await gql.http.post("/graphql", json={"query": "{ nope }"}, headers=headers)
-    assert bad.headers["content-type"].startswith("application/json")
-    assert bad.status_code == 400 and "data" not in bad.json()
+    for query, code in (("{ nope }", "GRAPHQL_VALIDATION_FAILED"), ("{", "GRAPHQL_PARSE_FAILED")):
+        bad = await gql.http.post("/graphql", json={"query": query}, headers=headers)
+        assert bad.headers["content-type"].startswith("application/json")
+        assert bad.status_code == 200 and "data" not in bad.json()
+        assert bad.json()["errors"][0]["extensions"]["code"] == code
