@@ -16,6 +16,8 @@ from services.infra.request_context import request_id_var
 log = logging.getLogger("tradeql.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 KNOWN_PATHS = frozenset({"/graphql", "/healthz", "/readyz", "/metrics"})
+# Subscriptions over HTTP (SSE, multipart): counted in tradeql_http_streams_open, not as latency.
+STREAM_MEDIA_TYPES = ("text/event-stream", "multipart/mixed")
 
 
 def incoming_request_id(headers: Headers) -> str:
@@ -36,12 +38,15 @@ class RequestIdMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        streamed = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, streamed
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+                streamed = headers.get("content-type", "").startswith(STREAM_MEDIA_TYPES)
             await send(message)
 
         try:
@@ -50,7 +55,8 @@ class RequestIdMiddleware:
             if scope["type"] == "http":
                 elapsed = time.perf_counter() - started
                 path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
-                HTTP_REQUESTS.labels(path, scope["method"], str(status)).observe(elapsed)
+                if not streamed:  # a subscription's stream lasts as long as it is watched
+                    HTTP_REQUESTS.labels(path, scope["method"], str(status)).observe(elapsed)
                 if path != "/metrics":
                     log.info(
                         "%s %s %s %.1fms",

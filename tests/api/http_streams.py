@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 
 SSE_ACCEPT = "text/event-stream"
-MULTIPART_ACCEPT = 'multipart/mixed;boundary="graphql";subscriptionSpec=1.0,application/json'
+# What Apollo Client sends for a subscription over HTTP (HttpLink, and its Relay/urql adapters).
+MULTIPART_ACCEPT = "multipart/mixed;boundary=graphql;subscriptionSpec=1.0,application/json"
 TRANSPORTS = ("sse", "multipart")
 
 

@@ -375,6 +375,23 @@ async def test_a_session_over_its_limit_gets_429_then_recovers(
     assert recovered.json() == {"data": {"me": {"id": user["id"]}}}
 
 
+async def test_a_subscription_over_http_counts_like_a_request(
+    client: Guarded, user: dict[str, str]
+) -> None:
+    """Each SSE or multipart stream opened is one request of its session's (and address's)."""
+    headers = {
+        "X-Forwarded-For": client.address,
+        "Authorization": f"Bearer {user['token']}",
+        "Accept": "text/event-stream",
+    }
+    body = {"query": "subscription { orderUpdates { event } }"}
+    statuses = []
+    for _ in range(5):
+        async with client.http.stream("POST", "/graphql", json=body, headers=headers) as stream:
+            statuses.append(stream.status_code)
+    assert statuses == [200] * 4 + [429]
+
+
 async def test_an_address_over_its_limit_gets_429_but_health_and_metrics_still_answer(
     client: Guarded,
 ) -> None:
