@@ -112,7 +112,7 @@ class LiveStream:
         if session is not None:
             CONNECTIONS.bind(request, session.session_id, session.expires_at)
         STREAMS_OPEN.labels(self.name).inc()
-        pump = asyncio.create_task(self._pump(request, stream, chunks))
+        pump = asyncio.create_task(self._pump(stream, chunks))
         ended = asyncio.ensure_future(self._ended.wait())
         getter: asyncio.Future[str | None] | None = None
         try:
@@ -132,18 +132,20 @@ class LiveStream:
                 if chunk is None:
                     return
                 yield chunk
-        finally:
+        finally:  # nothing awaited here: the client may have left (see above)
             self._open = False
             for pending in (getter, ended, pump):
                 if pending is not None:
                     pending.cancel()
+            CONNECTIONS.remove(request.scope)
+            STREAMS_OPEN.labels(self.name).dec()
 
+    @staticmethod
     async def _pump(
-        self,
-        request: Request,
-        stream: Callable[[], AsyncIterator[str]],
-        chunks: asyncio.Queue[str | None],
+        stream: Callable[[], AsyncIterator[str]], chunks: asyncio.Queue[str | None]
     ) -> None:
+        """Read the subscription into `chunks` (None: it ended). Cancelled when the body ends,
+        which closes the source down to the resolver's listeners, in this task."""
         try:
             source = stream()
             try:
@@ -157,6 +159,3 @@ class LiveStream:
         except Exception:  # never leave the client waiting on a stream that died
             log.exception("an HTTP subscription stream failed")
             await chunks.put(None)
-        finally:
-            CONNECTIONS.remove(request.scope)
-            STREAMS_OPEN.labels(self.name).dec()

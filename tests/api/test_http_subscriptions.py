@@ -20,6 +20,7 @@ import pytest
 from gateway.metrics import REGISTRY
 from services.infra.container import Services
 from services.infra.settings import Settings
+from services.orders.order_events import user_channel
 from tests.api.http_streams import (
     TRANSPORTS,
     headers_for,
@@ -343,3 +344,25 @@ async def _until_next(events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[t
 
 async def _all_events(events: AsyncIterator[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return [e async for e in events]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("query", [ORDER_UPDATES, PORTFOLIO])
+async def test_a_client_leaving_mid_stream_releases_the_users_pubsub_listeners(
+    http: httpx.AsyncClient,
+    gql: GraphQLClient,
+    app_services: Services,
+    transport: str,
+    query: str,
+) -> None:
+    """orderUpdates listens on the user's channel itself, portfolio through the process's live
+    portfolio feed: both let go of it when the client goes away mid-stream."""
+    user = await gql.register_user()
+    channel = user_channel(uuid.UUID(user["id"]))
+    listeners = app_services.broadcast._subscribers  # broadcaster's queues, by channel
+
+    async with subscribe(http, transport, query, token=user["token"]) as response:
+        assert response.status_code == 200
+        await eventually(lambda: len(listeners.get(channel, ())) == 1)
+    await eventually(lambda: not listeners.get(channel))
+    await eventually(lambda: streams_open(transport) == 0)
