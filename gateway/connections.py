@@ -1,6 +1,7 @@
-"""Open WebSockets of this process: closed with 1001 on shutdown (clients reconnect elsewhere)
-and with 4401 when their session ends: revoked (a logout on any process ends them at once) or
-expired (at the expiry instant)."""
+"""Open WebSockets and HTTP subscription streams (SSE, multipart) of this process: ended with
+1001 on shutdown (clients reconnect elsewhere) and with 4401 when their session ends: revoked (a
+logout on any process ends them at once) or expired (at the expiry instant). A stream has no
+close code: it ends the way its protocol says (see gateway/http_streams.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
+from typing import Protocol
 from uuid import UUID
 
 from broadcaster import Broadcast
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketState
 
 from services.accounts.sessions import SessionStore, revoked_channel
@@ -22,9 +25,28 @@ GOING_AWAY = 1001
 SESSION_REVOKED = 4401
 
 
+class Peer(Protocol):
+    """Something a client holds open: a WebSocket, or an HTTP subscription stream."""
+
+    def is_open(self) -> bool: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class _Socket:
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    def is_open(self) -> bool:
+        return self._websocket.application_state == WebSocketState.CONNECTED
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._websocket.close(code=code, reason=reason)
+
+
 class Connections:
     def __init__(self) -> None:
-        self._sockets: dict[int, WebSocket] = {}
+        self._sockets: dict[int, Peer] = {}
         self._sessions: dict[int, UUID] = {}
         self._expiries: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # expiry closes under way
@@ -36,13 +58,16 @@ class Connections:
         return len(self._sockets)
 
     def add(self, websocket: WebSocket) -> None:
-        self._sockets[id(websocket.scope)] = websocket
+        self.add_peer(websocket, _Socket(websocket))
+
+    def add_peer(self, connection: HTTPConnection, peer: Peer) -> None:
+        self._sockets[id(connection.scope)] = peer
         self.emptied.clear()
 
-    def bind(self, websocket: WebSocket, session_id: UUID, expires_at: datetime) -> None:
-        """Tie a socket to its session: it is closed (4401) when the session is revoked, and at
-        the instant it expires."""
-        key = id(websocket.scope)
+    def bind(self, connection: HTTPConnection, session_id: UUID, expires_at: datetime) -> None:
+        """Tie a socket (or stream) to its session: it is closed (4401) when the session is
+        revoked, and at the instant it expires."""
+        key = id(connection.scope)
         self._sessions[key] = session_id
         previous = self._expiries.pop(key, None)
         if previous is not None:
@@ -73,11 +98,11 @@ class Connections:
     async def _close(self, keys: list[int], code: int, reason: str) -> int:
         closed = 0
         for key in keys:
-            websocket = self._sockets.get(key)
-            if websocket is None or websocket.application_state != WebSocketState.CONNECTED:
+            peer = self._sockets.get(key)
+            if peer is None or not peer.is_open():
                 continue
             with contextlib.suppress(Exception):  # already gone: nothing to close
-                await websocket.close(code=code, reason=reason)
+                await peer.close(code, reason)
                 closed += 1
         return closed
 
@@ -92,9 +117,9 @@ class Connections:
             if closed:
                 log.info("closed %d sockets of a session that ended meanwhile", closed)
 
-    async def close_socket(self, websocket: WebSocket, reason: str) -> None:
+    async def close_socket(self, connection: HTTPConnection, reason: str) -> None:
         """End one socket whose session is no longer live (4401: clients stop retrying)."""
-        await self._close([id(websocket.scope)], SESSION_REVOKED, reason)
+        await self._close([id(connection.scope)], SESSION_REVOKED, reason)
 
     async def close_session(self, session_id: UUID) -> int:
         keys = [k for k, s in self._sessions.items() if s == session_id]
@@ -127,8 +152,8 @@ CONNECTIONS = Connections()
 
 
 async def drain(timeout: float) -> None:
-    """Close every socket with 1001, then give them `timeout` to finish closing."""
+    """Close every socket and stream with 1001, then give them `timeout` to finish closing."""
     closed = await CONNECTIONS.close_all()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(CONNECTIONS.emptied.wait(), timeout)
-    log.info("drained %d websockets (%d still open)", closed, len(CONNECTIONS))
+    log.info("drained %d websockets and streams (%d still open)", closed, len(CONNECTIONS))

@@ -26,6 +26,10 @@ def path_label(path: str) -> str:
     return "/static" if path.startswith("/static/") else "other"
 
 
+# Subscriptions over HTTP (SSE, multipart): counted in tradeql_http_streams_open, not as latency.
+STREAM_MEDIA_TYPES = ("text/event-stream", "multipart/mixed")
+
+
 def incoming_request_id(headers: Headers) -> str:
     """Keep the caller's X-Request-ID when it is sane (tracing across services), else make one."""
     given = headers.get("x-request-id", "")
@@ -44,12 +48,15 @@ class RequestIdMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        streamed = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, streamed
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+                streamed = headers.get("content-type", "").startswith(STREAM_MEDIA_TYPES)
             await send(message)
 
         try:
@@ -58,7 +65,8 @@ class RequestIdMiddleware:
             if scope["type"] == "http":
                 elapsed = time.perf_counter() - started
                 path = path_label(scope["path"])
-                HTTP_REQUESTS.labels(path, scope["method"], str(status)).observe(elapsed)
+                if not streamed:  # a subscription's stream lasts as long as it is watched
+                    HTTP_REQUESTS.labels(path, scope["method"], str(status)).observe(elapsed)
                 if path != "/metrics":
                     log.info(
                         "%s %s %s %.1fms",

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from graphql import OperationType
+from graphql import GraphQLError, GraphQLSyntaxError, OperationType, get_operation_ast, parse
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.base import BaseRequestProtocol
+from strawberry.http.streaming import MultipartSubscriptionTransport, SSETransport
+from strawberry.http.types import HTTPMethod
 from strawberry.schema import BaseSchema
+from strawberry.subscriptions import (
+    GRAPHQL_SSE_PROTOCOL,
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,
+    GRAPHQL_WS_PROTOCOL,
+    MULTIPART_SUBSCRIPTION_PROTOCOL,
+)
 from strawberry.types import ExecutionResult, SubscriptionExecutionResult
+from strawberry.types.graphql import OperationType as StrawberryOperationType
 from strawberry.types.unset import UnsetType
 
 from gateway.client_address import parse_networks, request_client_address
 from gateway.connections import CONNECTIONS
+from gateway.http_streams import LiveStream
 from gateway.legacy_ws import GraphQLWSHandler, operation_type
 from gateway.metrics import WEBSOCKETS_OPEN
 from gateway.persisted import (
@@ -35,13 +46,22 @@ from gateway.persisted import (
 )
 from gateway.web import graphiql_page
 from gateway.ws_persisted import PersistedGraphQLTransportWSHandler
-from resolvers.context import Context
+from resolvers.context import Context, Unauthenticated
 from services.infra.container import Services
 from services.infra.request_context import current_request_id
 from services.infra.settings import Settings
 
 # Where the rate limiter leaves the session it looked up for an HTTP request (a CachedLookup).
 SESSION_LOOKUP_STATE = "tradeql.session_lookup"
+# Set on a request whose answer is a GraphQL request error (the document was refused).
+REQUEST_ERROR_STATE = "graphql_request_error"
+# Where the view keeps the context of a request answered with a stream (SSE, multipart).
+STREAM_CONTEXT_STATE = "tradeql.stream_context"
+PLAIN_SUBSCRIPTION_REFUSAL = (
+    "a subscription is not served as a plain JSON request: use Server-Sent Events (POST or GET "
+    "with Accept: text/event-stream), multipart (Accept: multipart/mixed;subscriptionSpec=1.0) "
+    "or a WebSocket (graphql-transport-ws or graphql-ws) at /graphql"
+)
 
 
 def bearer_token(value: object) -> str | None:
@@ -77,6 +97,13 @@ def websocket_token(params: Mapping[str, Any], handshake: str | None) -> tuple[b
     return False, None
 
 
+BAD_TOKEN = "invalid or expired session token"
+
+
+async def _only(result: ExecutionResult) -> AsyncIterator[ExecutionResult]:
+    yield result
+
+
 def error_body(message: str, code: str) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": {"code": code}}]}
 
@@ -107,6 +134,18 @@ def wants_graphql_response_json(accept: str | None) -> bool:
         elif media.lower() in ("application/json", "*/*", "application/*") and q > 0:
             json_rank = max(json_rank, rank) if json_rank else rank
     return best is not None and (json_rank is None or best > json_rank)
+
+
+def _operation_type(data: GraphQLRequestData, max_tokens: int) -> OperationType | None:
+    """The type of the operation a stream would run (None: it does not parse or name one;
+    the stream itself then says why)."""
+    if not data.query:
+        return None
+    try:
+        operation = get_operation_ast(parse(data.query, max_tokens=max_tokens), data.operation_name)
+    except GraphQLError:
+        return None
+    return operation.operation if operation is not None else None
 
 
 def is_subscription(query: str | None, operation_name: str | None) -> bool:
@@ -151,6 +190,12 @@ class GraphQLView(GraphQL[Context, None]):
             ),
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
             allowed_origins=settings.cors_origin_list,
+            subscription_protocols=(
+                GRAPHQL_TRANSPORT_WS_PROTOCOL,
+                GRAPHQL_WS_PROTOCOL,
+                GRAPHQL_SSE_PROTOCOL,
+                MULTIPART_SUBSCRIPTION_PROTOCOL,
+            ),
         )
         self._trusted = parse_networks(settings.trusted_proxies)
 
@@ -203,11 +248,15 @@ class GraphQLView(GraphQL[Context, None]):
                 response.headers["Allow"] = "POST" if request.method == "GET" else "GET, POST"
         except PersistedQueryError as exc:
             response = exc.response()
-        media_type = response.headers.get("content-type", "")
-        if media_type.startswith("application/json") and wants_graphql_response_json(
-            request.headers.get("accept")
-        ):
-            response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
+        graphql_json = wants_graphql_response_json(request.headers.get("accept"))
+        if response.headers.get("content-type", "").startswith("application/json"):
+            if graphql_json:
+                response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
+            if getattr(request.state, REQUEST_ERROR_STATE, False):
+                # GraphQL over HTTP: a request error (the document does not parse or validate,
+                # bad variables) is a 4xx in application/graphql-response+json, and a 200 in
+                # application/json, which older clients read only from a 200.
+                response.status_code = 400 if graphql_json else 200
         await response(scope, receive, send)
 
     @property
@@ -230,18 +279,84 @@ class GraphQLView(GraphQL[Context, None]):
         sub_response: Response,
     ) -> ExecutionResult | list[ExecutionResult] | SubscriptionExecutionResult:
         """Persisted queries first (APQ, partners' documents): strawberry has none. A
-        subscription sent as a plain JSON request is refused: its transport is a WebSocket."""
+        subscription sent as a plain JSON request is refused: its transports are SSE, multipart
+        and WebSocket."""
         await resolve_http(DocumentResolver.for_services(context.services), request, request_data)
+        if not isinstance(request_data, list) and request_data.protocol != "http":
+            return await self.stream_operation(request, request_data, context)
         for data in request_data if isinstance(request_data, list) else [request_data]:
             if is_subscription(data.query, data.operation_name):
-                raise HTTPException(
-                    400,
-                    "subscriptions are served over WebSocket (graphql-transport-ws or graphql-ws "
-                    "at /graphql), not as a plain HTTP request",
-                )
+                raise HTTPException(400, PLAIN_SUBSCRIPTION_REFUSAL)
         return await super().execute_operation(
             request, request_adapter, request_data, context, root_value, sub_response
         )
+
+    async def stream_operation(
+        self, request: Request, data: GraphQLRequestData, context: Context
+    ) -> SubscriptionExecutionResult:
+        """An operation answered with a stream (SSE: any operation, subscriptions over GET too,
+        since a browser's EventSource only GETs; multipart: subscriptions). A token that names
+        no live session is refused in the stream itself, as its only message: graphql-sse
+        retries a refused request five times before the app hears of it, and stops on an
+        error it receives. The context lives as long as the stream, so it keeps no holdings
+        versions read at its start."""
+        context.holdings_tokens.clear()
+        request.scope.setdefault("state", {})[STREAM_CONTEXT_STATE] = context
+        if context.token is not None and context.session is None:
+            refused = _only(ExecutionResult(data=None, errors=[Unauthenticated(BAD_TOKEN)]))
+            return cast(SubscriptionExecutionResult, refused)
+        transport = self._get_stream_transport(data.protocol)
+        assert transport is not None
+        kind = _operation_type(data, context.services.settings.max_tokens)
+        if kind is OperationType.MUTATION and request.method == "GET":
+            raise HTTPException(405, "mutations are not allowed over GET: POST them")
+        if kind not in (None, OperationType.SUBSCRIPTION) and isinstance(
+            transport, MultipartSubscriptionTransport
+        ):
+            raise HTTPException(
+                400,
+                "multipart subscriptions (subscriptionSpec=1.0) run subscriptions only: send "
+                "queries and mutations as plain JSON",
+            )
+        allowed = StrawberryOperationType.from_http(cast(HTTPMethod, request.method))
+        stream = await self.schema.stream(
+            data.query,  # type: ignore[arg-type]
+            variable_values=data.variables,
+            context_value=context,
+            operation_name=data.operation_name,
+            operation_extensions=data.extensions,
+            allowed_operation_types=transport.allowed_operation_types(allowed),  # GET: no mutation
+        )
+        return cast(SubscriptionExecutionResult, self._syntax_errors_as_results(stream))
+
+    async def _syntax_errors_as_results(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """strawberry's stream raises the syntax error of a document that does not parse when
+        ParserCache parses it (its `on_parse` hook runs outside the stream's own handling):
+        answer it as the stream's one result, as an invalid document is."""
+        try:
+            async with aclosing(stream) as results:  # type: ignore[type-var]
+                async for result in results:
+                    yield result
+        except GraphQLSyntaxError as error:
+            self.schema.process_errors([error])
+            yield ExecutionResult(data=None, errors=[error])
+
+    async def create_streaming_response(
+        self,
+        request: Request | WebSocket,
+        stream: Callable[[], AsyncIterator[str]],
+        sub_response: Response,
+        headers: Mapping[str, str],
+    ) -> Response:
+        """strawberry's events, parts and heartbeats, through a stream that ends with its
+        session and at shutdown like a WebSocket (gateway/http_streams.py)."""
+        assert isinstance(request, Request)
+        transport = self._get_stream_transport_from_headers(request.headers)
+        assert isinstance(transport, SSETransport | MultipartSubscriptionTransport)
+        context = request.scope.get("state", {}).get(STREAM_CONTEXT_STATE)
+        session = context.session if isinstance(context, Context) else None
+        body = LiveStream(transport).run(request, stream, session, self.encode_json_string)
+        return StreamingResponse(body, status_code=200, headers={**sub_response.headers, **headers})
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -278,7 +393,7 @@ class GraphQLView(GraphQL[Context, None]):
             return None  # anonymous: public fields work, private ones answer UNAUTHENTICATED
         session = await context.services.sessions.authenticate(token) if token else None
         if session is None:
-            raise ConnectionRejectionError({"message": "invalid or expired session token"})
+            raise ConnectionRejectionError({"message": BAD_TOKEN})
         context.token = token
         context.session = session
         assert isinstance(context.request, WebSocket)
@@ -287,6 +402,8 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def process_result(self, request: Request, result: Any) -> GraphQLHTTPResponse:
         processed = await super().process_result(request, result)
+        if is_request_error(processed):  # its status depends on the media type (see __call__)
+            setattr(request.state, REQUEST_ERROR_STATE, True)
         errors: list[dict[str, Any]] = list(processed.get("errors") or [])  # type: ignore[arg-type]
         for error in errors:
             extensions = error.setdefault("extensions", {})
@@ -307,8 +424,6 @@ class GraphQLView(GraphQL[Context, None]):
             assert isinstance(response_data, dict)
             response_data = {k: v for k, v in response_data.items() if k != "data"}  # type: ignore[assignment]
         response = super().create_response(response_data, sub_response)
-        if request_error:
-            response.status_code = 400
         retry_after = throttled_for(response_data)
         if retry_after is not None:
             response.status_code = 429

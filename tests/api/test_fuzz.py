@@ -95,7 +95,10 @@ class Fuzzer:
     def check(self, document: str, response: httpx.Response) -> None:
         where = f"\n{document}\n-> {response.status_code} {response.text[:2000]}"
         assert response.status_code < 500, where
-        assert response.headers["content-type"].startswith("application/json"), where
+        media_type = response.headers["content-type"]
+        assert media_type.startswith(("application/json", "application/graphql-response+json")), (
+            where
+        )
         body: dict[str, Any] = response.json()
         assert "data" in body or "errors" in body, where
         for error in body.get("errors") or []:

@@ -29,7 +29,7 @@ from services.infra.container import Services
 from services.infra.settings import Settings
 from tests.api_process import api_process
 from tests.contract import contract_text
-from tests.graphql_client import GraphQLClient
+from tests.graphql_client import ACCEPT, GraphQLClient
 from tests.trading import listed, unique_symbol
 
 GUARDED_ENV = {
@@ -335,7 +335,9 @@ class Guarded:
 
     async def post(self, query: str = "{ __typename }", **headers: str) -> httpx.Response:
         return await self.http.post(
-            "/graphql", json={"query": query}, headers={"X-Forwarded-For": self.address, **headers}
+            "/graphql",
+            json={"query": query},
+            headers={"X-Forwarded-For": self.address, "Accept": ACCEPT, **headers},
         )
 
 
@@ -371,6 +373,23 @@ async def test_a_session_over_its_limit_gets_429_then_recovers(
     await asyncio.sleep(retry_after + 0.1)
     recovered = await client.post("{ me { id } }", **auth)
     assert recovered.json() == {"data": {"me": {"id": user["id"]}}}
+
+
+async def test_a_subscription_over_http_counts_like_a_request(
+    client: Guarded, user: dict[str, str]
+) -> None:
+    """Each SSE or multipart stream opened is one request of its session's (and address's)."""
+    headers = {
+        "X-Forwarded-For": client.address,
+        "Authorization": f"Bearer {user['token']}",
+        "Accept": "text/event-stream",
+    }
+    body = {"query": "subscription { orderUpdates { event } }"}
+    statuses = []
+    for _ in range(5):
+        async with client.http.stream("POST", "/graphql", json=body, headers=headers) as stream:
+            statuses.append(stream.status_code)
+    assert statuses == [200] * 4 + [429]
 
 
 async def test_an_address_over_its_limit_gets_429_but_health_and_metrics_still_answer(

@@ -190,14 +190,16 @@ async def test_a_body_that_is_not_a_json_object_is_a_400_and_the_connection_live
         "subscription { orderUpdates { event } }",  # anonymous, too
     ],
 )
-async def test_a_subscription_sent_as_plain_http_is_a_400_naming_the_websocket(
+async def test_a_subscription_sent_as_plain_json_is_a_400_naming_sse_and_the_websocket(
     gql: GraphQLClient, query: str
 ) -> None:
-    response = await gql.http.post("/graphql", json={"query": query})
-    assert response.status_code == 400
-    (error,) = response.json()["errors"]
-    assert error["extensions"]["code"] == "BAD_REQUEST"
-    assert "WebSocket" in error["message"]
+    for accept in (None, "application/json", "application/graphql-response+json"):
+        headers = {"Accept": accept} if accept else {}
+        response = await gql.http.post("/graphql", json={"query": query}, headers=headers)
+        assert response.status_code == 400
+        (error,) = response.json()["errors"]
+        assert error["extensions"]["code"] == "BAD_REQUEST"
+        assert "text/event-stream" in error["message"] and "WebSocket" in error["message"]
 
 
 async def test_a_query_beside_a_subscription_in_one_document_still_runs(
@@ -236,10 +238,14 @@ async def test_the_graphql_response_media_type_is_negotiated(
 
 
 @pytest.mark.parametrize("accept", [None, "application/json", "*/*", "application/json, */*"])
-async def test_plain_json_clients_keep_application_json(
+async def test_plain_json_clients_keep_application_json_and_read_request_errors_from_a_200(
     gql: GraphQLClient, accept: str | None
 ) -> None:
+    """GraphQL over HTTP, for application/json: a request error is a 200 (older clients read
+    errors only from a 200), still without a `data` entry and with its code."""
     headers = {"Accept": accept} if accept else {}
-    bad = await gql.http.post("/graphql", json={"query": "{ nope }"}, headers=headers)
-    assert bad.headers["content-type"].startswith("application/json")
-    assert bad.status_code == 400 and "data" not in bad.json()
+    for query, code in (("{ nope }", "GRAPHQL_VALIDATION_FAILED"), ("{", "GRAPHQL_PARSE_FAILED")):
+        bad = await gql.http.post("/graphql", json={"query": query}, headers=headers)
+        assert bad.headers["content-type"].startswith("application/json")
+        assert bad.status_code == 200 and "data" not in bad.json()
+        assert bad.json()["errors"][0]["extensions"]["code"] == code

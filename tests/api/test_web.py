@@ -138,7 +138,9 @@ async def test_app_files_are_revalidated_and_answer_304_when_unchanged(
 ) -> None:
     first = await gql.http.get("/static/app/app.js")
     assert first.headers["cache-control"] == "no-cache"
-    again = await gql.http.get("/static/app/app.js", headers={"If-None-Match": first.headers["etag"]})
+    again = await gql.http.get(
+        "/static/app/app.js", headers={"If-None-Match": first.headers["etag"]}
+    )
     assert again.status_code == 304
     assert again.headers["cache-control"] == "no-cache"
     # Counted as one path in the metrics, not one series per file.
