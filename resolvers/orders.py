@@ -22,6 +22,7 @@ from services.errors import DomainError, NotFound
 from services.infra.pubsub import RESUBSCRIBED
 from services.money import trim_price, trim_quantity
 from services.orders import order_events, order_model
+from services.orders.order_history import HistoryEvent
 from services.orders.order_rules import PlaceOrder
 from services.orders.order_store import encode_cursor
 
@@ -52,6 +53,7 @@ def to_order(
         updated_at=order.updated_at,
         filled_at=order.filled_at,
         version=order.version,
+        extended_hours=order.extended_hours,
         prefetched_executions=None
         if executions is None
         else [schema.Execution.from_domain(e) for e in executions],
@@ -83,6 +85,7 @@ async def place_order(info: Info, input: schema.PlaceOrderInput) -> schema.Order
         limit_price=_given(input.limit_price),
         stop_price=_given(input.stop_price),
         idempotency_key=input.idempotency_key,
+        extended_hours=input.extended_hours,
     )
     try:
         order = await info.context.services.placement.place(command)
@@ -168,6 +171,31 @@ async def order_executions(info: Info, order_id: strawberry.ID) -> list[schema.E
     loaders = current_loaders(info.context.services)
     found = await loaders.executions.load(UUID(str(order_id)))
     return [schema.Execution.from_domain(e) for e in found]
+
+
+def _lifecycle_event(event: HistoryEvent) -> schema.OrderLifecycleEvent | None:
+    """An event as the contract shows it; None for an internal kind (SUBMITTED, UPDATED)."""
+    shown = _SHOWN_KINDS.get(event.kind)
+    if shown is None:
+        return None
+    return schema.OrderLifecycleEvent(
+        type=shown,
+        status=event.status,
+        at=event.at,
+        quantity=trim_quantity(event.quantity) if event.quantity is not None else None,
+        price=trim_price(event.price) if event.price is not None else None,
+        venue=event.venue,
+        reason=event.reason,
+    )
+
+
+# The contract's OrderEvent values, by the kind order_events records.
+_SHOWN_KINDS = {event.value: event for event in order_model.Event}
+
+
+async def order_lifecycle(info: Info, order_id: strawberry.ID) -> list[schema.OrderLifecycleEvent]:
+    found = await current_loaders(info.context.services).order_events.load(UUID(str(order_id)))
+    return [shown for shown in map(_lifecycle_event, found) if shown is not None]
 
 
 async def subscribe_order_updates(info: Info) -> AsyncGenerator[schema.OrderUpdate, None]:

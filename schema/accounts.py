@@ -11,6 +11,7 @@ import strawberry
 
 from schema.errors import UserError
 from schema.marketdata import Quote
+from schema.orders import OrderSide, PageInfo
 
 
 @strawberry.type
@@ -45,6 +46,22 @@ class Position:
     market_value: Decimal | None
     unrealized_pnl: Decimal | None
     unrealized_pnl_percent: Decimal | None
+    user_id: strawberry.Private[UUID]
+
+    @strawberry.field(
+        description="the last close before today's session, and the position's change in "
+        "value since it"
+    )
+    async def previous_close(self, info: strawberry.Info) -> Decimal | None:
+        from resolvers.portfolio import position_previous_close
+
+        return await position_previous_close(info, self)
+
+    @strawberry.field
+    async def day_change(self, info: strawberry.Info) -> Decimal | None:
+        from resolvers.portfolio import position_day_change
+
+        return await position_day_change(info, self)
 
 
 @strawberry.type
@@ -77,6 +94,53 @@ class Portfolio:
         from resolvers.portfolio import portfolio_history
 
         return await portfolio_history(info, self.user_id, span)
+
+    @strawberry.field(
+        description="equity now less equity at the last close, deposits in between left out"
+    )
+    async def day_change(self, info: strawberry.Info) -> Decimal:
+        from resolvers.portfolio import portfolio_day_change
+
+        return (await portfolio_day_change(info, self.user_id))[0]
+
+    @strawberry.field
+    async def day_change_percent(self, info: strawberry.Info) -> Decimal | None:
+        from resolvers.portfolio import portfolio_day_change
+
+        return (await portfolio_day_change(info, self.user_id))[1]
+
+
+@strawberry.enum
+class ActivityType(Enum):
+    FILL = "FILL"
+    DEPOSIT = "DEPOSIT"
+
+
+@strawberry.type
+class Activity:
+    id: strawberry.ID
+    type: ActivityType
+    at: datetime
+    amount: Decimal = strawberry.field(
+        description="the cash this activity moved: negative for a buy"
+    )
+    symbol: str | None
+    side: OrderSide | None
+    quantity: Decimal | None
+    price: Decimal | None
+    order_id: strawberry.ID | None
+
+
+@strawberry.type
+class ActivityEdge:
+    cursor: str
+    node: Activity
+
+
+@strawberry.type
+class ActivityConnection:
+    edges: list[ActivityEdge]
+    page_info: PageInfo
 
 
 @strawberry.type

@@ -81,8 +81,31 @@ class Order:
         description="grows with every change of the order: of two snapshots, the higher "
         "version is the newer"
     )
+    extended_hours: bool = strawberry.field(
+        description="a LIMIT DAY order that may also work in the PRE and POST sessions"
+    )
+
+    @strawberry.field(
+        description="every change of the order, oldest first: its append-only history"
+    )
+    async def events(self, info: strawberry.Info) -> list[OrderLifecycleEvent]:
+        from resolvers.orders import order_lifecycle
+
+        return await order_lifecycle(info, self.id)
+
     # The executions, when they were read with the order (an order-history page).
     prefetched_executions: strawberry.Private[list[Execution] | None] = None
+
+
+@strawberry.type
+class OrderLifecycleEvent:
+    type: OrderEvent
+    status: OrderStatus = strawberry.field(description="the order's status after this event")
+    at: datetime
+    quantity: Decimal | None
+    price: Decimal | None
+    venue: str | None
+    reason: str | None
 
 
 @strawberry.type
@@ -117,6 +140,7 @@ class PlaceOrderInput:
     )
     limit_price: Decimal | None = UNSET
     stop_price: Decimal | None = UNSET
+    extended_hours: bool = strawberry.field(default=False, description="LIMIT DAY orders only")
     idempotency_key: str = strawberry.field(
         description="chosen by the client: the same key always answers with the same order"
     )

@@ -42,23 +42,32 @@ def _month_start(day: date, offset: int) -> date:
     return date(months // 12, months % 12 + 1, 1)
 
 
-async def expire_day_orders(services: Services, before: datetime) -> int:
+async def expire_day_orders(
+    services: Services, before: datetime, *, extended_hours: bool = False
+) -> int:
+    """Expire the open DAY orders placed before `before`: at the close, those for the regular
+    session (one placed after the close works in the next one); at the end of POST
+    (`extended_hours`), those for extended hours."""
     async with services.engine.connect() as conn:
         rows = await conn.execute(
             text(
                 f"SELECT {ORDER_COLUMNS} FROM orders WHERE time_in_force = :day "
-                "AND status IN ('PENDING', 'SUBMITTED', 'PARTIALLY_FILLED') AND created_at < :before"
+                "AND status IN ('PENDING', 'SUBMITTED', 'PARTIALLY_FILLED') AND created_at < :before "
+                "AND extended_hours = :extended"
             ),
-            {"day": TimeInForce.DAY.value, "before": before},
+            {"day": TimeInForce.DAY.value, "before": before, "extended": extended_hours},
         )
         orders = [order_from_row(r) for r in rows]
+    reason = (
+        "a DAY order for extended hours expires at the end of POST"
+        if extended_hours
+        else "a DAY order expires at the close"
+    )
     expired = 0
     for order in orders:
         try:
             async with services.engine.begin() as conn:
-                outcome = await fills.close(
-                    conn, order, Status.EXPIRED, reason="a DAY order expires at the close"
-                )
+                outcome = await fills.close(conn, order, Status.EXPIRED, reason=reason)
         except fills.StaleOrder:
             continue  # filled or cancelled meanwhile
         expired += 1

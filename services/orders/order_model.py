@@ -107,6 +107,7 @@ class Order:
     updated_at: datetime
     filled_at: datetime | None
     request_id: str | None = None  # the request that placed it
+    extended_hours: bool = False  # a LIMIT DAY order that also works in the PRE and POST sessions
 
     @property
     def remaining_quantity(self) -> Decimal:

@@ -33,12 +33,14 @@ class PlaceOrder:
     limit_price: Decimal | None
     stop_price: Decimal | None
     idempotency_key: str
+    extended_hours: bool = False
 
     def fingerprint_fields(self) -> dict[str, str | None]:
         def text(v: object) -> str | None:
             return None if v is None else str(v)
 
-        return {
+        extended = {"extended": "true"} if self.extended_hours else {}
+        return extended | {
             "symbol": self.symbol,
             "side": self.side.value,
             "type": self.type.value,
@@ -134,6 +136,12 @@ def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
         raise InvalidInput(
             f"{command.time_in_force.value} needs an order that can execute now, not a stop",
             field="timeInForce",
+        )
+    if command.extended_hours and (
+        command.type is not OrderType.LIMIT or command.time_in_force is not TimeInForce.DAY
+    ):
+        raise InvalidInput(
+            "extendedHours is for LIMIT orders with timeInForce DAY", field="extendedHours"
         )
     quantity = command.quantity.normalize() if command.quantity is not None else None
     return replace(

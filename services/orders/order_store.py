@@ -30,7 +30,7 @@ ORDER_COLUMNS = (
     "id, user_id, account_id, symbol, side, type, time_in_force, quantity, notional, "
     "limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash, "
     "reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at, "
-    "updated_at, filled_at, request_id"
+    "updated_at, filled_at, request_id, extended_hours"
 )
 OPEN = tuple(s.value for s in OPEN_STATUSES)
 MAX_PAGE = 200
@@ -50,13 +50,13 @@ def order_from_row(row: Any) -> Order:
         order_id, user_id, account_id, symbol, side, type_, tif, quantity, notional,
         limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash,
         reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at,
-        updated_at, filled_at, request_id,
+        updated_at, filled_at, request_id, extended_hours,
     ) = tuple(row[:_WIDTH])  # fmt: skip
     return Order(
         order_id, user_id, account_id, symbol, _SIDES[side], _TYPES[type_], _TIFS[tif],
         quantity, notional, limit_price, stop_price, _STATUSES[status], filled_quantity,
         filled_value, reserved_cash, reserved_quantity, triggered, version, idempotency_key,
-        reject_reason, created_at, updated_at, filled_at, request_id,
+        reject_reason, created_at, updated_at, filled_at, request_id, extended_hours,
     )  # fmt: skip
 
 

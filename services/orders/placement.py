@@ -280,6 +280,7 @@ class OrderPlacement:
                     "reserved_quantity": hold.shares,
                     "key": c.idempotency_key,
                     "request_id": request.request_id,
+                    "extended_hours": c.extended_hours,
                 }
             )
         await conn.execute(
@@ -538,6 +539,7 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "reserved_quantity",
         "key",
         "request_id",
+        "extended_hours",
     ]
     types = [
         "uuid",
@@ -555,13 +557,14 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "numeric",
         "text",
         "text",
+        "boolean",
     ]
     unnest = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
     result = await conn.execute(
         text(
             "INSERT INTO orders (id, user_id, account_id, symbol, side, type, time_in_force, "
             "quantity, notional, limit_price, stop_price, reserved_cash, reserved_quantity, "
-            "idempotency_key, request_id, status) "
+            "idempotency_key, request_id, extended_hours, status) "
             f"SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
         ),
         {c: [r[c] for r in rows] for c in columns},
