@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.errors import InvalidInput
 from services.infra.db import single_read
+from services.money import round_cash
 
 MAX_PAGE = 200
 
@@ -93,8 +94,9 @@ _DEPOSITS = """
 
 
 def _activity(r: Any) -> Activity:
+    """A row as an activity; the ledger keeps 6 places, cash moves in whole cents."""
     return Activity(
-        r.key, ActivityType(r.type), r.at, r.amount, r.symbol, r.side, r.quantity, r.price,
+        r.key, ActivityType(r.type), r.at, round_cash(r.amount), r.symbol, r.side, r.quantity, r.price,
         r.order_id,
     )  # fmt: skip
 
