@@ -119,9 +119,13 @@ CREATE INDEX order_events_day_idx ON order_events (created_at);
 -- The account views: fills newest first, and the ledger transaction of each.
 CREATE INDEX executions_user_idx ON executions (user_id, executed_at DESC, id DESC);
 CREATE INDEX ledger_transactions_reference_idx ON ledger_transactions (reference);
+-- Deposits since the last close (the day change), without reading an account's every fill.
+CREATE INDEX ledger_transactions_deposits_idx ON ledger_transactions (created_at)
+    WHERE kind = 'deposit';
 """
 
 DOWNGRADE = r"""
+DROP INDEX ledger_transactions_deposits_idx;
 DROP INDEX ledger_transactions_reference_idx;
 DROP INDEX executions_user_idx;
 DROP INDEX order_events_day_idx;

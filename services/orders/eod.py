@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from services.infra.container import Services
 from services.infra.streams import partition_of
+from services.market_data.clock import MarketClock
 from services.money import round_cash
 from services.orders import fills, order_events
 from services.orders.order_model import Status, TimeInForce
@@ -163,7 +164,7 @@ async def purge_idempotency_keys(services: Services) -> int:
 async def run_eod(
     services: Services, trading_day: date, close_at: datetime | None = None
 ) -> EodSummary:
-    close_at = close_at or datetime.now(UTC)
+    close_at = close_at or _close_of(trading_day)
     summary = EodSummary(trading_day)
     summary.expired = await expire_day_orders(services, close_at)
     summary.snapshots = await snapshot_equity(services, close_at)
@@ -181,6 +182,14 @@ async def run_eod(
         )
     log.info("end of day %s: %s", trading_day, summary)
     return summary
+
+
+def _close_of(trading_day: date) -> datetime:
+    """The day's regular close once it has passed (a DAY order placed after it works in the next
+    session, so an end of day run by hand later must not expire it); else now."""
+    now = datetime.now(UTC)
+    day = MarketClock().trading_day(trading_day)
+    return day.close if day is not None and day.close <= now else now
 
 
 def _json(summary: EodSummary) -> str:
