@@ -91,3 +91,11 @@ def test_the_previous_close_is_the_last_close_before_the_trading_day(
     moment: str, previous_close: str
 ) -> None:
     assert CLOCK.previous_close(at(moment)) == at(previous_close)
+
+
+def test_an_end_of_day_run_by_hand_cuts_at_the_days_close() -> None:
+    from services.orders.eod import _close_of
+
+    assert _close_of(at("2026-11-25T00:00:00").date()) == at("2026-11-25T21:00:00")
+    before = datetime.now(UTC)
+    assert _close_of(at("2026-11-26T00:00:00").date()) >= before  # Thanksgiving: no close
