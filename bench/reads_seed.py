@@ -101,6 +101,26 @@ SELECT o.id, o.user_id, o.symbol, o.side, part.q, o.price, part.venue,
  WHERE part.q IS NOT NULL
 """
 
+# Each order's history (services/orders/order_history.py), so `tradeql check` rebuilds it:
+# accepted, then its fills (the seeded orders are FILLED at version 2).
+_EVENTS_SQL = """
+INSERT INTO order_events (id, created_at, user_id, order_id, version, kind, status, quantity,
+                          price, venue, execution_id)
+SELECT gen_random_uuid(), t.at, t.user_id, t.order_id, t.version, t.kind, t.status, t.quantity,
+       t.price, t.venue, t.execution_id
+  FROM (SELECT o.created_at AS at, o.user_id, o.id AS order_id, 0 AS version, 'ACCEPTED' AS kind,
+               'PENDING' AS status, o.qty AS quantity, o.price, NULL AS venue,
+               NULL::uuid AS execution_id, 0 AS n
+          FROM bench_orders o
+        UNION ALL
+        SELECT e.executed_at, e.user_id, e.order_id, 2,
+               CASE WHEN e.venue = 'ARCA' OR NOT o.split THEN 'FILL' ELSE 'PARTIAL_FILL' END,
+               CASE WHEN e.venue = 'ARCA' OR NOT o.split THEN 'FILLED' ELSE 'PARTIALLY_FILLED' END,
+               e.quantity, e.price, e.venue, e.id, CASE WHEN e.venue = 'ARCA' THEN 2 ELSE 1 END
+          FROM executions e JOIN bench_orders o ON o.id = e.order_id) t
+ ORDER BY t.order_id, t.n
+"""
+
 # Average cost: every buy of a symbol comes before its one sell, so the sell removes
 # round(cost x sold / held) and realizes its value less that (services/positions.apply_sell).
 _POSITIONS_SQL = """
@@ -234,7 +254,8 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
             seconds["orders"] = time.perf_counter() - mark
             mark = time.perf_counter()
             executions = _count(await conn.execute(_EXECUTIONS_SQL))
-            seconds["executions"] = time.perf_counter() - mark
+            await conn.execute(_EVENTS_SQL)
+            seconds["executions and events"] = time.perf_counter() - mark
             mark = time.perf_counter()
             await conn.execute(_POSITIONS_SQL)
             positions = int(await conn.fetchval("SELECT count(*) FROM bench_positions"))

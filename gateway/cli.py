@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TextIO, TypeVar
 
 import typer
 
@@ -489,9 +490,49 @@ def scheduler() -> None:
     run_worker("scheduler", settings, run_scheduler)
 
 
+orders_app = typer.Typer(help="Order records.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+
+
+@orders_app.command("export")
+def orders_export(
+    day: Annotated[str, typer.Option(help="the New York calendar day, YYYY-MM-DD")],
+    out: Annotated[
+        Path | None, typer.Option(help="the CSV file to write (default: standard output)")
+    ] = None,
+    imid: Annotated[str, typer.Option(help="the CATReporterIMID column")] = "TRADEQL",
+) -> None:
+    """The day's order events as CSV shaped after the FINRA CAT order events (README: Orders)."""
+    settings = _setup()
+    _require_database(settings)
+    from services.infra.db import create_engine
+    from services.orders.cat_export import export_day
+
+    try:
+        wanted = date.fromisoformat(day)
+    except ValueError:
+        typer.echo(f"--day {day!r} is not a date (YYYY-MM-DD)", err=True)
+        raise typer.Exit(2) from None
+
+    async def run(stream: TextIO) -> int:
+        engine = create_engine(settings)
+        try:
+            return await export_day(engine, wanted, stream, imid=imid)
+        finally:
+            await engine.dispose()
+
+    if out is None:
+        count = asyncio.run(run(sys.stdout))
+    else:
+        with out.open("w", newline="", encoding="utf-8") as stream:
+            count = asyncio.run(run(stream))
+    typer.echo(f"{count} order events of {wanted}", err=True)
+
+
 @app.command()
 def check() -> None:
-    """Recompute balances and positions from the ledger and executions; exit 1 on a difference."""
+    """Recompute balances and positions from the ledger and executions, and every order from its
+    events; exit 1 on a difference."""
     settings = _setup()
     _require_database(settings)
     from services.accounts.reconcile import find_differences
@@ -510,7 +551,10 @@ def check() -> None:
     if problems:
         typer.echo(f"{len(problems)} differences", err=True)
         raise typer.Exit(1)
-    typer.echo("books balance: every account, position and order agrees with the ledger")
+    typer.echo(
+        "books balance: every account, position and order agrees with the ledger, and every "
+        "order with its events"
+    )
 
 
 # The worker processes `up` runs, each as `tradeql <argv...>`.

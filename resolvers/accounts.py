@@ -1,4 +1,4 @@
-"""Accounts and sessions: register, login, logout, me, deposit, portfolio."""
+"""Accounts and sessions: register, login, logout, me, deposit, activities."""
 
 from __future__ import annotations
 
@@ -6,11 +6,22 @@ from decimal import Decimal
 
 import strawberry
 from graphql import GraphQLError
+from strawberry import UNSET
 
 from resolvers.context import Info, require_session
 from resolvers.errors import to_user_error
 from resolvers.portfolio import holdings_written
-from schema.accounts import AuthPayload, DepositPayload, User
+from schema.accounts import (
+    Activity,
+    ActivityConnection,
+    ActivityEdge,
+    ActivityType,
+    AuthPayload,
+    DepositPayload,
+    User,
+)
+from schema.orders import OrderSide, PageInfo
+from services.accounts import activities as domain_activities
 from services.accounts import users
 from services.errors import DomainError
 
@@ -74,3 +85,46 @@ async def deposit(info: Info, amount: Decimal, idempotency_key: str) -> DepositP
         return DepositPayload(errors=[to_user_error(error)])
     holdings_written(info, session.user_id)
     return DepositPayload(user_id=session.user_id)
+
+
+async def activities(
+    info: Info,
+    types: list[ActivityType] | None = UNSET,
+    first: int = 50,
+    after: str | None = UNSET,
+) -> ActivityConnection:
+    """The account's fills and deposits, newest first, by keyset."""
+    session = require_session(info)
+    try:
+        page = await info.context.services.activities.page(
+            session.user_id,
+            types=[domain_activities.ActivityType(t.value) for t in types or []],
+            first=first,
+            after=after or None,
+        )
+    except DomainError as error:
+        raise GraphQLError(error.message, extensions={"code": "INVALID_INPUT"}) from error
+    edges = [
+        ActivityEdge(cursor=domain_activities.encode_cursor(a), node=_activity(a))
+        for a in page.activities
+    ]
+    return ActivityConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=page.has_more, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )
+
+
+def _activity(a: domain_activities.Activity) -> Activity:
+    return Activity(
+        id=strawberry.ID(a.key),
+        type=ActivityType(a.type.value),
+        at=a.at,
+        amount=a.amount,
+        symbol=a.symbol,
+        side=OrderSide(a.side) if a.side else None,
+        quantity=a.quantity,
+        price=a.price,
+        order_id=strawberry.ID(str(a.order_id)) if a.order_id else None,
+    )

@@ -22,7 +22,9 @@ from services.infra.container import Services
 from services.market_data import marketdata, securities
 from services.market_data.bars import Bar, Interval
 from services.orders import order_model
+from services.orders.order_history import HistoryEvent
 from services.portfolio import valuation as portfolio
+from services.portfolio.day_change import DayBaseline
 
 BarKey = tuple[str, Interval, datetime, datetime]
 
@@ -56,6 +58,35 @@ class Loaders:
     @cached_property
     def executions(self) -> DataLoader[UUID, list[order_model.Execution]]:
         return DataLoader(load_fn=self._load_executions)
+
+    @cached_property
+    def order_events(self) -> DataLoader[UUID, list[HistoryEvent]]:
+        return DataLoader(load_fn=self._load_order_events)
+
+    async def _load_order_events(self, order_ids: list[UUID]) -> list[list[HistoryEvent]]:
+        found = await self._services.order_history.events_for(order_ids)
+        return [found[i] for i in order_ids]
+
+    @cached_property
+    def day_baselines(self) -> DataLoader[UUID, DayBaseline | None]:
+        """What today's change of a user's account is measured from (one read per operation,
+        however many positions ask)."""
+        return DataLoader(load_fn=self._load_day_baselines)
+
+    async def _load_day_baselines(self, user_ids: list[UUID]) -> list[DayBaseline | None]:
+        found: list[DayBaseline | None] = []
+        for user_id in user_ids:  # an operation only ever values its own user: one
+            value = await self.valuation(user_id)
+            found.append(
+                None
+                if value is None
+                else await self._services.day_changes.baseline(
+                    user_id,
+                    value.balances.account_id,
+                    [p.position.symbol for p in value.positions],
+                )
+            )
+        return found
 
     async def valuation(self, user_id: UUID) -> portfolio.Valuation | None:
         """The account valued once per operation, whoever asks (a portfolio and its history).

@@ -97,6 +97,7 @@ def clock(info: Info) -> MarketClock:
         is_open=state.is_open,
         next_open=state.next_open,
         next_close=state.next_close,
+        session=state.session,
     )
 
 

@@ -78,6 +78,7 @@ ORDER_LEAVES: Mapping[str, str] = {
     "highWaterMark": _price("o.high_water_mark"),
     "replaces": "o.replaces::text",
     "replacedBy": "o.replaced_by::text",
+    "extendedHours": "o.extended_hours",
 }
 EXECUTION_LEAVES: Mapping[str, str] = {
     "id": "e.id::text",

@@ -25,6 +25,7 @@ from services.infra.compat import Unsubscribed, raw_info
 from services.infra.pubsub import RESUBSCRIBED
 from services.money import average_price
 from services.orders import order_events, order_model
+from services.orders.order_history import HistoryEvent
 from services.orders.order_rules import PlaceOrder
 from services.orders.order_store import encode_cursor
 from services.orders.replace import ReplaceOrder
@@ -60,6 +61,7 @@ def to_order(
         high_water_mark=order.high_water_mark,
         replaces=strawberry.ID(str(order.replaces)) if order.replaces else None,
         replaced_by=strawberry.ID(str(order.replaced_by)) if order.replaced_by else None,
+        extended_hours=order.extended_hours,
         prefetched_executions=None
         if executions is None
         else [schema.Execution.from_domain(e) for e in executions],
@@ -93,6 +95,7 @@ async def place_order(info: Info, input: schema.PlaceOrderInput) -> schema.Order
         idempotency_key=input.idempotency_key,
         trail_price=_given(input.trail_price),
         trail_percent=_given(input.trail_percent),
+        extended_hours=input.extended_hours,
     )
     try:
         order = await info.context.services.placement.place(command)
@@ -267,6 +270,31 @@ async def order_executions(info: Info, order_id: strawberry.ID) -> list[schema.E
     loaders = current_loaders(info.context.services)
     found = await loaders.executions.load(UUID(str(order_id)))
     return [schema.Execution.from_domain(e) for e in found]
+
+
+def _lifecycle_event(event: HistoryEvent) -> schema.OrderLifecycleEvent | None:
+    """An event as the contract shows it; None for an internal kind (SUBMITTED, UPDATED)."""
+    shown = _SHOWN_KINDS.get(event.kind)
+    if shown is None:
+        return None
+    return schema.OrderLifecycleEvent(
+        type=shown,
+        status=event.status,
+        at=event.at,
+        quantity=event.quantity,
+        price=event.price,
+        venue=event.venue,
+        reason=event.reason,
+    )
+
+
+# The contract's OrderEvent values, by the kind order_events records.
+_SHOWN_KINDS = {event.value: event for event in order_model.Event}
+
+
+async def order_lifecycle(info: Info, order_id: strawberry.ID) -> list[schema.OrderLifecycleEvent]:
+    found = await current_loaders(info.context.services).order_events.load(UUID(str(order_id)))
+    return [shown for shown in map(_lifecycle_event, found) if shown is not None]
 
 
 async def subscribe_order_updates(info: Info) -> AsyncGenerator[schema.OrderUpdate, None]:

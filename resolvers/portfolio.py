@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from uuid import UUID
 
 import strawberry
@@ -17,6 +18,8 @@ from schema.accounts import HistorySpan, Portfolio, PortfolioPoint, Position
 from schema.marketdata import Quote
 from services.market_data import marketdata
 from services.portfolio import valuation as domain
+from services.portfolio.day_change import DayBaseline
+from services.portfolio.day_change import change_percent as day_change_percent
 
 # How far back each span looks, and the bucket that thins its snapshots.
 SPANS: dict[HistorySpan, tuple[timedelta | None, str | None]] = {
@@ -49,7 +52,7 @@ def shown_quote(quote: marketdata.Quote) -> Quote:
     return shown
 
 
-def to_position(row: domain.PositionValue, account_id: UUID) -> Position:
+def to_position(row: domain.PositionValue, account_id: UUID, user_id: UUID) -> Position:
     """A valued position as the API shows it: made once per valuation of the position
     (`PositionValue.view`) and shared by the requests that reuse it, so it is never changed."""
     p = row.position
@@ -65,6 +68,7 @@ def to_position(row: domain.PositionValue, account_id: UUID) -> Position:
             market_value=row.market_value,
             unrealized_pnl=row.unrealized_pnl,
             unrealized_pnl_percent=row.unrealized_pnl_percent,
+            user_id=user_id,
         )
     )
 
@@ -80,7 +84,9 @@ def to_portfolio(value: domain.Valuation, user_id: UUID) -> Portfolio:
         equity=value.equity,
         realized_pnl=value.realized_pnl,
         unrealized_pnl=value.unrealized_pnl,
-        positions=[p.view(lambda row: to_position(row, account_id)) for p in value.positions],
+        positions=[
+            p.view(lambda row: to_position(row, account_id, user_id)) for p in value.positions
+        ],
     )
 
 
@@ -113,6 +119,39 @@ async def portfolio_history(info: Info, user_id: UUID, span: HistorySpan) -> lis
     return [PortfolioPoint(timestamp=t, equity=e) for t, e in points] + [
         PortfolioPoint(timestamp=now, equity=value.equity)
     ]
+
+
+async def _baseline(info: Info, user_id: UUID) -> DayBaseline:
+    found = await current_loaders(info.context.services).day_baselines.load(user_id)
+    if found is None:
+        raise GraphQLError("no account for this user", extensions={"code": "NOT_FOUND"})
+    return found
+
+
+async def position_previous_close(info: Info, position: Position) -> Decimal | None:
+    close = (await _baseline(info, position.user_id)).previous_close(position.symbol)
+    return close
+
+
+async def position_day_change(info: Info, position: Position) -> Decimal | None:
+    baseline = await _baseline(info, position.user_id)
+    last = position.quote.last if position.quote is not None else None
+    return baseline.position_change(position.symbol, position.quantity, last)
+
+
+async def portfolio_day_change(info: Info, user_id: UUID) -> tuple[Decimal, Decimal | None]:
+    """(dayChange, dayChangePercent): every symbol held or traded since the close, at the
+    operation's one valuation."""
+    value = await valuation(info, user_id)
+    baseline = await _baseline(info, user_id)
+    held = {p.position.symbol: p.position.quantity for p in value.positions}
+    lasts = {p.position.symbol: p.quote.last if p.quote else None for p in value.positions}
+    missing = [s for s in baseline.flows if s not in lasts]
+    if missing:  # sold out since the close: their change is in the cash they brought
+        quotes = await current_loaders(info.context.services).quotes.load_many(missing)
+        lasts.update({s: q.last if q else None for s, q in zip(missing, quotes, strict=True)})
+    change = baseline.account_change(held, lasts)
+    return change, day_change_percent(change, value.equity, baseline.deposits)
 
 
 async def subscribe_portfolio(info: Info) -> AsyncGenerator[Portfolio, None]:

@@ -9,9 +9,20 @@ from uuid import UUID
 
 import strawberry
 
-from schema.decimals import MONEY, PERCENT, PRICE, QUANTITY, Scaled, scaled
+from schema.decimals import (
+    DECIMALS,
+    MONEY,
+    PERCENT,
+    PRICE,
+    QUANTITY,
+    Scaled,
+    described,
+    scaled,
+    to_scale,
+)
 from schema.errors import UserError
 from schema.marketdata import Quote
+from schema.orders import OrderSide, PageInfo
 
 
 @strawberry.type
@@ -44,6 +55,19 @@ class Position(Scaled):
     market_value: Decimal | None = scaled(MONEY, "at the last price")
     unrealized_pnl: Decimal | None = scaled(MONEY)
     unrealized_pnl_percent: Decimal | None = scaled(PERCENT, "of the cost basis")
+    user_id: strawberry.Private[UUID]
+
+    @strawberry.field(description=described(PRICE, "the last close before today's session"))
+    async def previous_close(self, info: strawberry.Info) -> Decimal | None:
+        from resolvers.portfolio import position_previous_close
+
+        return to_scale(await position_previous_close(info, self), PRICE)
+
+    @strawberry.field(description=described(MONEY, "the position's change in value since then"))
+    async def day_change(self, info: strawberry.Info) -> Decimal | None:
+        from resolvers.portfolio import position_day_change
+
+        return to_scale(await position_day_change(info, self), MONEY)
 
 
 @strawberry.type
@@ -76,6 +100,54 @@ class Portfolio(Scaled):
         from resolvers.portfolio import portfolio_history
 
         return await portfolio_history(info, self.user_id, span)
+
+    @strawberry.field(
+        description=described(
+            MONEY, "equity now less equity at the last close, deposits in between left out"
+        )
+    )
+    async def day_change(self, info: strawberry.Info) -> Decimal:
+        from resolvers.portfolio import portfolio_day_change
+
+        change = (await portfolio_day_change(info, self.user_id))[0]
+        return change.quantize(MONEY.exponent, context=DECIMALS)
+
+    @strawberry.field(description=described(PERCENT, "the day change of the equity at the close"))
+    async def day_change_percent(self, info: strawberry.Info) -> Decimal | None:
+        from resolvers.portfolio import portfolio_day_change
+
+        return to_scale((await portfolio_day_change(info, self.user_id))[1], PERCENT)
+
+
+@strawberry.enum
+class ActivityType(Enum):
+    FILL = "FILL"
+    DEPOSIT = "DEPOSIT"
+
+
+@strawberry.type
+class Activity(Scaled):
+    id: strawberry.ID
+    type: ActivityType
+    at: datetime
+    amount: Decimal = scaled(MONEY, "the cash this activity moved: negative for a buy")
+    symbol: str | None
+    side: OrderSide | None
+    quantity: Decimal | None = scaled(QUANTITY)
+    price: Decimal | None = scaled(PRICE)
+    order_id: strawberry.ID | None
+
+
+@strawberry.type
+class ActivityEdge:
+    cursor: str
+    node: Activity
+
+
+@strawberry.type
+class ActivityConnection:
+    edges: list[ActivityEdge]
+    page_info: PageInfo
 
 
 @strawberry.type

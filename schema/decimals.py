@@ -21,7 +21,7 @@ import strawberry
 
 SCALE = "tradeql_scale"
 # Wide enough for any stored or computed value: quantize must never run out of digits.
-_CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
+DECIMALS = _CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
 
 
 class Kind(Enum):
@@ -44,14 +44,21 @@ class Kind(Enum):
 MONEY, PRICE, QUANTITY, PERCENT = Kind.MONEY, Kind.PRICE, Kind.QUANTITY, Kind.PERCENT
 
 
+def described(kind: Kind, description: str | None = None) -> str:
+    """A Decimal field's description, with its scale."""
+    return f"{description} ({kind.note})" if description else kind.note.capitalize()
+
+
 def scaled(kind: Kind, description: str | None = None, **field_args: Any) -> Any:
     """A Decimal field always written with `kind`'s places; its description says so."""
-    note = f"{description} ({kind.note})" if description else kind.note.capitalize()
-    return strawberry.field(description=note, metadata={SCALE: kind}, **field_args)
+    return strawberry.field(
+        description=described(kind, description), metadata={SCALE: kind}, **field_args
+    )
 
 
-def to_scale(value: Decimal, kind: Kind) -> Decimal:
-    return value.quantize(kind.exponent, context=_CONTEXT)
+def to_scale(value: Decimal | None, kind: Kind) -> Decimal | None:
+    """For a resolver field's value (declared with `described`): `Scaled` sees only fields."""
+    return None if value is None else value.quantize(kind.exponent, context=_CONTEXT)
 
 
 _FIELDS: dict[type, tuple[tuple[str, Decimal], ...]] = {}

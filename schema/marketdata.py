@@ -12,7 +12,7 @@ from strawberry import UNSET
 
 from schema.decimals import PRICE, Scaled, scaled
 from services.market_data import bars as bars_domain
-from services.market_data import marketdata
+from services.market_data import clock, marketdata
 
 
 @strawberry.enum
@@ -98,9 +98,19 @@ class Security:
         return await security_bars(info, self.symbol, interval, from_ or None, to or None)
 
 
+strawberry.enum(
+    clock.MarketSession,
+    name="MarketSession",
+    description="US equities: PRE 04:00-09:30, REGULAR 09:30-16:00, POST 16:00-20:00 New York "
+    "time.",
+)
+MarketSession = clock.MarketSession
+
+
 @strawberry.type
 class MarketClock:
     now: datetime
     is_open: bool
     next_open: datetime
     next_close: datetime
+    session: MarketSession

@@ -97,8 +97,31 @@ class Order(Scaled):
         description="the order this one replaced, and the order that replaced this one",
     )
     replaced_by: strawberry.ID | None = None
+    extended_hours: bool = strawberry.field(
+        description="a LIMIT DAY order that may also work in the PRE and POST sessions"
+    )
+
+    @strawberry.field(
+        description="every change of the order, oldest first: its append-only history"
+    )
+    async def events(self, info: strawberry.Info) -> list[OrderLifecycleEvent]:
+        from resolvers.orders import order_lifecycle
+
+        return await order_lifecycle(info, self.id)
+
     # The executions, when they were read with the order (an order-history page).
     prefetched_executions: strawberry.Private[list[Execution] | None] = None
+
+
+@strawberry.type
+class OrderLifecycleEvent(Scaled):
+    type: OrderEvent
+    status: OrderStatus = strawberry.field(description="the order's status after this event")
+    at: datetime
+    quantity: Decimal | None = scaled(QUANTITY)
+    price: Decimal | None = scaled(PRICE)
+    venue: str | None
+    reason: str | None
 
 
 @strawberry.type
@@ -137,6 +160,7 @@ class PlaceOrderInput:
         default=UNSET, description="TRAILING_STOP: give exactly one"
     )
     trail_percent: Decimal | None = UNSET
+    extended_hours: bool = strawberry.field(default=False, description="LIMIT DAY orders only")
     idempotency_key: str = strawberry.field(
         description="chosen by the client: the same key always answers with the same order"
     )

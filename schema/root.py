@@ -5,7 +5,7 @@ from __future__ import annotations
 import strawberry
 
 from resolvers import accounts, alerts, marketdata, orders, portfolio, watchlists
-from schema.accounts import AuthPayload, DepositPayload, Portfolio, User
+from schema.accounts import ActivityConnection, AuthPayload, DepositPayload, Portfolio, User
 from schema.alerts import PriceAlert, PriceAlertPayload
 from schema.marketdata import MarketClock, Quote, Security
 from schema.orders import Order, OrderConnection, OrderPayload, OrdersPayload, OrderUpdate
@@ -26,6 +26,10 @@ class Query:
     orders: OrderConnection = strawberry.field(resolver=orders.orders, description="newest first")
     watchlists: list[Watchlist] = strawberry.field(resolver=watchlists.watchlists)
     alerts: list[PriceAlert] = strawberry.field(resolver=alerts.price_alerts)
+    activities: ActivityConnection = strawberry.field(
+        resolver=accounts.activities,
+        description="the account's fills and cash movements, newest first",
+    )
 
 
 @strawberry.type

@@ -79,6 +79,13 @@ def average_price(value: Decimal, quantity: Decimal) -> Decimal:
     return quotient.quantize(PRICE_STEP, rounding=ROUND_HALF_UP)
 
 
+def trim_price(value: Decimal) -> Decimal:
+    """A stored price (NUMERIC with 4 places) as a person writes it, for text outside the API
+    (messages, exports): 189.9800 -> 189.98, 0.1234 kept."""
+    trimmed = value.normalize()
+    return trimmed if decimal_places(trimmed) > 2 else value.quantize(CENT)
+
+
 def trim_quantity(value: Decimal) -> Decimal:
     """A stored quantity (NUMERIC with 6 places) as a person writes it: 10.000000 -> 10."""
     trimmed = value.normalize()

@@ -27,6 +27,7 @@ from services.infra.keys import ns
 from services.infra.retry import Backoff, is_transient
 from services.infra.settings import Settings
 from services.infra.streams import ConsumerGroup, consumer_name, partition_of, quote_stream
+from services.market_data.clock import EXTENDED, MarketSession
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
 from services.orders import fills
 from services.orders.group_commit import GroupCommit
@@ -304,10 +305,13 @@ class PartitionMatcher:
                 await asyncio.sleep(0.5)
 
     async def on_quote(self, quote: Quote) -> None:
-        if not self.services.clock.is_open():
+        """In REGULAR every resting order the quote crosses executes; in PRE and POST only
+        orders for extended hours (stops do not trigger); when CLOSED nothing does."""
+        session = self.services.clock.session()
+        if session is MarketSession.CLOSED:
             return
         async with self._lock:
-            crossed = self.book.on_quote(quote)
+            crossed = self.book.on_quote(quote, extended_only=session in EXTENDED)
         for order in crossed.trailed:
             self._moved_marks[order.id] = order
         for order in crossed.triggered:
@@ -412,7 +416,7 @@ class PartitionMatcher:
                 self.book.replace(order)
             else:
                 self.book.add(order)
-        if quote is not None and market_open:
+        if quote is not None:
             await self.on_quote(quote)
 
     async def _execute(self, order: Order, quote: Quote) -> None:

@@ -1,6 +1,7 @@
 """Timed work: an equity snapshot of every account each 5 minutes while the market is open (the
-portfolio history), and end of day after each close by the real NYSE calendar (even when the
-demo clock keeps the market open)."""
+portfolio history), end of day after each close, and the expiry of extended-hours DAY orders at
+the end of each POST session, by the real NYSE calendar (even when the demo clock keeps the
+market open)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from services.infra.container import Services
 from services.market_data.clock import MarketClock
-from services.orders.eod import run_eod, snapshot_equity
+from services.orders.eod import expire_day_orders, run_eod, snapshot_equity
 
 log = logging.getLogger("tradeql.scheduler")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -35,6 +36,18 @@ async def end_of_day_loop(services: Services, stop: asyncio.Event) -> None:
             await run_eod(services, close_at.astimezone(NEW_YORK).date(), close_at)
 
 
+async def extended_hours_expiry_loop(services: Services, stop: asyncio.Event) -> None:
+    """DAY orders for extended hours work until the end of that day's POST session."""
+    calendar = MarketClock(always_open=False)
+    while not stop.is_set():
+        post_end = calendar.current_or_next_day().post_end
+        log.info("next end of POST at %s", post_end.isoformat())
+        await _sleep(stop, (post_end - datetime.now(UTC)).total_seconds() + 1)
+        if not stop.is_set():
+            expired = await expire_day_orders(services, post_end, extended_hours=True)
+            log.info("end of POST: %d extended-hours orders expired", expired)
+
+
 async def intraday_snapshot_loop(services: Services, stop: asyncio.Event) -> None:
     """On the 5-minute marks, so every account's points line up."""
     while not stop.is_set():
@@ -48,4 +61,8 @@ async def intraday_snapshot_loop(services: Services, stop: asyncio.Event) -> Non
 
 
 async def run_scheduler(services: Services, stop: asyncio.Event) -> None:
-    await asyncio.gather(end_of_day_loop(services, stop), intraday_snapshot_loop(services, stop))
+    await asyncio.gather(
+        end_of_day_loop(services, stop),
+        extended_hours_expiry_loop(services, stop),
+        intraday_snapshot_loop(services, stop),
+    )

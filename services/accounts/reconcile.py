@@ -1,10 +1,13 @@
-"""`tradeql check`: recompute balances and positions from the ledger and the executions, and
-report every difference from what the accounts, positions and orders say."""
+"""`tradeql check`: recompute balances and positions from the ledger and the executions, rebuild
+every order from its events, and report every difference from what the accounts, positions and
+orders say."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.orders.order_history import history_differences
 
 CHECKS: dict[str, str] = {
     "cash differs from the ledger": """
@@ -59,4 +62,4 @@ async def find_differences(engine: AsyncEngine) -> list[str]:
                 problems.append(
                     f"{name}: {row.subject}: stored {row.stored}, computed {row.computed}"
                 )
-    return problems
+    return problems + await history_differences(engine)

@@ -10,6 +10,7 @@ from broadcaster import Broadcast
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.accounts.activities import Activities
 from services.accounts.cash import Cash
 from services.accounts.login_throttle import LoginThrottle, ThrottleRules
 from services.accounts.passwords import Passwords
@@ -29,10 +30,12 @@ from services.market_data.quote_store import QuoteStore
 from services.market_data.securities import Securities
 from services.orders.cancel import OrderCancellation
 from services.orders.closing import PositionClosing
+from services.orders.order_history import OrderHistory
 from services.orders.order_store import OrderStore
 from services.orders.placement import OrderPlacement
 from services.orders.replace import OrderReplacement
 from services.partners.registry import Partners
+from services.portfolio.day_change import DayChanges
 from services.portfolio.holdings_cache import HoldingsCache
 from services.portfolio.portfolio_hub import PortfolioHub
 from services.portfolio.valuation import Portfolios
@@ -57,6 +60,9 @@ class Services:
     broadcast: Broadcast = field(init=False)
     quote_hub: QuoteHub = field(init=False)
     order_store: OrderStore = field(init=False)
+    order_history: OrderHistory = field(init=False)
+    activities: Activities = field(init=False)
+    day_changes: DayChanges = field(init=False)
     placement: OrderPlacement = field(init=False)
     cancellation: OrderCancellation = field(init=False)
     replacement: OrderReplacement = field(init=False)
@@ -88,7 +94,9 @@ class Services:
         self.securities = Securities(self.engine)
         self.quote_store = QuoteStore(self.redis)
         self.bars = Bars(self.engine)
-        self.clock = MarketClock(always_open=self.settings.market_always_open)
+        self.clock = MarketClock(
+            always_open=self.settings.market_always_open, session=self.settings.market_session
+        )
         assert self.settings.redis_url is not None
         self.broadcast = create_broadcast(self.settings.redis_url)
         self.quote_mirror = QuoteMirror(
@@ -96,6 +104,9 @@ class Services:
         )
         self.quote_hub = QuoteHub(self.broadcast, self.quote_mirror)
         self.order_store = OrderStore(self.engine)
+        self.order_history = OrderHistory(self.engine)
+        self.activities = Activities(self.engine)
+        self.day_changes = DayChanges(self.engine, self.clock)
         self.placement = OrderPlacement(self.engine, self.redis, self.settings, self.clock)
         self.cancellation = OrderCancellation(self.engine, self.redis, self.settings)
         self.replacement = OrderReplacement(self.engine, self.redis, self.settings)

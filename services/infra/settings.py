@@ -162,6 +162,16 @@ class Settings(BaseSettings):
     market_always_open: bool = Field(
         default=False, description="treat the market as open at all hours (demos, tests)"
     )
+    market_session: Literal["PRE", "REGULAR", "POST", "CLOSED"] | None = Field(
+        default=None,
+        description="force the market session at all hours (tests, demos); wins over "
+        "market_always_open",
+    )
+
+    @field_validator("market_session", mode="before")
+    @classmethod
+    def _no_session(cls, value: object) -> object:
+        return None if value == "" else value
 
     quote_partitions: int = Field(default=4, ge=1, le=1024)
     quote_stream_maxlen: int = Field(default=10_000, ge=100)

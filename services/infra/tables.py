@@ -222,6 +222,14 @@ class LedgerTransactionRow(TableModel, table=True):
     """A movement: its entries sum to zero per asset (a deferred trigger checks at commit)."""
 
     __tablename__ = "ledger_transactions"
+    __table_args__ = (  # 0010: activities read deposits and fills by reference
+        Index("ledger_transactions_reference_idx", "reference"),
+        Index(
+            "ledger_transactions_deposits_idx",
+            "created_at",
+            postgresql_where=text("kind = 'deposit'"),
+        ),
+    )
 
     id: int = column(BigInteger, Identity(always=True), primary_key=True)
     kind: str = column(Text)
@@ -436,6 +444,8 @@ class OrderRow(TableModel, table=True):
     )
     replaces: UUID | None = column(PG_UUID(as_uuid=True), nullable=True)
     replaced_by: UUID | None = column(PG_UUID(as_uuid=True), nullable=True)
+    # 0010: a LIMIT DAY order that also works in the PRE and POST sessions
+    extended_hours: bool = column(Boolean, default="false")
 
 
 class ExecutionRow(TableModel, table=True):
@@ -443,6 +453,8 @@ class ExecutionRow(TableModel, table=True):
     __table_args__ = (
         UniqueConstraint("venue_execution_id"),
         Index("executions_order_idx", "order_id", "executed_at"),
+        # 0010: a user's fills, newest first (activities)
+        Index("executions_user_idx", "user_id", text("executed_at DESC"), text("id DESC")),
     )
 
     id: UUID = column(PG_UUID(as_uuid=True), primary_key=True, default="gen_random_uuid()")
@@ -505,13 +517,16 @@ class EodRunRow(TableModel, table=True):
 
 
 class OrderEventRow(TableModel, table=True):
-    """The transactional outbox (0008): append-only (triggers refuse UPDATE, DELETE and
-    TRUNCATE); `payload` is the update exactly as it is published on user:{id}."""
+    """The transactional outbox (0008) and each order's history (0010): append-only (triggers
+    refuse UPDATE, DELETE and TRUNCATE); `payload` is the update exactly as it is published on
+    user:{id}, null for a change no subscriber is told about (kept for the history only)."""
 
     __tablename__ = "order_events"
     __table_args__ = (
         Index("order_events_xid_idx", "xid"),
         Index("order_events_order_idx", "order_id", "version"),
+        Index("order_events_history_idx", "order_id", "version", "seq"),
+        Index("order_events_day_idx", "created_at"),
     )
 
     id: UUID = column(PG_UUID(as_uuid=True), primary_key=True)
@@ -520,8 +535,19 @@ class OrderEventRow(TableModel, table=True):
     user_id: UUID = column(PG_UUID(as_uuid=True))
     order_id: UUID = column(PG_UUID(as_uuid=True))
     version: int = column(Integer, check("order_events", "version_check", "version >= 0"))
-    event: str = column(Text)
-    payload: str = column(Text)
+    event: str | None = column(Text, nullable=True)
+    payload: str | None = column(Text, nullable=True)
+    # 0010: the history's columns
+    seq: int = column(BigInteger, Identity(always=True))
+    kind: str = column(Text)
+    status: str = column(Text)
+    quantity: Decimal | None = column(QUANTITY, nullable=True)
+    price: Decimal | None = column(PRICE, nullable=True)
+    venue: str | None = column(Text, nullable=True)
+    reason: str | None = column(Text, nullable=True)
+    request_id: str | None = column(Text, nullable=True)
+    execution_id: UUID | None = column(PG_UUID(as_uuid=True), nullable=True)
+    backfilled: bool = column(Boolean, default="false")
 
 
 class OutboxCursorRow(TableModel, table=True):

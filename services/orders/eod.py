@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from services.infra.container import Services
 from services.infra.streams import partition_of
+from services.market_data.clock import MarketClock
 from services.money import round_cash
 from services.orders import fills, order_events
 from services.orders.order_model import Status, TimeInForce
@@ -42,23 +43,32 @@ def _month_start(day: date, offset: int) -> date:
     return date(months // 12, months % 12 + 1, 1)
 
 
-async def expire_day_orders(services: Services, before: datetime) -> int:
+async def expire_day_orders(
+    services: Services, before: datetime, *, extended_hours: bool = False
+) -> int:
+    """Expire the open DAY orders placed before `before`: at the close, those for the regular
+    session (one placed after the close works in the next one); at the end of POST
+    (`extended_hours`), those for extended hours."""
     async with services.engine.connect() as conn:
         rows = await conn.execute(
             text(
                 f"SELECT {ORDER_COLUMNS} FROM orders WHERE time_in_force = :day "
-                "AND status IN ('PENDING', 'SUBMITTED', 'PARTIALLY_FILLED') AND created_at < :before"
+                "AND status IN ('PENDING', 'SUBMITTED', 'PARTIALLY_FILLED') AND created_at < :before "
+                "AND extended_hours = :extended"
             ),
-            {"day": TimeInForce.DAY.value, "before": before},
+            {"day": TimeInForce.DAY.value, "before": before, "extended": extended_hours},
         )
         orders = [order_from_row(r) for r in rows]
+    reason = (
+        "a DAY order for extended hours expires at the end of POST"
+        if extended_hours
+        else "a DAY order expires at the close"
+    )
     expired = 0
     for order in orders:
         try:
             async with services.engine.begin() as conn:
-                outcome = await fills.close(
-                    conn, order, Status.EXPIRED, reason="a DAY order expires at the close"
-                )
+                outcome = await fills.close(conn, order, Status.EXPIRED, reason=reason)
         except fills.StaleOrder:
             continue  # filled or cancelled meanwhile
         expired += 1
@@ -154,7 +164,7 @@ async def purge_idempotency_keys(services: Services) -> int:
 async def run_eod(
     services: Services, trading_day: date, close_at: datetime | None = None
 ) -> EodSummary:
-    close_at = close_at or datetime.now(UTC)
+    close_at = close_at or _close_of(trading_day)
     summary = EodSummary(trading_day)
     summary.expired = await expire_day_orders(services, close_at)
     summary.snapshots = await snapshot_equity(services, close_at)
@@ -172,6 +182,14 @@ async def run_eod(
         )
     log.info("end of day %s: %s", trading_day, summary)
     return summary
+
+
+def _close_of(trading_day: date) -> datetime:
+    """The day's regular close once it has passed (a DAY order placed after it works in the next
+    session, so an end of day run by hand later must not expire it); else now."""
+    now = datetime.now(UTC)
+    day = MarketClock().trading_day(trading_day)
+    return day.close if day is not None and day.close <= now else now
 
 
 def _json(summary: EodSummary) -> str:

@@ -106,12 +106,27 @@ async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | 
             positions[(current.account_id, current.symbol)] = change.position
         changes.append((index, work, change))
     outcomes: dict[int, Outcome] = {}
-    for index, _, change in changes:
+    recorded: list[order_events.Recorded] = []
+    fallback_request = current_request_id()
+    for index, work, change in changes:
         after = _stamped(change.after, at) if change.moved else change.after
-        updates = [OrderUpdate(event, after, execution) for event, execution in change.events]
+        request_id = work.request_id or fallback_request
+        updates = [
+            OrderUpdate(
+                event,
+                after,
+                execution,
+                kind=order_events.kind_of(event, change.before, after),
+                request_id=request_id,
+            )
+            for event, execution in change.events
+        ]
         outcomes[index] = Outcome(after, updates)
-    events = [u for o in outcomes.values() for u in o.updates]
-    await _store(conn, orders, changes, positions, events)
+        recorded += updates
+        if change.moved and not updates:  # every change is in the order's history
+            kind = order_events.silent_kind(change.before, after)
+            recorded.append(order_events.HistoryOnly(kind, after, request_id=request_id))
+    await _store(conn, orders, changes, positions, recorded)
     return [outcomes[i] if i in outcomes else stale[i] for i in range(len(works))]
 
 
@@ -290,10 +305,21 @@ _STORE = text(
                AS a(user_id, action, entity_id, details, request_id, ord)
          ORDER BY a.ord
     ), events AS (
-        INSERT INTO order_events (id, user_id, order_id, version, event, payload)
-        SELECT * FROM unnest(CAST(:ev_ids AS uuid[]), CAST(:ev_users AS uuid[]),
-                             CAST(:ev_orders AS uuid[]), CAST(:ev_versions AS integer[]),
-                             CAST(:ev_events AS text[]), CAST(:ev_payloads AS text[]))
+        INSERT INTO order_events (id, user_id, order_id, version, event, payload, kind, status,
+                                  quantity, price, venue, reason, request_id, execution_id)
+        SELECT r.id, r.user_id, r.order_id, r.version, r.event, r.payload, r.kind, r.status,
+               r.quantity, r.price, r.venue, r.reason, r.request_id, r.execution_id
+          FROM unnest(CAST(:ev_ids AS uuid[]), CAST(:ev_users AS uuid[]),
+                      CAST(:ev_orders AS uuid[]), CAST(:ev_versions AS integer[]),
+                      CAST(:ev_events AS text[]), CAST(:ev_payloads AS text[]),
+                      CAST(:ev_kinds AS text[]), CAST(:ev_statuses AS text[]),
+                      CAST(:ev_quantities AS numeric[]), CAST(:ev_prices AS numeric[]),
+                      CAST(:ev_venues AS text[]), CAST(:ev_reasons AS text[]),
+                      CAST(:ev_request_ids AS text[]), CAST(:ev_executions AS uuid[]))
+               WITH ORDINALITY AS r(id, user_id, order_id, version, event, payload, kind,
+                                    status, quantity, price, venue, reason, request_id,
+                                    execution_id, ord)
+         ORDER BY r.ord
     )
     UPDATE orders o SET status = d.status, quantity = d.quantity, filled_quantity = d.fq,
            filled_value = d.fv, reserved_cash = d.rc, reserved_quantity = d.rq,
@@ -320,7 +346,7 @@ async def _store(
     before: dict[UUID, Order],
     changes: list[tuple[int, Work, Change]],
     positions: dict[tuple[UUID, str], PositionState],
-    events: list[OrderUpdate],
+    events: list[order_events.Recorded],
 ) -> None:
     """Write the group: its ledger postings, then its accounts, positions, audit rows, events
     and orders in one statement."""

@@ -255,12 +255,14 @@ class OrderBook:
 
     # -- matching ---------------------------------------------------------------------------
 
-    def on_quote(self, quote: Quote) -> Crossed:
+    def on_quote(self, quote: Quote, *, extended_only: bool = False) -> Crossed:
         """The limit orders the quote makes executable, the trailing stops whose mark its ``last``
         moves, and the stops its ``last`` triggers (after the trails have moved).
 
         Executable orders stay in the book; triggered stops are removed. A side of the quote that is
         zero (no bid, no ask, no last) crosses nothing. Only the quote's symbol is looked at.
+        ``extended_only`` (the PRE and POST sessions): only orders for extended hours execute, and
+        no stop triggers.
         """
         book = self._books.get(quote.symbol)
         if book is None:
@@ -275,8 +277,10 @@ class OrderBook:
                 crossed = self._pop_crossed(heap, _signed(kind, market))
                 for entry in crossed:
                     heappush(heap.entries, entry)  # executable orders keep resting
-                    executable.append(self._slots[entry[2]].order)
-        if last is not None:
+                    order = self._slots[entry[2]].order
+                    if order.extended_hours or not extended_only:
+                        executable.append(order)
+        if last is not None and not extended_only:
             for kind in (_Kind.BUY_STOP, _Kind.SELL_STOP):
                 for entry in self._pop_crossed(book.heaps[kind], _signed(kind, last)):
                     slot = self._slots.pop(entry[2])

@@ -1,6 +1,12 @@
 """Order updates: written as rows of `order_events` in the transaction that makes them (the
 outbox), published on each user's channel (`user:{id}`) after that commit by their writer, and
-marked sent; `tradeql relay` publishes any a writer did not (services/orders/outbox.py)."""
+marked sent; `tradeql relay` publishes any a writer did not (services/orders/outbox.py).
+
+The same rows are the order's history (event sourcing): every change of an order writes at least
+one, with its kind, the status after it, the fill's quantity, price and venue (or the order's
+terms when it is accepted), the reason of a close and the request that caused it. A change no
+subscriber is told about (a stop's trigger) is a row without a payload: recorded, never
+published. `services/orders/order_history.py` reads and replays them."""
 
 from __future__ import annotations
 
@@ -39,6 +45,13 @@ def user_channel(user_id: UUID) -> str:
 SENT_TTL_SECONDS = 3600  # how long a writer's "sent" mark outlives its minute
 
 
+# What order_events records beyond the published events: SUBMITTED (an accepted order starts
+# working; subscribers are told ACCEPTED again), TRIGGERED (a stop's price was crossed) and
+# UPDATED (any other change without money).
+SUBMITTED, TRIGGERED, UPDATED = "SUBMITTED", "TRIGGERED", "UPDATED"
+CLOSING_KINDS = frozenset({"CANCELLED", "EXPIRED", "REJECTED", "REPLACED"})
+
+
 @dataclass(frozen=True, slots=True)
 class OrderUpdate:
     event: Event
@@ -46,6 +59,42 @@ class OrderUpdate:
     execution: Execution | None = None
     id: UUID = field(default_factory=uuid.uuid4)  # its row in order_events
     _payload: str | None = field(default=None, compare=False, repr=False)
+    kind: str | None = None  # what the history records, when it says more than `event`
+    request_id: str | None = None  # the request that caused it, when not the order's own
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryOnly:
+    """A change of an order that no subscriber is told about: recorded, never published."""
+
+    kind: str
+    order: Order
+    id: UUID = field(default_factory=uuid.uuid4)
+    request_id: str | None = None
+
+
+Recorded = OrderUpdate | HistoryOnly
+
+
+def kind_of(event: Event, before: Order, after: Order) -> str:
+    """What the history records for `event`: SUBMITTED for the second ACCEPTED (PENDING ->
+    SUBMITTED), else the event itself."""
+    if (
+        event.value == "ACCEPTED"
+        and before.status is Status.PENDING
+        and after.status is not (Status.PENDING)
+    ):
+        return SUBMITTED
+    return event.value
+
+
+def silent_kind(before: Order, after: Order) -> str:
+    """The kind of a change that publishes nothing."""
+    if after.triggered and not before.triggered:
+        return TRIGGERED
+    if after.status is Status.SUBMITTED and before.status is Status.PENDING:
+        return SUBMITTED
+    return UPDATED
 
 
 def payload_of(update: OrderUpdate) -> str:
@@ -109,6 +158,7 @@ def encode_update(update: OrderUpdate) -> str:
         "mark": _text(o.high_water_mark),
         "replaces": _text(o.replaces),
         "replaced_by": _text(o.replaced_by),
+        "extended_hours": o.extended_hours,
     }
     execution = None
     if update.execution is not None:
@@ -158,6 +208,7 @@ def decode_update(payload: str) -> OrderUpdate:
         high_water_mark=_decimal(o.get("mark")),
         replaces=_uuid(o.get("replaces")),
         replaced_by=_uuid(o.get("replaced_by")),
+        extended_hours=bool(o.get("extended_hours", False)),
     )
     e = data.get("execution")
     execution = None
@@ -176,28 +227,63 @@ def decode_update(payload: str) -> OrderUpdate:
 
 _WRITE = text(
     """
-    INSERT INTO order_events (id, user_id, order_id, version, event, payload)
-    SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS uuid[]), CAST(:orders AS uuid[]),
-                         CAST(:versions AS integer[]), CAST(:events AS text[]),
-                         CAST(:payloads AS text[]))
+    INSERT INTO order_events (id, user_id, order_id, version, event, payload, kind, status,
+                              quantity, price, venue, reason, request_id, execution_id)
+    SELECT r.id, r.user_id, r.order_id, r.version, r.event, r.payload, r.kind, r.status,
+           r.quantity, r.price, r.venue, r.reason, r.request_id, r.execution_id
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS uuid[]), CAST(:orders AS uuid[]),
+                  CAST(:versions AS integer[]), CAST(:events AS text[]),
+                  CAST(:payloads AS text[]), CAST(:kinds AS text[]), CAST(:statuses AS text[]),
+                  CAST(:quantities AS numeric[]), CAST(:prices AS numeric[]),
+                  CAST(:venues AS text[]), CAST(:reasons AS text[]),
+                  CAST(:request_ids AS text[]), CAST(:executions AS uuid[]))
+           WITH ORDINALITY AS r(id, user_id, order_id, version, event, payload, kind, status,
+                                quantity, price, venue, reason, request_id, execution_id, ord)
+     ORDER BY r.ord
     """
 )
 
-
-def outbox_params(updates: Sequence[OrderUpdate]) -> dict[str, list[Any]]:
-    """The rows of `updates` in order_events, as the arrays `_WRITE` (or a CTE of the same
-    shape: ev_ids, ev_users, ...) takes."""
-    return {
-        "ids": [u.id for u in updates],
-        "users": [u.order.user_id for u in updates],
-        "orders": [u.order.id for u in updates],
-        "versions": [u.order.version for u in updates],
-        "events": [u.event.value for u in updates],
-        "payloads": [payload_of(u) for u in updates],
-    }
+# The row columns in the order `_WRITE` (and the fills' statement) takes them.
+ROW_COLUMNS = (
+    "ids", "users", "orders", "versions", "events", "payloads", "kinds", "statuses",
+    "quantities", "prices", "venues", "reasons", "request_ids", "executions",
+)  # fmt: skip
 
 
-async def write(conn: AsyncConnection, updates: Sequence[OrderUpdate]) -> None:
+def _row(item: Recorded) -> tuple[Any, ...]:
+    order = item.order
+    if isinstance(item, OrderUpdate):
+        kind = item.kind or item.event.value
+        event, payload, execution = item.event.value, payload_of(item), item.execution
+    else:
+        kind, event, payload, execution = item.kind, None, None, None
+    quantity = price = venue = reason = execution_id = None
+    if execution is not None:
+        quantity, price, venue, execution_id = (
+            execution.quantity,
+            execution.price,
+            execution.venue,
+            execution.id,
+        )
+    elif kind == "ACCEPTED":  # the order's terms: what it asked for
+        quantity, price = order.quantity, order.limit_price or order.stop_price
+    elif kind in CLOSING_KINDS:  # what the close took off the market
+        quantity, reason = order.quantity - order.filled_quantity, order.reject_reason
+    return (
+        item.id, order.user_id, order.id, order.version, event, payload, kind,
+        order.status.value, quantity, price, venue, reason,
+        item.request_id or order.request_id, execution_id,
+    )  # fmt: skip
+
+
+def outbox_params(items: Sequence[Recorded]) -> dict[str, list[Any]]:
+    """The rows of `items` in order_events, as the arrays `_WRITE` (or a CTE of the same
+    shape: ev_ids, ev_users, ...) takes, in ROW_COLUMNS order."""
+    rows = [_row(item) for item in items]
+    return {name: [r[i] for r in rows] for i, name in enumerate(ROW_COLUMNS)}
+
+
+async def write(conn: AsyncConnection, updates: Sequence[Recorded]) -> None:
     """Write `updates` to the outbox in the caller's transaction."""
     if updates:
         await conn.execute(_WRITE, outbox_params(updates))
@@ -245,7 +331,7 @@ async def publish(redis: Redis, updates: list[OrderUpdate]) -> None:
 
 _SINCE = text(
     "SELECT payload FROM order_events WHERE user_id = :u AND created_at >= :since "
-    "ORDER BY created_at, order_id, version"
+    "AND payload IS NOT NULL ORDER BY created_at, order_id, version, seq"
 )
 
 

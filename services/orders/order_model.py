@@ -125,6 +125,7 @@ class Order:
     high_water_mark: Decimal | None = None
     replaces: UUID | None = None  # the order this one replaced
     replaced_by: UUID | None = None  # the order that replaced this one (status REPLACED)
+    extended_hours: bool = False  # a LIMIT DAY order that also works in the PRE and POST sessions
 
     @property
     def remaining_quantity(self) -> Decimal:

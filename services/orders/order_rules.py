@@ -40,6 +40,7 @@ class PlaceOrder:
     # What the client asked for, when the order was derived from another request (closing a
     # position): the idempotency key guards that request, not the quantity worked out from it.
     intent: tuple[tuple[str, str | None], ...] | None = None
+    extended_hours: bool = False
 
     def fingerprint_fields(self) -> dict[str, str | None]:
         def text(v: object) -> str | None:
@@ -48,7 +49,8 @@ class PlaceOrder:
         if self.intent is not None:
             return dict(self.intent)
         trail = {"trail": text(self.trail_price), "trail_pct": text(self.trail_percent)}
-        return {
+        extended = {"extended": "true"} if self.extended_hours else {}
+        return extended | {
             # only when given: the fingerprints of orders without a trail stay as they were
             **{k: v for k, v in trail.items() if v is not None},
             "symbol": self.symbol,
@@ -176,6 +178,12 @@ def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
         raise InvalidInput(
             f"{command.time_in_force.value} needs an order that can execute now, not a stop",
             field="timeInForce",
+        )
+    if command.extended_hours and (
+        command.type is not OrderType.LIMIT or command.time_in_force is not TimeInForce.DAY
+    ):
+        raise InvalidInput(
+            "extendedHours is for LIMIT orders with timeInForce DAY", field="extendedHours"
         )
     quantity = command.quantity.normalize() if command.quantity is not None else None
     return replace(

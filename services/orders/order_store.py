@@ -49,14 +49,14 @@ def order_from_row(row: Any) -> Order:
         limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash,
         reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at,
         updated_at, filled_at, request_id, trail_price, trail_percent, high_water_mark,
-        replaces, replaced_by,
+        replaces, replaced_by, extended_hours,
     ) = tuple(row[:_WIDTH])  # fmt: skip
     return Order(
         order_id, user_id, account_id, symbol, _SIDES[side], _TYPES[type_], _TIFS[tif],
         quantity, notional, limit_price, stop_price, _STATUSES[status], filled_quantity,
         filled_value, reserved_cash, reserved_quantity, triggered, version, idempotency_key,
         reject_reason, created_at, updated_at, filled_at, request_id, trail_price,
-        trail_percent, high_water_mark, replaces, replaced_by,
+        trail_percent, high_water_mark, replaces, replaced_by, extended_hours,
     )  # fmt: skip
 
 

@@ -32,14 +32,16 @@ log = logging.getLogger("tradeql.outbox")
 CURSOR = "order_events"
 
 _XMIN = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+# Rows without a payload are history only (services/orders/order_events.py): never published.
 _DUE = text(
     "SELECT id, xid::text::bigint AS xid, created_at FROM order_events "
     "WHERE xid >= CAST(:w AS xid8) AND created_at <= now() - make_interval(secs => :grace) "
-    "ORDER BY xid LIMIT :limit"
+    "AND payload IS NOT NULL ORDER BY xid LIMIT :limit"
 )
 _YOUNGEST_HELD = text(
     "SELECT min(xid)::text::bigint FROM order_events "
-    "WHERE xid >= CAST(:w AS xid8) AND created_at > now() - make_interval(secs => :grace)"
+    "WHERE xid >= CAST(:w AS xid8) AND created_at > now() - make_interval(secs => :grace) "
+    "AND payload IS NOT NULL"
 )
 _PAYLOADS = text("SELECT id, user_id, created_at, payload FROM order_events WHERE id = ANY(:ids)")
 _LOAD_CURSOR = text("SELECT watermark FROM outbox_cursor WHERE name = :name")

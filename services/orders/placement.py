@@ -283,6 +283,7 @@ class OrderPlacement:
                     "reserved_quantity": hold.shares,
                     "key": c.idempotency_key,
                     "request_id": request.request_id,
+                    "extended_hours": c.extended_hours,
                 }
             )
         await conn.execute(
@@ -568,6 +569,7 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "trail_percent",
         "high_water_mark",
         "replaces",
+        "extended_hours",
     ]
     types = [
         "uuid",
@@ -589,6 +591,7 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "numeric",
         "numeric",
         "uuid",
+        "boolean",
     ]
     unnest = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
     result = await conn.execute(
@@ -596,7 +599,8 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
             "INSERT INTO orders (id, user_id, account_id, symbol, side, type, time_in_force, "
             "quantity, notional, limit_price, stop_price, reserved_cash, reserved_quantity, "
             "idempotency_key, request_id, trail_price, trail_percent, high_water_mark, replaces, "
-            f"status) SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
+            "extended_hours, status) "
+            f"SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
         ),
         {c: [r.get(c) for r in rows] for c in columns},
     )

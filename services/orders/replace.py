@@ -200,6 +200,9 @@ class OrderReplacement:
                     "key": change.idempotency_key,
                     "request_id": request_id,
                     "replaces": old.id,
+                    # extended hours belong to LIMIT DAY orders: a replace to GTC drops them
+                    "extended_hours": old.extended_hours
+                    and command.time_in_force is TimeInForce.DAY,
                 }
             ],
         )

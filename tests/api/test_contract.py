@@ -24,15 +24,8 @@ _TRADING_PARITY: dict[str, set[str]] = {  # 15
         "orderClass",
         "legs",
         "parentId",
-        "extendedHours",
-        "events",
     },
-    "Position": {"previousClose", "dayChange"},
-    "Portfolio": {"dayChange", "dayChangePercent"},
-    "MarketClock": {"session"},
-    "Query": {"activities"},
     "PlaceOrderInput": {
-        "extendedHours",
         "orderClass",
         "takeProfit",
         "stopLoss",
@@ -43,12 +36,6 @@ _TRADING_PARITY: dict[str, set[str]] = {  # 15
 NOT_YET_BUILT: dict[str, set[str]] = _TRADING_PARITY
 NOT_YET_BUILT_TYPES: set[str] = {  # 15
     "OrderClass",
-    "MarketSession",
-    "ActivityType",
-    "OrderLifecycleEvent",
-    "Activity",
-    "ActivityEdge",
-    "ActivityConnection",
     "TakeProfitInput",
     "StopLossInput",
 }

@@ -29,6 +29,7 @@ EVERY_FIELD = """
   edges { __typename cursor node { __typename id idempotencyKey symbol side type timeInForce
     quantity notional limitPrice stopPrice status filledQuantity averageFillPrice rejectReason
     createdAt updatedAt filledAt version trailPrice trailPercent highWaterMark replaces replacedBy
+    extendedHours
     executions { __typename id quantity price venue executedAt } } }
   pageInfo { __typename hasNextPage endCursor }"""
 

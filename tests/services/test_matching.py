@@ -664,3 +664,16 @@ def test_random_operations_agree_with_brute_force(data: st.DataObject) -> None:
         assert len(book) == len(resting)
         assert {o.id: o for o in book.orders()} == resting
         assert book.symbols() == {o.symbol for o in resting.values()}
+
+
+def test_in_extended_hours_only_extended_orders_execute_and_no_stop_triggers() -> None:
+    regular = make_order(limit="101.00", at=0)
+    extended = dataclasses.replace(make_order(limit="100.50", at=1), extended_hours=True)
+    stop = make_order(Side.SELL, OrderType.STOP, stop="100.00", at=2)
+    book = book_of(regular, extended, stop)
+    crossed = book.on_quote(quote("99.90", "100.00", "99.95"), extended_only=True)
+    assert ids(crossed.executable) == [extended.id] and crossed.triggered == []
+    assert len(book) == 3  # the regular order and the stop keep resting for the session
+    crossed = book.on_quote(quote("99.90", "100.00", "99.95"))
+    assert ids(crossed.executable) == [regular.id, extended.id]
+    assert ids(crossed.triggered) == [stop.id]

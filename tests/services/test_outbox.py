@@ -20,7 +20,7 @@ from services.orders import fills
 from services.orders.fills import Execute, Work
 from services.orders.group_commit import GroupCommit
 from services.orders.order_events import decode_update, user_channel
-from services.orders.order_model import Event, Side
+from services.orders.order_model import Event, Side, Status
 from services.orders.outbox import OutboxRelay
 from tests.services.test_fills_service import Trader, fill, new_trader, place_limit
 
@@ -118,3 +118,22 @@ async def test_an_event_committed_late_behind_the_watermark_is_not_missed(
     await asyncio.sleep(GRACE)
     await running.relay_once()
     assert [m["event"] for m in await messages(heard)] == [Event.PARTIAL_FILL.value]
+
+
+async def test_a_change_told_to_no_subscriber_is_history_the_relay_never_publishes(
+    services: Services, trader: Trader, heard: PubSub
+) -> None:
+    order = await place_limit(services, trader, Side.BUY, "1", "10.00")
+    await messages(heard, 0.3)
+    async with services.engine.begin() as conn:  # a stop's trigger tells no one
+        await fills.mark(conn, order, triggered=True)
+    written = await rows(services, order.id)
+    assert [(r.event, r.version, r.payload) for r in written][1:] == [
+        (None, order.version + 1, None)
+    ]
+    await asyncio.sleep(GRACE)
+    await relay(services).relay_once()
+    assert await messages(heard) == []
+    async with services.engine.begin() as conn:
+        await fills.close(conn, (await services.order_store.by_ids([order.id]))[order.id],
+                          Status.CANCELLED, reason="done")  # fmt: skip

@@ -1,5 +1,5 @@
 """The matcher killed with SIGKILL at random moments during 1,000 orders loses and doubles nothing,
-and `tradeql check` is clean after.
+and `tradeql check` is clean after, every order rebuilt from its events included.
 
 The matcher runs as a real process (`python -m gateway.cli matcher`). While 1,000 orders are
 placed in concurrent waves (market buys and sells, dollar-amount buys, resting and marketable
@@ -39,6 +39,7 @@ from services.infra.container import Services
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
 from services.money import round_cash_up
+from services.orders.order_history import history_differences
 from services.orders.order_model import Order, Side, Status
 from services.orders.order_store import orders_by_id
 from services.portfolio.positions import fill_value
@@ -557,6 +558,9 @@ async def test_sigkilled_matcher_loses_and_doubles_nothing(
         )
 
         # -- the books ----------------------------------------------------------------------
+        # Every order rebuilt from its events alone matches its row, kills and all (check does
+        # it too, with the ledger).
+        assert await history_differences(services.engine) == []
         assert await find_differences(services.engine) == []
         check = await asyncio.create_subprocess_exec(
             sys.executable,
