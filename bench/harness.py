@@ -587,9 +587,9 @@ def _machine_times() -> tuple[float, float]:
 
 class CpuWindow:
     """CPU of named groups of processes over one window, in % of one core, plus `machine` (all
-    cores: up to 100 x cores). A group given as a callable is a process tree looked up again at
-    every sample (`tick`, start and stop): each process counts from when it is first seen to its
-    last sample, so one born in the window counts from zero and one that ends is not lost."""
+    cores: up to 100 x cores). A group given as a callable is looked up again at every sample
+    (`tick`, start and stop): a process counts from the start (or from zero when born later) to
+    its last sample, so one that ends in the window is not lost if a tick saw it."""
 
     def __init__(self, groups: Mapping[str, Sequence[int] | Callable[[], Sequence[int]]]) -> None:
         self.groups = dict(groups)
@@ -605,13 +605,19 @@ class CpuWindow:
                     process = psutil.Process(pid)
                     times = process.cpu_times()
                     key = (pid, process.create_time())
-                    self._first[name].setdefault(key, times.user + times.system)
+                    # a process first seen after the start was born in the window: from zero
+                    self._first[name].setdefault(key, 0.0 if self._wall else times.user + times.system)
                     self._last[name][key] = times.user + times.system
 
     def start(self) -> CpuWindow:
+        self._wall = 0.0
         self.tick()
         self._machine, self._wall = _machine_times(), time.monotonic()
         return self
+
+    def count(self, name: str) -> int:
+        """Processes of the group seen in the window."""
+        return len(self._last[name])
 
     def stop(self) -> dict[str, float]:
         self.tick()

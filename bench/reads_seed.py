@@ -266,64 +266,22 @@ def seed_database(database_url: str, plan: SeedPlan) -> SeedResult:
     return asyncio.run(_seed(database_url, plan))
 
 
-async def _write_quotes(redis_url: str, symbols: list[str]) -> tuple[int, str]:
+async def _write_quotes(redis_url: str, symbols: list[str]) -> int:
     from redis.asyncio import Redis
-    from redis.exceptions import ResponseError
 
     from services.market_data.marketdata import Quote
-    from services.market_data.quote_store import QuoteStore, quote_key
+    from services.market_data.quote_store import QuoteStore
 
     redis: Any = Redis.from_url(redis_url, decode_responses=True)
     try:
-        now = time.time_ns()
-        quotes = []
-        for i, symbol in enumerate(symbols):
-            last = (base_price(i) * Decimal("1.01")).quantize(Decimal("0.01"))
-            quotes.append(
-                Quote(
-                    symbol,
-                    last - Decimal("0.01"),
-                    last + Decimal("0.01"),
-                    100,
-                    200,
-                    last,
-                    10_000,
-                    now,
-                )
-            )
-        try:
-            return len(await QuoteStore(redis).write(quotes)), "QuoteStore.write"
-        except ResponseError as exc:  # the store's script is being changed under us
-            async with redis.pipeline(transaction=False) as pipe:
-                for q in quotes:
-                    pipe.hset(
-                        quote_key(q.symbol),
-                        mapping={
-                            "bid": str(q.bid),
-                            "ask": str(q.ask),
-                            "bid_size": q.bid_size,
-                            "ask_size": q.ask_size,
-                            "last": str(q.last),
-                            "volume": q.volume,
-                            "ts": q.timestamp_ns,
-                        },
-                    )
-                await pipe.execute()
-            return len(quotes), f"HSET quote:{{SYM}} directly (QuoteStore.write failed: {exc})"
+        now, cent = time.time_ns(), Decimal("0.01")
+        lasts = [(base_price(i) * Decimal("1.01")).quantize(cent) for i in range(len(symbols))]
+        quotes = [Quote(s, p - cent, p + cent, 100, 200, p, 10_000, now) for s, p in zip(symbols, lasts, strict=True)]
+        return len(await QuoteStore(redis).write(quotes))
     finally:
         await redis.aclose()
 
 
-def write_quotes(redis_url: str, symbols: list[str]) -> tuple[int, str]:
-    """The current quote of every symbol into `quote:{SYM}`: (written, how)."""
+def write_quotes(redis_url: str, symbols: list[str]) -> int:
+    """The current quote of every symbol into `quote:{SYM}` (QuoteStore.write): how many."""
     return asyncio.run(_write_quotes(redis_url, symbols))
-
-
-def flush_redis(redis_url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
