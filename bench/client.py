@@ -141,12 +141,12 @@ async def graphql(conn: HttpConnection, query: str, variables: Mapping[str, Any]
 
 
 async def subscribe(url: str, query: str, variables: Mapping[str, Any] | None = None, *,
-                    token: str = "", compression: str | None = None, max_queue: int = 64,
+                    token: str = "", max_queue: int = 64,
                     timeout: float = 30.0) -> ClientConnection:  # fmt: skip
     """One graphql-transport-ws connection with one subscription (id "1") on it."""
     async with asyncio.timeout(timeout):
         ws = await connect(
-            url, subprotocols=[Subprotocol("graphql-transport-ws")], compression=compression,
+            url, subprotocols=[Subprotocol("graphql-transport-ws")], compression=None,
             open_timeout=timeout, close_timeout=1, ping_interval=None, max_queue=max_queue,
         )  # fmt: skip
         payload = {"Authorization": f"Bearer {token}"} if token else {}
@@ -160,9 +160,7 @@ async def subscribe(url: str, query: str, variables: Mapping[str, Any] | None = 
     return ws
 
 
-# ------------------------------------------------------------------------------------------------
 # Load over a measured window
-
 
 @dataclass
 class Window:
@@ -294,9 +292,7 @@ async def closed_loop(port: int, make: Callable[[random.Random], Request], *, co
     }  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------
 # The client process's side of the line protocol
-
 
 def emit(line: str) -> None:
     sys.stdout.write(line + "\n")

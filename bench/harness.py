@@ -3,8 +3,9 @@ py-spy profiles and the command line.
 
 A benchmark (`python -m bench.<name>`) runs against a dedicated database and Redis db on loopback
 addresses only (DATABASE_URL / REDIS_URL if set, only as the place to connect, else the standard
-local ports). Every child process is recorded (pid and start time) in a state file, so a run
-killed with SIGKILL leaves nothing behind for long: the next run ends exactly those processes.
+local ports); other TRADEQL_* settings in its environment reach the processes under test. Every
+child process is recorded (pid and start time) in a state file, so a run killed with SIGKILL
+leaves nothing behind for long: the next run ends exactly those processes.
 """
 
 from __future__ import annotations
@@ -59,9 +60,7 @@ def fmt(value: float | None, spec: str = ",.1f") -> str:
     return format(value, spec)
 
 
-# ------------------------------------------------------------------------------------------------
 # Servers and settings
-
 
 def with_path(url: str, path: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=path))
@@ -127,6 +126,23 @@ def redis_client(url: str) -> Any:
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
 
 
+def group_backlog(redis: Any, streams: Iterable[str], group: str) -> tuple[int | None, int, int]:
+    """(entries not yet delivered to a consumer group, delivered but not acknowledged, entries
+    ever added) over some Redis streams; the first None when Redis cannot tell."""
+    lag: int | None = 0
+    pending = added = 0
+    for stream in streams:
+        try:
+            added += int(redis.xinfo_stream(stream).get("entries-added") or 0)
+            groups = redis.xinfo_groups(stream)
+        except Exception:  # the stream does not exist yet
+            continue
+        for g in (g for g in groups if g.get("name") == group):
+            pending += int(g.get("pending") or 0)
+            lag = None if lag is None or g.get("lag") is None else lag + int(g["lag"])
+    return lag, pending, added
+
+
 def redis_pid(url: str) -> int | None:
     """The Redis server's pid, when it runs on this machine (for its CPU)."""
     with contextlib.suppress(Exception):
@@ -137,9 +153,7 @@ def redis_pid(url: str) -> int | None:
     return None
 
 
-# ------------------------------------------------------------------------------------------------
 # PostgreSQL
-
 
 async def _pg(url: str, work: Callable[[Any], Any]) -> Any:
     import asyncpg
@@ -312,9 +326,7 @@ class Activity:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------
 # Child processes
-
 
 def tradeql_argv(*args: str) -> list[str]:
     """`tradeql <args>` with this interpreter (the venv's), as `gateway.supervisor` does."""
@@ -337,44 +349,40 @@ class Registry:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _load(self) -> list[dict[str, Any]]:
+    def _update(self, change: Callable[[dict[str, float]], Any]) -> dict[str, float]:
+        """{pid: start time} before `change`, which is then saved."""
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return []
-        return data if isinstance(data, list) else []
-
-    def _save(self, entries: list[dict[str, Any]]) -> None:
+            entries = {str(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            entries = {}
+        before = dict(entries)
+        change(entries)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entries))
-        tmp.replace(self.path)
+        self.path.with_suffix(".tmp").write_text(json.dumps(entries))
+        self.path.with_suffix(".tmp").replace(self.path)
+        return before
 
     def add(self, pid: int) -> None:
         with contextlib.suppress(psutil.Error):
-            self._save([*self._load(), {"pid": pid, "created": psutil.Process(pid).create_time()}])
+            created = psutil.Process(pid).create_time()
+            self._update(lambda entries: entries.update({str(pid): created}))
 
     def remove(self, pid: int) -> None:
-        self._save([e for e in self._load() if e.get("pid") != pid])
+        self._update(lambda entries: entries.pop(str(pid), None))
 
     def end_leftovers(self) -> list[int]:
         """End the processes a previous run left (same pid and start time only)."""
         ended: list[int] = []
-        for entry in self._load()[:1000]:
-            pid, created = entry.get("pid"), entry.get("created")
-            if not isinstance(pid, int) or not isinstance(created, float):
-                continue
-            with contextlib.suppress(psutil.Error):
-                process = psutil.Process(pid)
-                if abs(process.create_time() - created) > 0.01:
-                    continue
-                process.terminate()
-                try:
-                    process.wait(STOP_GRACE)
-                except psutil.TimeoutExpired:
-                    process.kill()
-                ended.append(pid)
-        self._save([])
+        for pid, created in self._update(dict.clear).items():
+            with contextlib.suppress(psutil.Error, ValueError):
+                process = psutil.Process(int(pid))
+                if abs(process.create_time() - created) < 0.01:
+                    process.terminate()
+                    ended.append(int(pid))
+                    try:
+                        process.wait(STOP_GRACE)
+                    except psutil.TimeoutExpired:
+                        process.kill()
         return ended
 
 
@@ -392,8 +400,7 @@ class Managed:
 
     @property
     def pid(self) -> int:
-        if self.popen is None:
-            raise BenchError(f"{self.name} was not started")
+        assert self.popen is not None, f"{self.name} was not started"
         return self.popen.pid
 
     def start(self) -> Managed:
@@ -456,21 +463,17 @@ class Managed:
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds; idempotent."""
-        popen = self.popen
-        if popen is not None:
-            if popen.stdin is not None:
-                with contextlib.suppress(OSError):
-                    popen.stdin.close()
-            if popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    popen.send_signal(signal.SIGTERM)
-                try:
-                    popen.wait(grace)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        popen.kill()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        popen.wait(5)
+        if (popen := self.popen) is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                popen.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(ProcessLookupError):
+                popen.terminate()
+            try:
+                popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                    popen.kill()
+                    popen.wait(5)
             if popen.poll() is not None:
                 self.registry.remove(popen.pid)
         if self._log is not None:
@@ -566,16 +569,7 @@ def raise_nofile_limit(wanted: int = 16_384) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-# ------------------------------------------------------------------------------------------------
 # CPU
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    with contextlib.suppress(psutil.Error):
-        times = psutil.Process(pid).cpu_times()
-        return float(times.user + times.system)
-    return None
-
 
 def _machine_times() -> tuple[float, float]:
     """(total, idle) CPU seconds of the whole machine, all cores."""
@@ -631,6 +625,18 @@ class CpuWindow:
         return out
 
 
+def wait_idle(pids: Callable[[], Sequence[int]], max_seconds: float) -> float | None:
+    """Seconds until the processes use under 15% of a core for a whole second (requests a client
+    gave up on keep running on the server), or None if still busy at the limit."""
+    started = time.monotonic()
+    while time.monotonic() - started <= max_seconds:
+        window = CpuWindow({"p": pids}).start()
+        time.sleep(1.0)
+        if window.stop()["p"] < 15.0:
+            return time.monotonic() - started
+    return None
+
+
 def machine_busy(seconds: float = 1.0) -> float:
     """Machine CPU % (all cores) over the next `seconds`."""
     window = CpuWindow({}).start()
@@ -643,9 +649,7 @@ def pg_tree(postmaster: int | None) -> Callable[[], list[int]]:
     return lambda: process_tree(postmaster) if postmaster else []
 
 
-# ------------------------------------------------------------------------------------------------
 # Prometheus metrics and latency histograms
-
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, no proxy
@@ -767,9 +771,7 @@ def percentiles(histogram: Mapping[Any, Any], qs: Iterable[float]) -> dict[float
     return out
 
 
-# ------------------------------------------------------------------------------------------------
 # py-spy (--profile)
-
 # Frames under every sample of a process: left out of the "including callees" list.
 _SPINE = ("runpy", "click/core.py", "typer/", "asyncio/runners.py", "asyncio/base_events.py",
           "asyncio/events.py", "gateway/cli.py", "uvicorn/main.py", "uvicorn/server.py",
@@ -885,9 +887,7 @@ def _layer(frames: list[str]) -> str:
     return "event loop / other"
 
 
-# ------------------------------------------------------------------------------------------------
 # Command line and the run
-
 
 def positive(text: str) -> int:
     if (value := int(text)) <= 0:
@@ -922,7 +922,6 @@ def parser(prog: str, doc: str | None, *, database: str, redis_db: int, duration
                    help="Redis db, flushed (11-15: the tests use 1-10)")  # fmt: skip
     p.add_argument("--log-level", default="WARNING", help="TRADEQL_LOG_LEVEL of the processes")
     p.add_argument("--log-dir", type=Path, help="where logs go (default: a temp dir)")
-    p.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     if profile:
         p.add_argument("--profile", action="store_true", help="py-spy during each window")
         p.add_argument("--profile-rate", type=positive, default=100, help="py-spy samples/s")
@@ -953,8 +952,3 @@ def execute(body: Callable[[], int], *cleanups: Callable[[], None]) -> int:
         for cleanup in cleanups:
             cleanup()
     return code
-
-
-def write_json(path: Path | None, data: Any) -> None:
-    if path is not None:
-        path.write_text(json.dumps(data, indent=2, default=str))

@@ -1,31 +1,20 @@
 """Order placement and fills end to end: HTTP placeOrder -> batched placement -> matcher -> fills.
 
-It recreates a dedicated database (migrated, default securities loaded) and flushes a dedicated
-Redis db, then starts the quote cache, the simulated feed, the outbox relay, the API (as `tradeql
-up` runs it: `--api-workers`, default TRADEQL_API_WORKERS, else one process per core) and the
-matcher. A separate client process (this module with `--client`) registers and funds the users,
-holds one `orderUpdates` WebSocket per user and places orders through the HTTP API: market and
-limit orders near the quote, buys, and sells of shares the user was seen to get. Each scenario is
-closed loop (`--concurrency C`: C requests always in flight) or open loop (`--rate R`: R orders/s
-whatever the answers do) and reports:
-
-* orders accepted/s, refusals by code, failures (timeouts, HTTP errors);
-* accept latency (the HTTP round trip of placeOrder) p50/p95/p99, and the server's own view;
-* placement-to-fill latency of market orders (just before the request -> the FILL event);
-* executions/s booked by the matcher, its order backlog, PostgreSQL commits and rows per order
-  and where its active backends wait; CPU of every process and per accepted order;
-* with --profile, where the API and the matcher spend their time (py-spy).
-
-The reference, measured in the same run before TradeQL starts: the simplest design that can
-place an order (bench/reference_app.py: one uvicorn process, strawberry, a raw asyncpg pool of
-10, one transaction that UPDATEs an account's cash and INSERTs an order) under the same
-closed-loop concurrency with the same HTTP client; each closed-loop scenario reports its ratio to
-it. `--pgbench` adds a pgbench tpcb-like run; `tradeql check` at the end says whether the books
-balance.
+On a recreated database and a flushed Redis db it starts the quote cache, the simulated feed, the
+outbox relay, the API (as `tradeql up` runs it: `--api-workers`, else TRADEQL_API_WORKERS, else
+one process per core) and the matcher. A client process (this module with `--client`) registers
+and funds the users, holds one `orderUpdates` WebSocket each and places market and limit orders
+(buys, and sells of shares it saw filled), closed loop (`--concurrency C` in flight) or open loop
+(`--rate R` orders/s whatever the answers do). Each scenario reports accepted orders/s, refusals,
+failures; accept latency (the placeOrder round trip) and placement-to-FILL latency of market
+orders p50/p95/p99; executions/s, the matcher's backlog, PostgreSQL commits and rows per order
+and its wait events; CPU per process and per order; with `--profile`, py-spy of the API and the
+matcher. The one-transaction reference (bench/reference_app.py) runs first at each closed-loop
+concurrency, with the same client: the ratio. `--pgbench` adds pgbench tpcb-like; `tradeql
+check` at the end says whether the books balance.
 
     python -m bench.orders --concurrency 64 --rate 300 --symbols 6 --market-share 1 \
         --sell-share 0 --max-quantity 1 --duration 15        # the README's figures
-    python -m bench.orders --concurrency 50 200 --rate 1000 3000 --profile
 """
 
 from __future__ import annotations
@@ -42,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -70,9 +59,7 @@ PROCESS_NAMES = ("api", "matcher", "postgres", "client", "redis", "quotes", "fee
 REFERENCE_DATABASE, PGBENCH_DATABASE = "tradeql_bench_reference", "tradeql_bench_pgbench"
 
 
-# ------------------------------------------------------------------------------------------------
 # The client process: users placing orders, fills over WebSockets
-
 PLACE = (
     "mutation PlaceOrder($i: PlaceOrderInput!) "
     "{ placeOrder(input: $i) { order { id status } errors { code } } }"
@@ -407,9 +394,7 @@ async def client_main(args: argparse.Namespace) -> int:
         await close_all(client.receivers, client.sockets)
 
 
-# ------------------------------------------------------------------------------------------------
 # The system under test and one scenario
-
 
 @dataclass
 class Result:
@@ -435,9 +420,7 @@ class Result:
 
     @property
     def label(self) -> str:
-        if self.mode == "closed":
-            return f"closed loop, concurrency {self.value:g}"
-        return f"open loop, rate {self.value:,.0f}/s"
+        return f"closed loop, concurrency {self.value:g}" if self.mode == "closed" else f"open loop, rate {self.value:,.0f}/s"
 
     @property
     def short(self) -> str:
@@ -491,17 +474,8 @@ class System:
         """Orders handed off, not yet acknowledged by the matcher: lag + pending, all partitions."""
         from services.orders.placement import order_stream
 
-        backlog = 0
-        for p in range(self.partitions):
-            try:
-                groups = self.redis.xinfo_groups(order_stream(p)) if self.redis.exists(order_stream(p)) else []
-            except Exception:  # Redis busy or gone: unknown
-                return None
-            for group in (g for g in groups if g.get("name") == "matcher"):
-                if group.get("lag") is None:
-                    return None
-                backlog += int(group["lag"]) + int(group.get("pending") or 0)
-        return backlog
+        lag, pending, _ = h.group_backlog(self.redis, map(order_stream, range(self.partitions)), "matcher")
+        return None if lag is None else lag + pending
 
     def wait_for_matcher(self, seconds: float) -> float | None:
         """Seconds until the matcher's backlog is empty (None: not within `seconds`)."""
@@ -512,28 +486,10 @@ class System:
             time.sleep(0.2)
         return time.monotonic() - started
 
-    def wait_for_api_idle(self, seconds: float) -> float | None:
-        """Seconds until the API has finished every placeOrder it holds (its PlaceOrder count
-        stays still for a second; an open loop leaves thousands queued)."""
-        started = last_change = time.monotonic()
-        last: float | None = None
-        while (now := time.monotonic()) - started <= seconds:
-            try:
-                samples = h.scrape(self.api_port, timeout=10.0)
-                count = h.total(samples, "tradeql_graphql_operations_total", operation="PlaceOrder")
-            except (OSError, ValueError):
-                count = None
-            if count is None or count != last:
-                last, last_change = count, now
-            elif now - last_change >= 1.0:
-                return now - started
-            time.sleep(0.25)
-        return None
-
 
 def run_scenario(result: Result, system: System, client: h.Managed, args: argparse.Namespace,
                  postmaster: int | None, profiler: h.Profiler) -> None:  # fmt: skip
-    if system.wait_for_api_idle(args.settle) is None:
+    if h.wait_idle(lambda: h.process_tree(system.procs["api"].pid), args.settle) is None:
         result.notes.append(f"the API was still placing earlier orders after {args.settle:g} s")
     if system.wait_for_matcher(args.settle) is None:
         result.notes.append(f"the matcher still had a backlog after {args.settle:g} s")
@@ -622,9 +578,7 @@ def add_notes(result: Result, args: argparse.Namespace) -> None:
         notes.append(f"the matcher had not caught up {args.settle:g} s after the window")
 
 
-# ------------------------------------------------------------------------------------------------
 # Report
-
 
 def _lat(values: dict[str, float | None]) -> str:
     return "  ".join(f"{k} {h.fmt(values.get(k))}" for k in ("p50", "p95", "p99", "max"))
@@ -695,16 +649,11 @@ def format_result(r: Result, index: int, count: int, users: int) -> str:
 
 
 def target_verdict(r: Result) -> str:
-    p95_accept, p95_fill = r.accept_ms.get("p95"), r.fill_ms.get("p95")
-    rate_ok = r.accepted_rate >= 0.98 * TARGET_RATE
-    accept_ok = p95_accept is not None and p95_accept < TARGET_ACCEPT_P95_MS
-    fill_ok = p95_fill is not None and p95_fill < TARGET_FILL_P95_MS
-    return (
-        f"target ({TARGET_RATE:,.0f} orders/s, p95 accept < {TARGET_ACCEPT_P95_MS:.0f} ms, p95 "
-        f"placement-to-fill < {TARGET_FILL_P95_MS:.0f} ms): "
-        f"{'MET' if rate_ok and accept_ok and fill_ok else 'MISSED'} - {r.accepted_rate:,.0f}/s, "
-        f"p95 accept {h.fmt(p95_accept)} ms, p95 fill {h.fmt(p95_fill)} ms"
-    )
+    accept, fill = r.accept_ms.get("p95"), r.fill_ms.get("p95")
+    met = r.accepted_rate >= 0.98 * TARGET_RATE and (accept or 1e9) < TARGET_ACCEPT_P95_MS and (fill or 1e9) < TARGET_FILL_P95_MS
+    return (f"target ({TARGET_RATE:,.0f} orders/s, p95 accept < {TARGET_ACCEPT_P95_MS:.0f} ms, p95 placement-to-fill "
+            f"< {TARGET_FILL_P95_MS:.0f} ms): {'MET' if met else 'MISSED'} - {r.accepted_rate:,.0f}/s, "
+            f"p95 accept {h.fmt(accept)} ms, p95 fill {h.fmt(fill)} ms")  # fmt: skip
 
 
 def format_summary(results: list[Result]) -> str:
@@ -736,9 +685,7 @@ def format_summary(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------
 # The references: the one-transaction app, and pgbench
-
 
 def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency: int,
                   postmaster: int | None) -> str:  # fmt: skip
@@ -777,8 +724,8 @@ def run_pgbench(admin: str, args: argparse.Namespace) -> str:
         return "pgbench reference: failed: pgbench not found (PATH, /usr/lib/postgresql/*/bin)"
     parts = h.urlsplit(admin)
     conn = f"{exe} -h {parts.hostname} -p {parts.port or 5432} -U {parts.username or 'postgres'}"
-    commands = [f"{conn} -i -q -s {args.pgbench_scale} {PGBENCH_DATABASE}",
-                f"{conn} -c {args.pgbench_clients} -j {args.pgbench_threads} -T {args.pgbench_seconds} -b tpcb-like {PGBENCH_DATABASE}"]  # fmt: skip
+    commands = [f"{conn} -i -q -s 10 {PGBENCH_DATABASE}",
+                f"{conn} -c 8 -j 2 -T {args.pgbench_seconds} -b tpcb-like {PGBENCH_DATABASE}"]  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", **({"PGPASSWORD": parts.password} if parts.password else {})}
     h.recreate_database(admin, PGBENCH_DATABASE)
     try:
@@ -799,9 +746,7 @@ def run_pgbench(admin: str, args: argparse.Namespace) -> str:
     )
 
 
-# ------------------------------------------------------------------------------------------------
 # Run
-
 
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     env = h.bench_env(args) | {
@@ -810,8 +755,6 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
         "TRADEQL_PASSWORD_HASH_MEMORY_KIB": "8192",
         "TRADEQL_FEED_SIM_RATE": f"{args.quote_rate:g}",
     }
-    if args.batch_ms is not None:
-        env["TRADEQL_ORDER_BATCH_MS"] = f"{args.batch_ms:g}"
     admin = h.server_urls()[0]
     partitions = h.settings_for(env).quote_partitions
     api_workers = args.api_workers or int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
@@ -825,7 +768,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
         f"{args.duration:g} s each; {os.cpu_count()} cores; {api_workers} API processes; "
         f"{args.users} users ({args.subscribers or args.users} with an orderUpdates socket), "
         f"{args.symbols} symbols, {args.market_share:.0%} market; order batch "
-        f"{env.get('TRADEQL_ORDER_BATCH_MS', 'default')} ms; PostgreSQL {facts['server_version']} "
+        f"{os.environ.get('TRADEQL_ORDER_BATCH_MS', 'default')} ms; PostgreSQL {facts['server_version']} "
         f"(synchronous_commit={facts['synchronous_commit']}, fsync={facts['fsync']}, "
         f"shared_buffers={facts['shared_buffers']}); db {args.database}, redis db "
         f"{args.redis_db}; logs in {run.log_dir}",
@@ -838,7 +781,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
             print(f"reference: one-transaction mutation, concurrency {concurrency} ...", flush=True)
             print(run_reference(run, admin, args, concurrency, postmaster), flush=True)
     if args.pgbench:
-        print(f"pgbench: scale {args.pgbench_scale}, -c {args.pgbench_clients} -T {args.pgbench_seconds} ...", flush=True)
+        print(f"pgbench: scale 10, -c 8 -j 2 -T {args.pgbench_seconds} ...", flush=True)
         print(run_pgbench(admin, args), flush=True)
     print(f"database {args.database}: dropped and created; migrating", flush=True)
     h.recreate_database(admin, args.database)
@@ -880,7 +823,6 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
         run.stop_all()
         if results:
             print(f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}")
-            h.write_json(args.json_out, [asdict(r) for r in results])
     code, text = h.run_tradeql(env, "check", check=False)
     lines = text.splitlines()
     text = "\n".join(lines[:20] + ([f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else []))
@@ -908,16 +850,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the order flow")
     p.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
     p.add_argument("--quote-rate", type=h.positive_float, default=5.0, help="quote updates/s per symbol")
-    p.add_argument("--batch-ms", type=float, help="TRADEQL_ORDER_BATCH_MS override")
     p.add_argument("--api-workers", type=h.positive, help="API processes (default: TRADEQL_API_WORKERS, else one per core)")
     p.add_argument("--pg-sample-ms", type=h.positive, default=100, help="pg_stat_activity sampling interval")
     p.add_argument("--setup-concurrency", type=h.positive, default=8, help="registrations at once")
     p.add_argument("--profile-procs", nargs="+", choices=("api", "matcher"), default=["api", "matcher"])
     p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the one-transaction reference")
-    p.add_argument("--pgbench", action="store_true", help="also run pgbench tpcb-like")
-    p.add_argument("--pgbench-scale", type=h.positive, default=10)
-    p.add_argument("--pgbench-clients", type=h.positive, default=8)
-    p.add_argument("--pgbench-threads", type=h.positive, default=2)
+    p.add_argument("--pgbench", action="store_true", help="also run pgbench tpcb-like: scale 10, 8 clients, 2 threads")
     p.add_argument("--pgbench-seconds", type=h.positive, default=15)
     internal = p.add_argument_group("internal (the benchmark runs itself with these)")
     internal.add_argument("--client", action="store_true", help="run the client half")

@@ -1,16 +1,12 @@
-"""Live-quotes benchmark: simulated feed -> streams -> quote cache -> pub/sub -> API -> WebSockets.
+"""Live quotes end to end: simulated feed -> streams -> quote cache -> pub/sub -> API -> WebSockets.
 
-For each scenario (symbols x updates/s per symbol, subscribers) it starts, on a dedicated database
-and Redis (by default a redis-server of its own: pub/sub channels are not per db), the quote cache,
-one API process and the simulated feed; then, from separate client processes (this module with
-`--client`), opens one WebSocket per subscriber, each subscribed to 10 random symbols, and over a
-fixed window measures:
-
-* offered and ingested rates: the feed's appended quotes/s, what the quote cache consumed and
-  wrote per second, the stream backlog, dropped quotes;
-* quotes/s delivered to the subscribers and their latency, receive time - source timestamp
-  (the simulator's stamp, ISO-8601 UTC in ms), in 0.1 ms buckets;
-* CPU of every process (and of Redis and the whole machine) over the same window, and per quote.
+For each scenario (symbols x updates/s per symbol, subscribers) it starts, on its own database
+and Redis (by default a redis-server of its own: pub/sub channels are not per db), the quote
+cache, one API process and the feed; client processes (this module with `--client`) hold one
+WebSocket per subscriber on 10 random symbols. Over a window: the feed's appended and the quote
+cache's consumed and written quotes/s, the stream backlog; quotes/s delivered and their latency
+(receive time - the source's ISO-8601 ms stamp); CPU of every process, Redis and the machine,
+and per quote.
 
     python -m bench.quotes                      # the four default scenarios
     python -m bench.quotes --rates 10 --subscribers 1000 --profile
@@ -27,7 +23,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,9 +39,7 @@ QUOTES = (
 )
 
 
-# ------------------------------------------------------------------------------------------------
 # The client process: subscribers timing every quote
-
 
 class Subscribers:
     """`--client-subscribers` WebSockets; START zeroes the counters and measures, STOP answers
@@ -73,12 +67,11 @@ class Subscribers:
     async def ready(self) -> dict[str, Any]:
         limiter = asyncio.Semaphore(self.args.connect_concurrency)
         started = time.monotonic()
-        compression = None if self.args.compression == "none" else "deflate"
 
         async def one(symbols: list[str]) -> None:
             async with limiter:
                 try:
-                    ws = await subscribe(self.args.url, QUOTES, {"s": symbols}, compression=compression)
+                    ws = await subscribe(self.args.url, QUOTES, {"s": symbols})
                 except Exception as exc:  # refused, timed out: counted as failed
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     return
@@ -158,9 +151,7 @@ async def client_main(args: argparse.Namespace) -> int:
         await close_all(subs.tasks, subs.sockets)
 
 
-# ------------------------------------------------------------------------------------------------
 # One scenario
-
 
 @dataclass
 class Result:
@@ -186,7 +177,6 @@ class Result:
     connected: int = 0
     connect_s: float = 0.0
     websockets_open: float | None = None
-    pubsub_omem: tuple[int, int] = (0, 0)  # bytes Redis queued for the API's pub/sub: max, end
     cpu: dict[str, float] = field(default_factory=dict)
     background_before: float | None = None  # machine CPU % just before the scenario
     profiles: list[str] = field(default_factory=list)
@@ -210,16 +200,7 @@ def stream_state(redis: Any, partitions: int) -> tuple[int | None, int]:
     """(entries not yet delivered to the quote cache's group, entries added), all partitions."""
     from services.infra.streams import quote_stream
 
-    lag: int | None = 0
-    added = 0
-    for p in range(partitions):
-        try:
-            added += int(redis.xinfo_stream(quote_stream(p)).get("entries-added") or 0)
-            groups = redis.xinfo_groups(quote_stream(p))
-        except Exception:  # the stream does not exist yet
-            continue
-        for group in (g for g in groups if g.get("name") == "quotes"):
-            lag = None if lag is None or group.get("lag") is None else lag + int(group["lag"])
+    lag, _, added = h.group_backlog(redis, map(quote_stream, range(partitions)), "quotes")
     return lag, added
 
 
@@ -249,7 +230,7 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
         argv = (f"-m bench.quotes --client --url ws://127.0.0.1:{api_port}/graphql --symbols-file "
                 f"{symbols_file} --client-subscribers {count} --per-subscriber {r.per_subscriber} "
                 f"--seed {args.seed * 1000 + i} --connect-concurrency {args.connect_concurrency} "
-                f"--compression {args.compression} --client-max-seconds "
+                f"--client-max-seconds "
                 f"{ready_timeout + args.warmup + args.duration + 180:.0f}")  # fmt: skip
         clients.append(run.start(f"client{i}", [sys.executable, *argv.split()], env, pipe=True, log=f"{tag}client{i}.log"))
     failed = 0
@@ -277,22 +258,13 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
     for client in clients:
         client.read_tagged("STARTED", 10)
     profiler.start({k: p.pid for k, p in (("quotes", quotes), ("api", api), ("feed", feed)) if k in args.profile_procs}, args.duration, tag)
-    omem: list[int] = []
-
-    def sample_pubsub() -> None:  # what Redis holds for its pub/sub clients (the API reading late)
-        try:
-            omem.append(max((int(c.get("omem") or 0) for c in redis.client_list(_type="pubsub")), default=0))
-        except Exception:  # a diagnostic never fails the run
-            return
-
-    h.sleep_watching(args.duration, everything, tick=sample_pubsub)
+    h.sleep_watching(args.duration, everything)
     for client in clients:
         client.send_line("STOP")
     r.cpu = cpu.stop()
     after = (time.monotonic(), h.scrape(feed_port), h.scrape(cache_port), stream_state(redis, partitions))
     outcomes = [json.loads(c.read_tagged("RESULT", 60)) for c in clients]
     r.websockets_open = h.total(h.scrape_or_empty(api_port, r.notes, "API"), "tradeql_websockets_open")
-    r.pubsub_omem = (max(omem, default=0), omem[-1] if omem else 0)
     r.profiles = profiler.finish()
     run.stop(*clients, feed, api, quotes)
     redis.close()
@@ -351,9 +323,7 @@ def fill_result(r: Result, before: tuple[Any, ...], after: tuple[Any, ...], outc
         r.notes.append("the client process was saturated: delivered rate and latency are bounded by it")
 
 
-# ------------------------------------------------------------------------------------------------
 # Report
-
 
 def other_cpu(cpu: dict[str, float]) -> float:
     """Machine CPU not used by the processes measured (other work on a shared machine)."""
@@ -397,7 +367,7 @@ def target_verdict(r: Result) -> str | None:
 
 
 def format_result(r: Result, index: int, count: int) -> str:
-    lat, cpu, mb = r.latency_ms, r.cpu, 2**20
+    lat, cpu = r.latency_ms, r.cpu
     dropped = ", ".join(f"{k}: {v:,.0f}" for k, v in r.feed_dropped.items())
     lines = [
         f"== scenario {index}/{count}: {r.label} ({r.per_subscriber} symbols each); measured {r.window_s:.1f} s ==",
@@ -414,8 +384,6 @@ def format_result(r: Result, index: int, count: int) -> str:
         f"{r.expected_delivery:,.0f}/s without conflation "
         f"({100 * r.delivered_rate / max(r.expected_delivery, 1e-9):.1f}%); {r.connected:,} "
         f"subscribed in {r.connect_s:.1f} s, {h.fmt(r.websockets_open, ',.0f')} open at the API at the end",
-        f"  pub/sub buffer at Redis      max {r.pubsub_omem[0] / mb:,.1f} MB, at the end "
-        f"{r.pubsub_omem[1] / mb:,.1f} MB (the API reading slower than quotes are published)",
         f"  CPU cost per quote (us)      {cost_line(r)}",
         f"  latency source->subscriber   p50 {h.fmt(lat.get('p50'))}  p90 {h.fmt(lat.get('p90'))}  "
         f"p99 {h.fmt(lat.get('p99'))}  max {h.fmt(lat.get('max'))} ms   (n={r.received:,})",
@@ -457,9 +425,7 @@ def format_summary(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------
 # Run
-
 
 def private_redis(run: h.Run) -> str:
     """A redis-server of the benchmark's own on a free loopback port, nothing persisted: on a
@@ -481,10 +447,6 @@ def private_redis(run: h.Run) -> str:
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     redis_base = private_redis(run) if args.redis == "private" else None
     env = h.bench_env(args, redis_base)
-    if args.window_ms:
-        env["TRADEQL_QUOTE_WINDOW_MS"] = str(args.window_ms)
-    if args.partitions:
-        env["TRADEQL_QUOTE_PARTITIONS"] = str(args.partitions)
     settings = h.settings_for(env)
     scenarios = [Result(args.symbols, rate, subs, args.per_subscriber) for rate in args.rates for subs in args.subscribers]
     print(
@@ -519,7 +481,6 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     finally:
         if results:
             print(f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}")
-            h.write_json(args.json_out, [asdict(r) for r in results])
     return 0
 
 
@@ -534,12 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", choices=("private", "shared"), default="private",
                    help="private: a redis-server of its own on a free port; shared: REDIS_URL "
                    "(else 127.0.0.1:6379), whose other users then see the quotes channel")  # fmt: skip
-    p.add_argument("--window-ms", type=h.positive, help="TRADEQL_QUOTE_WINDOW_MS override")
-    p.add_argument("--partitions", type=h.positive, help="TRADEQL_QUOTE_PARTITIONS override")
     p.add_argument("--client-procs", type=h.positive, default=1, help="client processes")
     p.add_argument("--connect-concurrency", type=h.positive, default=50, help="WebSocket handshakes at once")
-    p.add_argument("--compression", choices=("none", "deflate"), default="none",
-                   help="permessage-deflate (browsers offer it; it costs CPU on both sides)")  # fmt: skip
     p.add_argument("--profile-procs", nargs="+", choices=("quotes", "api", "feed"), default=["quotes", "api", "feed"])
     p.add_argument("--quiet-below", type=float, default=25.0, help="before each scenario, wait for "
                    "the machine's CPU use (%% of all cores, others' work) to fall below this...")  # fmt: skip

@@ -1,28 +1,19 @@
 """Portfolio and order-history queries from 200 concurrent signed-in users (50 positions, 500
 orders each): req/s and p50/p95/p99. Target: portfolio p95 < 20 ms at 1,000 req/s.
 
-Setup (seconds, never through the API): a dedicated database is dropped, created and migrated, a
-dedicated Redis db flushed; `tradeql securities defaults --synthetic 100` loads the symbols; then
-set-based SQL (bench/reads_seed.py) writes users, sessions, FILLED orders with their executions,
-positions and the ledger, so `tradeql check` passes; a quote for every symbol goes into Redis.
+Setup, in seconds and never through the API: a recreated, migrated database, `tradeql securities
+defaults --synthetic 100`, then set-based SQL (bench/reads_seed.py) for users, sessions, FILLED
+orders and executions, positions and the ledger (`tradeql check` passes), and a quote per symbol.
+Then the API (`--api-workers N`; with `--live-quotes` also the simulated feed and the quote cache,
+so every quote moves about once a second as in market hours) and a client process (this module
+with `--client`) run each scenario: portfolio and order history (each request the user's next
+page, `orders(first: 50, after: endCursor)`), closed loop (`--concurrency` users, one request in
+flight each) and open loop (`--rate`, `--orders-rate`: a fixed schedule whatever the answers do,
+latency from the scheduled time). Each reports req/s, latency, errors, the server's histogram,
+CPU per request of the API and of the bench database's PostgreSQL backends, PostgreSQL
+transactions and sessions per request, pool and pg_stat_activity samples.
 
-Then the API (`tradeql api`, or `--api-workers N`: `tradeql api --workers N`; with
-`--live-quotes` also `tradeql feed` and `tradeql quotes`, so every quote moves about once a second
-through the real path, as in market hours) and a separate client process (this module with
-`--client`) run each scenario: warm-up, then a measured window:
-
-* portfolio, closed loop: `--concurrency` users each with one request in flight;
-* portfolio, open loop at each `--rate` (default 1,000/s): requests on a fixed schedule whatever
-  the answers do, latency from the scheduled time;
-* order history, closed loop (and open loop at each `--orders-rate`): each request the next page
-  of the user's history (`orders(first: 50, after: endCursor)`), starting over at the end.
-
-Each reports req/s, p50/p95/p99, errors, the server's own histogram, CPU % and CPU per request
-(API, the PostgreSQL backends of the bench database and the whole server, Redis, the client),
-PostgreSQL transactions and sessions per request, pool and pg_stat_activity samples.
-
-    python -m bench.reads                            # closed 200 + open 1,000/s, both kinds
-    python -m bench.reads --api-workers 2 --live-quotes --reuse-setup   # the README's figures
+    python -m bench.reads --api-workers 2 --live-quotes      # the README's figures
     python -m bench.reads --reuse-setup --skip-portfolio --profile
 """
 
@@ -57,12 +48,9 @@ ORDERS = (
     "pageInfo { hasNextPage endCursor } } }"
 )
 OPERATION = {"portfolio": "Portfolio", "orders": "Orders"}
-MAX_PAGE_DEPTH = 64  # page-depth histograms kept for the first 64 pages of a walk
 
 
-# ------------------------------------------------------------------------------------------------
 # The client process: signed-in users reading
-
 
 @dataclass
 class User:
@@ -79,7 +67,6 @@ class ReadsWindow(Window):
     sample_errors: list[str] = field(default_factory=list)
     hist: dict[int, int] = field(default_factory=dict)  # from the scheduled (closed: send) time
     service_hist: dict[int, int] = field(default_factory=dict)  # from the actual write
-    page_hist: dict[int, dict[int, int]] = field(default_factory=dict)
     bytes_received: int = 0
     max_in_flight: int = 0
     walks_completed: int = 0
@@ -140,10 +127,8 @@ class Reader:
             done = time.perf_counter()
             window.ok += 1
             window.bytes_received += size
-            ms = h.observe(window.hist, (done - due) * 1000)
+            h.observe(window.hist, (done - due) * 1000)
             h.observe(window.service_hist, (done - sent_at) * 1000)
-            if kind == "orders" and page <= MAX_PAGE_DEPTH:
-                h.observe(window.page_hist.setdefault(page, {}), ms)
 
     async def run(self, text: str) -> str:
         spec = json.loads(text)
@@ -165,7 +150,7 @@ class Reader:
         await drive(self.port, spec, one, self.window, emit, self.timeout)
         w = self.window
         fields = ("scheduled", "skipped", "sent", "ok", "errors", "sample_errors", "hist", "service_hist",
-                  "page_hist", "bytes_received", "max_in_flight", "walks_completed", "missing_quotes")  # fmt: skip
+                  "bytes_received", "max_in_flight", "walks_completed", "missing_quotes")  # fmt: skip
         return "RESULT " + json.dumps({k: getattr(w, k) for k in fields} | {"window_s": w.seconds})
 
     async def check(self) -> dict[str, Any]:
@@ -195,12 +180,10 @@ class Reader:
             conn.close()
 
 
-# ------------------------------------------------------------------------------------------------
 # Setup
 
-
-def setup(env: dict[str, str], args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """The database, Redis and data; (tokens, symbols)."""
+def setup(env: dict[str, str], args: argparse.Namespace) -> list[str]:
+    """The database, Redis and data; the users' session tokens."""
     from bench import reads_seed
 
     admin, url, redis = h.server_urls()[0], env["DATABASE_URL"], h.redis_client(env["REDIS_URL"])
@@ -217,7 +200,7 @@ def setup(env: dict[str, str], args: argparse.Namespace) -> tuple[list[str], lis
             h.migrate(url)  # a run of older code may have left it behind
             redis.flushdb()
             print(f"redis db {args.redis_db} flushed; {reads_seed.write_quotes(env['REDIS_URL'], symbols)} quotes written", flush=True)
-            return tokens, symbols
+            return list(tokens)
     started = time.perf_counter()
     h.recreate_database(admin, args.database)
     h.migrate(url)
@@ -226,10 +209,9 @@ def setup(env: dict[str, str], args: argparse.Namespace) -> tuple[list[str], lis
     seeded = reads_seed.seed_database(url, reads_seed.SeedPlan(args.users, args.positions, args.orders))
     print(
         f"seeded {args.users} users: {seeded.orders:,} orders, {seeded.executions:,} executions, "
-        f"{seeded.positions:,} positions, {seeded.ledger_entries:,} ledger entries (seconds: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in seeded.seconds.items()) + ")",
+        f"{seeded.positions:,} positions, {seeded.ledger_entries:,} ledger entries in {seeded.seconds:.1f} s",
         flush=True,
-    )  # fmt: skip
+    )
     redis.flushdb()
     print(f"redis db {args.redis_db} flushed; {reads_seed.write_quotes(env['REDIS_URL'], seeded.symbols)} quotes written")
     h.STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -242,12 +224,10 @@ def setup(env: dict[str, str], args: argparse.Namespace) -> tuple[list[str], lis
         if code:
             raise h.BenchError("the seeded data does not pass tradeql check")
     print(f"setup took {time.perf_counter() - started:.1f} s in all", flush=True)
-    return seeded.tokens, seeded.symbols
+    return seeded.tokens
 
 
-# ------------------------------------------------------------------------------------------------
 # One scenario
-
 
 @dataclass
 class Result:
@@ -264,15 +244,13 @@ class Result:
     pool: str = ""
     activity: str = ""
     load: tuple[float, ...] = (0.0, 0.0, 0.0)
-    quotes_left: str = ""
     profiles: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         what = "portfolio" if self.kind == "portfolio" else "order history (cursor walk)"
-        if self.mode == "closed":
-            return f"{what}, closed loop, {self.value:g} concurrent users"
-        return f"{what}, open loop at {self.value:,.0f} req/s"
+        loop = f"closed loop, {self.value:g} concurrent users" if self.mode == "closed" else f"open loop at {self.value:,.0f} req/s"
+        return f"{what}, {loop}"
 
     @property
     def short(self) -> str:
@@ -292,21 +270,10 @@ class Result:
         return int(sum(self.client.get("errors", {}).values()))
 
 
-def quotes_present(redis_url: str, symbols: list[str]) -> int:
-    from services.market_data.quote_store import quote_key
-
-    return int(h.redis_client(redis_url).exists(*[quote_key(s) for s in symbols]))
-
-
 def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Managed, port: int,
-                 args: argparse.Namespace, symbols: list[str], postmaster: int | None,
+                 args: argparse.Namespace, postmaster: int | None,
                  profiler: h.Profiler) -> None:  # fmt: skip
-    from bench.reads_seed import write_quotes
-
     admin, database, redis_url = h.server_urls()[0], args.database, env["REDIS_URL"]
-    if (present := quotes_present(redis_url, symbols)) < len(symbols):
-        print(f"  note: only {present} of {len(symbols)} quotes were in redis db {args.redis_db} "
-              f"(someone flushed it?): {write_quotes(redis_url, symbols)} rewritten", flush=True)  # fmt: skip
     spec = {"kind": r.kind, "mode": r.mode, "concurrency": r.value, "rate": r.value,
             "warmup": args.warmup, "duration": args.duration, "max_in_flight": args.max_in_flight}  # fmt: skip
     client.send_line("RUN " + json.dumps(spec))
@@ -353,8 +320,6 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
         after = h.scrape_or_empty(port, [], "API")
         rows = h.histogram_delta(before, after, "tradeql_graphql_operation_seconds", operation=OPERATION[r.kind])
         r.server = {q: h.histogram_quantile(rows, q) for q in QS}
-    if (left := quotes_present(redis_url, symbols)) < len(symbols):
-        r.quotes_left = f"{left} of {len(symbols)}"
     r.client = json.loads(client.read_tagged("RESULT", args.timeout + 60, [api]))
     r.latency, r.service = h.percentiles(r.client["hist"], QS), h.percentiles(r.client["service_hist"], QS)
     r.pg = {k: (v - counters_before.get(k, 0.0)) / r.window for k, v in counters_after.items()}
@@ -364,21 +329,7 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
     r.profiles = profiler.finish()
 
 
-def wait_api_idle(api: h.Managed, max_seconds: float) -> float | None:
-    """Seconds until the API's CPU falls under 15% of a core for a whole second (requests the
-    client gave up on keep running on the server), or None if still busy at the limit."""
-    started = time.monotonic()
-    while time.monotonic() - started <= max_seconds:
-        window = h.CpuWindow({"api": h.process_tree(api.pid)}).start()
-        time.sleep(1.0)
-        if window.stop()["api"] < 15.0:
-            return time.monotonic() - started
-    return None
-
-
-# ------------------------------------------------------------------------------------------------
 # Report
-
 
 def _ms(values: dict[float, float | None]) -> str:
     return "  ".join(f"p{int(q * 100)} {h.fmt(values.get(q))}" for q in QS)
@@ -408,8 +359,6 @@ def format_result(r: Result, index: int, count: int) -> str:
     if c.get("missing_quotes"):
         lines.append(f"  WARNING: {c['missing_quotes']:,} portfolio responses had positions "
                      "without a quote (the Redis db was flushed under the benchmark?)")  # fmt: skip
-    if r.quotes_left:
-        lines.append(f"  WARNING: {r.quotes_left} quotes left in Redis at the end of the window")
     if r.mode == "open":
         lines.append(
             f"  service ms (from the actual write): {_ms(r.service)}; scheduled "
@@ -419,13 +368,8 @@ def format_result(r: Result, index: int, count: int) -> str:
     if r.server:
         lines.append("  server (tradeql_graphql_operation_seconds, bucket upper bounds): " + "  ".join(
             f"p{int(q * 100)} <= {h.fmt(v * 1000 if v is not None else None, 'g')}" for q, v in r.server.items()) + " ms")  # fmt: skip
-    if r.kind == "orders" and c.get("page_hist"):
-        depth = []
-        for page in sorted(c["page_hist"], key=int)[:12]:
-            p = h.percentiles(c["page_hist"][page], (0.5, 0.95))
-            depth.append(f"{page}: {h.fmt(p[0.5])}/{h.fmt(p[0.95])}")
-        lines.append(f"  by page of the walk (p50/p95 ms): {'  '.join(depth)}")
-        lines.append(f"  full 10-page walks completed in the window: {c.get('walks_completed', 0):,}")
+    if r.kind == "orders":
+        lines.append(f"  full history walks completed in the window: {c.get('walks_completed', 0):,}")
     if c.get("ok"):
         lines.append(f"  response size: {c.get('bytes_received', 0) / c['ok']:,.0f} bytes average")
     backends = cpu.get("postgres (bench db backends)")
@@ -472,17 +416,10 @@ def format_summary(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------
 # Run
-
 
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     env = h.bench_env(args)
-    for item in args.api_env or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.startswith("TRADEQL_"):
-            raise h.BenchError(f"--api-env wants TRADEQL_NAME=VALUE, not {item!r}")
-        env[key] = value
     scenarios = []
     for kind, rates, skip in (("portfolio", args.rate, args.skip_portfolio), ("orders", args.orders_rate, args.skip_orders)):
         if not skip:
@@ -495,13 +432,13 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
         f"reads benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
         f"{args.duration:g} s each; {args.users} users x {args.positions} positions x "
         f"{args.orders} orders; API workers {args.api_workers}; API settings "
-        f"{' '.join(f'{k}={v}' for k, v in env.items() if k.startswith('TRADEQL_'))}; "
+        f"{' '.join(f'{k}={v}' for k, v in h.child_env(env).items() if k.startswith('TRADEQL_'))}; "
         f"{os.cpu_count()} cores; load average {' '.join(f'{x:.2f}' for x in load_start)}; db "
         f"{args.database}, redis db {args.redis_db}; logs in {run.log_dir}",
         flush=True,
     )
     profiler = h.Profiler(args, run.log_dir)
-    tokens, symbols = setup(env, args)
+    tokens = setup(env, args)
     (tokens_path := run.log_dir / "tokens.json").write_text(json.dumps(tokens))
     tokens_path.chmod(0o600)
     port = h.free_port()
@@ -533,11 +470,11 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     try:
         for index, r in enumerate(scenarios, start=1):
             print(f"\nrunning {r.label} ...", flush=True)
-            idle = wait_api_idle(api, args.drain)
+            idle = h.wait_idle(lambda: h.process_tree(api.pid), args.drain)
             if idle is None or idle > 1.5:
                 print(f"  the API went idle {f'after {idle:.0f} s' if idle else f'NOT within {args.drain:g} s'} "
                       "(requests the client gave up on still run to the end on the server)", flush=True)  # fmt: skip
-            run_scenario(r, env, api, client, port, args, symbols, postmaster, profiler)
+            run_scenario(r, env, api, client, port, args, postmaster, profiler)
             results.append(r)
             print(format_result(r, index, len(scenarios)), flush=True)
             for process in market if args.live_quotes else []:
@@ -550,9 +487,6 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
             print(format_summary(results))
             for target in filter(None, map(verdict, results)):
                 print(target)
-            h.write_json(args.json_out, [{"scenario": r.short, "rate": r.rate, "latency_ms": r.latency,
-                                          "service_ms": r.service, "errors": r.client.get("errors"),
-                                          "cpu": r.cpu, "load": r.load} for r in results])  # fmt: skip
     return 0
 
 
@@ -574,7 +508,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=h.positive_float, default=120.0, help="at most this many seconds waiting for the API to go idle before a scenario")
     p.add_argument("--api-workers", type=h.positive, default=1, help="tradeql api --workers")
     p.add_argument("--live-quotes", action="store_true", help="run the simulated feed and the quote cache: every quote moves ~once a second")
-    p.add_argument("--api-env", action="append", metavar="TRADEQL_NAME=VALUE", help="extra settings for the API; repeatable")
     internal = p.add_argument_group("internal (the benchmark runs itself with these)")
     internal.add_argument("--client", action="store_true", help="run the client half")
     internal.add_argument("--port", type=int, help="client: the API's port")
