@@ -128,7 +128,8 @@ def run_index(args: argparse.Namespace) -> None:
     report = LogOncePerKind("bench")
     per_batch = max(1, round(args.rate * BATCH_SECONDS))
     batches = int(args.index_seconds / BATCH_SECONDS)
-    ts_ns, histogram, cpu, quotes, triggered = time.time_ns(), {}, 0.0, 0, 0
+    ts_ns, cpu, quotes, triggered = time.time_ns(), 0.0, 0, 0
+    histogram: dict[int, int] = {}
     index.visited = 0
     gc.collect()
     for _ in range(batches):

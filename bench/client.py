@@ -258,7 +258,8 @@ async def closed_loop(port: int, make: Callable[[random.Random], Request], *, co
     """`concurrency` requests always in flight, each made by `make` (query, variables, header
     lines): answers/s, p50/p95/p99 ms, failures, and the CPU of `pids` (the server's processes)
     per answer, from the end of the warm-up to the last answer."""
-    rng, window, hist, failed = random.Random(1), Window(), {}, 0
+    rng, window, failed = random.Random(1), Window(), 0
+    hist: dict[int, int] = {}
     processes = [psutil.Process(p) for p in pids]
     cpu_at = [0.0]
 

@@ -196,27 +196,20 @@ class Result:
         return f"{self.symbols:,} symbols x {self.rate:g}/s, {self.subscribers:,} subscribers"
 
 
-def stream_state(redis: Any, partitions: int) -> tuple[int | None, int]:
-    """(entries not yet delivered to the quote cache's group, entries added), all partitions."""
-    from services.infra.streams import quote_stream
-
-    lag, _, added = h.group_backlog(redis, map(quote_stream, range(partitions)), "quotes")
-    return lag, added
-
-
 def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
                  args: argparse.Namespace, symbols_file: Path, profiler: h.Profiler) -> None:  # fmt: skip
     from services.infra.streams import quote_stream
 
     redis = h.redis_client(env["REDIS_URL"])
     redis.flushdb()
+    streams = [quote_stream(p) for p in range(partitions)]
     env = env | {"TRADEQL_FEED_SIM_RATE": f"{r.rate:g}"}
     cache_port, api_port, feed_port = h.free_port(), h.free_port(), h.free_port()
     tag = f"r{r.rate:g}-s{r.subscribers}-"
     quotes = run.start("quotes", h.tradeql_argv("quotes", "--metrics-port", str(cache_port)), env, log=tag + "quotes.log")
     h.wait_until("quote cache metrics", [quotes], h.answers(cache_port, "/metrics"))
     h.wait_until("quote cache consumer group", [quotes], lambda: all(
-        any(g.get("name") == "quotes" for g in redis.xinfo_groups(quote_stream(p))) for p in range(partitions)))  # fmt: skip
+        any(g.get("name") == "quotes" for g in redis.xinfo_groups(s)) for s in streams))  # fmt: skip
     api = run.start("api", h.tradeql_argv(*f"api --host 127.0.0.1 --port {api_port}".split()), env, log=tag + "api.log")
     h.wait_until("API /readyz", [quotes, api], h.answers(api_port))
     # Subscribers connect before the market opens: handshakes then measure the API's connection
@@ -251,7 +244,7 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
     if (rpid := h.redis_pid(env["REDIS_URL"])) is not None:
         groups["redis"] = [rpid]
     cpu = h.CpuWindow(groups)
-    before = (time.monotonic(), h.scrape(feed_port), h.scrape(cache_port), stream_state(redis, partitions))
+    before = (time.monotonic(), h.scrape(feed_port), h.scrape(cache_port), h.group_backlog(redis, streams, "quotes"))
     cpu.start()
     for client in clients:
         client.send_line("START")
@@ -262,7 +255,7 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
     for client in clients:
         client.send_line("STOP")
     r.cpu = cpu.stop()
-    after = (time.monotonic(), h.scrape(feed_port), h.scrape(cache_port), stream_state(redis, partitions))
+    after = (time.monotonic(), h.scrape(feed_port), h.scrape(cache_port), h.group_backlog(redis, streams, "quotes"))
     outcomes = [json.loads(c.read_tagged("RESULT", 60)) for c in clients]
     r.websockets_open = h.total(h.scrape_or_empty(api_port, r.notes, "API"), "tradeql_websockets_open")
     r.profiles = profiler.finish()
@@ -278,7 +271,7 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
 
 
 def fill_result(r: Result, before: tuple[Any, ...], after: tuple[Any, ...], outcomes: list[dict[str, Any]]) -> None:
-    (t0, feed0, cache0, (lag0, added0)), (t1, feed1, cache1, (lag1, added1)) = before, after
+    (t0, feed0, cache0, (lag0, _, added0)), (t1, feed1, cache1, (lag1, _, added1)) = before, after
     window = r.window_s = max(t1 - t0, 1e-9)
 
     def delta(samples: tuple[list[h.Sample], list[h.Sample]], name: str) -> float:
