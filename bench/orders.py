@@ -1,39 +1,20 @@
 """Order placement and fills end to end: HTTP placeOrder -> batched placement -> matcher -> fills.
 
-It recreates a dedicated database (migrated, default securities loaded) and flushes a dedicated
-Redis db, then starts as subprocesses the quote cache, the simulated feed, one API process and
-the matcher. A separate client process (this module with `--client`, see bench/orders_client.py)
-registers and funds K users, holds one `orderUpdates` WebSocket per user (or per sampled user) and
-places orders through the real HTTP API: ~70% market, ~30% limit near the quote, buys, and sells
-of shares the user was seen to get. Each scenario is closed loop (`--concurrency C`: C requests
-always in flight) or open loop (`--rate R`: R orders/s whatever the answers do) and reports:
+On a recreated database and a flushed Redis db it starts the quote cache, the simulated feed, the
+outbox relay, the API (as `tradeql up` runs it: `--api-workers`, else TRADEQL_API_WORKERS, else
+one process per core) and the matcher. A client process (this module with `--client`) registers
+and funds the users, holds one `orderUpdates` WebSocket each and places market and limit orders
+(buys, and sells of shares it saw filled), closed loop (`--concurrency C` in flight) or open loop
+(`--rate R` orders/s whatever the answers do). Each scenario reports accepted orders/s, refusals,
+failures; accept latency (the placeOrder round trip) and placement-to-FILL latency of market
+orders p50/p95/p99; executions/s, the matcher's backlog, PostgreSQL commits and rows per order
+and its wait events; CPU per process and per order; with `--profile`, py-spy of the API and the
+matcher. The one-transaction reference (bench/reference_app.py) runs first at each closed-loop
+concurrency, with the same client: the ratio. `--pgbench` adds pgbench tpcb-like; `tradeql
+check` at the end says whether the books balance.
 
-* orders accepted/s, refusals by code, failures (timeouts, HTTP errors);
-* accept latency (the HTTP round trip of placeOrder) p50/p95/p99, and the server's own view;
-* placement-to-fill latency of market orders (just before the request -> the FILL event);
-* executions/s booked by the matcher, its order backlog, PostgreSQL commits/s and where its
-  active backends wait; CPU % of every process (PostgreSQL: postmaster and all backends);
-* with --profile, where the API and the matcher spend their time (py-spy; cProfile fallback).
-
-The reference, measured in the same run on the same machine before TradeQL starts: the simplest
-design that can place an order (`bench/reference_app.py`: one uvicorn process, strawberry with
-its caches, a raw asyncpg pool of 10, one transaction per request that UPDATEs an account's cash
-and INSERTs an order row), under the same closed-loop concurrency with the same HTTP client;
-each scenario reports its accepted orders/s as a ratio of it. The API runs as `tradeql up` runs
-it (`--api-workers`, default TRADEQL_API_WORKERS: one process per core). `--pgbench` adds a
-pgbench tpcb-like run, and `tradeql check` at the end says whether the books balance.
-
-The issue's load (1-share market buys of six large caps, 64 connections, 15 s):
-
-    python -m bench.orders --concurrency 64 --symbols 6 --market-share 1 --sell-share 0 \
-        --max-quantity 1 --duration 15
-
-    python -m bench.orders                                    # closed loop, concurrency 50
-    python -m bench.orders --concurrency 50 200 --rate 1000 3000
-    python -m bench.orders --rate 3000 --profile
-
-Servers: DATABASE_URL / REDIS_URL if set (only as the place to connect: host, port, user), else
-PostgreSQL and Redis on their standard local ports; loopback addresses only.
+    python -m bench.orders --concurrency 64 --rate 300 --symbols 6 --market-share 1 \
+        --sell-share 0 --max-quantity 1 --duration 15        # the README's figures
 """
 
 from __future__ import annotations
@@ -42,77 +23,383 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import signal
+import random
+import re
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from bench._metrics import Sample, histogram_quantile, http_get, percentiles, scrape, total
-from bench._pg import recreate_database
-from bench._procs import (
-    ROOT,
-    BenchError,
-    CpuWindow,
-    Managed,
-    Registry,
-    child_env,
-    process_tree,
-    raise_nofile_limit,
-    sleep_watching,
-    tradeql_argv,
-    wait_until,
-)
-from bench._setup import STATE_DIR, active_symbols, free_port, redis_client, server_urls, with_path
-from bench.orders_pg import (
-    ActivitySampler,
-    PgbenchResult,
-    TreeCpu,
-    database_stats,
-    run_pgbench,
-    server_facts,
-)
-from bench.quotes import redis_pid
-from services.infra import keys
-from services.market_data.quote_store import quote_key
-from services.orders.placement import order_stream
+import orjson
 
-TARGET_RATE = 3000.0
-TARGET_ACCEPT_P95_MS = 50.0
-TARGET_FILL_P95_MS = 150.0
-START_TIMEOUT_SECONDS = 60.0
-MATCHER_GROUP = "matcher"
+from bench import harness as h
+from bench.client import (
+    HttpConnection,
+    HttpError,
+    Window,
+    bearer,
+    close_all,
+    drive,
+    emit,
+    graphql,
+    run_client,
+    serve,
+    subscribe,
+)  # fmt: skip
+
+TARGET_RATE, TARGET_ACCEPT_P95_MS, TARGET_FILL_P95_MS = 3000.0, 50.0, 150.0
 QS = (0.5, 0.95, 0.99)
 PROCESS_NAMES = ("api", "matcher", "postgres", "client", "redis", "quotes", "feed", "relay")
+REFERENCE_DATABASE, PGBENCH_DATABASE = "tradeql_bench_reference", "tradeql_bench_pgbench"
 
 
-@dataclass(frozen=True)
-class Scenario:
-    mode: str  # "closed" or "open"
-    value: float  # concurrency or rate
-
-    @property
-    def label(self) -> str:
-        if self.mode == "closed":
-            return f"closed loop, concurrency {self.value:g}"
-        return f"open loop, rate {self.value:,.0f}/s"
-
-    @property
-    def short(self) -> str:
-        return f"conc {self.value:g}" if self.mode == "closed" else f"rate {self.value:g}/s"
+# The client process: users placing orders, fills over WebSockets
+PLACE = (
+    "mutation PlaceOrder($i: PlaceOrderInput!) "
+    "{ placeOrder(input: $i) { order { id status } errors { code } } }"
+)
+ORDER_UPDATES = (
+    "subscription OrderUpdates { orderUpdates "
+    "{ event order { id status } execution { price quantity } } }"
+)
+QUOTES = "query Quotes($s: [String!]!) { quotes(symbols: $s) { symbol bid ask } }"
+REGISTER = (
+    "mutation Register($e: String!, $p: String!) "
+    "{ register(email: $e, password: $p) { token errors { code message } } }"
+)
+DEPOSIT = (
+    "mutation Deposit($a: Decimal!, $k: String!) "
+    "{ deposit(amount: $a, idempotencyKey: $k) { portfolio { cash } errors { code message } } }"
+)
+TERMINAL_EVENTS = frozenset({"FILL", "CANCELLED", "EXPIRED", "REJECTED"})
+FILL_EVENTS = frozenset({"FILL", "PARTIAL_FILL"})
+MAX_TRACKED_ORDERS, MAX_EARLY_EVENTS = 5_000_000, 100_000
 
 
 @dataclass
+class User:
+    index: int
+    token: str = ""
+    subscribed: bool = False
+    shares: dict[str, float] = field(default_factory=dict)  # free shares, as this client sees it
+
+
+@dataclass(slots=True)
+class Placed:
+    user: User
+    symbol: str
+    side: str
+    kind: str
+    quantity: int
+    sent_ns: int
+    measured: bool
+    filled: float = 0.0
+
+
+@dataclass
+class OrdersWindow(Window):
+    sent: int = 0
+    accepted: int = 0
+    accepted_market: int = 0
+    accepted_by_kind: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)  # transport / HTTP / GraphQL errors
+    accept_hist: dict[int, int] = field(default_factory=dict)
+    fill_hist: dict[int, int] = field(default_factory=dict)  # market orders of the window
+    market_filled: int = 0
+    market_closed_unfilled: int = 0  # market orders of the window cancelled without a fill
+    limit_filled: int = 0
+    fill_events: int = 0  # FILL + PARTIAL_FILL received while measuring
+    max_accept_ms: float = 0.0
+    max_fill_ms: float = 0.0
+    sample_errors: list[str] = field(default_factory=list)
+
+    def error(self, kind: str, text: str) -> None:
+        self.failed[kind] += 1
+        if len(self.sample_errors) < 5:
+            self.sample_errors.append(text[:300])
+
+
+def on_tick(price: Decimal) -> Decimal:
+    tick = Decimal("0.01") if price >= 1 else Decimal("0.0001")
+    return max(tick, (price / tick).quantize(Decimal(1), rounding=ROUND_HALF_UP) * tick)
+
+
+class OrdersClient:
+    def __init__(self, args: argparse.Namespace, symbols: list[str]) -> None:
+        self.args, self.port, self.symbols = args, int(args.port), symbols
+        self.rng = random.Random(args.seed)
+        self.users = [User(i) for i in range(args.users)]
+        self.quotes: dict[str, tuple[Decimal, Decimal]] = {}
+        self.orders: dict[str, Placed] = {}
+        self.early: dict[str, list[tuple[str, float, int]]] = {}
+        self.window = OrdersWindow()
+        self.sockets: list[Any] = []
+        self.receivers: list[asyncio.Task[None]] = []
+        self.socket_errors: list[str] = []
+        self.sockets_closed = self.sequence = 0
+
+    async def setup(self) -> dict[str, Any]:
+        started = time.monotonic()
+        limiter, failures = asyncio.Semaphore(self.args.setup_concurrency), []
+
+        async def prepare(user: User) -> None:
+            conn = HttpConnection(self.port)
+            try:
+                async with limiter:
+                    email = f"bench-orders-{self.args.run_id}-{user.index}@tradeql.dev"
+                    reg = (await graphql(conn, REGISTER, {"e": email, "p": "violet-harbor-lantern-42"}))["register"]
+                    if reg["errors"] or not reg["token"]:
+                        raise HttpError(f"register: {reg['errors']}")
+                    variables = {"a": self.args.deposit, "k": f"fund-{user.index}"}
+                    data = await graphql(conn, DEPOSIT, variables, bearer(reg["token"]))
+                    if data["deposit"]["errors"]:
+                        raise HttpError(f"deposit: {data['deposit']['errors']}")
+                    user.token = reg["token"]
+            except (HttpError, TimeoutError, KeyError, TypeError) as exc:
+                failures.append(f"user {user.index}: {type(exc).__name__}: {exc}")
+            finally:
+                conn.close()
+
+        await asyncio.gather(*(prepare(u) for u in self.users))
+        self.users = [u for u in self.users if u.token]
+        if not self.users:
+            raise RuntimeError(f"no user could register: {failures[:3]}")
+        registered = time.monotonic() - started
+        subscribers = self.users[: min(self.args.subscribers, len(self.users))]
+        opened = await asyncio.gather(*(self._subscribe(u) for u in subscribers))
+        for _ in range(120):  # the quotes of every symbol, for limit prices
+            await self._refresh_quotes()
+            if len(self.quotes) >= len(self.symbols):
+                break
+            await asyncio.sleep(0.25)
+        return {
+            "users": len(self.users), "user_failures": failures[:5],
+            "subscribed": sum(opened), "subscribe_failed": len(opened) - sum(opened),
+            "socket_errors": self.socket_errors[:5], "register_s": registered,
+            "quotes": len(self.quotes),
+        }  # fmt: skip
+
+    async def _subscribe(self, user: User) -> bool:
+        try:
+            ws = await subscribe(f"ws://127.0.0.1:{self.port}/graphql", ORDER_UPDATES,
+                                 token=user.token, max_queue=256)  # fmt: skip
+        except Exception as exc:  # refused, timed out, closed: counted, never fatal
+            self.socket_errors.append(f"user {user.index}: {type(exc).__name__}: {exc}")
+            return False
+        user.subscribed = True
+        self.sockets.append(ws)
+        self.receivers.append(asyncio.create_task(self._receive(ws)))
+        return True
+
+    async def _receive(self, ws: Any) -> None:
+        try:
+            async for raw in ws:
+                now = time.perf_counter_ns()
+                message = orjson.loads(raw)
+                kind = message.get("type")
+                if kind == "next":
+                    payload = message.get("payload") or {}
+                    if update := (payload.get("data") or {}).get("orderUpdates"):
+                        self._on_update(update, now)
+                    elif payload.get("errors"):
+                        self.socket_errors.append(str(payload["errors"])[:300])
+                elif kind == "ping":
+                    await ws.send('{"type":"pong"}')
+                elif kind in ("error", "complete"):
+                    self.socket_errors.append(str(message)[:300])
+                    return
+        except Exception as exc:  # the socket closed or broke: say so in the result
+            self.socket_errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.sockets_closed += 1
+
+    def _on_update(self, update: dict[str, Any], now: int) -> None:
+        event, order_id = update["event"], update["order"]["id"]
+        quantity = float(update["execution"]["quantity"]) if update.get("execution") else 0.0
+        if self.window.measuring and event in FILL_EVENTS:
+            self.window.fill_events += 1
+        placed = self.orders.get(order_id)
+        if placed is None:  # the event beat the placeOrder answer
+            if len(self.early) < MAX_EARLY_EVENTS:
+                self.early.setdefault(order_id, []).append((event, quantity, now))
+            return
+        self._apply(order_id, placed, event, quantity, now)
+
+    def _apply(self, order_id: str, placed: Placed, event: str, quantity: float, now: int) -> None:
+        window, shares = self.window, placed.user.shares
+        if event in FILL_EVENTS:
+            placed.filled += quantity
+            if placed.side == "BUY":
+                shares[placed.symbol] = shares.get(placed.symbol, 0.0) + quantity
+            if event == "FILL" and placed.measured and placed.kind == "MARKET":
+                window.market_filled += 1
+                ms = h.observe(window.fill_hist, (now - placed.sent_ns) / 1e6)
+                window.max_fill_ms = max(window.max_fill_ms, ms)
+            elif event == "FILL" and placed.measured:
+                window.limit_filled += 1
+        if event in TERMINAL_EVENTS:
+            self.orders.pop(order_id, None)
+            if event != "FILL" and placed.side == "SELL":
+                left = placed.quantity - placed.filled
+                shares[placed.symbol] = shares.get(placed.symbol, 0.0) + left
+            if event != "FILL" and placed.measured and placed.kind == "MARKET" and not placed.filled:
+                window.market_closed_unfilled += 1
+
+    async def _refresh_quotes(self) -> None:
+        conn = HttpConnection(self.port)
+        try:
+            data = await graphql(conn, QUOTES, {"s": self.symbols}, b"", 10.0)
+        except (HttpError, TimeoutError) as exc:
+            self.socket_errors.append(f"quotes query: {type(exc).__name__} {exc}".strip())
+            return
+        finally:
+            conn.close()
+        for q in data["quotes"]:
+            if q and Decimal(q["bid"]) > 0 and Decimal(q["ask"]) > 0:
+                self.quotes[q["symbol"]] = (Decimal(q["bid"]), Decimal(q["ask"]))
+
+    def _next_order(self, spec: dict[str, Any]) -> tuple[User, dict[str, Any], int]:
+        rng = self.rng
+        user = self.users[rng.randrange(len(self.users))]
+        # only a subscribed user's fills are known here
+        held = [s for s, q in user.shares.items() if q >= 1] if user.subscribed else []
+        self.sequence += 1
+        if held and rng.random() < spec["sell_share"]:
+            side, symbol = "SELL", rng.choice(held)
+            quantity = rng.randint(1, max(1, min(int(user.shares[symbol]), spec["max_quantity"])))
+            user.shares[symbol] -= quantity  # reserved here until refused or closed unfilled
+        else:
+            side, symbol = "BUY", rng.choice(self.symbols)
+            quantity = rng.randint(1, spec["max_quantity"])
+        order: dict[str, Any] = {
+            "symbol": symbol, "side": side, "quantity": str(quantity), "type": "MARKET",
+            "idempotencyKey": f"o{self.args.run_id}-{self.sequence}",
+        }  # fmt: skip
+        quote = self.quotes.get(symbol)
+        if rng.random() >= spec["market_share"] and quote is not None:
+            bid, ask, spread = *quote, spec["limit_spread"]
+            if side == "BUY":  # mostly at or just under the ask: some fill at once, some rest
+                price = ask * (1 + Decimal(str(rng.uniform(-spread, spread / 3))))
+            else:
+                price = bid * (1 + Decimal(str(rng.uniform(-spread / 3, spread))))
+            order["type"], order["limitPrice"] = "LIMIT", str(on_tick(price))
+        return user, order, quantity
+
+    async def place(self, conn: HttpConnection, spec: dict[str, Any]) -> None:
+        user, order, quantity = self._next_order(spec)
+        window, measured, kind = self.window, self.window.measuring, order["type"]
+        body, auth = orjson.dumps({"query": PLACE, "variables": {"i": order}}), bearer(user.token)
+        window.sent += measured
+        sent = time.perf_counter_ns()
+        answer: dict[str, Any] | None = None
+        try:
+            async with asyncio.timeout(self.args.request_timeout):
+                try:
+                    status, data = await conn.post(body, auth)
+                except HttpError:
+                    # A kept-alive connection the server closed meanwhile: once more on a new
+                    # one, as HTTP clients do; the idempotency key makes a repeat harmless.
+                    status, data = await conn.post(body, auth)
+            if status == 200:
+                answer = orjson.loads(data)
+            elif measured:
+                window.error(f"HTTP_{status}", data.decode(errors="replace"))
+        except TimeoutError:
+            if measured:
+                window.error("TIMEOUT", f"no answer within {self.args.request_timeout:g}s")
+        except HttpError as exc:
+            if measured:
+                window.error("CONNECTION", str(exc))
+        done = time.perf_counter_ns()
+        payload = None if answer is None else (answer.get("data") or {}).get("placeOrder")
+        if answer is not None and payload is None and measured:
+            window.error("GRAPHQL_ERROR", str(answer.get("errors"))[:300])
+        if payload is not None and payload.get("order"):
+            order_id = payload["order"]["id"]
+            placed = Placed(user, order["symbol"], order["side"], kind, quantity, sent, measured)
+            if len(self.orders) < MAX_TRACKED_ORDERS:
+                self.orders[order_id] = placed
+            if measured:
+                window.accepted += 1
+                window.accepted_market += kind == "MARKET"
+                window.accepted_by_kind[f"{order['side']} {kind}"] += 1
+                ms = h.observe(window.accept_hist, (done - sent) / 1e6)
+                window.max_accept_ms = max(window.max_accept_ms, ms)
+            for event, qty, at in self.early.pop(order_id, []):
+                if order_id in self.orders:
+                    self._apply(order_id, placed, event, qty, at)
+            return
+        if payload is not None and measured:
+            codes = [e.get("code", "?") for e in payload.get("errors") or []] or ["NO_ORDER"]
+            window.refused[",".join(codes)] += 1
+            h.observe(window.accept_hist, (done - sent) / 1e6)
+        if order["side"] == "SELL":  # not placed: the shares are free again
+            user.shares[order["symbol"]] = user.shares.get(order["symbol"], 0.0) + quantity
+
+    async def run(self, text: str) -> str:
+        spec = json.loads(text)
+        self.window = window = OrdersWindow()
+        stop = asyncio.Event()
+
+        async def refresh_quotes() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                if not stop.is_set():
+                    await self._refresh_quotes()
+
+        async def one(conn: HttpConnection, due: float, worker: int, n: int) -> None:
+            await self.place(conn, spec)
+
+        quotes = asyncio.create_task(refresh_quotes())
+        try:
+            await drive(self.port, spec, one, window, emit, self.args.request_timeout + 5)
+            if window.abandoned:
+                window.error("CLIENT", "requests in flight past the timeout were abandoned")
+            for _ in range(int(float(spec["drain"]) * 10)):  # the window's market orders fill
+                if not self._open_market():
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await quotes
+        fields = ("scheduled", "skipped", "sent", "accepted", "accepted_market", "accepted_by_kind",
+                  "refused", "failed", "accept_hist", "fill_hist", "max_accept_ms", "max_fill_ms",
+                  "market_filled", "market_closed_unfilled", "limit_filled", "fill_events",
+                  "sample_errors")  # fmt: skip
+        result = {k: getattr(window, k) for k in fields}
+        result |= {
+            "window_seconds": window.seconds, "market_unfilled_after_drain": self._open_market(),
+            "sockets_open": len(self.sockets) - self.sockets_closed,
+            "socket_errors": self.socket_errors[-5:],
+        }  # fmt: skip
+        return "RESULT " + json.dumps(result)
+
+    def _open_market(self) -> int:
+        return sum(1 for p in self.orders.values() if p.measured and p.kind == "MARKET")
+
+
+async def client_main(args: argparse.Namespace) -> int:
+    client = OrdersClient(args, json.loads(args.symbols_file.read_text()))
+    try:
+        return await serve(client.setup, {"RUN": client.run}, args.client_max_seconds)
+    finally:
+        await close_all(client.receivers, client.sockets)
+
+
+# The system under test and one scenario
+
+@dataclass
 class Result:
-    scenario: Scenario
+    mode: str
+    value: float
     window_s: float = 0.0
     client: dict[str, Any] = field(default_factory=dict)
     accept_ms: dict[str, float | None] = field(default_factory=dict)
@@ -123,13 +410,21 @@ class Result:
     backlog_end: int | None = None
     catch_up_s: float | None = None
     pg: dict[str, float] = field(default_factory=dict)
-    pool_checked_out: dict[str, float] = field(default_factory=dict)
+    pool_checked_out: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)
-    load_average: float | None = None  # 1-minute, at the end of the window
-    reference_rate: float | None = None  # the one-transaction reference, same concurrency
+    load_average: float | None = None
+    reference_rate: float | None = None
     activity: str = ""
     profiles: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"closed loop, concurrency {self.value:g}" if self.mode == "closed" else f"open loop, rate {self.value:,.0f}/s"
+
+    @property
+    def short(self) -> str:
+        return f"conc {self.value:g}" if self.mode == "closed" else f"rate {self.value:g}/s"
 
     @property
     def accepted_rate(self) -> float:
@@ -140,708 +435,246 @@ class Result:
         return self.client.get("sent", 0) / max(self.window_s, 1e-9)
 
 
-@dataclass(frozen=True)
-class Config:
-    admin_url: str
-    database: str
-    database_url: str
-    redis_url: str
-    partitions: int
-    log_dir: Path
-    env: dict[str, str]
-
-
-# ------------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def load_securities(config: Config, wanted: int) -> list[str]:
-    """`tradeql securities defaults` (plus synthetic symbols past the defaults); the first
-    `wanted` active symbols, which are what `tradeql feed --symbols N` simulates."""
-    argv = tradeql_argv("securities", "defaults")
-    print(f"loading securities: tradeql {' '.join(argv[3:])}", flush=True)
-    for attempt in range(2):
-        done = subprocess.run(
-            argv,
-            cwd=ROOT,
-            env=child_env(config.env),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"securities defaults failed:\n{done.stderr[-2000:]}")
-        symbols = asyncio.run(active_symbols(config.database_url))
-        if len(symbols) >= wanted or attempt:
-            break
-        argv = tradeql_argv("securities", "defaults", "--synthetic", str(wanted))
-    if len(symbols) < wanted:
-        raise BenchError(f"only {len(symbols)} securities after loading, {wanted} wanted")
-    return symbols[:wanted]
-
-
-def _read_tagged(process: Managed, tag: str, timeout: float, watch: Sequence[Managed]) -> str:
-    """The rest of the next line of `process` starting with `tag` (other lines are skipped)."""
-    deadline = time.monotonic() + timeout
-    for _ in range(10_000):
-        for other in watch:
-            other.check_alive()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            line = process.read_line(min(remaining, 1.0))
-        except BenchError:
-            if time.monotonic() < deadline and process.alive():
-                continue  # nothing within the second: look at the others again
-            raise
-        if line.startswith(tag):
-            return line[len(tag) :].strip()
-    raise BenchError(f"{process.name}: no {tag!r} line within {timeout:.0f}s")
-
-
-def scrape_or_empty(port: int, notes: list[str], what: str) -> list[Sample]:
-    """The /metrics of a process; [] (and a note) when it does not answer within 10 s, as an
-    overloaded API may not."""
-    try:
-        return scrape(port, timeout=10.0)
-    except (OSError, ValueError) as exc:
-        notes.append(f"{what} metrics unavailable ({type(exc).__name__}); numbers from it missing")
-        return []
-
-
-def orders_backlog(client: Any, partitions: int) -> int | None:
-    """Orders handed off but not yet acknowledged by the matcher: lag + pending, all partitions."""
-    backlog = 0
-    for p in range(partitions):
-        try:
-            if not client.exists(order_stream(p)):
-                continue  # no order yet on this partition
-            groups = client.xinfo_groups(order_stream(p))
-        except Exception:  # Redis busy or gone: unknown
-            return None
-        for group in groups:
-            if group.get("name") != MATCHER_GROUP:
-                continue
-            if group.get("lag") is None:
-                return None
-            backlog += int(group["lag"]) + int(group.get("pending") or 0)
-    return backlog
-
-
-def wait_for_matcher(client: Any, partitions: int, seconds: float) -> float | None:
-    """Seconds until the matcher's backlog is empty (None: not within `seconds`)."""
-    started = time.monotonic()
-    for _ in range(int(seconds / 0.2) + 1):
-        backlog = orders_backlog(client, partitions)
-        if backlog == 0:
-            return time.monotonic() - started
-        if time.monotonic() - started > seconds:
-            return None
-        time.sleep(0.2)
-    return None
-
-
-def wait_for_api_idle(port: int, seconds: float) -> float | None:
-    """Seconds until the API has finished every placeOrder it holds (its PlaceOrder count stays
-    still for a second; an open loop leaves thousands queued); None: not within `seconds`."""
-    started = time.monotonic()
-    last: float | None = None
-    still_since = started
-    for _ in range(int(seconds / 0.25) + 1):
-        try:
-            count = total(
-                scrape(port, timeout=10.0),
-                "tradeql_graphql_operations_total",
-                operation="PlaceOrder",
-            )
-        except (OSError, ValueError):
-            count = None
-        now = time.monotonic()
-        if count is None or count != last:
-            last, still_since = count, now
-        elif now - still_since >= 1.0:
-            return now - started
-        if now - started > seconds:
-            return None
-        time.sleep(0.25)
-    return None
-
-
-def labelled_histogram(
-    before: Iterable[Sample], after: Iterable[Sample], name: str, **labels: str
-) -> list[tuple[float, float]]:
-    """[(upper bound s, cumulative count)] over an interval, for the series matching `labels`."""
-
-    def rows(samples: Iterable[Sample]) -> dict[float, float]:
-        out: dict[float, float] = {}
-        for s in samples:
-            if s.name != f"{name}_bucket":
-                continue
-            if any(s.labels.get(k) != v for k, v in labels.items()):
-                continue
-            le = s.labels.get("le", "")
-            bound = math.inf if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + s.value
-        return out
-
-    start, end = rows(before), rows(after)
-    return sorted((bound, count - start.get(bound, 0.0)) for bound, count in end.items())
-
-
-def _fmt(value: float | None, spec: str = ",.1f", missing: str = "-") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return missing
-    return format(value, spec)
-
-
-def _le(value: float | None) -> str:
-    """A histogram bucket bound in ms."""
-    if value is None:
-        return "-"
-    return "inf" if math.isinf(value) else f"{1000 * value:g}"
-
-
-# ------------------------------------------------------------------------------------------------
-# The system under test
-
-
 class System:
-    """The processes under test, started in order and always stopped."""
+    """The processes under test, started in order (stopped by the run)."""
 
-    def __init__(self, config: Config, args: argparse.Namespace, registry: Registry) -> None:
-        self.config = config
-        self.args = args
-        self.registry = registry
-        self.api_port = free_port()
-        self.matcher_port = free_port()
-        self.quotes_port = free_port()
-        self.feed_port = free_port()
-        self.env = child_env(config.env)
-        logs = config.log_dir
-        self.quotes = Managed(
-            "quotes",
-            tradeql_argv("quotes", "--metrics-port", str(self.quotes_port)),
-            self.env,
-            logs / "quotes.log",
-            registry,
-        )
-        self.feed = Managed(
-            "feed",
-            tradeql_argv(
-                "feed",
-                "--source",
-                "sim",
-                "--symbols",
-                str(args.symbols),
-                "--seed",
-                str(args.feed_seed),
-                "--metrics-port",
-                str(self.feed_port),
-            ),
-            self.env,
-            logs / "feed.log",
-            registry,
-        )
-        self.api = self._api(cprofile=False)
-        self.matcher = self._matcher(cprofile=False)
-        self.relay = Managed("relay", tradeql_argv("relay"), self.env, logs / "relay.log", registry)
-        self.cprofile = False
-        self.client: Managed | None = None
+    def __init__(self, run: h.Run, env: dict[str, str], args: argparse.Namespace,
+                 partitions: int) -> None:  # fmt: skip
+        self.run, self.env, self.args, self.partitions = run, env, args, partitions
+        self.api_port, self.matcher_port, self.quotes_port = h.free_port(), h.free_port(), h.free_port()
+        self.redis = h.redis_client(env["REDIS_URL"])
+        self.procs: dict[str, h.Managed] = {}
 
-    def _api(self, cprofile: bool) -> Managed:
-        if cprofile:
-            argv = [
-                sys.executable,
-                "-m",
-                "bench.orders_cprofile",
-                "--role",
-                "api",
-                "--port",
-                str(self.api_port),
-                "--out",
-                str(self.config.log_dir / "cprofile-api.pstats"),
-            ]
-        else:
-            argv = tradeql_argv(
-                "api",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.api_port),
-                "--workers",
-                str(api_workers(self.args)),
-            )
-        return Managed("api", argv, self.env, self.config.log_dir / "api.log", self.registry)
+    def start(self, symbols: list[str], api_workers: int) -> None:
+        a, start = self.args, self.run.start
+        self.procs["quotes"] = start("quotes", h.tradeql_argv("quotes", "--metrics-port", str(self.quotes_port)), self.env)
+        h.wait_until("quote cache metrics", self.servers, h.answers(self.quotes_port, "/metrics"))
+        feed = f"feed --source sim --symbols {a.symbols} --seed {a.feed_seed}"
+        self.procs["feed"] = start("feed", h.tradeql_argv(*feed.split()), self.env)
+        self.procs["relay"] = start("relay", h.tradeql_argv("relay"), self.env)
+        api = f"api --host 127.0.0.1 --port {self.api_port} --workers {api_workers}"
+        self.procs["api"] = start("api", h.tradeql_argv(*api.split()), self.env)
+        h.wait_until("API /readyz", self.servers, h.answers(self.api_port))
+        matcher = h.tradeql_argv("matcher", "--metrics-port", str(self.matcher_port))
+        self.procs["matcher"] = start("matcher", matcher, self.env)
+        h.wait_until(
+            f"matcher holding all {self.partitions} partitions", self.servers,
+            lambda: h.total(h.scrape(self.matcher_port), "tradeql_matcher_partitions") >= self.partitions,
+        )  # fmt: skip
+        from services.market_data.quote_store import quote_key
 
-    def _matcher(self, cprofile: bool) -> Managed:
-        if cprofile:
-            argv = [
-                sys.executable,
-                "-m",
-                "bench.orders_cprofile",
-                "--role",
-                "matcher",
-                "--metrics-port",
-                str(self.matcher_port),
-                "--out",
-                str(self.config.log_dir / "cprofile-matcher.pstats"),
-            ]
-        else:
-            argv = tradeql_argv("matcher", "--metrics-port", str(self.matcher_port))
-        return Managed(
-            "matcher", argv, self.env, self.config.log_dir / "matcher.log", self.registry
-        )
+        h.wait_until(f"quotes of all {len(symbols)} symbols in Redis", self.servers,
+                     lambda: all(self.redis.exists(quote_key(s)) for s in symbols))  # fmt: skip
 
     @property
-    def servers(self) -> list[Managed]:
-        return [self.quotes, self.feed, self.api, self.matcher, self.relay]
+    def servers(self) -> list[h.Managed]:
+        return list(self.procs.values())
 
-    @property
-    def everything(self) -> list[Managed]:
-        return [*self.servers, *([self.client] if self.client else [])]
+    def backlog(self) -> int | None:
+        """Orders handed off, not yet acknowledged by the matcher: lag + pending, all partitions."""
+        from services.orders.placement import order_stream
 
-    def start_servers(self, redis: Any, symbols: list[str]) -> None:
-        self.quotes.start()
-        wait_until(
-            "quote cache metrics",
-            [self.quotes],
-            lambda: http_get(self.quotes_port, "/metrics")[0] == 200,
-            START_TIMEOUT_SECONDS,
-        )
-        self.feed.start()
-        self.relay.start()
-        self._start_api_and_matcher()
-        wait_until(
-            f"quotes of all {len(symbols)} symbols in Redis",
-            self.servers,
-            lambda: all(redis.exists(quote_key(s)) for s in symbols),
-            START_TIMEOUT_SECONDS,
-        )
+        lag, pending, _ = h.group_backlog(self.redis, map(order_stream, range(self.partitions)), "matcher")
+        return None if lag is None else lag + pending
 
-    def _start_api_and_matcher(self) -> None:
-        self.api.start()
-        wait_until(
-            "API /readyz",
-            [self.quotes, self.feed, self.api],
-            lambda: http_get(self.api_port, "/readyz")[0] == 200,
-            START_TIMEOUT_SECONDS,
-        )
-        self.matcher.start()
-        partitions = self.config.partitions
-        wait_until(
-            f"matcher holding all {partitions} partitions",
-            self.servers,
-            lambda: total(scrape(self.matcher_port), "tradeql_matcher_partitions") >= partitions,
-            START_TIMEOUT_SECONDS,
-        )
-
-    def switch_to_cprofile(self) -> None:
-        """Restart the API and the matcher under the cProfile wrapper (before the client)."""
-        self.matcher.stop()
-        self.api.stop()
-        self.api = self._api(cprofile=True)
-        self.matcher = self._matcher(cprofile=True)
-        self.cprofile = True
-        self._start_api_and_matcher()
-
-    def start_client(self, symbols_file: Path, budget: float) -> Managed:
-        args = self.args
-        self.client = Managed(
-            "client",
-            [
-                sys.executable,
-                "-m",
-                "bench.orders",
-                "--client",
-                "--port",
-                str(self.api_port),
-                "--symbols-file",
-                str(symbols_file),
-                "--users",
-                str(args.users),
-                "--subscribers",
-                str(args.subscribers or args.users),
-                "--deposit",
-                args.deposit,
-                "--seed",
-                str(args.seed),
-                "--run-id",
-                str(args.run_id),
-                "--request-timeout",
-                f"{args.request_timeout:g}",
-                "--setup-concurrency",
-                str(args.setup_concurrency),
-                "--client-max-seconds",
-                f"{budget:.0f}",
-            ],
-            self.env,
-            self.config.log_dir / "client.log",
-            self.registry,
-            pipe=True,
-        )
-        self.client.start()
-        return self.client
-
-    def stop(self) -> None:
-        for process in [*([self.client] if self.client else []), *reversed(self.servers)]:
-            process.stop()
+    def wait_for_matcher(self, seconds: float) -> float | None:
+        """Seconds until the matcher's backlog is empty (None: not within `seconds`)."""
+        started = time.monotonic()
+        while self.backlog() != 0:
+            if time.monotonic() - started > seconds:
+                return None
+            time.sleep(0.2)
+        return time.monotonic() - started
 
 
-# ------------------------------------------------------------------------------------------------
-# One scenario
-
-
-def _profilers(
-    system: System, args: argparse.Namespace, py_spy: str | None, tag: str
-) -> tuple[list[Any], list[str]]:
-    """Start the window's profilers: py-spy recordings, or the cProfile wrappers' SIGUSR1."""
-    recordings: list[Any] = []
-    started: list[str] = []
-    if not args.profile:
-        return recordings, started
-    targets = {"api": system.api, "matcher": system.matcher}
-    if system.cprofile:
-        for name in args.profile_procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(targets[name].pid, signal.SIGUSR1)
-                started.append(name)
-    elif py_spy:
-        from bench._profile import PySpyRecording
-
-        for name in args.profile_procs:
-            recording = PySpyRecording(
-                py_spy,
-                f"{name}-{tag}",
-                process_tree(targets[name].pid)[-1],  # a worker, when a supervisor leads
-                args.duration,
-                args.profile_rate,
-                system.config.log_dir,
-            )
-            recording.start()
-            recordings.append(recording)
-    return recordings, started
-
-
-def _profile_summaries(
-    system: System,
-    args: argparse.Namespace,
-    recordings: list[Any],
-    cprofiled: list[str],
-    window_s: float,
-) -> list[str]:
-    out: list[str] = []
-    if recordings:
-        from bench._profile import summarize
-        from bench.orders_profile import breakdown
-
-        for recording in recordings:
-            ok, error = recording.finish(args.duration + 30)
-            if not ok:
-                out.append(f"py-spy on {recording.name} failed: {error}")
-                continue
-            out.append(
-                breakdown(recording.out, recording.name, recording.rate, recording.seconds)
-                + "\n"
-                + summarize(recording, args.profile_top)
-            )
-    if cprofiled:
-        from bench.orders_cprofile import summarize as summarize_cprofile
-
-        for name in cprofiled:
-            path = system.config.log_dir / f"cprofile-{name}.pstats"
-            for _ in range(100):  # the wrapper writes it on SIGUSR2
-                if path.exists():
-                    break
-                time.sleep(0.1)
-            if path.exists():
-                out.append(summarize_cprofile(path, name, window_s, args.profile_top))
-                path.rename(path.with_suffix(f".{int(time.time())}.pstats"))
-            else:
-                out.append(f"cProfile of {name}: no stats written")
-    return out
-
-
-def run_scenario(
-    scenario: Scenario,
-    system: System,
-    args: argparse.Namespace,
-    redis: Any,
-    py_spy: str | None,
-    postmaster: int | None,
-) -> Result:
-    config = system.config
-    client = system.client
-    assert client is not None
-    result = Result(scenario)
-    if wait_for_api_idle(system.api_port, args.settle) is None:
-        result.notes.append(
-            f"the API was still placing earlier orders after {args.settle:g} s; measured anyway"
-        )
-    if wait_for_matcher(redis, config.partitions, args.settle) is None:
-        result.notes.append(
-            f"the matcher still had a backlog from before after {args.settle:g} s; measured anyway"
-        )
-    max_inflight = args.max_inflight
-    if scenario.mode == "closed":
-        max_inflight = max(max_inflight, int(scenario.value))
+def run_scenario(result: Result, system: System, client: h.Managed, args: argparse.Namespace,
+                 postmaster: int | None, profiler: h.Profiler) -> None:  # fmt: skip
+    if h.wait_idle(lambda: h.process_tree(system.procs["api"].pid), args.settle) is None:
+        result.notes.append(f"the API was still placing earlier orders after {args.settle:g} s")
+    if system.wait_for_matcher(args.settle) is None:
+        result.notes.append(f"the matcher still had a backlog after {args.settle:g} s")
+    closed = result.mode == "closed"
     spec = {
-        "mode": scenario.mode,
-        "concurrency": int(scenario.value) if scenario.mode == "closed" else 0,
-        "rate": scenario.value if scenario.mode == "open" else 0,
-        "warmup": args.warmup,
-        "duration": args.duration,
-        "drain": args.drain,
-        "max_inflight": max_inflight,
-        "market_share": args.market_share,
-        "sell_share": args.sell_share,
-        "max_quantity": args.max_quantity,
-        "limit_spread": args.limit_spread,
-    }
-    pids: dict[str, list[int]] = {
-        "api": process_tree(system.api.pid),
-        "matcher": [system.matcher.pid],
-        "quotes": [system.quotes.pid],
-        "feed": [system.feed.pid],
-        "relay": [system.relay.pid],
-        "client": [client.pid],
-    }
-    rpid = redis_pid(redis)
-    if rpid is not None:
-        pids["redis"] = [rpid]
-    cpu = CpuWindow(pids)
-    pg_cpu = TreeCpu(postmaster)
-    sampler = ActivitySampler(config.database_url, config.database, args.pg_sample_ms / 1000)
-    recordings: list[Any] = []
-    cprofiled: list[str] = []
+        "mode": result.mode, "concurrency": int(result.value) if closed else 0,
+        "rate": 0 if closed else result.value, "warmup": args.warmup, "duration": args.duration,
+        "drain": args.drain, "max_in_flight": max(args.max_inflight, int(result.value) if closed else 0),
+        "market_share": args.market_share, "sell_share": args.sell_share,
+        "max_quantity": args.max_quantity, "limit_spread": args.limit_spread,
+    }  # fmt: skip
+    p = system.procs
+    groups: dict[str, Any] = {"api": lambda: h.process_tree(p["api"].pid), "client": [client.pid]}
+    groups |= {name: [p[name].pid] for name in ("matcher", "quotes", "feed", "relay")}
+    if (rpid := h.redis_pid(system.env["REDIS_URL"])) is not None:
+        groups["redis"] = [rpid]
+    if postmaster:
+        groups["postgres"] = h.pg_tree(postmaster)
+    cpu = h.CpuWindow(groups)
+    database_url, database = system.env["DATABASE_URL"], args.database
+    activity = h.Activity(database_url, database, args.pg_sample_ms / 1000)
+    client.send_line("RUN " + json.dumps(spec))
     watch = system.servers
-    tag = f"{scenario.mode}{scenario.value:g}"
     try:
-        client.send_line("RUN " + json.dumps(spec))
-        _read_tagged(client, "MEASURING", args.warmup + 60, watch)
+        client.read_tagged("MEASURING", args.warmup + 60, watch)
         cpu.start()
-        pg_cpu.start()
         measured_from = time.monotonic()
-        matcher_before = scrape_or_empty(system.matcher_port, result.notes, "matcher")
-        api_before = scrape_or_empty(system.api_port, result.notes, "API")
-        pg_before = database_stats(config.database_url, config.database)
-        result.backlog_start = orders_backlog(redis, config.partitions)
-        sampler.start()
-        recordings, cprofiled = _profilers(system, args, py_spy, tag)
-        _read_tagged(client, "MEASURED", args.duration + 60, watch)
+        matcher_before = h.scrape_or_empty(system.matcher_port, result.notes, "matcher")
+        api_before = h.scrape_or_empty(system.api_port, result.notes, "API")
+        pg_before = h.database_stats(database_url, database)
+        result.backlog_start = system.backlog()
+        activity.start()
+        tag = f"{result.mode}{result.value:g}"
+        targets = {"api": h.process_tree(p["api"].pid)[-1], "matcher": p["matcher"].pid}  # a worker
+        profiler.start({k: v for k, v in targets.items() if k in args.profile_procs}, args.duration, tag)
+        client.read_tagged("MEASURED", args.duration + 60, watch)
         result.cpu = cpu.stop()
         with contextlib.suppress(OSError):
             result.load_average = os.getloadavg()[0]
-        pg_percent = pg_cpu.stop()
-        if pg_percent is not None:
-            result.cpu["postgres"] = pg_percent
         window = time.monotonic() - measured_from
-        for name in cprofiled:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill((system.api if name == "api" else system.matcher).pid, signal.SIGUSR2)
-        sampler.stop()
-        matcher_after = scrape_or_empty(system.matcher_port, result.notes, "matcher")
-        api_after = scrape_or_empty(system.api_port, result.notes, "API")
-        result.backlog_end = orders_backlog(redis, config.partitions)
-        outcome = json.loads(
-            _read_tagged(client, "RESULT", args.request_timeout + args.drain + 120, watch)
-        )
-        pg_after = database_stats(config.database_url, config.database)
-        result.catch_up_s = wait_for_matcher(redis, config.partitions, args.settle)
-    except BaseException:
-        for recording in recordings:
-            recording.stop()
-        raise
     finally:
-        sampler.stop()
-    result.client = outcome
-    result.window_s = float(outcome.get("window_seconds") or window)
-    accept = percentiles({int(k): int(v) for k, v in outcome["accept_hist"].items()}, QS)
-    fill = percentiles({int(k): int(v) for k, v in outcome["fill_hist"].items()}, QS)
-    result.accept_ms = {f"p{round(q * 100)}": accept[q] for q in QS}
-    result.accept_ms["max"] = outcome.get("max_accept_ms")
+        activity.stop()
+    matcher_after = h.scrape_or_empty(system.matcher_port, result.notes, "matcher")
+    api_after = h.scrape_or_empty(system.api_port, result.notes, "API")
+    result.backlog_end = system.backlog()
+    outcome = json.loads(client.read_tagged("RESULT", args.request_timeout + args.drain + 120, watch))
+    pg_after = h.database_stats(database_url, database)
+    result.catch_up_s = system.wait_for_matcher(args.settle)
+    result.client, result.window_s = outcome, float(outcome.get("window_seconds") or window)
+    accept, fill = h.percentiles(outcome["accept_hist"], QS), h.percentiles(outcome["fill_hist"], QS)
+    result.accept_ms = {f"p{round(q * 100)}": accept[q] for q in QS} | {"max": outcome["max_accept_ms"]}
     result.fill_ms = {f"p{round(q * 100)}": fill[q] for q in QS}
-    result.fill_ms["max"] = outcome.get("max_fill_ms") if outcome.get("market_filled") else None
-    rows = labelled_histogram(
-        api_before, api_after, "tradeql_graphql_operation_seconds", operation="PlaceOrder"
-    )
-    result.server_accept_ms = {f"p{round(q * 100)}": histogram_quantile(rows, q) for q in QS}
-    executions = total(matcher_after, "tradeql_matcher_executions_total") - total(
-        matcher_before, "tradeql_matcher_executions_total"
-    )
-    result.executions_rate = executions / window
-    result.pool_checked_out = {
-        "api": total(api_after, "tradeql_db_pool_connections", state="checkedout"),
-    }
+    result.fill_ms["max"] = outcome["max_fill_ms"] if outcome["market_filled"] else None
+    rows = h.histogram_delta(api_before, api_after, "tradeql_graphql_operation_seconds", operation="PlaceOrder")
+    result.server_accept_ms = {f"p{round(q * 100)}": h.histogram_quantile(rows, q) for q in QS}
+    name = "tradeql_matcher_executions_total"
+    result.executions_rate = (h.total(matcher_after, name) - h.total(matcher_before, name)) / window
+    if api_after:
+        result.pool_checked_out = h.total(api_after, "tradeql_db_pool_connections", state="checkedout")
     if pg_before and pg_after:
-        result.pg = {k: (pg_after[k] - pg_before.get(k, 0.0)) for k in pg_after}
-        result.pg["seconds"] = window
-    result.activity = sampler.summary()
-    result.profiles = _profile_summaries(system, args, recordings, cprofiled, window)
-    _notes(result, args)
-    return result
+        result.pg = {k: pg_after[k] - pg_before.get(k, 0.0) for k in pg_after} | {"seconds": window}
+    result.activity = activity.summary()
+    result.profiles = profiler.finish()
+    add_notes(result, args)
 
 
-def _notes(result: Result, args: argparse.Namespace) -> None:
-    c = result.client
+def add_notes(result: Result, args: argparse.Namespace) -> None:
+    c, notes = result.client, result.notes
     if c.get("skipped"):
-        result.notes.append(
-            f"{c['skipped']:,} orders due were not sent: {args.max_inflight} already in flight "
-            "(the open loop never queues beyond --max-inflight)"
-        )
-    if result.scenario.mode == "open" and c.get("scheduled"):
-        sent_share = c["sent"] / max(c["scheduled"], 1)
-        if sent_share < 0.98:
-            result.notes.append(f"only {100 * sent_share:.0f}% of the orders due were sent")
+        notes.append(f"{c['skipped']:,} orders due were not sent: {args.max_inflight} already "
+                     "in flight (the open loop never queues beyond --max-inflight)")  # fmt: skip
+    if result.mode == "open" and c.get("scheduled") and c["sent"] / c["scheduled"] < 0.98:
+        notes.append(f"only {100 * c['sent'] / c['scheduled']:.0f}% of the orders due were sent")
     if c.get("market_unfilled_after_drain"):
-        result.notes.append(
-            f"{c['market_unfilled_after_drain']:,} market orders of the window had no FILL event "
-            f"{args.drain:g} s after the window (left out of the fill percentiles)"
-        )
+        notes.append(f"{c['market_unfilled_after_drain']:,} market orders of the window had no "
+                     f"FILL event {args.drain:g} s after it (left out of the fill percentiles)")  # fmt: skip
     if c.get("market_closed_unfilled"):
-        result.notes.append(
-            f"{c['market_closed_unfilled']:,} market orders of the window were cancelled unfilled"
-        )
+        notes.append(f"{c['market_closed_unfilled']:,} market orders were cancelled unfilled")
     if c.get("failed"):
-        result.notes.append(f"failures: {c['failed']}, e.g. {c.get('sample_errors', [])[:2]}")
+        notes.append(f"failures: {c['failed']}, e.g. {c.get('sample_errors', [])[:2]}")
     if c.get("socket_errors"):
-        result.notes.append(
-            f"client-side errors (sockets, quote refresh): {c['socket_errors'][:2]}"
-        )
+        notes.append(f"client-side errors (sockets, quote refresh): {c['socket_errors'][:2]}")
     if result.cpu.get("client", 0.0) > 90:
-        result.notes.append("the client process was saturated: rates are bounded by it")
+        notes.append("the client process was saturated: rates are bounded by it")
     if result.catch_up_s is None:
-        result.notes.append(f"the matcher had not caught up {args.settle:g} s after the window")
+        notes.append(f"the matcher had not caught up {args.settle:g} s after the window")
 
 
-# ------------------------------------------------------------------------------------------------
 # Report
 
-
-def target_verdict(result: Result) -> str:
-    accepted = result.accepted_rate
-    p95_accept = result.accept_ms.get("p95")
-    p95_fill = result.fill_ms.get("p95")
-    rate_ok = accepted >= 0.98 * TARGET_RATE
-    accept_ok = p95_accept is not None and p95_accept < TARGET_ACCEPT_P95_MS
-    fill_ok = p95_fill is not None and p95_fill < TARGET_FILL_P95_MS
-    verdict = "MET" if rate_ok and accept_ok and fill_ok else "MISSED"
-    return (
-        f"target ({TARGET_RATE:,.0f} orders/s, p95 accept < {TARGET_ACCEPT_P95_MS:.0f} ms, "
-        f"p95 placement-to-fill < {TARGET_FILL_P95_MS:.0f} ms): {verdict} - {accepted:,.0f}/s "
-        f"({'ok' if rate_ok else 'short'}), p95 accept {_fmt(p95_accept)} ms "
-        f"({'ok' if accept_ok else 'over'}), p95 fill {_fmt(p95_fill)} ms "
-        f"({'ok' if fill_ok else 'over'})"
-    )
-
-
 def _lat(values: dict[str, float | None]) -> str:
-    return "  ".join(f"{k} {_fmt(values.get(k))}" for k in ("p50", "p95", "p99", "max"))
+    return "  ".join(f"{k} {h.fmt(values.get(k))}" for k in ("p50", "p95", "p99", "max"))
 
 
-def format_result(result: Result, index: int, count: int, users: int) -> str:
-    s, c, cpu, w = result.scenario, result.client, result.cpu, result.window_s
-    refused = ", ".join(f"{k} {v:,}" for k, v in sorted(c.get("refused", {}).items())) or "none"
-    failed = ", ".join(f"{k} {v:,}" for k, v in sorted(c.get("failed", {}).items())) or "none"
-    kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(c.get("accepted_by_kind", {}).items()))
-    sent_line = (
-        f"  orders sent                   {c.get('sent', 0):>9,}  ({result.sent_rate:,.0f}/s)"
-    )
-    if s.mode == "open":
-        sent_line += (
-            f"; due {c.get('scheduled', 0):,} ({c.get('scheduled', 0) / max(w, 1e-9):,.0f}/s), "
-            f"skipped {c.get('skipped', 0):,}; {c.get('connections', 0):,} HTTP connections"
-        )
-    backlog = f"{_fmt(result.backlog_start, ',.0f')} -> {_fmt(result.backlog_end, ',.0f')} orders"
-    if result.backlog_start is not None and result.backlog_end is not None:
-        backlog += f" ({(result.backlog_end - result.backlog_start) / max(w, 1e-9):+,.0f}/s)"
-    backlog += (
-        f"; caught up {_fmt(result.catch_up_s)} s after the results"
-        if result.catch_up_s is not None
-        else "; NOT caught up"
-    )
-    pg = result.pg
+def _le(value: float | None) -> str:
+    return "-" if value is None else "inf" if value == float("inf") else f"{1000 * value:g}"
+
+
+def format_result(r: Result, index: int, count: int, users: int) -> str:
+    c, cpu, w, rate = r.client, r.cpu, r.window_s, max(r.accepted_rate, 1e-9)
+
+    def counts(key: str) -> str:
+        return ", ".join(f"{k} {v:,}" for k, v in sorted(c.get(key, {}).items())) or "none"
+
+    sent = f"  orders sent                   {c.get('sent', 0):>9,}  ({r.sent_rate:,.0f}/s)"
+    if r.mode == "open":
+        sent += (f"; due {c.get('scheduled', 0):,} ({c.get('scheduled', 0) / max(w, 1e-9):,.0f}/s), "
+                 f"skipped {c.get('skipped', 0):,}")  # fmt: skip
+    backlog = f"{h.fmt(r.backlog_start, ',.0f')} -> {h.fmt(r.backlog_end, ',.0f')} orders"
+    if r.backlog_start is not None and r.backlog_end is not None:
+        backlog += f" ({(r.backlog_end - r.backlog_start) / max(w, 1e-9):+,.0f}/s)"
+    backlog += f"; caught up {h.fmt(r.catch_up_s)} s after the results" if r.catch_up_s is not None else "; NOT caught up"
     pg_line = "  PostgreSQL                    (no pg_stat_database numbers)"
-    if pg:
-        seconds = max(pg.get("seconds", w), 1e-9)
-        commits = pg.get("xact_commit", 0.0) / seconds
-        per_order = commits / max(result.accepted_rate, 1e-9)
+    if pg := r.pg:
+        s = max(pg["seconds"], 1e-9)
+        commits = pg.get("xact_commit", 0.0) / s
         pg_line = (
-            f"  PostgreSQL                    {commits:>9,.0f} commits/s ({per_order:.2f} per "
-            f"accepted order), {pg.get('xact_rollback', 0) / seconds:,.0f} rollbacks/s, "
-            f"{pg.get('tup_inserted', 0) / seconds:,.0f} rows inserted/s, "
-            f"{pg.get('tup_updated', 0) / seconds:,.0f} updated/s, deadlocks "
-            f"{pg.get('deadlocks', 0):,.0f}"
-        )
-    cpu_line = "  ".join(f"{name} {cpu[name]:.0f}" for name in PROCESS_NAMES if name in cpu)
+            f"  PostgreSQL                    {commits:>9,.0f} commits/s ({commits / rate:.2f} per "
+            f"accepted order), {pg.get('xact_rollback', 0) / s:,.0f} rollbacks/s, "
+            f"{pg.get('tup_inserted', 0) / s:,.0f} rows inserted/s "
+            f"({pg.get('tup_inserted', 0) / s / rate:.1f} per order), "
+            f"{pg.get('tup_updated', 0) / s:,.0f} updated/s ({pg.get('tup_updated', 0) / s / rate:.1f}"
+            f" per order), deadlocks {pg.get('deadlocks', 0):,.0f}"
+        )  # fmt: skip
+    cpu_line = "  ".join(f"{n} {cpu[n]:.0f}" for n in PROCESS_NAMES if n in cpu)
     other = max(0.0, cpu.get("machine", 0.0) - sum(cpu.get(n, 0.0) for n in PROCESS_NAMES))
-    cpu_per_order = "  ".join(
-        f"{name} {10 * cpu[name] / max(result.accepted_rate, 1e-9):.2f}"
-        for name in ("api", "matcher", "postgres", "client")
-        if name in cpu
-    )
-    executions = max(result.executions_rate, 1e-9)
-    matcher_per_fill = 10 * cpu.get("matcher", 0.0) / executions
+    per_order = "  ".join(f"{n} {10 * cpu[n] / rate:.2f}" for n in PROCESS_NAMES if n in cpu)
+    srv = r.server_accept_ms
     lines = [
-        f"== scenario {index}/{count}: {s.label}; {users} users; measured {w:.1f} s ==",
-        sent_line,
-        f"  accepted                      {c.get('accepted', 0):>9,}  "
-        f"({result.accepted_rate:,.1f}/s): {kinds}",
-        f"  refused (code)                {refused}",
-        f"  failed                        {failed}",
-        f"  accept latency (HTTP RTT)     {_lat(result.accept_ms)} ms   "
-        f"(server PlaceOrder p50 <= {_le(result.server_accept_ms.get('p50'))}, p95 <= "
-        f"{_le(result.server_accept_ms.get('p95'))}, p99 <= "
-        f"{_le(result.server_accept_ms.get('p99'))} ms)",
-        f"  placement->FILL (market)      {_lat(result.fill_ms)} ms   "
-        f"(n={c.get('market_filled', 0):,} of {c.get('accepted_market', 0):,} accepted market "
-        f"orders)",
-        f"  fills                         {result.executions_rate:>9,.1f} executions/s booked by "
-        f"the matcher; client saw {c.get('fill_events', 0) / max(w, 1e-9):,.1f} FILL/"
-        f"PARTIAL_FILL events/s on {c.get('sockets_open', 0)} sockets; limit orders of the "
-        f"window filled: {c.get('limit_filled', 0):,}",
+        f"== scenario {index}/{count}: {r.label}; {users} users; measured {w:.1f} s ==",
+        sent,
+        f"  accepted                      {c.get('accepted', 0):>9,}  ({r.accepted_rate:,.1f}/s): "
+        f"{counts('accepted_by_kind')}",
+        f"  refused (code)                {counts('refused')}",
+        f"  failed                        {counts('failed')}",
+        f"  accept latency (HTTP RTT)     {_lat(r.accept_ms)} ms   (server PlaceOrder p50 <= "
+        f"{_le(srv.get('p50'))}, p95 <= {_le(srv.get('p95'))}, p99 <= {_le(srv.get('p99'))} ms)",
+        f"  placement->FILL (market)      {_lat(r.fill_ms)} ms   (n={c.get('market_filled', 0):,} "
+        f"of {c.get('accepted_market', 0):,} accepted market orders)",
+        f"  fills                         {r.executions_rate:>9,.1f} executions/s booked by the "
+        f"matcher; client saw {c.get('fill_events', 0) / max(w, 1e-9):,.1f} FILL/PARTIAL_FILL "
+        f"events/s on {c.get('sockets_open', 0)} sockets; limit orders filled: {c.get('limit_filled', 0):,}",
         f"  matcher backlog (orders:*)    {backlog}",
         pg_line,
-        f"  API DB pool checked out       {_fmt(result.pool_checked_out.get('api'), ',.0f')} "
-        f"at the end of the window",
-        f"  CPU % of one core             {cpu_line}   | machine {cpu.get('machine', 0):.0f} "
-        f"of {100 * (os.cpu_count() or 1)} (other processes ~{other:.0f}; load average "
-        f"{_fmt(result.load_average, '.2f')})",
-        f"  CPU ms per accepted order     {cpu_per_order}   (matcher per execution "
-        f"{matcher_per_fill:.2f} ms)",
-        f"  {target_verdict(result)}",
-    ]
-    lines += [f"  note: {n}" for n in result.notes]
-    if result.activity:
-        lines += [f"  {line}" for line in result.activity.splitlines()]
-    for profile in result.profiles:
-        lines.append("")
-        lines += [f"  {line}" for line in profile.splitlines()]
+        f"  API DB pool checked out       {h.fmt(r.pool_checked_out, ',.0f')} at the end of the window",
+        f"  CPU % of one core             {cpu_line}   | machine {cpu.get('machine', 0):.0f} of "
+        f"{100 * (os.cpu_count() or 1)} (other processes ~{other:.0f}; load average "
+        f"{h.fmt(r.load_average, '.2f')})",
+        f"  CPU ms per accepted order     {per_order}   (matcher per execution "
+        f"{10 * cpu.get('matcher', 0.0) / max(r.executions_rate, 1e-9):.2f} ms)",
+        f"  {target_verdict(r)}",
+        *(f"  note: {n}" for n in r.notes),
+        *(f"  {line}" for line in r.activity.splitlines()),
+        *(f"  {line}" for profile in r.profiles for line in ["", *profile.splitlines()]),
+    ]  # fmt: skip
     return "\n".join(lines)
 
 
-def format_summary(results: Sequence[Result]) -> str:
+def target_verdict(r: Result) -> str:
+    accept, fill = r.accept_ms.get("p95"), r.fill_ms.get("p95")
+    met = r.accepted_rate >= 0.98 * TARGET_RATE and (accept or 1e9) < TARGET_ACCEPT_P95_MS and (fill or 1e9) < TARGET_FILL_P95_MS
+    return (f"target ({TARGET_RATE:,.0f} orders/s, p95 accept < {TARGET_ACCEPT_P95_MS:.0f} ms, p95 placement-to-fill "
+            f"< {TARGET_FILL_P95_MS:.0f} ms): {'MET' if met else 'MISSED'} - {r.accepted_rate:,.0f}/s, "
+            f"p95 accept {h.fmt(accept)} ms, p95 fill {h.fmt(fill)} ms")  # fmt: skip
+
+
+def format_summary(results: list[Result]) -> str:
     header = (
-        f"{'scenario':<16} {'sent/s':>7} {'acc/s':>7} {'refused':>7} {'failed':>6} "
-        f"{'acc p50':>7} {'p95':>6} {'p99':>6} {'fill p50':>8} {'p95':>6} {'p99':>6} "
-        f"{'exec/s':>7} {'backlog':>8} {'api%':>5} {'match%':>6} {'pg%':>5} {'clnt%':>5} "
-        f"{'mach%':>5} {'ref/s':>6} {'ratio':>5}"
+        f"{'scenario':<16} {'sent/s':>7} {'acc/s':>7} {'refused':>7} {'failed':>6} {'acc p50':>7} "
+        f"{'p95':>6} {'p99':>6} {'fill p50':>8} {'p95':>6} {'p99':>6} {'exec/s':>7} {'backlog':>8} "
+        f"{'api%':>5} {'match%':>6} {'pg%':>5} {'clnt%':>5} {'mach%':>5} {'ref/s':>6} {'ratio':>5}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         c, cpu, a, f = r.client, r.cpu, r.accept_ms, r.fill_ms
-        refused = sum(c.get("refused", {}).values())
-        failed = sum(c.get("failed", {}).values())
+        ratio = r.accepted_rate / r.reference_rate if r.reference_rate else None
         lines.append(
-            f"{r.scenario.short:<16} {r.sent_rate:>7,.0f} {r.accepted_rate:>7,.0f} "
-            f"{refused:>7,} {failed:>6,} {_fmt(a.get('p50')):>7} {_fmt(a.get('p95')):>6} "
-            f"{_fmt(a.get('p99')):>6} {_fmt(f.get('p50')):>8} {_fmt(f.get('p95')):>6} "
-            f"{_fmt(f.get('p99')):>6} {r.executions_rate:>7,.0f} "
-            f"{_fmt(r.backlog_end, ',.0f'):>8} {cpu.get('api', 0):>5.0f} "
-            f"{cpu.get('matcher', 0):>6.0f} {_fmt(cpu.get('postgres'), '.0f'):>5} "
+            f"{r.short:<16} {r.sent_rate:>7,.0f} {r.accepted_rate:>7,.0f} "
+            f"{sum(c.get('refused', {}).values()):>7,} {sum(c.get('failed', {}).values()):>6,} "
+            f"{h.fmt(a.get('p50')):>7} {h.fmt(a.get('p95')):>6} {h.fmt(a.get('p99')):>6} "
+            f"{h.fmt(f.get('p50')):>8} {h.fmt(f.get('p95')):>6} {h.fmt(f.get('p99')):>6} "
+            f"{r.executions_rate:>7,.0f} {h.fmt(r.backlog_end, ',.0f'):>8} {cpu.get('api', 0):>5.0f} "
+            f"{cpu.get('matcher', 0):>6.0f} {h.fmt(cpu.get('postgres'), '.0f'):>5} "
             f"{cpu.get('client', 0):>5.0f} {cpu.get('machine', 0):>5.0f} "
-            f"{_fmt(r.reference_rate, ',.0f'):>6} {_fmt(_ratio(r), '.2f'):>5}"
+            f"{h.fmt(r.reference_rate, ',.0f'):>6} {h.fmt(ratio, '.2f'):>5}"
         )
     lines.append(
         "latencies in ms (accept: placeOrder HTTP round trip; fill: just before placeOrder -> "
@@ -852,498 +685,194 @@ def format_summary(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def _ratio(result: Result) -> float | None:
-    if not result.reference_rate:
-        return None
-    return result.accepted_rate / result.reference_rate
+# The references: the one-transaction app, and pgbench
 
-
-def format_pgbench(result: PgbenchResult) -> str:
-    if result.error:
-        return f"pgbench reference: failed: {result.error}"
-    return (
-        f"pgbench reference (tpcb-like, same server, scratch database): {_fmt(result.tps, ',.0f')} "
-        f"tps, latency average {_fmt(result.latency_ms, '.2f')} ms\n  "
-        + "\n  ".join(f"$ {cmd}" for cmd in result.commands)
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# The one-transaction reference
-
-
-REFERENCE_DATABASE = "tradeql_bench_reference"
-
-
-def api_workers(args: argparse.Namespace) -> int:
-    """What `tradeql up` starts: --api-workers, else TRADEQL_API_WORKERS, else one per core."""
-    if args.api_workers:
-        return int(args.api_workers)
-    return int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
-
-
-def run_reference(
-    config: Config,
-    args: argparse.Namespace,
-    registry: Registry,
-    concurrency: int,
-    postmaster: int | None,
-) -> dict[str, Any]:
-    """The reference app on a scratch database, loaded by bench.reference_client."""
-    recreate_database(config.admin_url, REFERENCE_DATABASE)
-    url = with_path(config.admin_url, "/" + REFERENCE_DATABASE)
-    port = free_port()
-    app = Managed(
-        "reference",
-        [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)],
-        child_env(config.env),
-        config.log_dir / "reference.log",
-        registry,
-    )
-    app.start()
+def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency: int,
+                  postmaster: int | None) -> str:  # fmt: skip
+    """The reference app on a scratch database, loaded from a process of its own; its line, and
+    its accepted/s in `args.references`."""
+    h.recreate_database(admin, REFERENCE_DATABASE)
+    port = h.free_port()
+    url = h.with_path(admin, "/" + REFERENCE_DATABASE)
+    app = run.start("reference", [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)], {})
     try:
-        wait_until(
-            "reference app",
-            [app],
-            lambda: http_get(port, "/graphql?query=%7Bok%7D", timeout=1.0)[0] == 200,
-            START_TIMEOUT_SECONDS,
-        )
-        app_cpu, pg_cpu = CpuWindow({"app": process_tree(app.pid)}), TreeCpu(postmaster)
-        app_cpu.start()
-        pg_cpu.start()
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.reference_client",
-                "--port",
-                str(port),
-                "--concurrency",
-                str(concurrency),
-                "--warmup",
-                str(args.warmup),
-                "--duration",
-                str(args.duration),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=args.warmup + args.duration + 120,
-            check=False,
-        )
-        cpu = {"app": app_cpu.stop().get("app", 0.0), "postgres": pg_cpu.stop() or 0.0}
-        for line in done.stdout.splitlines():
-            if line.startswith("RESULT "):
-                outcome: dict[str, Any] = json.loads(line[len("RESULT ") :])
-                outcome["cpu_percent"] = cpu
-                return outcome
-        return {"error": (done.stderr or done.stdout)[-500:]}
+        h.wait_until("reference app", [app], h.answers(port, "/graphql?query=%7Bok%7D"))
+        cpu = h.CpuWindow({"app": lambda: h.process_tree(app.pid), "postgres": h.pg_tree(postmaster)}).start()
+        load = f"-m bench.reference_app --load --port {port} --concurrency {concurrency} --warmup {args.warmup} --duration {args.duration}"
+        done = subprocess.run([sys.executable, *load.split()], cwd=h.ROOT, capture_output=True, text=True,
+                              timeout=args.warmup + args.duration + 120, check=False)  # fmt: skip
+        used = cpu.stop()
     finally:
-        app.stop()
-
-
-def format_reference(outcome: dict[str, Any]) -> str:
-    if "error" in outcome:
-        return f"  reference failed: {outcome['error']}"
-    rate = max(float(outcome["rate"]), 1e-9)
-    per = {name: pct * 10 / rate for name, pct in outcome.get("cpu_percent", {}).items()}
+        run.stop(app)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        return f"  reference failed: {(done.stderr or done.stdout)[-500:]}"
+    out = json.loads(line[len("RESULT ") :])
+    args.references[concurrency] = rate = float(out["rate"])
+    per = {k: 10 * used[k] / max(rate, 1e-9) for k in ("app", "postgres")}
     return (
-        f"  reference: {outcome['rate']:,.0f} mutations/s, p50/p95/p99 "
-        f"{_fmt(outcome['p50_ms'])}/{_fmt(outcome['p95_ms'])}/{_fmt(outcome['p99_ms'])} ms, "
-        f"{outcome['failed']} failed; CPU ms per mutation: app {per.get('app', 0):.2f}, "
-        f"postgres {per.get('postgres', 0):.2f} (over warm-up and window)"
+        f"  reference: {rate:,.0f} mutations/s, p50/p95/p99 {h.fmt(out['p50_ms'])}/"
+        f"{h.fmt(out['p95_ms'])}/{h.fmt(out['p99_ms'])} ms, {out['failed']:.0f} failed; CPU ms "
+        f"per mutation: app {per['app']:.2f}, postgres {per['postgres']:.2f} (over warm-up and window)"
     )
 
 
-# ------------------------------------------------------------------------------------------------
+def run_pgbench(admin: str, args: argparse.Namespace) -> str:
+    """`pgbench -i -s SCALE` in a scratch database, then a tpcb-like run; the scratch dropped."""
+    exe = shutil.which("pgbench") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)), None)
+    if exe is None:
+        return "pgbench reference: failed: pgbench not found (PATH, /usr/lib/postgresql/*/bin)"
+    parts = h.urlsplit(admin)
+    conn = f"{exe} -h {parts.hostname} -p {parts.port or 5432} -U {parts.username or 'postgres'}"
+    commands = [f"{conn} -i -q -s 10 {PGBENCH_DATABASE}",
+                f"{conn} -c 8 -j 2 -T {args.pgbench_seconds} -b tpcb-like {PGBENCH_DATABASE}"]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", **({"PGPASSWORD": parts.password} if parts.password else {})}
+    h.recreate_database(admin, PGBENCH_DATABASE)
+    try:
+        for command in commands:
+            done = subprocess.run(command.split(), capture_output=True, text=True, env=env,
+                                  timeout=args.pgbench_seconds + 600, check=False)  # fmt: skip
+            if done.returncode:
+                return f"pgbench reference: failed: {done.stderr.strip()[-500:]}"
+    finally:
+        h.pg_execute(admin, f'DROP DATABASE IF EXISTS "{PGBENCH_DATABASE}" WITH (FORCE)')
+    tps = re.search(r"^tps = ([0-9.]+) \(without initial", done.stdout, re.MULTILINE)
+    latency = re.search(r"^latency average = ([0-9.]+) ms", done.stdout, re.MULTILINE)
+    return (
+        f"pgbench reference (tpcb-like, same server, scratch database): "
+        f"{h.fmt(float(tps[1]) if tps else None, ',.0f')} tps, latency average "
+        f"{h.fmt(float(latency[1]) if latency else None, '.2f')} ms\n  "
+        + "\n  ".join(f"$ {c}" for c in commands)
+    )
+
+
 # Run
 
-
-def run_check(config: Config) -> tuple[bool, str]:
-    done = subprocess.run(
-        tradeql_argv("check"),
-        cwd=ROOT,
-        env=child_env(config.env),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    text = (done.stdout + done.stderr).strip()
-    lines = text.splitlines()
-    if len(lines) > 20:
-        text = "\n".join([*lines[:20], f"... ({len(lines) - 20} more lines)"])
-    return done.returncode == 0, text
-
-
-def make_config(args: argparse.Namespace, log_dir: Path) -> Config:
-    from services.infra.settings import Settings
-
-    admin, redis_base = server_urls()
-    admin = with_path(admin, "/postgres")
-    database_url = with_path(admin, f"/{args.database}")
-    redis_url = with_path(redis_base, f"/{args.redis_db}")
-    keys.configure(database_url)  # the processes under test derive the same Redis namespace
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "TRADEQL_LOG_LEVEL": args.log_level,
-        "TRADEQL_MARKET_ALWAYS_OPEN": "true",
-        # Every simulated user connects from 127.0.0.1: the per-address limit would refuse
-        # most of them (the per-session limits stay on, as in production).
-        "TRADEQL_RATE_LIMIT_IP_PER_SECOND": "0",
+def benchmark(args: argparse.Namespace, run: h.Run) -> int:
+    env = h.bench_env(args) | {
         "TRADEQL_VENUE_FAULTS": "EDGX=0,ARCA=0,IEXG=0",
         "TRADEQL_PASSWORD_HASH_TIME_COST": "1",
         "TRADEQL_PASSWORD_HASH_MEMORY_KIB": "8192",
         "TRADEQL_FEED_SIM_RATE": f"{args.quote_rate:g}",
     }
-    if args.batch_ms is not None:
-        env["TRADEQL_ORDER_BATCH_MS"] = f"{args.batch_ms:g}"
-    saved = dict(os.environ)
-    try:
-        os.environ.update(env)
-        settings = Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return Config(
-        admin_url=admin,
-        database=args.database,
-        database_url=database_url,
-        redis_url=redis_url,
-        partitions=settings.quote_partitions,
-        log_dir=log_dir,
-        env=env,
+    admin = h.server_urls()[0]
+    partitions = h.settings_for(env).quote_partitions
+    api_workers = args.api_workers or int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
+    scenarios = [Result("closed", float(c)) for c in args.concurrency or []]
+    scenarios += [Result("open", float(r)) for r in args.rate or []]
+    scenarios = scenarios or [Result("closed", 50.0)]
+    facts = {n: h.pg_fetch(admin, f"SHOW {n}")[0][0] for n in ("server_version", "synchronous_commit", "fsync", "shared_buffers")}
+    postmaster = h.postmaster_pid(admin)
+    print(
+        f"orders benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
+        f"{args.duration:g} s each; {os.cpu_count()} cores; {api_workers} API processes; "
+        f"{args.users} users ({args.subscribers or args.users} with an orderUpdates socket), "
+        f"{args.symbols} symbols, {args.market_share:.0%} market; order batch "
+        f"{os.environ.get('TRADEQL_ORDER_BATCH_MS', 'default')} ms; PostgreSQL {facts['server_version']} "
+        f"(synchronous_commit={facts['synchronous_commit']}, fsync={facts['fsync']}, "
+        f"shared_buffers={facts['shared_buffers']}); db {args.database}, redis db "
+        f"{args.redis_db}; logs in {run.log_dir}",
+        flush=True,
     )
-
-
-def _check_py_spy(exe: str, pid: int) -> str | None:
-    """None when py-spy can read the process, else why not."""
-    try:
-        done = subprocess.run(
-            [exe, "dump", "--pid", str(pid), "--nonblocking"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None if done.returncode == 0 else (done.stderr or done.stdout).strip()[-300:]
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def scenarios_of(args: argparse.Namespace) -> list[Scenario]:
-    out = [Scenario("closed", float(c)) for c in args.concurrency or []]
-    out += [Scenario("open", float(r)) for r in args.rate or []]
-    return out or [Scenario("closed", 50.0)]
-
-
-def run_benchmark(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    raise_nofile_limit()
-    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="tradeql-bench-orders-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(STATE_DIR / "orders-pids.json")
-    ended = registry.end_leftovers()
-    if ended:
-        print(f"ended processes a previous run left behind: {ended}")
-    scenarios = scenarios_of(args)
+    profiler = h.Profiler(args, run.log_dir)
+    args.references = {}
+    if args.reference:
+        for concurrency in sorted({int(s.value) for s in scenarios if s.mode == "closed"}):
+            print(f"reference: one-transaction mutation, concurrency {concurrency} ...", flush=True)
+            print(run_reference(run, admin, args, concurrency, postmaster), flush=True)
+    if args.pgbench:
+        print(f"pgbench: scale 10, -c 8 -j 2 -T {args.pgbench_seconds} ...", flush=True)
+        print(run_pgbench(admin, args), flush=True)
+    print(f"database {args.database}: dropped and created; migrating", flush=True)
+    h.recreate_database(admin, args.database)
+    h.migrate(env["DATABASE_URL"])
+    symbols = h.load_securities(env, args.symbols)
+    (symbols_file := run.log_dir / "symbols.json").write_text(json.dumps(symbols))
+    h.redis_client(env["REDIS_URL"]).flushdb()
+    system = System(run, env, args, partitions)
+    system.start(symbols, api_workers)
+    budget = 600 + len(scenarios) * (args.warmup + args.duration + args.drain + args.settle + 300)
+    client_args = (
+        f"-m bench.orders --client --port {system.api_port} --symbols-file {symbols_file} "
+        f"--users {args.users} --subscribers {args.subscribers or args.users} --deposit "
+        f"{args.deposit} --seed {args.seed} --run-id {args.run_id} --request-timeout "
+        f"{args.request_timeout:g} --setup-concurrency {args.setup_concurrency} "
+        f"--client-max-seconds {budget:.0f}"
+    )
+    client = run.start("client", [sys.executable, *client_args.split()], env, pipe=True)
+    ready = json.loads(client.read_tagged("READY", 300 + args.users, system.servers))
+    print(
+        f"client ready: {ready['users']} users registered and funded in {ready['register_s']:.1f} "
+        f"s, {ready['subscribed']} orderUpdates sockets ({ready['subscribe_failed']} failed), "
+        f"quotes for {ready['quotes']} symbols",
+        flush=True,
+    )
+    if ready.get("user_failures") or ready.get("socket_errors"):
+        print(f"  setup errors: {ready['user_failures']} {ready['socket_errors']}", flush=True)
     results: list[Result] = []
-    code = 0
     started = time.monotonic()
-    system: System | None = None
-    redis: Any = None
     try:
-        config = make_config(args, log_dir)
-        facts = server_facts(config.admin_url)
-        print(
-            f"orders benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
-            f"{args.duration:g} s each; {os.cpu_count()} cores; {args.users} users "
-            f"({args.subscribers or args.users} with an orderUpdates socket), {args.symbols} "
-            f"symbols, {args.market_share:.0%} market; order batch "
-            f"{config.env.get('TRADEQL_ORDER_BATCH_MS', 'default')} ms; PostgreSQL "
-            f"{facts['version']} (synchronous_commit={facts['synchronous_commit']}, "
-            f"fsync={facts['fsync']}, shared_buffers={facts['shared_buffers']}); db "
-            f"{args.database}, redis db {args.redis_db}; logs in {log_dir}",
-            flush=True,
-        )
-        py_spy: str | None = None
-        if args.profile and args.profile_with == "py-spy":
-            from bench._profile import find_py_spy
-
-            py_spy, note = find_py_spy(install=True)
-            print(note or f"py-spy: {py_spy}", flush=True)
-        references: dict[int, float | None] = {}
-        if args.reference:
-            for concurrency in sorted({int(s.value) for s in scenarios if s.mode == "closed"}):
-                print(f"reference: one-transaction mutation, concurrency {concurrency} ...")
-                outcome = run_reference(
-                    config, args, registry, concurrency, facts.get("postmaster_pid")
-                )
-                print(format_reference(outcome), flush=True)
-                references[concurrency] = outcome.get("rate")  # type: ignore[assignment]
-        if args.pgbench:
-            print(
-                f"pgbench: scale {args.pgbench_scale}, -c {args.pgbench_clients} -j "
-                f"{args.pgbench_threads} -T {args.pgbench_seconds} ...",
-                flush=True,
-            )
-            reference = run_pgbench(
-                config.admin_url,
-                scale=args.pgbench_scale,
-                clients=args.pgbench_clients,
-                threads=args.pgbench_threads,
-                seconds=args.pgbench_seconds,
-            )
-            print(format_pgbench(reference), flush=True)
-        print(f"database {args.database}: dropped and created; migrating", flush=True)
-        recreate_database(config.admin_url, args.database)
-        from gateway.migrate import upgrade
-
-        upgrade(config.database_url)
-        symbols = load_securities(config, args.symbols)
-        symbols_file = log_dir / "symbols.json"
-        symbols_file.write_text(json.dumps(symbols))
-        redis = redis_client(config.redis_url)
-        redis.flushdb()
-        system = System(config, args, registry)
-        system.start_servers(redis, symbols)
-        if args.profile and args.profile_with == "cprofile":
-            print("restarting the API and the matcher under cProfile", flush=True)
-            system.switch_to_cprofile()
-        elif args.profile:
-            problem = _check_py_spy(py_spy, system.api.pid) if py_spy else "py-spy unavailable"
-            if problem:
-                print(f"py-spy cannot sample the processes ({problem})", flush=True)
-                if args.profile_fallback:
-                    print("restarting the API and the matcher under cProfile", flush=True)
-                    system.switch_to_cprofile()
-        budget = 600 + len(scenarios) * (
-            args.warmup + args.duration + args.drain + args.settle + 300
-        )
-        client = system.start_client(symbols_file, budget)
-        ready = json.loads(_read_tagged(client, "READY", 300 + args.users, system.servers))
-        print(
-            f"client ready: {ready['users']} users registered and funded in "
-            f"{ready['register_s']:.1f} s, {ready['subscribed']} orderUpdates sockets "
-            f"({ready['subscribe_failed']} failed), quotes for {ready['quotes']} symbols",
-            flush=True,
-        )
-        if ready.get("user_failures") or ready.get("socket_errors"):
-            print(f"  setup errors: {ready['user_failures']} {ready['socket_errors']}", flush=True)
-        postmaster = facts.get("postmaster_pid")
-        for index, scenario in enumerate(scenarios, start=1):
-            print(f"\nrunning {scenario.label} ...", flush=True)
-            result = run_scenario(scenario, system, args, redis, py_spy, postmaster)
-            if scenario.mode == "closed":
-                result.reference_rate = references.get(int(scenario.value))
+        for index, result in enumerate(scenarios, start=1):
+            print(f"\nrunning {result.label} ...", flush=True)
+            run_scenario(result, system, client, args, postmaster, profiler)
+            if result.mode == "closed":
+                result.reference_rate = args.references.get(int(result.value))
             results.append(result)
             print(format_result(result, index, len(scenarios), ready["users"]), flush=True)
-            sleep_watching(0.5, system.everything)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process started was stopped", file=sys.stderr)
-        code = 130
-    except BenchError as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        code = 1
-    except Exception:
-        print("\nbenchmark failed:", file=sys.stderr)
-        traceback.print_exc()
-        code = 1
     finally:
-        if system is not None:
-            if system.client is not None and system.client.alive():
-                with contextlib.suppress(BenchError):
-                    system.client.send_line("QUIT")
-            system.stop()
-        if redis is not None:
-            redis.close()
-    if results:
-        print(f"\nsummary ({time.monotonic() - started:.0f} s in all)")
-        print(format_summary(results))
-    if system is not None and code != 130:
-        balanced, text = run_check(system.config)
-        print(f"\ntradeql check: {'books balance' if balanced else 'BOOKS DO NOT BALANCE'}")
-        print("  " + text.replace("\n", "\n  "))
-        if not balanced:
-            code = code or 1
-    if args.json_out and results:
-        args.json_out.write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
-    return code
-
-
-# ------------------------------------------------------------------------------------------------
-# Entry points
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
+        run.stop_all()
+        if results:
+            print(f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}")
+    code, text = h.run_tradeql(env, "check", check=False)
+    lines = text.splitlines()
+    text = "\n".join(lines[:20] + ([f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else []))
+    print(f"\ntradeql check: {'books balance' if code == 0 else 'BOOKS DO NOT BALANCE'}")
+    print("  " + text.replace("\n", "\n  "))
+    return 1 if code else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.orders",
-        description=(
-            "Orders end to end: accepted orders/s, accept and placement-to-fill latency, fills/s, "
-            "CPU per process and a pgbench reference, for each closed- or open-loop scenario."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    run = parser.add_argument_group("scenarios (each --concurrency and --rate value is one)")
-    run.add_argument(
-        "--concurrency",
-        type=_positive,
-        nargs="+",
-        help="closed loop: requests always in flight (default, without --rate: 50)",
-    )
-    run.add_argument("--rate", type=_positive_float, nargs="+", help="open loop: orders/s offered")
-    run.add_argument("--duration", type=_positive_float, default=20.0, help="window, seconds")
-    run.add_argument("--warmup", type=_positive_float, default=5.0, help="seconds of load before")
-    run.add_argument(
-        "--drain", type=_positive_float, default=15.0, help="max wait for the window's fills"
-    )
-    run.add_argument(
-        "--settle",
-        type=_positive_float,
-        default=60.0,
-        help="max wait for the matcher's backlog to empty between scenarios",
-    )
-    run.add_argument("--users", type=_positive, default=200, help="simulated users")
-    run.add_argument(
-        "--subscribers",
-        type=int,
-        default=0,
-        help="users with an orderUpdates socket (0: all); the others only buy",
-    )
-    run.add_argument("--symbols", type=_positive, default=28, help="symbols traded and simulated")
-    run.add_argument("--market-share", type=_share, default=0.7, help="share of market orders")
-    run.add_argument(
-        "--sell-share", type=_share, default=0.4, help="share of sells when the user holds shares"
-    )
-    run.add_argument("--max-quantity", type=_positive, default=5, help="shares per order, at most")
-    run.add_argument(
-        "--limit-spread",
-        type=_share,
-        default=0.003,
-        help="limit prices within this fraction of the quote",
-    )
-    run.add_argument("--deposit", default="1000000", help="cash each user deposits")
-    run.add_argument("--max-inflight", type=_positive, default=2000, help="open loop bound")
-    run.add_argument(
-        "--request-timeout", type=_positive_float, default=30.0, help="placeOrder timeout, s"
-    )
-    run.add_argument("--seed", type=int, default=1, help="seed of the order flow")
-    run.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
-    run.add_argument(
-        "--quote-rate", type=_positive_float, default=5.0, help="quote updates/s per symbol"
-    )
-
-    system = parser.add_argument_group("system under test")
-    system.add_argument("--database", default="tradeql_bench_orders", help="dropped, recreated")
-    system.add_argument("--redis-db", type=int, default=13, help="Redis db, flushed")
-    system.add_argument("--batch-ms", type=float, help="TRADEQL_ORDER_BATCH_MS override")
-    system.add_argument(
-        "--api-workers",
-        type=_positive,
-        help="API processes (default: TRADEQL_API_WORKERS, else one per core, as tradeql up)",
-    )
-    system.add_argument(
-        "--log-level", default="WARNING", help="TRADEQL_LOG_LEVEL of the processes under test"
-    )
-    system.add_argument("--log-dir", type=Path, help="where logs go (default: a temp dir)")
-    system.add_argument(
-        "--pg-sample-ms", type=_positive, default=100, help="pg_stat_activity sampling interval"
-    )
-    system.add_argument(
-        "--setup-concurrency", type=_positive, default=8, help="registrations at once"
-    )
-
-    ref = parser.add_argument_group("references")
-    ref.add_argument(
-        "--no-reference",
-        dest="reference",
-        action="store_false",
-        help="skip the one-transaction reference mutation",
-    )
-    ref.add_argument("--pgbench", action="store_true", help="also run pgbench tpcb-like")
-    ref.add_argument("--pgbench-scale", type=_positive, default=10)
-    ref.add_argument("--pgbench-clients", type=_positive, default=8)
-    ref.add_argument("--pgbench-threads", type=_positive, default=2)
-    ref.add_argument("--pgbench-seconds", type=_positive, default=15)
-
-    prof = parser.add_argument_group("profiling")
-    prof.add_argument("--profile", action="store_true", help="profile during each window")
-    prof.add_argument(
-        "--profile-procs",
-        nargs="+",
-        choices=("api", "matcher"),
-        default=["api", "matcher"],
-        help="which processes",
-    )
-    prof.add_argument(
-        "--profile-with",
-        choices=("py-spy", "cprofile"),
-        default="py-spy",
-        help="py-spy from outside (installed into the venv if missing), or cProfile inside the "
-        "API and the matcher (restarted under bench/orders_cprofile.py; slows them down)",
-    )
-    prof.add_argument("--profile-rate", type=_positive, default=100, help="py-spy samples/s")
-    prof.add_argument("--profile-top", type=_positive, default=20, help="functions listed")
-    prof.add_argument(
-        "--no-profile-fallback",
-        dest="profile_fallback",
-        action="store_false",
-        help="no cProfile when py-spy cannot attach",
-    )
-    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
-
-    internal = parser.add_argument_group("internal (the benchmark runs itself with these)")
+    p = h.parser("orders", __doc__, database="tradeql_bench_orders", redis_db=13)
+    p.add_argument("--concurrency", type=h.positive, nargs="+", help="closed loop: requests in flight (default, without --rate: 50)")
+    p.add_argument("--rate", type=h.positive_float, nargs="+", help="open loop: orders/s offered")
+    p.add_argument("--drain", type=h.positive_float, default=15.0, help="max wait for the window's fills")
+    p.add_argument("--settle", type=h.positive_float, default=60.0, help="max wait for the matcher's backlog between scenarios")
+    p.add_argument("--users", type=h.positive, default=200, help="simulated users")
+    p.add_argument("--subscribers", type=int, default=0, help="users with an orderUpdates socket (0: all)")
+    p.add_argument("--symbols", type=h.positive, default=28, help="symbols traded and simulated")
+    p.add_argument("--market-share", type=h.share, default=0.7, help="share of market orders")
+    p.add_argument("--sell-share", type=h.share, default=0.4, help="share of sells when the user holds shares")
+    p.add_argument("--max-quantity", type=h.positive, default=5, help="shares per order, at most")
+    p.add_argument("--limit-spread", type=h.share, default=0.003, help="limit prices within this fraction of the quote")
+    p.add_argument("--deposit", default="1000000", help="cash each user deposits")
+    p.add_argument("--max-inflight", type=h.positive, default=2000, help="open loop bound")
+    p.add_argument("--request-timeout", type=h.positive_float, default=30.0, help="placeOrder timeout, s")
+    p.add_argument("--seed", type=int, default=1, help="seed of the order flow")
+    p.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
+    p.add_argument("--quote-rate", type=h.positive_float, default=5.0, help="quote updates/s per symbol")
+    p.add_argument("--api-workers", type=h.positive, help="API processes (default: TRADEQL_API_WORKERS, else one per core)")
+    p.add_argument("--pg-sample-ms", type=h.positive, default=100, help="pg_stat_activity sampling interval")
+    p.add_argument("--setup-concurrency", type=h.positive, default=8, help="registrations at once")
+    p.add_argument("--profile-procs", nargs="+", choices=("api", "matcher"), default=["api", "matcher"])
+    p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the one-transaction reference")
+    p.add_argument("--pgbench", action="store_true", help="also run pgbench tpcb-like: scale 10, 8 clients, 2 threads")
+    p.add_argument("--pgbench-seconds", type=h.positive, default=15)
+    internal = p.add_argument_group("internal (the benchmark runs itself with these)")
     internal.add_argument("--client", action="store_true", help="run the client half")
     internal.add_argument("--port", type=int, help="client: the API's port")
     internal.add_argument("--symbols-file", type=Path, help="client: JSON list of symbols")
     internal.add_argument("--run-id", type=int, default=int(time.time()), help="client: key prefix")
-    internal.add_argument(
-        "--client-max-seconds", type=_positive_float, default=3600.0, help="client: time limit"
-    )
-    return parser
+    internal.add_argument("--client-max-seconds", type=h.positive_float, default=3600.0)
+    return p
 
 
-def client_main(args: argparse.Namespace) -> int:
-    from bench.orders_client import main as orders_client_main
-
-    if not args.port or not args.symbols_file:
-        raise SystemExit("--client needs --port and --symbols-file")
-    raise_nofile_limit()
-    symbols = json.loads(args.symbols_file.read_text())
-    return orders_client_main(args, symbols)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main() -> int:
+    args = build_parser().parse_args()
     if args.client:
-        return client_main(args)
-    return run_benchmark(args)
+        h.raise_nofile_limit()
+        return run_client(client_main(args))
+    run = h.Run("orders", args.log_dir)
+    return h.execute(lambda: benchmark(args, run), run.stop_all)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,12 @@
-"""Setup of the reads benchmark: a fresh database and Redis db, filled with set-based SQL.
-
-Nothing goes through the API or the placement service: users, accounts, sessions, orders
-(FILLED, nothing reserved), executions, positions and the ledger are written by a handful of
-`INSERT ... SELECT` statements over `generate_series`, in one transaction, so 200 users with 500
-orders each take seconds. The books balance (`tradeql check` passes):
-
-* each user gets one deposit (a `deposit` ledger transaction: bank -> cash);
-* order i of a user trades symbol `i % positions` of its holdings; per symbol every order is a
-  BUY of 10 shares except the last one, a SELL of 5 (when the symbol has 2 or more orders), at a
-  price near the symbol's base price, so the position is its buys less the sell, at average
-  cost, with realized P&L from the sell (the arithmetic of `services/portfolio/positions.py`);
-* every other BUY is filled in two executions (4 + 6 shares), the rest in one;
-* one `fill.bench` ledger transaction per user moves the net cash and every symbol's shares
-  from the venue, so cash and positions agree with the ledger.
-
-Session tokens are random; only their sha256 hex is stored (as `services/accounts/sessions.py` does).
+"""Setup of the reads benchmark: users, accounts, sessions, orders (FILLED, nothing reserved),
+executions, positions and the ledger written by a handful of `INSERT ... SELECT` statements over
+`generate_series` in one transaction, so 200 users with 500 orders each take seconds. The books
+balance (`tradeql check` passes): each user has one deposit (bank -> cash); order i of a user
+trades symbol `i % positions` of its holdings, every order a BUY of 10 except a symbol's last, a
+SELL of 5, near the symbol's base price (positions at average cost, realized P&L from the sell,
+as services/portfolio/positions.py computes them); every other BUY fills in two executions; one
+`fill.bench` ledger transaction per user moves the net cash and shares from the venue. Session
+tokens are random; only their sha256 hex is stored, as services/accounts/sessions.py does.
 """
 
 from __future__ import annotations
@@ -48,7 +40,7 @@ class SeedResult:
     executions: int
     positions: int
     ledger_entries: int
-    seconds: dict[str, float]
+    seconds: float
 
 
 def _password_hash() -> str:
@@ -185,20 +177,15 @@ SELECT t.id, e.account_id, e.book, p.symbol, e.amount
 async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
     import asyncpg
 
-    seconds: dict[str, float] = {}
     started = time.perf_counter()
     password_hash = await asyncio.to_thread(_password_hash)
     tokens = [secrets.token_urlsafe(32) for _ in range(plan.users)]
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
-        symbols = [
-            r["symbol"]
-            for r in await conn.fetch("SELECT symbol FROM securities WHERE active ORDER BY symbol")
-        ]
+        rows = await conn.fetch("SELECT symbol FROM securities WHERE active ORDER BY symbol")
+        symbols = [r["symbol"] for r in rows]
         if len(symbols) < plan.positions:
-            raise RuntimeError(
-                f"{len(symbols)} securities, fewer than the {plan.positions} positions wanted"
-            )
+            raise RuntimeError(f"{len(symbols)} securities, fewer than the {plan.positions} positions")
         # Enough monthly partitions for the history (it reaches back `orders` hours at most).
         await conn.execute(
             "SELECT ensure_order_partition(m::date) FROM generate_series("
@@ -211,21 +198,15 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
                 "CREATE TEMP TABLE bench_symbols (idx int PRIMARY KEY, symbol text NOT NULL, "
                 "base numeric NOT NULL) ON COMMIT DROP"
             )
-            await conn.copy_records_to_table(
-                "bench_symbols",
-                records=[(i, s, base_price(i)) for i, s in enumerate(symbols)],
-            )
+            symbol_rows = [(i, s, base_price(i)) for i, s in enumerate(symbols)]
+            await conn.copy_records_to_table("bench_symbols", records=symbol_rows)
             await conn.execute(
                 "CREATE TEMP TABLE bench_users (idx int PRIMARY KEY, user_id uuid NOT NULL, "
                 "account_id uuid NOT NULL, token_hash text NOT NULL) ON COMMIT DROP"
             )
-            await conn.copy_records_to_table(
-                "bench_users",
-                records=[
-                    (i, uuid.uuid4(), uuid.uuid4(), hashlib.sha256(t.encode()).hexdigest())
-                    for i, t in enumerate(tokens)
-                ],
-            )
+            user_rows = [(i, uuid.uuid4(), uuid.uuid4(), hashlib.sha256(t.encode()).hexdigest())
+                         for i, t in enumerate(tokens)]  # fmt: skip
+            await conn.copy_records_to_table("bench_users", records=user_rows)
             await conn.execute(
                 "INSERT INTO users (id, email, password_hash) "
                 "SELECT user_id, 'reads-' || idx || '@bench.tradeql.dev', $1 FROM bench_users",
@@ -235,42 +216,22 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
                 "INSERT INTO sessions (user_id, token_hash, expires_at) "
                 "SELECT user_id, token_hash, now() + interval '7 days' FROM bench_users"
             )
-            seconds["users+sessions"] = time.perf_counter() - started
-            mark = time.perf_counter()
-            await conn.execute(
-                _PLAN_SQL.format(  # integers only, computed here: nothing to inject
-                    positions=int(plan.positions),
-                    orders=int(plan.orders),
-                    step_ms=int(step_ms),
-                    stride=SYMBOL_STRIDE,
-                    symbols=len(symbols),
-                )
-            )
-            seconds["plan"] = time.perf_counter() - mark
-            mark = time.perf_counter()
+            await conn.execute(_PLAN_SQL.format(  # integers only, computed here: nothing to inject
+                positions=int(plan.positions), orders=int(plan.orders), step_ms=int(step_ms),
+                stride=SYMBOL_STRIDE, symbols=len(symbols)))  # fmt: skip
             # Accounts first: positions reference them.
             await conn.execute(_ACCOUNTS_SQL.replace("$1", str(DEPOSIT_HEADROOM)))
             orders = _count(await conn.execute(_ORDERS_SQL))
-            seconds["orders"] = time.perf_counter() - mark
-            mark = time.perf_counter()
             executions = _count(await conn.execute(_EXECUTIONS_SQL))
             await conn.execute(_EVENTS_SQL)
-            seconds["executions and events"] = time.perf_counter() - mark
-            mark = time.perf_counter()
             await conn.execute(_POSITIONS_SQL)
             positions = int(await conn.fetchval("SELECT count(*) FROM bench_positions"))
-            seconds["positions+accounts"] = time.perf_counter() - mark
-            mark = time.perf_counter()
             await conn.execute(_LEDGER_SQL)
             entries = int(await conn.fetchval("SELECT count(*) FROM ledger_entries"))
-        seconds["ledger (with the commit's balance triggers)"] = time.perf_counter() - mark
-        mark = time.perf_counter()
         await conn.execute("ANALYZE")
-        seconds["analyze"] = time.perf_counter() - mark
     finally:
         await conn.close()
-    seconds["total"] = time.perf_counter() - started
-    return SeedResult(tokens, symbols, orders, executions, positions, entries, seconds)
+    return SeedResult(tokens, symbols, orders, executions, positions, entries, time.perf_counter() - started)
 
 
 def _count(status: str) -> int:
@@ -287,64 +248,22 @@ def seed_database(database_url: str, plan: SeedPlan) -> SeedResult:
     return asyncio.run(_seed(database_url, plan))
 
 
-async def _write_quotes(redis_url: str, symbols: list[str]) -> tuple[int, str]:
+async def _write_quotes(redis_url: str, symbols: list[str]) -> int:
     from redis.asyncio import Redis
-    from redis.exceptions import ResponseError
 
     from services.market_data.marketdata import Quote
-    from services.market_data.quote_store import QuoteStore, quote_key
+    from services.market_data.quote_store import QuoteStore
 
     redis: Any = Redis.from_url(redis_url, decode_responses=True)
     try:
-        now = time.time_ns()
-        quotes = []
-        for i, symbol in enumerate(symbols):
-            last = (base_price(i) * Decimal("1.01")).quantize(Decimal("0.01"))
-            quotes.append(
-                Quote(
-                    symbol,
-                    last - Decimal("0.01"),
-                    last + Decimal("0.01"),
-                    100,
-                    200,
-                    last,
-                    10_000,
-                    now,
-                )
-            )
-        try:
-            return len(await QuoteStore(redis).write(quotes)), "QuoteStore.write"
-        except ResponseError as exc:  # the store's script is being changed under us
-            async with redis.pipeline(transaction=False) as pipe:
-                for q in quotes:
-                    pipe.hset(
-                        quote_key(q.symbol),
-                        mapping={
-                            "bid": str(q.bid),
-                            "ask": str(q.ask),
-                            "bid_size": q.bid_size,
-                            "ask_size": q.ask_size,
-                            "last": str(q.last),
-                            "volume": q.volume,
-                            "ts": q.timestamp_ns,
-                        },
-                    )
-                await pipe.execute()
-            return len(quotes), f"HSET quote:{{SYM}} directly (QuoteStore.write failed: {exc})"
+        now, cent = time.time_ns(), Decimal("0.01")
+        lasts = [(base_price(i) * Decimal("1.01")).quantize(cent) for i in range(len(symbols))]
+        quotes = [Quote(s, p - cent, p + cent, 100, 200, p, 10_000, now) for s, p in zip(symbols, lasts, strict=True)]
+        return len(await QuoteStore(redis).write(quotes))
     finally:
         await redis.aclose()
 
 
-def write_quotes(redis_url: str, symbols: list[str]) -> tuple[int, str]:
-    """The current quote of every symbol into `quote:{SYM}`: (written, how)."""
+def write_quotes(redis_url: str, symbols: list[str]) -> int:
+    """The current quote of every symbol into `quote:{SYM}` (QuoteStore.write): how many."""
     return asyncio.run(_write_quotes(redis_url, symbols))
-
-
-def flush_redis(redis_url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        client.flushdb()
-    finally:
-        client.close()

@@ -4,14 +4,20 @@ order, measured in the same run on the same machine as TradeQL.
 One uvicorn process, strawberry with its parser and validation caches, a raw asyncpg pool of
 10, two tables of its own, no auth, no batching: `placeOrder` is one transaction that UPDATEs
 an account's cash and INSERTs an order row. Served on `--port`, against `--database-url` (its
-tables are created if missing):
+tables are created if missing); with `--load`, the closed-loop load on it instead (the orders
+benchmark's HTTP client; C requests in flight, each a 1-share order for a random account), which
+prints `RESULT {json}`: accepted/s and p50/p95/p99 over the window after the warm-up.
 
     python -m bench.reference_app --database-url postgresql://... --port 8100
+    python -m bench.reference_app --load --port 8100 --concurrency 64 --duration 15 --warmup 5
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +31,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from strawberry.asgi import GraphQL
 from strawberry.extensions import ParserCache, ValidationCache
+
+from bench.client import Request, closed_loop
 
 ACCOUNTS = 1000
 SCHEMA_SQL = """
@@ -61,18 +69,11 @@ class Mutation:
         qty, px = Decimal(quantity), Decimal(price)
         order_id = uuid.uuid4()
         async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE ref_accounts SET cash = cash - $2 WHERE id = $1", account, qty * px)
             await conn.execute(
-                "UPDATE ref_accounts SET cash = cash - $2 WHERE id = $1", account, qty * px
-            )
-            await conn.execute(
-                "INSERT INTO ref_orders (id, account_id, symbol, quantity, price) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                order_id,
-                account,
-                symbol,
-                qty,
-                px,
-            )
+                "INSERT INTO ref_orders (id, account_id, symbol, quantity, price) VALUES ($1, $2, $3, $4, $5)",
+                order_id, account, symbol, qty, px,
+            )  # fmt: skip
         return PlacedOrder(id=strawberry.ID(str(order_id)), status="ACCEPTED")
 
 
@@ -100,23 +101,36 @@ def build(database_url: str) -> Starlette:
         yield
         await pool.close()
 
-    return Starlette(
-        routes=[Route("/graphql", graphql, methods=["GET", "POST"])], lifespan=lifespan
-    )
+    return Starlette(routes=[Route("/graphql", graphql, methods=["GET", "POST"])], lifespan=lifespan)
+
+
+LOAD = (
+    "mutation P($a: Int!, $s: String!, $q: String!, $p: String!) "
+    "{ placeOrder(account: $a, symbol: $s, quantity: $q, price: $p) { id status } }"
+)
+SYMBOLS = ("AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META")
+
+
+def order(rng: random.Random) -> Request:
+    variables = {"a": rng.randint(1, ACCOUNTS), "s": rng.choice(SYMBOLS), "q": "1", "p": "100.00"}
+    return LOAD, variables, b""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--database-url")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--load", action="store_true", help="load the app on --port instead")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=15.0)
     args = parser.parse_args()
-    uvicorn.run(
-        build(args.database_url),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-    )
+    if args.load:  # the orders benchmark measures the app's processes itself: no cpu_ms here
+        load = closed_loop(args.port, order, concurrency=args.concurrency, warmup=args.warmup,
+                           duration=args.duration)  # fmt: skip
+        print("RESULT " + json.dumps(asyncio.run(load)), flush=True)
+        return
+    uvicorn.run(build(args.database_url), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
