@@ -39,12 +39,7 @@ def _patch_engine(pre_ping: bool, autocommit: bool) -> None:
             pool_size=pool_size or settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_pre_ping=pre_ping,
-            connect_args={
-                "server_settings": {
-                    "statement_timeout": str(settings.db_statement_timeout_ms),
-                    "application_name": "tradeql",
-                }
-            },
+            connect_args=services.infra.db.connect_args(settings),
             **options,
         )
 

@@ -48,7 +48,18 @@ class Settings(BaseSettings):
     # overflow connection as soon as it is returned, and a steady load opened ~16 a second.
     db_pool_size: int = 20
     db_max_overflow: int = 0
-    db_statement_timeout_ms: int = 10_000
+    db_statement_timeout_ms: int = Field(
+        default=10_000,
+        ge=0,
+        description="longest statement; 0: none set by the platform (the role's or database's "
+        "statement_timeout applies)",
+    )
+    db_pooler: Literal["none", "transaction"] = Field(
+        default="none",
+        description="transaction: DATABASE_URL names a pooler in transaction mode (PgBouncer "
+        "pool_mode = transaction); no prepared statements kept, only application_name sent at "
+        "startup, the statement timeout set per transaction",
+    )
     db_ping_idle_seconds: float = Field(
         default=5.0,
         ge=0,
