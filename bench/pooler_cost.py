@@ -57,7 +57,7 @@ async def _measure(engines: dict[str, AsyncEngine], n: int, rounds: int) -> dict
     round is the one least disturbed), in µs per transaction and per read."""
     best: dict[str, list[float]] = {name: [float("inf"), float("inf")] for name in engines}
     try:
-        for name, engine in engines.items():  # warm-up: connections opened, caches filled
+        for engine in engines.values():  # warm-up: connections opened, caches filled
             for op in _operations(engine):
                 await _per_op(50, op)
         for _ in range(rounds):
