@@ -26,11 +26,16 @@ def asyncpg_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
-    if not settings.database_url:
+def create_engine(
+    settings: Settings, *, pool_size: int | None = None, url: str | None = None
+) -> AsyncEngine:
+    """The engine of DATABASE_URL (or of `url`: the replica's), with the settings' pool and
+    connection arguments."""
+    url = url or settings.database_url
+    if not url:
         raise RuntimeError("DATABASE_URL is not set (tradeql up starts an embedded server)")
     engine = create_async_engine(
-        asyncpg_url(settings.database_url),
+        asyncpg_url(url),
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         connect_args=connect_args(settings),

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.errors import NotCancellable, NotFound
+from services.infra.replica import ReadRouter
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
 from services.orders import fills, order_events
@@ -21,8 +22,16 @@ log = logging.getLogger("tradeql.cancel")
 
 
 class OrderCancellation:
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        redis: Redis,
+        settings: Settings,
+        *,
+        reads: ReadRouter | None = None,
+    ) -> None:
         self._engine = engine
+        self._reads = reads
         self._redis = redis
         self._settings = settings
 
@@ -49,6 +58,8 @@ class OrderCancellation:
                     order = (await orders_by_id(conn, [order_id]))[order_id]
         else:
             raise NotCancellable("the order is changing; try again", field="id")
+        if self._reads is not None:
+            await self._reads.note_commit([user_id])
         try:
             await order_events.publish(self._redis, outcome.updates)
             partition = partition_of(order.symbol, self._settings.quote_partitions)
