@@ -94,6 +94,7 @@ def fmt_percentiles(values: dict[float, float | None]) -> str:
 
 # Part 1: the index in process
 
+
 def run_index(args: argparse.Namespace) -> None:
     from services.alerts.alert_index import AlertIndex, Condition, WatchedAlert
     from services.infra.streams import StreamMessage, quote_stream
@@ -187,8 +188,12 @@ async def prepare_database(url: str, args: argparse.Namespace) -> int:
         )
         await conn.execute("CREATE INDEX ON bench_users (n)")
         started = time.perf_counter()
-        await conn.execute(_INSERT_ALERTS, args.symbols, args.alerts // args.symbols, args.spread, args.users)
-        inserted = int(await conn.fetchval("SELECT count(*) FROM price_alerts WHERE status = 'ACTIVE'"))
+        await conn.execute(
+            _INSERT_ALERTS, args.symbols, args.alerts // args.symbols, args.spread, args.users
+        )
+        inserted = int(
+            await conn.fetchval("SELECT count(*) FROM price_alerts WHERE status = 'ACTIVE'")
+        )
         print(f"e2e: {inserted:,} ACTIVE alerts inserted in {time.perf_counter() - started:.1f}s "
               f"({args.users:,} users, {args.symbols:,} symbols)", flush=True)  # fmt: skip
         await conn.execute("VACUUM ANALYZE price_alerts")
@@ -231,7 +236,9 @@ def listen(redis_url: str, pattern: str, ready: Any, stop: Any, out: Connection)
     client.close()
 
 
-async def feed(redis_url: str, args: argparse.Namespace, stop: asyncio.Event, sent: list[int]) -> None:
+async def feed(
+    redis_url: str, args: argparse.Namespace, stop: asyncio.Event, sent: list[int]
+) -> None:
     """10 ms batches of rate/100 quotes, one stream entry per partition, paced on the clock."""
     from redis.asyncio import Redis
 
@@ -245,7 +252,12 @@ async def feed(redis_url: str, args: argparse.Namespace, stop: asyncio.Event, se
         while not stop.is_set():
             async with redis.pipeline(transaction=False) as pipe:
                 for partition, records in walk.records(per_batch, time.time_ns()).items():
-                    pipe.xadd(quote_stream(partition), {"q": "\n".join(records)}, maxlen=10_000, approximate=True)
+                    pipe.xadd(
+                        quote_stream(partition),
+                        {"q": "\n".join(records)},
+                        maxlen=10_000,
+                        approximate=True,
+                    )
                 await pipe.execute()
             sent[0] += per_batch
             next_at += BATCH_SECONDS
@@ -262,7 +274,9 @@ def stream_backlog(redis_url: str) -> tuple[int | None, int]:
     """(entries not yet delivered to the group "alerts", delivered but not acknowledged)."""
     from services.infra.streams import quote_stream
 
-    lag, pending, _ = h.group_backlog(h.redis_client(redis_url), map(quote_stream, range(PARTITIONS)), "alerts")
+    lag, pending, _ = h.group_backlog(
+        h.redis_client(redis_url), map(quote_stream, range(PARTITIONS)), "alerts"
+    )
     return lag, pending
 
 
@@ -279,7 +293,10 @@ def checker_p99(before: list[list[h.Sample]], after: list[list[h.Sample]], name:
 def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
     from services.infra import keys
 
-    env = h.bench_env(args) | {"TRADEQL_LOG_JSON": "false", "TRADEQL_QUOTE_PARTITIONS": str(PARTITIONS)}
+    env = h.bench_env(args) | {
+        "TRADEQL_LOG_JSON": "false",
+        "TRADEQL_QUOTE_PARTITIONS": str(PARTITIONS),
+    }
     url, redis_url = env["DATABASE_URL"], env["REDIS_URL"]
     h.recreate_database(h.server_urls()[0], args.database)
     h.migrate(url)
@@ -287,7 +304,10 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
     h.redis_client(redis_url).flushdb()
     ports = [h.free_port() for _ in range(args.checkers)]
     started = time.perf_counter()
-    checkers = [run.start(f"checker-{n}", h.tradeql_argv("alerts", "--metrics-port", str(port)), env) for n, port in enumerate(ports)]
+    checkers = [
+        run.start(f"checker-{n}", h.tradeql_argv("alerts", "--metrics-port", str(port)), env)
+        for n, port in enumerate(ports)
+    ]
     h.wait_until("checkers loading the alerts", checkers, timeout=600, interval=0.5, check=lambda: all(
         h.total(h.scrape(port), "tradeql_alerts_watched") >= alerts for port in ports))  # fmt: skip
     rss = [psutil.Process(c.pid).memory_info().rss / 1e6 for c in checkers]
@@ -296,7 +316,9 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
     ctx = multiprocessing.get_context("spawn")
     ready, stop_listening = ctx.Event(), ctx.Event()
     ours, theirs = ctx.Pipe()
-    listener = ctx.Process(target=listen, args=(redis_url, keys.ns("alerts:*"), ready, stop_listening, theirs))
+    listener = ctx.Process(
+        target=listen, args=(redis_url, keys.ns("alerts:*"), ready, stop_listening, theirs)
+    )
     listener.start()
     try:
         if not ready.wait(10):
@@ -328,12 +350,20 @@ def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Mana
         await asyncio.to_thread(h.sleep_watching, args.duration, checkers, 0.5, cpu.tick)
         window = time.monotonic() - t0
         used = cpu.stop()
-        out = {"window": window, "cpu": used, "ns": (start_ns, time.time_ns()), "offered": (sent[0] - sent_before) / window}
+        out = {
+            "window": window,
+            "cpu": used,
+            "ns": (start_ns, time.time_ns()),
+            "offered": (sent[0] - sent_before) / window,
+        }
         after = [h.scrape(p) for p in ports]
         out["delta"] = {n: sum(h.total(a, n) - h.total(b, n) for a, b in zip(after, before, strict=True))
                         for n in ("tradeql_alert_quotes_checked_total", "tradeql_alerts_triggered_total",
                                   "tradeql_alert_triggers_lost_total")}  # fmt: skip
-        out["p99"] = [checker_p99(before, after, f"tradeql_alert_{n}_seconds") for n in ("trigger", "quote_age_at_read", "record")]
+        out["p99"] = [
+            checker_p99(before, after, f"tradeql_alert_{n}_seconds")
+            for n in ("trigger", "quote_age_at_read", "record")
+        ]
         out["backlog"] = stream_backlog(redis_url)
         stop.set()
         await feeder
@@ -350,8 +380,12 @@ def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Mana
     if not listener.poll(30):
         raise h.BenchError("the latency listener did not answer")
     data = listener.recv()
-    triggered_in_db = h.pg_fetch(env["DATABASE_URL"], "SELECT count(*) FROM price_alerts WHERE status = 'TRIGGERED'")[0][0]
-    audited = h.pg_fetch(env["DATABASE_URL"], "SELECT count(*) FROM audit_log WHERE action = 'alert.triggered'")[0][0]
+    triggered_in_db = h.pg_fetch(
+        env["DATABASE_URL"], "SELECT count(*) FROM price_alerts WHERE status = 'TRIGGERED'"
+    )[0][0]
+    audited = h.pg_fetch(
+        env["DATABASE_URL"], "SELECT count(*) FROM audit_log WHERE action = 'alert.triggered'"
+    )[0][0]
     window, d = r["window"], r["delta"]
     print(f"e2e: window {window:.0f}s: offered {r['offered']:,.0f} quotes/s, checked "
           f"{d['tradeql_alert_quotes_checked_total'] / window:,.0f}/s, triggered "
@@ -375,7 +409,15 @@ def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Mana
 
 
 def main() -> int:
-    p = h.parser("alerts", __doc__, database="tradeql_bench_alerts", redis_db=11, duration=30.0, warmup=3.0, profile=False)
+    p = h.parser(
+        "alerts",
+        __doc__,
+        database="tradeql_bench_alerts",
+        redis_db=11,
+        duration=30.0,
+        warmup=3.0,
+        profile=False,
+    )
     p.add_argument("--part", choices=["index", "e2e", "both"], default="both")
     p.add_argument("--alerts", type=int, default=1_000_000)
     p.add_argument("--symbols", type=int, default=10_000)

@@ -64,7 +64,9 @@ class HttpConnection:
                     "127.0.0.1", self.port, limit=HEAD_LIMIT
                 )
             reader, writer = self._reader, self._writer
-            writer.write(self._prefix + str(len(body)).encode() + b"\r\n" + headers + b"\r\n" + body)
+            writer.write(
+                self._prefix + str(len(body)).encode() + b"\r\n" + headers + b"\r\n" + body
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             length, chunked, close = -1, False, False
             for line in head.split(b"\r\n")[1:]:
@@ -161,6 +163,7 @@ async def subscribe(url: str, query: str, variables: Mapping[str, Any] | None = 
 
 
 # Load over a measured window
+
 
 @dataclass
 class Window:
@@ -295,6 +298,7 @@ async def closed_loop(port: int, make: Callable[[random.Random], Request], *, co
 
 # The client process's side of the line protocol
 
+
 def emit(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -337,7 +341,9 @@ def run_client(main: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(main)
 
 
-async def close_all(tasks: Sequence[asyncio.Task[Any]], sockets: Sequence[ClientConnection]) -> None:
+async def close_all(
+    tasks: Sequence[asyncio.Task[Any]], sockets: Sequence[ClientConnection]
+) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

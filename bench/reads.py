@@ -52,6 +52,7 @@ OPERATION = {"portfolio": "Portfolio", "orders": "Orders"}
 
 # The client process: signed-in users reading
 
+
 @dataclass
 class User:
     auth: bytes
@@ -83,9 +84,13 @@ class Reader:
         self.positions: int | None = None
 
     def orders_body(self, cursor: str | None) -> bytes:
-        return orjson.dumps({"query": ORDERS, "operationName": "Orders", "variables": {"after": cursor}})
+        return orjson.dumps(
+            {"query": ORDERS, "operationName": "Orders", "variables": {"after": cursor}}
+        )
 
-    async def ask(self, conn: HttpConnection, body: bytes, auth: bytes) -> tuple[dict[str, Any], int]:
+    async def ask(
+        self, conn: HttpConnection, body: bytes, auth: bytes
+    ) -> tuple[dict[str, Any], int]:
         status, data = await conn.post(body, auth)
         if status != 200:
             raise HttpError(f"HTTP {status}")
@@ -112,7 +117,9 @@ class Reader:
                 window.missing_quotes += measured and any(p["quote"] is None for p in positions)
             else:
                 info = data["orders"]["pageInfo"]
-                user.cursor, user.page = (info["endCursor"], page + 1) if info["hasNextPage"] else (None, 1)
+                user.cursor, user.page = (
+                    (info["endCursor"], page + 1) if info["hasNextPage"] else (None, 1)
+                )
                 window.walks_completed += measured and not info["hasNextPage"]
         except (HttpError, TimeoutError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
             if measured:
@@ -182,6 +189,7 @@ class Reader:
 
 # Setup
 
+
 def setup(env: dict[str, str], args: argparse.Namespace) -> list[str]:
     """The database, Redis and data; the users' session tokens."""
     from bench import reads_seed
@@ -199,28 +207,40 @@ def setup(env: dict[str, str], args: argparse.Namespace) -> list[str]:
             print(f"reusing database {args.database} and its {len(tokens)} sessions", flush=True)
             h.migrate(url)  # a run of older code may have left it behind
             redis.flushdb()
-            print(f"redis db {args.redis_db} flushed; {reads_seed.write_quotes(env['REDIS_URL'], symbols)} quotes written", flush=True)
+            print(
+                f"redis db {args.redis_db} flushed; {reads_seed.write_quotes(env['REDIS_URL'], symbols)} quotes written",
+                flush=True,
+            )
             return list(tokens)
     started = time.perf_counter()
     h.recreate_database(admin, args.database)
     h.migrate(url)
-    print(f"database {args.database}: dropped, created, migrated in {time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"database {args.database}: dropped, created, migrated in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     h.run_tradeql(env, "securities", "defaults", "--synthetic", str(args.synthetic))
-    seeded = reads_seed.seed_database(url, reads_seed.SeedPlan(args.users, args.positions, args.orders))
+    seeded = reads_seed.seed_database(
+        url, reads_seed.SeedPlan(args.users, args.positions, args.orders)
+    )
     print(
         f"seeded {args.users} users: {seeded.orders:,} orders, {seeded.executions:,} executions, "
         f"{seeded.positions:,} positions, {seeded.ledger_entries:,} ledger entries in {seeded.seconds:.1f} s",
         flush=True,
     )
     redis.flushdb()
-    print(f"redis db {args.redis_db} flushed; {reads_seed.write_quotes(env['REDIS_URL'], seeded.symbols)} quotes written")
+    print(
+        f"redis db {args.redis_db} flushed; {reads_seed.write_quotes(env['REDIS_URL'], seeded.symbols)} quotes written"
+    )
     h.STATE_DIR.mkdir(parents=True, exist_ok=True)
     for path, data in ((tokens_file, seeded.tokens), (symbols_file, seeded.symbols)):
         path.write_text(json.dumps(data))
         path.chmod(0o600)
     if args.check:
         code, text = h.run_tradeql(env, "check", check=False)
-        print(f"tradeql check: {'books balance' if code == 0 else 'BOOKS DO NOT BALANCE'}: {text[:300]}")
+        print(
+            f"tradeql check: {'books balance' if code == 0 else 'BOOKS DO NOT BALANCE'}: {text[:300]}"
+        )
         if code:
             raise h.BenchError("the seeded data does not pass tradeql check")
     print(f"setup took {time.perf_counter() - started:.1f} s in all", flush=True)
@@ -228,6 +248,7 @@ def setup(env: dict[str, str], args: argparse.Namespace) -> list[str]:
 
 
 # One scenario
+
 
 @dataclass
 class Result:
@@ -249,7 +270,11 @@ class Result:
     @property
     def label(self) -> str:
         what = "portfolio" if self.kind == "portfolio" else "order history (cursor walk)"
-        loop = f"closed loop, {self.value:g} concurrent users" if self.mode == "closed" else f"open loop at {self.value:,.0f} req/s"
+        loop = (
+            f"closed loop, {self.value:g} concurrent users"
+            if self.mode == "closed"
+            else f"open loop at {self.value:,.0f} req/s"
+        )
         return f"{what}, {loop}"
 
     @property
@@ -305,8 +330,14 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
     if single:
         pool_ticker.start()
     workers = h.process_tree(api.pid)
-    workers = workers[1:] if len(workers) > 1 else workers  # the processes that serve, not the supervisor
-    profiler.start({f"api{i}": pid for i, pid in enumerate(workers)}, args.duration, r.short.replace(" ", "-").replace("/", ""))
+    workers = (
+        workers[1:] if len(workers) > 1 else workers
+    )  # the processes that serve, not the supervisor
+    profiler.start(
+        {f"api{i}": pid for i, pid in enumerate(workers)},
+        args.duration,
+        r.short.replace(" ", "-").replace("/", ""),
+    )
     try:
         client.read_tagged("MEASURED", args.duration + 60, [api])
     finally:
@@ -318,10 +349,15 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
     counters_after = h.database_stats(admin, database)
     if single:
         after = h.scrape_or_empty(port, [], "API")
-        rows = h.histogram_delta(before, after, "tradeql_graphql_operation_seconds", operation=OPERATION[r.kind])
+        rows = h.histogram_delta(
+            before, after, "tradeql_graphql_operation_seconds", operation=OPERATION[r.kind]
+        )
         r.server = {q: h.histogram_quantile(rows, q) for q in QS}
     r.client = json.loads(client.read_tagged("RESULT", args.timeout + 60, [api]))
-    r.latency, r.service = h.percentiles(r.client["hist"], QS), h.percentiles(r.client["service_hist"], QS)
+    r.latency, r.service = (
+        h.percentiles(r.client["hist"], QS),
+        h.percentiles(r.client["service_hist"], QS),
+    )
     r.pg = {k: (v - counters_before.get(k, 0.0)) / r.window for k, v in counters_after.items()}
     r.pool = (f"checked out mean {sum(pool) / len(pool):.1f}, max {max(pool):.0f} (pool_size "
               f"{size[0]:.0f}; {len(pool)} samples)" if pool else "(not sampled with --api-workers > 1)")  # fmt: skip
@@ -330,6 +366,7 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
 
 
 # Report
+
 
 def _ms(values: dict[float, float | None]) -> str:
     return "  ".join(f"p{int(q * 100)} {h.fmt(values.get(q))}" for q in QS)
@@ -369,7 +406,9 @@ def format_result(r: Result, index: int, count: int) -> str:
         lines.append("  server (tradeql_graphql_operation_seconds, bucket upper bounds): " + "  ".join(
             f"p{int(q * 100)} <= {h.fmt(v * 1000 if v is not None else None, 'g')}" for q, v in r.server.items()) + " ms")  # fmt: skip
     if r.kind == "orders":
-        lines.append(f"  full history walks completed in the window: {c.get('walks_completed', 0):,}")
+        lines.append(
+            f"  full history walks completed in the window: {c.get('walks_completed', 0):,}"
+        )
     if c.get("ok"):
         lines.append(f"  response size: {c.get('bytes_received', 0) / c['ok']:,.0f} bytes average")
     backends = cpu.get("postgres (bench db backends)")
@@ -418,10 +457,14 @@ def format_summary(results: list[Result]) -> str:
 
 # Run
 
+
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     env = h.bench_env(args)
     scenarios = []
-    for kind, rates, skip in (("portfolio", args.rate, args.skip_portfolio), ("orders", args.orders_rate, args.skip_orders)):
+    for kind, rates, skip in (
+        ("portfolio", args.rate, args.skip_portfolio),
+        ("orders", args.orders_rate, args.skip_orders),
+    ):
         if not skip:
             scenarios += [Result(kind, "closed", float(c)) for c in args.concurrency]
             scenarios += [Result(kind, "open", float(x)) for x in rates if x > 0]
@@ -443,12 +486,18 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     tokens_path.chmod(0o600)
     port = h.free_port()
     argv = h.tradeql_argv("api", "--host", "127.0.0.1", "--port", str(port))
-    api = run.start("api", argv + (["--workers", str(args.api_workers)] if args.api_workers > 1 else []), env)
+    api = run.start(
+        "api", argv + (["--workers", str(args.api_workers)] if args.api_workers > 1 else []), env
+    )
     if args.live_quotes:  # every quote moves ~once a second through the real path
         market = [run.start(name, h.tradeql_argv(name), env) for name in ("feed", "quotes")]
     h.wait_until("the API's /readyz", [api], h.answers(port))
     if args.api_workers > 1:  # every worker up, not just the first
-        h.wait_until(f"{args.api_workers} API workers", [api], lambda: len(h.process_tree(api.pid)) > args.api_workers)
+        h.wait_until(
+            f"{args.api_workers} API workers",
+            [api],
+            lambda: len(h.process_tree(api.pid)) > args.api_workers,
+        )
         time.sleep(2.0)
     print(f"API up on 127.0.0.1:{port} (pids {h.process_tree(api.pid)})", flush=True)
     budget = 300 + len(scenarios) * (args.warmup + args.duration + args.timeout + 120)
@@ -496,18 +545,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", type=h.positive, default=50, help="per user")
     p.add_argument("--orders", type=h.positive, default=500, help="per user (>= positions)")
     p.add_argument("--synthetic", type=int, default=100, help="securities defaults --synthetic")
-    p.add_argument("--reuse-setup", action="store_true", help="keep the database and sessions of the previous run (quotes rewritten)")
-    p.add_argument("--no-check", dest="check", action="store_false", help="skip tradeql check after seeding")
-    p.add_argument("--concurrency", type=h.positive, nargs="+", default=[200], help="closed-loop users")
-    p.add_argument("--rate", type=float, nargs="+", default=[TARGET_RATE], help="open-loop portfolio rates, req/s (0: none)")
-    p.add_argument("--orders-rate", type=float, nargs="+", default=[], help="open-loop order-history rates, req/s")
+    p.add_argument(
+        "--reuse-setup",
+        action="store_true",
+        help="keep the database and sessions of the previous run (quotes rewritten)",
+    )
+    p.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip tradeql check after seeding"
+    )
+    p.add_argument(
+        "--concurrency", type=h.positive, nargs="+", default=[200], help="closed-loop users"
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[TARGET_RATE],
+        help="open-loop portfolio rates, req/s (0: none)",
+    )
+    p.add_argument(
+        "--orders-rate",
+        type=float,
+        nargs="+",
+        default=[],
+        help="open-loop order-history rates, req/s",
+    )
     p.add_argument("--skip-portfolio", action="store_true")
     p.add_argument("--skip-orders", action="store_true")
     p.add_argument("--max-in-flight", type=h.positive, default=2000, help="open-loop cap")
     p.add_argument("--timeout", type=h.positive_float, default=10.0, help="seconds per request")
-    p.add_argument("--drain", type=h.positive_float, default=120.0, help="at most this many seconds waiting for the API to go idle before a scenario")
+    p.add_argument(
+        "--drain",
+        type=h.positive_float,
+        default=120.0,
+        help="at most this many seconds waiting for the API to go idle before a scenario",
+    )
     p.add_argument("--api-workers", type=h.positive, default=1, help="tradeql api --workers")
-    p.add_argument("--live-quotes", action="store_true", help="run the simulated feed and the quote cache: every quote moves ~once a second")
+    p.add_argument(
+        "--live-quotes",
+        action="store_true",
+        help="run the simulated feed and the quote cache: every quote moves ~once a second",
+    )
     internal = p.add_argument_group("internal (the benchmark runs itself with these)")
     internal.add_argument("--client", action="store_true", help="run the client half")
     internal.add_argument("--port", type=int, help="client: the API's port")
@@ -522,7 +600,9 @@ def main() -> int:
         reader = Reader(args)
         return run_client(serve(reader.check, {"RUN": reader.run}, args.client_max_seconds))
     if args.orders < args.positions:
-        print("--orders must be at least --positions (each position has its orders)", file=sys.stderr)
+        print(
+            "--orders must be at least --positions (each position has its orders)", file=sys.stderr
+        )
         return 2
     run = h.Run("reads", args.log_dir)
     return h.execute(lambda: benchmark(args, run), run.stop_all)

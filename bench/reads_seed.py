@@ -185,7 +185,9 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         rows = await conn.fetch("SELECT symbol FROM securities WHERE active ORDER BY symbol")
         symbols = [r["symbol"] for r in rows]
         if len(symbols) < plan.positions:
-            raise RuntimeError(f"{len(symbols)} securities, fewer than the {plan.positions} positions")
+            raise RuntimeError(
+                f"{len(symbols)} securities, fewer than the {plan.positions} positions"
+            )
         # Enough monthly partitions for the history (it reaches back `orders` hours at most).
         await conn.execute(
             "SELECT ensure_order_partition(m::date) FROM generate_series("
@@ -231,7 +233,9 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    return SeedResult(tokens, symbols, orders, executions, positions, entries, time.perf_counter() - started)
+    return SeedResult(
+        tokens, symbols, orders, executions, positions, entries, time.perf_counter() - started
+    )
 
 
 def _count(status: str) -> int:
@@ -258,7 +262,10 @@ async def _write_quotes(redis_url: str, symbols: list[str]) -> int:
     try:
         now, cent = time.time_ns(), Decimal("0.01")
         lasts = [(base_price(i) * Decimal("1.01")).quantize(cent) for i in range(len(symbols))]
-        quotes = [Quote(s, p - cent, p + cent, 100, 200, p, 10_000, now) for s, p in zip(symbols, lasts, strict=True)]
+        quotes = [
+            Quote(s, p - cent, p + cent, 100, 200, p, 10_000, now)
+            for s, p in zip(symbols, lasts, strict=True)
+        ]
         return len(await QuoteStore(redis).write(quotes))
     finally:
         await redis.aclose()

@@ -69,7 +69,9 @@ class Mutation:
         qty, px = Decimal(quantity), Decimal(price)
         order_id = uuid.uuid4()
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("UPDATE ref_accounts SET cash = cash - $2 WHERE id = $1", account, qty * px)
+            await conn.execute(
+                "UPDATE ref_accounts SET cash = cash - $2 WHERE id = $1", account, qty * px
+            )
             await conn.execute(
                 "INSERT INTO ref_orders (id, account_id, symbol, quantity, price) VALUES ($1, $2, $3, $4, $5)",
                 order_id, account, symbol, qty, px,
@@ -101,7 +103,9 @@ def build(database_url: str) -> Starlette:
         yield
         await pool.close()
 
-    return Starlette(routes=[Route("/graphql", graphql, methods=["GET", "POST"])], lifespan=lifespan)
+    return Starlette(
+        routes=[Route("/graphql", graphql, methods=["GET", "POST"])], lifespan=lifespan
+    )
 
 
 LOAD = (
@@ -130,7 +134,13 @@ def main() -> None:
                            duration=args.duration)  # fmt: skip
         print("RESULT " + json.dumps(asyncio.run(load)), flush=True)
         return
-    uvicorn.run(build(args.database_url), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        build(args.database_url),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

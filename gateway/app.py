@@ -18,7 +18,13 @@ from gateway.graphql_schema import build_schema
 from gateway.guards import BodySizeLimitMiddleware, RateLimitMiddleware
 from gateway.health import healthz, metrics, readyz
 from gateway.logging import install_request_id
-from gateway.metrics import REGISTRY, CacheCollector, HubCollector, PoolCollector
+from gateway.metrics import (
+    REGISTRY,
+    CacheCollector,
+    HubCollector,
+    PoolCollector,
+    ReplicaCollector,
+)
 from gateway.middleware import RequestIdMiddleware
 from gateway.view import GraphQLView
 from gateway.web import web_routes
@@ -71,6 +77,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         REGISTRY.register(cache_collector)
         hub_collector = HubCollector(services.portfolio_hub)
         REGISTRY.register(hub_collector)
+        replica_collector = ReplicaCollector(services.reads) if services.replica else None
+        if replica_collector is not None:
+            REGISTRY.register(replica_collector)
         freeze_startup_objects()
         log.info("api started")
         try:
@@ -82,6 +91,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             REGISTRY.unregister(pool_collector)
             REGISTRY.unregister(cache_collector)
             REGISTRY.unregister(hub_collector)
+            if replica_collector is not None:
+                REGISTRY.unregister(replica_collector)
             await services.close()
             log.info("api stopped")
 

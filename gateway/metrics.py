@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.extensions import SchemaExtension
 
+from services.infra.replica import ReadRouter
 from services.market_data.quote_mirror import QuoteMirror
 from services.portfolio.holdings_cache import HoldingsCache
 from services.portfolio.portfolio_hub import PortfolioHub
@@ -126,6 +127,31 @@ class HubCollector(Collector):
         )
         family.add_metric(["portfolio"], float(self._portfolio_hub.failures))
         yield family
+
+
+class ReplicaCollector(Collector):
+    """Reads that could go to the replica, by the server that served them, and the replica's
+    lag as last probed; read when scraped (only with DATABASE_REPLICA_URL)."""
+
+    def __init__(self, reads: ReadRouter) -> None:
+        self._reads = reads
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        served = CounterMetricFamily(
+            "tradeql_db_routed_reads",
+            "reads that could go to the replica, by the server that served them",
+            labels=["server"],
+        )
+        for server, count in self._reads.served.items():
+            served.add_metric([server], float(count))
+        yield served
+        lag = self._reads.lag_seconds
+        if lag is not None:
+            yield GaugeMetricFamily(
+                "tradeql_db_replica_lag_seconds",
+                "how far the replica's replay is behind (0: it replayed all it received)",
+                value=lag,
+            )
 
 
 class PoolCollector(Collector):

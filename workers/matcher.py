@@ -134,7 +134,10 @@ class PartitionMatcher:
         )
         # Shared by every partition of the process too: their changes commit in groups.
         self.committer = committer or GroupCommit(
-            services.engine, services.redis, max_group=services.settings.matcher_group_max
+            services.engine,
+            services.redis,
+            max_group=services.settings.matcher_group_max,
+            reads=services.reads,
         )
         # Orders whose execution is routed and waiting for its group to commit: a quote
         # meanwhile must not route them again.
@@ -537,7 +540,10 @@ class Matcher:
         self.running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self.order_slots = asyncio.Semaphore(settings.matcher_order_concurrency)
         self.committer = GroupCommit(
-            services.engine, services.redis, max_group=settings.matcher_group_max
+            services.engine,
+            services.redis,
+            max_group=settings.matcher_group_max,
+            reads=services.reads,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

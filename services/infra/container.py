@@ -21,6 +21,7 @@ from services.infra import keys
 from services.infra.db import create_engine
 from services.infra.pubsub import create_broadcast
 from services.infra.redis import create_redis
+from services.infra.replica import ReadRouter
 from services.infra.settings import Settings
 from services.market_data.bars import Bars
 from services.market_data.clock import MarketClock
@@ -47,6 +48,8 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     redis: Redis
+    replica: AsyncEngine | None = None
+    reads: ReadRouter = field(init=False)
     passwords: Passwords = field(init=False)
     users: Accounts = field(init=False)
     sessions: SessionStore = field(init=False)
@@ -77,6 +80,13 @@ class Services:
 
     def __post_init__(self) -> None:
         keys.configure(self.settings.database_url, self.settings.redis_namespace)
+        self.reads = ReadRouter(
+            self.engine,
+            self.replica,
+            self.redis,
+            max_lag_seconds=self.settings.db_replica_max_lag_seconds,
+            wait_seconds=self.settings.db_replica_wait_ms / 1000,
+        )
         self.passwords = Passwords(self.settings)
         self.users = Accounts(self.engine, self.settings, self.passwords)
         self.sessions = SessionStore(self.engine, self.redis, self.settings)
@@ -91,9 +101,9 @@ class Services:
         )
         self.partners = Partners(self.engine, self.redis, self.settings)
         self.cash = Cash(self.engine, self.redis, self.settings)
-        self.securities = Securities(self.engine)
+        self.securities = Securities(self.engine, self.reads)
         self.quote_store = QuoteStore(self.redis)
-        self.bars = Bars(self.engine)
+        self.bars = Bars(self.engine, self.reads)
         self.clock = MarketClock(
             always_open=self.settings.market_always_open, session=self.settings.market_session
         )
@@ -103,21 +113,26 @@ class Services:
             self.quote_store, self.settings.quote_mirror_max_age_seconds
         )
         self.quote_hub = QuoteHub(self.broadcast, self.quote_mirror)
-        self.order_store = OrderStore(self.engine)
+        self.order_store = OrderStore(self.engine, self.reads)
         self.order_history = OrderHistory(self.engine)
         self.activities = Activities(self.engine)
         self.day_changes = DayChanges(self.engine, self.clock)
-        self.placement = OrderPlacement(self.engine, self.redis, self.settings, self.clock)
-        self.cancellation = OrderCancellation(self.engine, self.redis, self.settings)
+        self.placement = OrderPlacement(
+            self.engine, self.redis, self.settings, self.clock, reads=self.reads
+        )
+        self.cancellation = OrderCancellation(
+            self.engine, self.redis, self.settings, reads=self.reads
+        )
         self.replacement = OrderReplacement(self.engine, self.redis, self.settings)
         self.closing = PositionClosing(self.engine, self.placement, self.cancellation)
         self.watchlists = Watchlists(
             self.engine,
             max_lists=self.settings.watchlist_max_lists,
             max_symbols=self.settings.watchlist_max_symbols,
+            reads=self.reads,
         )
         self.alerts = PriceAlerts(self.engine, self.redis, self.settings)
-        self.portfolios = Portfolios(self.engine)
+        self.portfolios = Portfolios(self.engine, self.reads)
         self.holdings = HoldingsCache(
             self.portfolios,
             self.redis,
@@ -130,7 +145,17 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        return cls(settings=settings, engine=create_engine(settings), redis=create_redis(settings))
+        replica = (
+            create_engine(settings, url=settings.database_replica_url)
+            if settings.database_replica_url
+            else None
+        )
+        return cls(
+            settings=settings,
+            engine=create_engine(settings),
+            redis=create_redis(settings),
+            replica=replica,
+        )
 
     async def start_live(self) -> None:
         """Connect the broadcast and start fanning live data out (API processes only)."""
@@ -148,3 +173,5 @@ class Services:
             await self.broadcast.disconnect()
         await self.redis.aclose()
         await self.engine.dispose()
+        if self.replica is not None:
+            await self.replica.dispose()

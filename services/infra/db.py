@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import await_
 
 from services.infra.settings import Settings
 
@@ -25,22 +26,83 @@ def asyncpg_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
-    if not settings.database_url:
+def create_engine(
+    settings: Settings, *, pool_size: int | None = None, url: str | None = None
+) -> AsyncEngine:
+    """The engine of DATABASE_URL (or of `url`: the replica's), with the settings' pool and
+    connection arguments."""
+    url = url or settings.database_url
+    if not url:
         raise RuntimeError("DATABASE_URL is not set (tradeql up starts an embedded server)")
     engine = create_async_engine(
-        asyncpg_url(settings.database_url),
+        asyncpg_url(url),
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        connect_args={
-            "server_settings": {
-                "statement_timeout": str(settings.db_statement_timeout_ms),
-                "application_name": "tradeql",
-            }
-        },
+        connect_args=connect_args(settings),
     )
     ping_after_idle(engine, settings.db_ping_idle_seconds)
+    if settings.db_pooler == "transaction" and settings.db_statement_timeout_ms:
+        set_local_timeout(engine, settings.db_statement_timeout_ms)
     return engine
+
+
+# A client-side bound on statements outside transactions behind a pooler, a little past the
+# server's: asyncpg cancels the statement (PgBouncer forwards the cancel) and raises TimeoutError.
+CLIENT_TIMEOUT_MARGIN_SECONDS = 1.0
+
+
+def connect_args(settings: Settings) -> dict[str, Any]:
+    """asyncpg's connection arguments: direct to PostgreSQL, or behind a transaction pooler.
+
+    Behind PgBouncer in transaction mode (TRADEQL_DB_POOLER=transaction) a client connection
+    gets whichever server connection is free at each transaction, so nothing may outlive one:
+    * no startup parameter but application_name (PgBouncer 1.18 refuses a connection that sends
+      `statement_timeout`); the timeout is set with SET LOCAL in each transaction instead;
+    * no prepared statement kept: with asyncpg's statement cache off, asyncpg prepares every
+      statement unnamed and parses it again in the same message as its execution, so a
+      statement never meets a server connection that lacks it, two clients' names never collide
+      on one server connection (`__asyncpg_stmt_1__ already exists`), and nothing piles up on
+      the server (unique names would leave one statement per transaction there, since the Close
+      of a named one reaches whichever server connection the client holds next). SQLAlchemy's
+      own cache of prepared statements is off too: each entry would be one of those.
+    """
+    timeout_ms = settings.db_statement_timeout_ms
+    if settings.db_pooler == "transaction":
+        args: dict[str, Any] = {
+            "server_settings": {"application_name": "tradeql"},
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+        }
+        if timeout_ms:
+            args["command_timeout"] = timeout_ms / 1000 + CLIENT_TIMEOUT_MARGIN_SECONDS
+        return args
+    server_settings = {"application_name": "tradeql"}
+    if timeout_ms:
+        server_settings["statement_timeout"] = str(timeout_ms)
+    return {"server_settings": server_settings}
+
+
+def set_local_timeout(engine: AsyncEngine, timeout_ms: int) -> None:
+    """`SET LOCAL statement_timeout` at the start of every transaction (behind a pooler, where a
+    session setting would stay on a server connection that other clients use next).
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement; here it is sent
+    at once so that the SET LOCAL lands inside it: one round trip more per transaction (see
+    bench/pooler_cost.py). Reads outside a transaction (`single_read`, `fetch_directly`) are
+    bounded by asyncpg's client-side `command_timeout` instead; a timeout set on the role
+    (`ALTER ROLE ... SET statement_timeout`) bounds both at no cost per transaction, and
+    TRADEQL_DB_STATEMENT_TIMEOUT_MS=0 then skips this.
+    """
+    statement = f"SET LOCAL statement_timeout = {int(timeout_ms)}"
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _set_local(conn: Connection) -> None:
+        adapted: Any = conn.connection.dbapi_connection
+        if adapted is None or adapted.autocommit:
+            return  # autocommit: no transaction for a SET LOCAL to live in
+        if adapted._transaction is None:
+            await_(adapted._start_transaction())
+        await_(adapted.driver_connection.execute(statement))
 
 
 def ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "TRADEQL_DATABASE_URL"),
         description="postgresql://user:pass@host:port/db; unset means the embedded server",
     )
+    database_replica_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_REPLICA_URL", "TRADEQL_DATABASE_REPLICA_URL"),
+        description="a streaming replica of DATABASE_URL for reads that tolerate its delay; "
+        "unset: every read on DATABASE_URL",
+    )
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "TRADEQL_REDIS_URL"),
@@ -51,7 +57,29 @@ class Settings(BaseSettings):
     # overflow connection as soon as it is returned, and a steady load opened ~16 a second.
     db_pool_size: int = 20
     db_max_overflow: int = 0
-    db_statement_timeout_ms: int = 10_000
+    db_statement_timeout_ms: int = Field(
+        default=10_000,
+        ge=0,
+        description="longest statement; 0: none set by the platform (the role's or database's "
+        "statement_timeout applies)",
+    )
+    db_pooler: Literal["none", "transaction"] = Field(
+        default="none",
+        description="transaction: DATABASE_URL names a pooler in transaction mode (PgBouncer "
+        "pool_mode = transaction); no prepared statements kept, only application_name sent at "
+        "startup, the statement timeout set per transaction",
+    )
+    db_replica_max_lag_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="a replica whose replay is further behind than this is skipped",
+    )
+    db_replica_wait_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="how long a read waits for the replica to replay the user's last write "
+        "before reading the primary instead",
+    )
     db_ping_idle_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.errors import InvalidInput
+from services.infra.replica import ReadRouter
 
 NS_PER_MINUTE = 60_000_000_000
 MAX_BARS_PER_REQUEST = 5000
@@ -200,14 +201,16 @@ def bucket_window(
 
 
 class Bars:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: ReadRouter | None = None) -> None:
         self._engine = engine
+        self._reads = reads
 
     async def for_symbols(
         self, symbols: Sequence[str], interval: Interval, start: datetime, end: datetime
     ) -> dict[str, list[Bar]]:
-        """Every symbol's bars over one window, in one query."""
-        async with self._engine.connect() as conn:
+        """Every symbol's bars over one window, in one query (on the replica, if any)."""
+        engine = await self._reads.engine_for() if self._reads else self._engine
+        async with engine.connect() as conn:
             rows = await conn.execute(
                 text(_rollup_sql(interval)),
                 {"symbols": list(symbols), "start": start, "end": end},

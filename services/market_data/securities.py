@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.infra.db import single_read
+from services.infra.replica import ReadRouter
 
 NASDAQ_HEADER = (
     "Symbol|Security Name|Market Category|Test Issue|Financial Status|Round Lot Size|ETF|NextShares"
@@ -176,13 +177,15 @@ async def upsert(conn: AsyncConnection, securities: Iterable[Security]) -> int:
 
 
 class Securities:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: ReadRouter | None = None) -> None:
         self._engine = engine
+        self._reads = reads
 
     async def by_symbols(self, symbols: Sequence[str]) -> list[Security | None]:
         """One query for many symbols, in the order asked (the DataLoader's batch function)."""
         wanted = [normalize_symbol(s) for s in symbols]
-        async with single_read(self._engine) as conn:
+        engine = await self._reads.engine_for() if self._reads else self._engine
+        async with single_read(engine) as conn:
             rows = (
                 await conn.execute(
                     text(

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.errors import NotCancellable, NotFound
+from services.infra.replica import ReadRouter
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
@@ -24,8 +25,16 @@ log = logging.getLogger("tradeql.cancel")
 
 
 class OrderCancellation:
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        redis: Redis,
+        settings: Settings,
+        *,
+        reads: ReadRouter | None = None,
+    ) -> None:
         self._engine = engine
+        self._reads = reads
         self._redis = redis
         self._settings = settings
 
@@ -91,9 +100,12 @@ class OrderCancellation:
         return [o.order for o in outcomes]
 
     async def _announce(self, outcomes: list[fills.Outcome]) -> None:
-        """After the commit: the events, and the matcher told to drop the orders."""
+        """After the commit: the users' write positions (a replica's reads wait for them), the
+        events, and the matcher told to drop the orders."""
         if not outcomes:
             return
+        if self._reads is not None:
+            await self._reads.note_commit(list({o.order.user_id for o in outcomes}))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 order_events.queue(pipe, [u for o in outcomes for u in o.updates])

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.infra.replica import ReadRouter
 from services.infra.retry import until_it_works
 from services.orders import fills, order_events
 from services.orders.fills import Outcome, StaleOrder, Work
@@ -41,8 +42,16 @@ class _Submitted:
 
 
 class GroupCommit:
-    def __init__(self, engine: AsyncEngine, redis: Redis, *, max_group: int = 500) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        redis: Redis,
+        *,
+        max_group: int = 500,
+        reads: ReadRouter | None = None,
+    ) -> None:
         self._engine = engine
+        self._reads = reads
         self._redis = redis
         self._max_group = max_group
         self._queue: list[_Submitted] = []
@@ -119,7 +128,10 @@ class GroupCommit:
                     results += await self._transact([submitted.work])
                 except Exception as exc:
                     results.append(exc)  # type: ignore[arg-type]
-        await self._publish([r for r in results if isinstance(r, Outcome)])
+        outcomes = [r for r in results if isinstance(r, Outcome)]
+        if self._reads is not None:  # the owners' next history reads wait for the replica
+            await self._reads.note_commit(u.order.user_id for o in outcomes for u in o.updates)
+        await self._publish(outcomes)
         self.groups += 1
         self.changes += len(group)
         for submitted, result in zip(group, results, strict=True):

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.errors import InvalidInput
 from services.infra import db
 from services.infra.db import single_read
+from services.infra.replica import ReadRouter
 from services.infra.tables import OrderRow, column_list
 from services.market_data.securities import is_valid_symbol, normalize_symbol
 from services.orders.order_model import (
@@ -237,8 +238,9 @@ class HistoryPage:
 
 
 class OrderStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: ReadRouter | None = None) -> None:
         self._engine = engine
+        self._reads = reads
 
     async def by_ids(self, ids: Sequence[UUID]) -> dict[UUID, Order]:
         async with single_read(self._engine) as conn:
@@ -263,7 +265,9 @@ class OrderStore:
             f"SELECT {ORDER_COLUMNS}{extra} FROM orders o WHERE {where} "
             f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
         )
-        rows = await db.fetch_directly(self._engine, sql, *args)
+        # The history may come from the replica, once it has the user's last write.
+        engine = await self._reads.engine_for(user_id) if self._reads else self._engine
+        rows = await db.fetch_directly(engine, sql, *args)
         orders = [order_from_row(r) for r in rows[:first]]
         executions = (
             {

@@ -38,6 +38,7 @@ from services.errors import (
 )
 from services.infra.idempotency import request_fingerprint
 from services.infra.keys import ns
+from services.infra.replica import ReadRouter
 from services.infra.request_context import current_request_id
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
@@ -80,9 +81,16 @@ class _Judged:
 
 class OrderPlacement:
     def __init__(
-        self, engine: AsyncEngine, redis: Redis, settings: Settings, clock: MarketClock
+        self,
+        engine: AsyncEngine,
+        redis: Redis,
+        settings: Settings,
+        clock: MarketClock,
+        *,
+        reads: ReadRouter | None = None,
     ) -> None:
         self._engine = engine
+        self._reads = reads
         self._redis = redis
         self._settings = settings
         self._clock = clock
@@ -168,6 +176,8 @@ class OrderPlacement:
             except DBAPIError as exc:
                 if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in CONFLICT_SQLSTATES:
                     raise
+        if self._reads is not None:  # the owners' next history reads wait for the replica
+            await self._reads.note_commit(order.user_id for _, order in placed)
         existing = await self._load_existing(judged)
         try:
             # Before anyone is answered: the owners' cached holdings are retired in it, so a

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.accounts.cash import Balances
 from services.infra.db import single_read
+from services.infra.replica import ReadRouter
 from services.market_data.marketdata import Quote
 from services.money import round_cash
 
@@ -148,8 +149,9 @@ _HOLDINGS = text(
 
 
 class Portfolios:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: ReadRouter | None = None) -> None:
         self._engine = engine
+        self._reads = reads
 
     async def holdings(self, user_ids: Sequence[UUID]) -> list[Holdings | None]:
         """Balances and positions of many users (the DataLoader's batch) in one round trip.
@@ -203,6 +205,8 @@ class Portfolios:
                 "'America/New_York'), taken_at DESC"
             )
         params: dict[str, object] = {"a": account_id, "since": since, "bucket": bucket}
-        async with self._engine.connect() as conn:
+        # Snapshots are the scheduler's, not the user's writes: any replica within the bound.
+        engine = await self._reads.engine_for() if self._reads else self._engine
+        async with engine.connect() as conn:
             rows = await conn.execute(text(sql), params)
             return sorted((r.taken_at, r.equity) for r in rows)

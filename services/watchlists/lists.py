@@ -9,7 +9,8 @@ both get past it. Each change writes its audit row in the transaction that makes
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.errors import InvalidInput, LimitExceeded, NotFound, UnknownSymbol
 from services.infra import audit
+from services.infra.replica import ReadRouter
 from services.market_data.securities import is_valid_symbol, normalize_symbol
 
 MAX_NAME_LENGTH = 100
@@ -78,14 +80,24 @@ async def _require_listed(conn: AsyncConnection, symbols: Sequence[str], field: 
 
 
 class Watchlists:
-    def __init__(self, engine: AsyncEngine, *, max_lists: int, max_symbols: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_lists: int,
+        max_symbols: int,
+        reads: ReadRouter | None = None,
+    ) -> None:
         self._engine = engine
+        self._reads = reads
         self.max_lists = max_lists
         self.max_symbols = max_symbols
 
     async def lists(self, user_id: UUID) -> list[Watchlist]:
-        """All of the user's lists in creation order, each with its symbols: one query."""
-        async with self._engine.connect() as conn:
+        """All of the user's lists in creation order, each with its symbols: one query (on the
+        replica once it has the user's last change)."""
+        engine = await self._reads.engine_for(user_id) if self._reads else self._engine
+        async with engine.connect() as conn:
             rows = await conn.execute(_SELECT_LISTS, {"u": user_id})
             return [Watchlist(r.id, r.name, tuple(r.symbols), r.created_at) for r in rows]
 
@@ -98,7 +110,7 @@ class Watchlists:
             raise LimitExceeded(
                 f"a watchlist holds at most {self.max_symbols} symbols", field="symbols"
             )
-        async with self._engine.begin() as conn:
+        async with self._writing(user_id) as conn:
             await _require_listed(conn, wanted, "symbols")
             await self._lock_owner(conn, user_id)
             count = (
@@ -134,7 +146,7 @@ class Watchlists:
     async def add(self, user_id: UUID, watchlist_id: UUID, symbol: str) -> Watchlist:
         """Appends the symbol. One already there is left where it is: no error, no duplicate."""
         (wanted,) = normalize_symbols([symbol], "symbol")
-        async with self._engine.begin() as conn:
+        async with self._writing(user_id) as conn:
             current = await self._locked(conn, user_id, watchlist_id)
             if wanted in current.symbols:
                 return current
@@ -159,7 +171,7 @@ class Watchlists:
     async def remove(self, user_id: UUID, watchlist_id: UUID, symbol: str) -> Watchlist:
         """Takes the symbol out; one that is not in the list is NotFound on `symbol`."""
         wanted = normalize_symbol(symbol)
-        async with self._engine.begin() as conn:
+        async with self._writing(user_id) as conn:
             current = await self._locked(conn, user_id, watchlist_id)
             if wanted not in current.symbols:
                 raise NotFound(f"{wanted} is not in this watchlist", field="symbol")
@@ -175,7 +187,7 @@ class Watchlists:
 
     async def delete(self, user_id: UUID, watchlist_id: UUID) -> None:
         """Deletes the list and its symbols (ON DELETE CASCADE)."""
-        async with self._engine.begin() as conn:
+        async with self._writing(user_id) as conn:
             current = await self._locked(conn, user_id, watchlist_id, field="id")
             await conn.execute(text("DELETE FROM watchlists WHERE id = :w"), {"w": watchlist_id})
             await self._audit(
@@ -186,6 +198,15 @@ class Watchlists:
                 name=current.name,
                 symbols=list(current.symbols),
             )
+
+    @asynccontextmanager
+    async def _writing(self, user_id: UUID) -> AsyncIterator[AsyncConnection]:
+        """A transaction changing the user's lists; once committed, their next read of the
+        lists waits for the replica to have it."""
+        async with self._engine.begin() as conn:
+            yield conn
+        if self._reads is not None:
+            await self._reads.note_commit([user_id])
 
     async def _lock_owner(self, conn: AsyncConnection, user_id: UUID) -> None:
         """Serializes the creation of one user's lists. NO KEY UPDATE: inserts that merely
