@@ -53,8 +53,8 @@ async def test_activities_are_fills_and_deposits_newest_first_in_pages(
     sell = await book_fill(services, user_id, symbol, "SELL", "1.5", "102.00")
     nodes = await all_pages(gql, token, first=1)
     assert [(n["type"], n["amount"], n["side"], n["quantity"], n["price"]) for n in nodes] == [
-        ("FILL", "153.00", "SELL", "1.5", "102.00"),
-        ("FILL", "-303.03", "BUY", "3", "101.01"),  # cash moved: negative for a buy
+        ("FILL", "153.00", "SELL", "1.500000", "102.0000"),
+        ("FILL", "-303.03", "BUY", "3.000000", "101.0100"),  # cash moved: negative for a buy
         ("DEPOSIT", "250.50", None, None, None),
         ("DEPOSIT", "1000.00", None, None, None),
     ]
@@ -124,7 +124,12 @@ async def test_the_day_change_counts_shares_held_at_the_close_and_bought_since(
     portfolio = (await gql(DAY, token=token))["data"]["portfolio"]
     # (22 - 19.50) x 10 held at the close + (22 - 21) x 5 bought since
     assert portfolio["positions"] == [
-        {"symbol": symbol, "quantity": "15", "previousClose": "19.50", "dayChange": "30.00"}
+        {
+            "symbol": symbol,
+            "quantity": "15.000000",
+            "previousClose": "19.5000",
+            "dayChange": "30.00",
+        }
     ]
     # equity now 100,000 - 200 - 105 + 1,000 + 330 = 101,025; at the close 99,800 + 195
     assert (portfolio["equity"], portfolio["dayChange"]) == ("101025.00", "30.00")

@@ -147,7 +147,7 @@ async def test_an_extended_hours_order_placed_in_post_fills_in_post(
     await quote(services, symbol, "48.90", "48.95")  # a later POST quote crosses it too
     await wait_status(services, resting_id, Status.FILLED)
     shown = (await gql(ORDER, {"id": str(order_id)}, token=funded["token"]))["data"]["order"]
-    assert shown["extendedHours"] is True and shown["averageFillPrice"] == "50.02"
+    assert shown["extendedHours"] is True and shown["averageFillPrice"] == "50.0200"
     # Its history: accepted, then filled; the internal SUBMITTED in between is not shown.
     assert shown["events"] == [
         {
@@ -215,7 +215,7 @@ async def test_each_day_order_expires_at_the_end_of_its_own_session(
     assert shown["events"][-1] == {
         "type": "EXPIRED",
         "status": "EXPIRED",
-        "quantity": "10",
+        "quantity": "10.000000",
         "price": None,
         "venue": None,
         "reason": "a DAY order for extended hours expires at the end of POST",

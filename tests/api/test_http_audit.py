@@ -96,8 +96,8 @@ async def test_the_graphql_sse_client_subscribes_and_completes(
     await quote(services, symbol, "50.10", "50.12")
     lines = [json.loads(line) for line in (await client).splitlines()]
     assert lines == [
-        {"data": {"quotes": {"symbol": symbol, "bid": "50.00"}}},
-        {"data": {"quotes": {"symbol": symbol, "bid": "50.10"}}},
+        {"data": {"quotes": {"symbol": symbol, "bid": "50.0000"}}},
+        {"data": {"quotes": {"symbol": symbol, "bid": "50.1000"}}},
         "disposed",
     ]
     # a private subscription without a session: the error at once, then the stream completes

@@ -107,14 +107,14 @@ async def test_live_quotes_current_then_each_change(
         first = await within(stream)
         assert first["data"]["quotes"] == {
             "symbol": symbol,
-            "bid": "10.00",
-            "ask": "10.02",
-            "last": "10.00",
+            "bid": "10.0000",
+            "ask": "10.0200",
+            "last": "10.0000",
         }
         assert app_services.quote_hub.subscriptions == before + 1
         await quote(services, symbol, "10.10", "10.12")
         moved = await within(stream)
-        assert moved["data"]["quotes"]["bid"] == "10.10"
+        assert moved["data"]["quotes"]["bid"] == "10.1000"
     # the client left: the process lets go of the subscription
     await eventually(lambda: app_services.quote_hub.subscriptions == before)
     await eventually(lambda: streams_open(transport) == 0)
@@ -241,7 +241,7 @@ async def test_an_event_source_subscribes_over_get(
         events = sse_events(response)
         assert await within(events) == (":", "connected")  # bytes at once, as graphql-sse does
         kind, data = await within(events)
-        assert kind == "next" and data["data"]["quotes"]["bid"] == "20.00"
+        assert kind == "next" and data["data"]["quotes"]["bid"] == "20.0000"
 
 
 async def test_multipart_starts_with_a_heartbeat(
@@ -302,7 +302,7 @@ async def test_a_partner_key_subscribes_only_with_its_documents(
     async with subscribe(http, transport, None, api_key=key, extensions=persisted) as response:
         assert response.status_code == 200
         first = await within(results(response, transport))
-        assert first["data"]["quotes"] == {"symbol": symbol, "bid": "30.00"}
+        assert first["data"]["quotes"] == {"symbol": symbol, "bid": "30.0000"}
     async with subscribe(http, transport, document, api_key=key) as response:  # raw text
         assert response.status_code == 403
         await response.aread()

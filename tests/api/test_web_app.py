@@ -25,9 +25,12 @@ playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = next(
     (p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and os.path.exists(p)), None
 )
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium on this machine (`apt-get install chromium`)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no Chromium on this machine (`apt-get install chromium`)"
+    ),
+]
 TIMEOUT_MS = 15_000
 
 

@@ -171,13 +171,13 @@ async def run_the_flows(platform: Platform, client: Client) -> None:
         return data["order"] if data["order"]["status"] == "FILLED" else None
 
     order = await eventually("the order filled by the matcher", filled, platform)
-    assert order["filledQuantity"] == "2"
+    assert order["filledQuantity"] == "2.000000"
     history = await client("{ orders(first: 5, status: [FILLED]) { edges { node { id } } } }")
     assert [e["node"]["id"] for e in history["orders"]["edges"]] == [order_id]
 
     data = await client("{ portfolio { cash positions { symbol quantity } } }")
     positions = {p["symbol"]: p["quantity"] for p in data["portfolio"]["positions"]}
-    assert positions == {symbol: "2"}
+    assert positions == {symbol: "2.000000"}
     assert Decimal(data["portfolio"]["cash"]) < Decimal("100000")
 
     created = await client(

@@ -33,6 +33,7 @@ from tests.engines.pgbouncer import Pooler, pgbouncer, pgbouncer_binary
 from tests.engines.platform import Client, Platform, run_the_flows, running_platform
 
 pytestmark = [
+    pytest.mark.engines,
     pytest.mark.timeout(240),
     pytest.mark.skipif(pgbouncer_binary() is None, reason="pgbouncer is not installed"),
 ]

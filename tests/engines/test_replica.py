@@ -33,6 +33,7 @@ from tests.engines.replica import Pair, postgres_bin, streaming_pair
 from tests.trading import trader
 
 pytestmark = [
+    pytest.mark.engines,
     pytest.mark.timeout(240),
     pytest.mark.skipif(postgres_bin() is None, reason="no PostgreSQL server binaries"),
 ]
