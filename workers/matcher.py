@@ -26,7 +26,13 @@ from services.infra.db import single_read
 from services.infra.keys import ns
 from services.infra.retry import Backoff, is_transient
 from services.infra.settings import Settings
-from services.infra.streams import ConsumerGroup, consumer_name, partition_of, quote_stream
+from services.infra.streams import (
+    ConsumerGroup,
+    consumer_name,
+    partition_of,
+    quote_stream,
+    stream_entries,
+)
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
 from services.orders import fills
 from services.orders.group_commit import GroupCommit
@@ -142,7 +148,7 @@ class PartitionMatcher:
         await self.orders.ensure(start_id="0")
         # Quotes from here on, read after the rebuild: none published meanwhile is missed.
         newest = await self.services.redis.xrevrange(quote_stream(self.partition), count=1)
-        self._quote_id = newest[0][0] if newest else "0-0"
+        self._quote_id = str(newest[0][0]) if newest else "0-0"
         await self.rebuild()
         pending = await self.orders.claim_abandoned(count=1000)
         await self._handle_messages(pending)
@@ -275,13 +281,12 @@ class PartitionMatcher:
                 continue
             latest: dict[str, Quote] = {}
             resting = self.book.symbols()  # once per read: it is built afresh on every call
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    self._quote_id = entry_id
-                    for record in fields.get("q", "").split(RECORD_SEPARATOR):
-                        symbol = record[: record.find(FIELD_SEPARATOR)]
-                        if symbol in resting:
-                            latest[symbol] = decode_quote(record)
+            for _stream, entry_id, fields in stream_entries(reply):
+                self._quote_id = entry_id
+                for record in fields.get("q", "").split(RECORD_SEPARATOR):
+                    symbol = record[: record.find(FIELD_SEPARATOR)]
+                    if symbol in resting:
+                        latest[symbol] = decode_quote(record)
             for quote in latest.values():
                 self.quotes[quote.symbol] = quote
                 try:

@@ -6,8 +6,9 @@ import logging
 import os
 import socket
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -32,6 +33,17 @@ def quote_streams(partitions: int) -> list[str]:
 
 def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+def stream_entries(reply: Any) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(stream, entry id, fields) of an XREAD or XREADGROUP reply: a list of [stream, entries]
+    pairs (redis-py's shape with its default `legacy_responses`; its type says a dict may come
+    too, which only `legacy_responses=False` gives). Entries deleted since a group read them
+    (fields None) are left out."""
+    for stream, entries in reply or []:
+        for entry_id, fields in entries:
+            if fields is not None:
+                yield stream, entry_id, fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +103,7 @@ class ConsumerGroup:
             log.warning("consumer group %s is gone (Redis flushed?): creating it again", self.group)
             await self.ensure(start_id="0")
             return []
-        return [
-            StreamMessage(stream, message_id, fields)
-            for stream, messages in reply or []
-            for message_id, fields in messages
-            if fields is not None
-        ]
+        return [StreamMessage(*entry) for entry in stream_entries(reply)]
 
     async def claim_abandoned(self, *, count: int = 100) -> list[StreamMessage]:
         """Take over messages another consumer read but never acknowledged (it died)."""
