@@ -18,12 +18,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.infra.container import Services
 from services.infra.db import single_read
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient
 from services.infra.retry import Backoff, is_transient
 from services.infra.settings import Settings
 from services.infra.streams import (
@@ -62,14 +62,14 @@ return 0
 
 
 def lease_key(partition: int) -> str:
-    return ns(f"matcher:lease:{partition}")
+    return ns(f"matcher:lease:{tag(partition)}")
 
 
 class Lease:
     """`matcher:lease:{p}` = owner, with a TTL: taken when free, kept by renewing, lost when
     the holder dies (it stops renewing) or stalls past the TTL."""
 
-    def __init__(self, redis: Redis, owner: str, ttl_seconds: float) -> None:
+    def __init__(self, redis: RedisClient, owner: str, ttl_seconds: float) -> None:
         self.redis = redis
         self.owner = owner
         self.ttl_ms = int(ttl_seconds * 1000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -10,10 +12,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient, slot_groups
 
 log = logging.getLogger("tradeql.streams")
 
@@ -24,7 +26,7 @@ def partition_of(symbol: str, partitions: int) -> int:
 
 
 def quote_stream(partition: int) -> str:
-    return ns(f"md:quotes:{partition}")
+    return ns(f"md:quotes:{tag(partition)}")
 
 
 def quote_streams(partitions: int) -> list[str]:
@@ -59,11 +61,17 @@ class ConsumerGroup:
     After FLUSHDB or a Redis restart the group is gone: reading answers NOGROUP, and the group is
     created again (at the start of whatever the stream now holds) instead of the worker dying.
     Messages left pending by a consumer that died are claimed after `claim_idle_ms`.
+
+    On a Redis Cluster each stream partition is its own hash slot, and XREADGROUP may name
+    streams of one slot only: there a blocking read is kept in flight per slot, and `read`
+    returns what the first of them (and any other done by then) brought; the others stay in
+    flight for the next call, so nothing they read is dropped and a busy partition never waits
+    for an idle one's block to run out.
     """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         group: str,
         streams: Sequence[str],
         consumer: str,
@@ -76,6 +84,8 @@ class ConsumerGroup:
         self.consumer = consumer
         self.claim_idle_ms = claim_idle_ms
         self.groups_created = 0
+        self._slots = [[self.streams[i] for i in group] for group in slot_groups(redis, streams)]
+        self._in_flight: dict[int, asyncio.Task[list[StreamMessage]]] = {}
 
     async def ensure(self, start_id: str = "$") -> None:
         for stream in self.streams:
@@ -87,11 +97,48 @@ class ConsumerGroup:
                     raise
 
     async def read(self, *, count: int, block_ms: int) -> list[StreamMessage]:
+        if len(self._slots) > 1:
+            return await self._read_per_slot(count, block_ms)
+        return await self._read(self.streams, count, block_ms)
+
+    async def _read_per_slot(self, count: int, block_ms: int) -> list[StreamMessage]:
+        for i, streams in enumerate(self._slots):
+            if i not in self._in_flight:
+                self._in_flight[i] = asyncio.create_task(self._read(streams, count, block_ms))
+        await asyncio.wait(
+            self._in_flight.values(),
+            timeout=max(block_ms, 1) / 1000,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        messages: list[StreamMessage] = []
+        failure: BaseException | None = None
+        for i, task in list(self._in_flight.items()):
+            if task.done():
+                del self._in_flight[i]
+                if (error := task.exception()) is not None:
+                    failure = failure or error
+                else:
+                    messages += task.result()
+        if failure is not None and not messages:
+            raise failure
+        return messages
+
+    async def close(self) -> None:
+        """Stop the reads in flight (a cluster's); what they had read stays pending in the
+        group, claimed later like a dead consumer's."""
+        for task in self._in_flight.values():
+            task.cancel()
+        for task in self._in_flight.values():
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await task
+        self._in_flight.clear()
+
+    async def _read(self, streams: Sequence[str], count: int, block_ms: int) -> list[StreamMessage]:
         try:
             reply = await self.redis.xreadgroup(
                 self.group,
                 self.consumer,
-                dict.fromkeys(self.streams, ">"),
+                dict.fromkeys(streams, ">"),
                 count=count,
                 block=block_ms,
             )

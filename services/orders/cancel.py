@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.errors import NotCancellable, NotFound
+from services.infra.redis import RedisClient
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
 from services.orders import fills, order_events
@@ -21,7 +21,7 @@ log = logging.getLogger("tradeql.cancel")
 
 
 class OrderCancellation:
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, redis: RedisClient, settings: Settings) -> None:
         self._engine = engine
         self._redis = redis
         self._settings = settings

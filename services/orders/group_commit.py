@@ -23,10 +23,10 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.infra.redis import RedisClient
 from services.infra.retry import until_it_works
 from services.orders import fills, order_events
 from services.orders.fills import Outcome, StaleOrder, Work
@@ -41,7 +41,7 @@ class _Submitted:
 
 
 class GroupCommit:
-    def __init__(self, engine: AsyncEngine, redis: Redis, *, max_group: int = 500) -> None:
+    def __init__(self, engine: AsyncEngine, redis: RedisClient, *, max_group: int = 500) -> None:
         self._engine = engine
         self._redis = redis
         self._max_group = max_group

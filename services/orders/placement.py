@@ -21,7 +21,6 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -37,7 +36,8 @@ from services.errors import (
     UnknownSymbol,
 )
 from services.infra.idempotency import request_fingerprint
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient
 from services.infra.request_context import current_request_id
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
@@ -56,7 +56,7 @@ ZERO = Decimal(0)
 
 
 def order_stream(partition: int) -> str:
-    return ns(f"orders:{partition}")
+    return ns(f"orders:{tag(partition)}")
 
 
 @dataclass
@@ -80,7 +80,7 @@ class _Judged:
 
 class OrderPlacement:
     def __init__(
-        self, engine: AsyncEngine, redis: Redis, settings: Settings, clock: MarketClock
+        self, engine: AsyncEngine, redis: RedisClient, settings: Settings, clock: MarketClock
     ) -> None:
         self._engine = engine
         self._redis = redis
