@@ -67,19 +67,15 @@ class RedisClusterServers:
                 node = self.folder / str(port)
                 node.mkdir()
                 self.ports.append(port)
+                argv = [
+                    server, "--port", str(port), "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes", "--cluster-config-file", str(node / "nodes.conf"),
+                    "--cluster-node-timeout", "2000", "--dir", str(node),
+                    "--save", "", "--appendonly", "no",
+                ]  # fmt: skip
                 self.processes.append(
                     subprocess.Popen(
-                        [
-                            server,
-                            "--port", str(port),
-                            "--bind", "127.0.0.1",
-                            "--cluster-enabled", "yes",
-                            "--cluster-config-file", str(node / "nodes.conf"),
-                            "--cluster-node-timeout", "2000",
-                            "--dir", str(node),
-                            "--save", "",
-                            "--appendonly", "no",
-                        ],  # fmt: skip
+                        argv,
                         stdout=(node / "redis.log").open("ab"),
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
@@ -87,12 +83,17 @@ class RedisClusterServers:
                 )
             for port in self.ports:
                 self._wait(lambda port=port: self._cli(port, "ping") == "PONG", "node start")
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
             created = subprocess.run(
                 [
-                    "redis-cli", "--cluster", "create",
-                    *(f"127.0.0.1:{port}" for port in self.ports),
-                    "--cluster-replicas", "0", "--cluster-yes",
-                ],  # fmt: skip
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *nodes,
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -100,7 +101,10 @@ class RedisClusterServers:
             if created.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}")
             for port in self.ports:
-                self._wait(lambda port=port: "cluster_state:ok" in self._cli(port, "cluster", "info"), "cluster state ok")
+                self._wait(
+                    lambda port=port: "cluster_state:ok" in self._cli(port, "cluster", "info"),
+                    "cluster state ok",
+                )
         except BaseException:
             self.stop()
             raise
