@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from typing import Any
 
 from broadcaster import Broadcast, Event
@@ -52,6 +53,9 @@ class ResilientRedisBackend(BroadcastBackend):
         self._redis: RedisClient | None = None
         self._pubsub: PubSub | ClusterPubSub | None = None
         self._listener: asyncio.Task[None] | None = None
+        # A cluster's node connections told to report a reconnect (`_node_reconnected`); they
+        # come from the nodes' pools, so they are told to stop when their pub/sub is let go.
+        self._watched: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
         self.reconnects = 0
 
     async def connect(self) -> None:
@@ -99,6 +103,12 @@ class ResilientRedisBackend(BroadcastBackend):
             for node_pubsub in list(pubsub.node_pubsub_mapping.values()):
                 if node_pubsub.connection is not None:
                     node_pubsub.connection.register_connect_callback(self._node_reconnected)
+                    self._watched.add(node_pubsub.connection)
+
+    def _unwatch(self) -> None:
+        for connection in list(self._watched):
+            connection.deregister_connect_callback(self._node_reconnected)
+        self._watched.clear()
 
     async def _node_reconnected(self, connection: AbstractConnection) -> None:
         """A cluster node's pub/sub connection is back (redis-py subscribed its channels
@@ -141,6 +151,7 @@ class ResilientRedisBackend(BroadcastBackend):
                 backoff = min(max(backoff * 2, 0.2), MAX_BACKOFF_SECONDS)
             finally:
                 self._pubsub = None
+                self._unwatch()
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
 

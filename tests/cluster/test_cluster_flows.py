@@ -238,3 +238,25 @@ async def test_the_cluster_really_holds_the_platform_s_keys_by_slot(
         assert len({redis.keyslot(stream) for stream in streams}) == PARTITIONS
     finally:
         await redis.aclose()
+
+
+async def test_order_updates_survive_lost_pub_sub_connections(
+    cluster: ClusterPlatform, trader: Trader
+) -> None:
+    """Every node drops its pub/sub clients (the API's sharded subscriptions among them): the
+    live subscription hears the next fills all the same (redis-py reconnects the node and
+    subscribes again; the platform catches up from the outbox)."""
+    for port in cluster.servers.ports:
+        killed = await asyncio.to_thread(
+            subprocess.run,
+            ["redis-cli", "-p", str(port), "client", "kill", "type", "pubsub"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert killed.returncode == 0 and int(killed.stdout) > 0, killed
+    await asyncio.sleep(1.0)
+    accepted = await trader.place(3)
+    assert len(accepted) == 3
+    await trader.all_filled()
+    await trader.hears(accepted)
