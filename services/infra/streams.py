@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -102,26 +103,33 @@ class ConsumerGroup:
         return await self._read(self.streams, count, block_ms)
 
     async def _read_per_slot(self, count: int, block_ms: int) -> list[StreamMessage]:
-        for i, streams in enumerate(self._slots):
-            if i not in self._in_flight:
-                self._in_flight[i] = asyncio.create_task(self._read(streams, count, block_ms))
-        await asyncio.wait(
-            self._in_flight.values(),
-            timeout=max(block_ms, 1) / 1000,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        messages: list[StreamMessage] = []
-        failure: BaseException | None = None
-        for i, task in list(self._in_flight.items()):
-            if task.done():
-                del self._in_flight[i]
-                if (error := task.exception()) is not None:
-                    failure = failure or error
-                else:
-                    messages += task.result()
-        if failure is not None and not messages:
-            raise failure
-        return messages
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            for i, streams in enumerate(self._slots):
+                if i not in self._in_flight:
+                    self._in_flight[i] = asyncio.create_task(self._read(streams, count, left_ms))
+            await asyncio.wait(
+                self._in_flight.values(),
+                timeout=left_ms / 1000,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            messages: list[StreamMessage] = []
+            failure: BaseException | None = None
+            for i, task in list(self._in_flight.items()):
+                if task.done():
+                    del self._in_flight[i]
+                    if (error := task.exception()) is not None:
+                        failure = failure or error
+                    else:
+                        messages += task.result()
+            if messages:
+                return messages
+            if failure is not None:
+                raise failure
+            if time.monotonic() >= deadline:
+                return []
+            # Only reads that found nothing (begun by an earlier call) ended: wait on.
 
     async def close(self) -> None:
         """Stop the reads in flight (a cluster's); what they had read stays pending in the

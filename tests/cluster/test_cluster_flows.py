@@ -1,6 +1,6 @@
 """The platform on a real three-master Redis Cluster (TRADEQL_REDIS_CLUSTER=true): the API, the
 simulated feed and every worker as processes, with REDIS_URL naming one node of a cluster this
-module starts (tests/redis_cluster.py), on a database of its own. Through it: orders placed and
+folder starts (tests/cluster/conftest.py), on a database of its own. Through it: orders placed and
 filled by the matcher (their updates on a live subscription), the portfolio, a live quote reaching
 a WebSocket subscriber, and a price alert triggering. Skipped where redis-server/redis-cli 7+ are
 missing (Debian: redis-server, redis-tools; `.ci/run` installs them).
@@ -30,7 +30,7 @@ from redis.asyncio.cluster import RedisCluster
 from gateway.migrate import upgrade
 from tests.api_process import free_port
 from tests.chaos.test_chaos import ROOT, Platform, Trader, _admin, _wait_ready, _with_path
-from tests.redis_cluster import RedisClusterServers, missing_binaries
+from tests.redis_cluster import RedisClusterServers
 
 pytestmark = [pytest.mark.engines, pytest.mark.timeout(300)]
 WORKERS = ("matcher", "quotes", "relay", "alerts")
@@ -45,12 +45,11 @@ class ClusterPlatform:
 
 @pytest.fixture(scope="module")
 def cluster(
-    server_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    server_urls: tuple[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    cluster_servers: RedisClusterServers,
 ) -> Iterator[ClusterPlatform]:
-    if reason := missing_binaries():
-        pytest.skip(reason)
-    servers = RedisClusterServers()
-    servers.start()
+    servers = cluster_servers
     admin_url = server_urls[0]
     name = f"tradeql_cluster_{uuid.uuid4().hex[:10]}"
     logs = tmp_path_factory.mktemp("cluster")
@@ -89,7 +88,6 @@ def cluster(
         yield ClusterPlatform(platform, servers)
     finally:
         platform.stop_all()
-        servers.stop()
         asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
