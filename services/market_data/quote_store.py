@@ -102,8 +102,8 @@ class QuoteStore:
 
     async def _write_per_slot(self, records: Sequence[list[str]]) -> list[int]:
         """One script call per quote, each with its key declared, pipelined (a round trip per
-        node); the script is loaded on every node first, and again after a NOSCRIPT (a node
-        restarted or flushed its scripts)."""
+        node); a NOSCRIPT (first use, or a node restarted or flushed its scripts) loads the script
+        on every master and sends the window again."""
         sha = self._write_newer.sha
         for attempt in range(2):
             try:
