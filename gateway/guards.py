@@ -33,7 +33,6 @@ from graphql.language import (
 )
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions.max_aliases import create_validator as alias_validator
@@ -44,6 +43,7 @@ from gateway.metrics import REGISTRY
 from gateway.ratelimit import ALLOWED, Bucket, Decision, Limit, RateLimiter
 from gateway.view import SESSION_LOOKUP_STATE, bearer_token
 from services.accounts.sessions import hash_token
+from services.infra.redis import RedisClient
 from services.infra.settings import Settings
 
 log = logging.getLogger("tradeql.guards")
@@ -190,7 +190,7 @@ class RateLimitMiddleware:
         app: ASGIApp,
         settings: Settings,
         *,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
         paths: frozenset[str] = GRAPHQL_PATHS,
     ) -> None:
         self.app = app

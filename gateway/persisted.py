@@ -27,12 +27,12 @@ from graphql import (
     OperationType,
     parse,
 )
-from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from strawberry.http import GraphQLRequestData
 
 from services.infra.keys import ns
+from services.infra.redis import RedisClient
 from services.partners.registry import Partners, document_hash, normalize_hash
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def apq_key(sha256: str) -> str:
 class DocumentResolver:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         partners: Partners,
         *,
         ttl_seconds: int,

@@ -3,15 +3,22 @@
 Every API process shares the buckets, so N processes allow what one would. One request checks
 all of its buckets (session, partner, client IP) in a single atomic round trip: it is allowed
 only if every bucket has room, and a refused request uses up none of them.
+
+On a Redis Cluster a script may touch one hash slot only. A session's bucket and its cached
+session share the token's hash tag (`tq:rl:session:{<token hash>}`, `tq:session:{<token hash>}`),
+so they stay one call; the address's and the partner key's buckets are in slots of their own,
+checked by calls of their own, sent at once (one round trip of wall time). What that changes: a
+request refused by one bucket has still used up the others that had room (a client over its
+session's limit still spends from its address's), and the holdings token no longer comes back
+with the session (the portfolio reads it when it needs it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from redis.asyncio import Redis
 
 from services.accounts.sessions import (
     SESSION_LOOKUP_LUA,
@@ -19,7 +26,8 @@ from services.accounts.sessions import (
     hash_token,
     lookup_key_and_args,
 )
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient, is_cluster, slot_of
 
 # GCRA: a bucket is its "theoretical arrival time" (TAT) in microseconds of Redis' clock, so
 # API processes with skewed clocks still agree. With T = 1/rate and a burst of B requests, a
@@ -102,7 +110,7 @@ class Bucket:
 
     @property
     def key(self) -> str:
-        return ns(f"tq:rl:{self.limit.name}:{self.identity}")
+        return ns(f"tq:rl:{self.limit.name}:{tag(self.identity)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +133,8 @@ class RateLimiter:
     """Checks and takes from several buckets at once. Redis errors propagate: the caller decides
     whether to fail open."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
+        self._cluster = is_cluster(redis)
         self._script = redis.register_script(_GCRA)
         self._with_session = redis.register_script(_GCRA_AND_SESSION)
 
@@ -133,6 +142,9 @@ class RateLimiter:
         buckets = [b for b in buckets if b.limit.enabled]
         if not buckets:
             return ALLOWED
+        if self._cluster:
+            decision, _ = await self._hit_per_slot(buckets, cost, None)
+            return decision
         keys, args = _bucket_keys_and_args(buckets, cost)
         return _decision(buckets, await self._script(keys=keys, args=args))
 
@@ -148,13 +160,53 @@ class RateLimiter:
         request makes one round trip to Redis for both). `token_hash`: its hash, if the caller
         has it already."""
         buckets = [b for b in buckets if b.limit.enabled]
+        token_hash = token_hash or hash_token(session_token)
+        if self._cluster:
+            decision, found = await self._hit_per_slot(buckets, cost, token_hash)
+            return decision, (CachedLookup(session_token, found) if decision.allowed else None)
         keys, args = _bucket_keys_and_args(buckets, cost)
-        session_key, session_args = lookup_key_and_args(token_hash or hash_token(session_token))
+        session_key, session_args = lookup_key_and_args(token_hash)
         reply = await self._with_session(keys=[*keys, session_key], args=[*args, *session_args])
         decision = _decision(buckets, reply[:3])
         if not decision.allowed:
             return decision, None
         return decision, CachedLookup(session_token, [str(v) for v in reply[3:]] or None)
+
+    async def _hit_per_slot(
+        self, buckets: Sequence[Bucket], cost: int, token_hash: str | None
+    ) -> tuple[Decision, list[str] | None]:
+        """A cluster: one call per hash slot, all at once; the session is looked up with the
+        buckets of its slot (its own bucket's). Allowed when every call allowed; the longest
+        wait is the one told."""
+        session_key, session_args = (
+            lookup_key_and_args(token_hash, cluster=True) if token_hash else (None, [])
+        )
+        by_slot: dict[int, list[Bucket]] = {}
+        for bucket in buckets:
+            by_slot.setdefault(slot_of(bucket.key), []).append(bucket)
+        session_slot = slot_of(session_key) if session_key else None
+        if session_slot is not None:
+            by_slot.setdefault(session_slot, [])
+        calls = []
+        for slot, group in by_slot.items():
+            keys, args = _bucket_keys_and_args(group, cost)
+            if slot == session_slot and session_key is not None:
+                calls.append(
+                    self._with_session(keys=[*keys, session_key], args=[*args, *session_args])
+                )
+            else:
+                calls.append(self._script(keys=keys, args=args))
+        replies = await asyncio.gather(*calls)
+        decision, found = ALLOWED, None
+        for (slot, group), reply in zip(by_slot.items(), replies, strict=True):
+            judged = _decision(group, reply[:3])
+            if not judged.allowed and (
+                decision.allowed or judged.retry_after > decision.retry_after
+            ):
+                decision = judged
+            if slot == session_slot:
+                found = [str(v) for v in reply[3:]] or None
+        return decision, found
 
 
 def _bucket_keys_and_args(buckets: Sequence[Bucket], cost: int) -> tuple[list[str], list[str]]:

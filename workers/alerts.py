@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.alerts import price_alerts as alerts
 from services.alerts.alert_index import AlertIndex, WatchedAlert
 from services.infra.container import Services
+from services.infra.pubsub import read_message, subscribe_to
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
@@ -194,6 +195,7 @@ class AlertChecker:
                     await asyncio.sleep(0.5)
             await self.drain()  # stopping: record, publish and ack what is in flight
         finally:
+            await self.group.close()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
@@ -268,16 +270,16 @@ class AlertChecker:
         while not stop.is_set():
             pubsub = self.services.redis.pubsub()
             try:
-                await pubsub.subscribe(alerts.changes_channel())
+                await subscribe_to(pubsub, alerts.changes_channel())
                 while True:  # the confirmation: from here on, nothing published is missed
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await read_message(pubsub, timeout=1.0)
                     if message is not None and message["type"] == "subscribe":
                         break
                 self._resync_now = True  # whatever was published while not listening
                 self._listening.set()
                 backoff = 0.1
                 while not stop.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    message = await read_message(pubsub, timeout=1.0)
                     if message is not None and message["type"] == "message":
                         self.apply_change(message["data"])
             except (RedisError, OSError) as exc:

@@ -8,11 +8,11 @@ import logging
 import time
 from decimal import Decimal, InvalidOperation
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.infra.redis import RedisClient
 from services.infra.settings import Settings
 from services.infra.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
 from services.market_data.bars import BarBuilder, upsert_bars
@@ -26,7 +26,7 @@ CLAIM_EVERY_SECONDS = 30.0
 
 
 class BarsWorker:
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, redis: RedisClient, settings: Settings) -> None:
         self.engine = engine
         self.builder = BarBuilder()
         self.flush_seconds = settings.bars_flush_ms / 1000
@@ -85,4 +85,5 @@ class BarsWorker:
             except (RedisError, OSError, DBAPIError) as exc:
                 log.warning("bars: %s; retrying", exc)
                 await asyncio.sleep(0.5)
+        await self.group.close()
         await self.flush()

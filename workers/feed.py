@@ -19,10 +19,10 @@ from pathlib import Path
 
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.infra.container import Services
+from services.infra.redis import RedisClient
 from services.infra.settings import Settings
 from services.infra.streams import partition_of, quote_stream
 from services.market_data.marketdata import Quote, QuoteBook, encode_batch
@@ -44,7 +44,7 @@ BREAKER = "redis-streams"
 class StreamPublisher:
     """Appends batches of quotes to `md:quotes:{p}`, one entry per partition per batch."""
 
-    def __init__(self, redis: Redis, settings: Settings, source: str) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings, source: str) -> None:
         self._redis = redis
         self._partitions = settings.quote_partitions
         self._maxlen = settings.quote_stream_maxlen

@@ -18,15 +18,21 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.infra.container import Services
 from services.infra.db import single_read
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient
 from services.infra.retry import Backoff, is_transient
 from services.infra.settings import Settings
-from services.infra.streams import ConsumerGroup, consumer_name, partition_of, quote_stream
+from services.infra.streams import (
+    ConsumerGroup,
+    consumer_name,
+    partition_of,
+    quote_stream,
+    stream_entries,
+)
 from services.market_data.clock import EXTENDED, MarketSession
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
 from services.orders import fills
@@ -58,14 +64,14 @@ return 0
 
 
 def lease_key(partition: int) -> str:
-    return ns(f"matcher:lease:{partition}")
+    return ns(f"matcher:lease:{tag(partition)}")
 
 
 class Lease:
     """`matcher:lease:{p}` = owner, with a TTL: taken when free, kept by renewing, lost when
     the holder dies (it stops renewing) or stalls past the TTL."""
 
-    def __init__(self, redis: Redis, owner: str, ttl_seconds: float) -> None:
+    def __init__(self, redis: RedisClient, owner: str, ttl_seconds: float) -> None:
         self.redis = redis
         self.owner = owner
         self.ttl_ms = int(ttl_seconds * 1000)
@@ -152,7 +158,7 @@ class PartitionMatcher:
         await self.orders.ensure(start_id="0")
         # Quotes from here on, read after the rebuild: none published meanwhile is missed.
         newest = await self.services.redis.xrevrange(quote_stream(self.partition), count=1)
-        self._quote_id = newest[0][0] if newest else "0-0"
+        self._quote_id = str(newest[0][0]) if newest else "0-0"
         await self.rebuild()
         pending = await self.orders.claim_abandoned(count=1000)
         await self._handle_messages(pending)
@@ -285,13 +291,12 @@ class PartitionMatcher:
                 continue
             latest: dict[str, Quote] = {}
             resting = self.book.symbols()  # once per read: it is built afresh on every call
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    self._quote_id = entry_id
-                    for record in fields.get("q", "").split(RECORD_SEPARATOR):
-                        symbol = record[: record.find(FIELD_SEPARATOR)]
-                        if symbol in resting:
-                            latest[symbol] = decode_quote(record)
+            for _stream, entry_id, fields in stream_entries(reply):
+                self._quote_id = entry_id
+                for record in fields.get("q", "").split(RECORD_SEPARATOR):
+                    symbol = record[: record.find(FIELD_SEPARATOR)]
+                    if symbol in resting:
+                        latest[symbol] = decode_quote(record)
             for quote in latest.values():
                 self.quotes[quote.symbol] = quote
                 try:

@@ -12,13 +12,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.infra.redis import RedisClient, is_cluster, queue_publish
 from services.infra.settings import Settings
-from services.infra.streams import ConsumerGroup, StreamMessage, consumer_name, quote_streams
+from services.infra.streams import (
+    ConsumerGroup,
+    StreamMessage,
+    consumer_name,
+    partition_of,
+    quote_streams,
+)
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR
-from services.market_data.quote_store import QuoteStore, quotes_channel
+from services.market_data.quote_store import QuoteStore, partition_quotes_channel, quotes_channel
 from workers.metrics import (
     GROUPS_RECREATED,
     QUOTE_WINDOW_SECONDS,
@@ -80,7 +86,7 @@ class Window:
 
 
 class QuoteCache:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self.redis = redis
         self.store = QuoteStore(redis)
         self.window_seconds = settings.quote_window_ms / 1000
@@ -88,6 +94,8 @@ class QuoteCache:
             redis, GROUP, quote_streams(settings.quote_partitions), consumer_name(GROUP)
         )
         self.report = LogOncePerKind("quote-cache")
+        # A cluster: each partition's quotes on its own sharded channel (None: one channel).
+        self.partitions_published = settings.quote_partitions if is_cluster(redis) else None
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.group.ensure()
@@ -106,6 +114,7 @@ class QuoteCache:
             except (RedisError, OSError) as exc:
                 log.warning("redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(0.5)
+        await self.group.close()
         if window.messages:  # shutting down: write and ack what is held
             await self.flush(window)
 
@@ -127,6 +136,19 @@ class QuoteCache:
                 await self.group.read(count=READ_COUNT, block_ms=remaining_ms), self.report
             )
 
+    async def _publish_per_partition(self, records: list[list[str]]) -> None:
+        assert self.partitions_published is not None
+        by_partition: dict[int, list[str]] = {}
+        for fields in records:
+            partition = partition_of(fields[0], self.partitions_published)
+            by_partition.setdefault(partition, []).append(FIELD_SEPARATOR.join(fields))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, lines in by_partition.items():
+                queue_publish(
+                    pipe, partition_quotes_channel(partition), RECORD_SEPARATOR.join(lines)
+                )
+            await pipe.execute()
+
     async def flush(self, window: Window) -> None:
         started = time.perf_counter()
         # Full validation only for what survived coalescing: most records never get here.
@@ -137,9 +159,11 @@ class QuoteCache:
             else:
                 self.report("bad_stream_record", FIELD_SEPARATOR.join(fields)[:80])
         written = await self.store.write_records(records)
-        if written:
+        if written and self.partitions_published is None:
             payload = RECORD_SEPARATOR.join(FIELD_SEPARATOR.join(records[i]) for i in written)
             await self.redis.publish(quotes_channel(), payload)
+        elif written:
+            await self._publish_per_partition([records[i] for i in written])
         await self.group.ack(window.messages)
         now_ns = time.time_ns()
         for i in written[::LATENCY_SAMPLE_EVERY]:

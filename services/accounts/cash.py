@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -15,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.accounts import ledger
 from services.errors import NotFound
 from services.infra import audit, idempotency
+from services.infra.redis import RedisClient
 from services.infra.settings import Settings
 from services.money import parse_cash_amount
 from services.portfolio.holdings_version import forget_now
@@ -44,7 +44,7 @@ async def read_balances(conn: AsyncConnection, user_id: UUID, *, lock: bool = Fa
 
 
 class Cash:
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, redis: RedisClient, settings: Settings) -> None:
         self._engine = engine
         self._redis = redis
         self._settings = settings

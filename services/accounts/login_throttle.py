@@ -19,25 +19,29 @@ import math
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient, is_cluster
 
 log = logging.getLogger("tradeql.login_throttle")
 
 # KEYS: the e-mail's failures hash, the address's failure counter.
 # ARGV: now (ms), free failures, max wait (ms), address limit, ttl of the e-mail's hash (s).
 # Returns the milliseconds to wait (0: let through, counted as a failure until it succeeds).
-_BEGIN = """
+# On a Redis Cluster the two keys are in different hash slots: the address is checked first by a
+# call of its own (KEYS[1] the address's counter, same ARGV), then the e-mail's part runs alone.
+_ADDRESS_CHECK = """
+local address_failures = tonumber(redis.call('GET', {address}) or '0')
+if address_failures >= tonumber(ARGV[4]) then
+  local ttl = redis.call('PTTL', {address})
+  return math.max(ttl, 1)
+end
+"""
+_EMAIL = """
 local failures = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
 local last = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
 local now, free, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local address_failures = tonumber(redis.call('GET', KEYS[2]) or '0')
-if address_failures >= tonumber(ARGV[4]) then
-  local ttl = redis.call('PTTL', KEYS[2])
-  return math.max(ttl, 1)
-end
 if failures >= free then
   local wait = math.min(2 ^ (failures - free) * 1000, cap)
   if now < last + wait then
@@ -48,6 +52,8 @@ redis.call('HSET', KEYS[1], 'n', failures + 1, 'at', now)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 0
 """
+_BEGIN = _ADDRESS_CHECK.format(address="KEYS[2]") + _EMAIL
+_BEGIN_ADDRESS = _ADDRESS_CHECK.format(address="KEYS[1]") + "return 0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,35 +72,43 @@ def wait_after(failures: int, rules: ThrottleRules) -> float:
 
 
 class LoginThrottle:
-    def __init__(self, redis: Redis, rules: ThrottleRules) -> None:
+    def __init__(self, redis: RedisClient, rules: ThrottleRules) -> None:
         self._redis = redis
         self._rules = rules
         self._begin = redis.register_script(_BEGIN)
+        self._split = is_cluster(redis)
+        self._begin_address = redis.register_script(_BEGIN_ADDRESS)
+        self._begin_email = redis.register_script(_EMAIL)
 
     @staticmethod
     def _email_key(email: str) -> str:
         digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
-        return ns(f"login:fail:{digest}")
+        return ns(f"login:fail:{tag(digest)}")
 
     @staticmethod
     def _address_key(address: str) -> str:
-        return ns(f"login:fail-ip:{address}")
+        return ns(f"login:fail-ip:{tag(address)}")
 
     async def begin(self, email: str, address: str) -> float:
         """0 to go ahead (the attempt counts as a failure until `succeeded`), else the seconds
         to wait before trying again."""
         rules = self._rules
+        args = [
+            int(time.time() * 1000),
+            rules.free,
+            int(rules.max_wait_seconds * 1000),
+            rules.address_limit,
+            int(rules.max_wait_seconds) + 86_400,
+        ]
         try:
-            wait_ms = await self._begin(
-                keys=[self._email_key(email), self._address_key(address)],
-                args=[
-                    int(time.time() * 1000),
-                    rules.free,
-                    int(rules.max_wait_seconds * 1000),
-                    rules.address_limit,
-                    int(rules.max_wait_seconds) + 86_400,
-                ],
-            )
+            if self._split:
+                wait_ms = await self._begin_address(keys=[self._address_key(address)], args=args)
+                if not int(wait_ms):
+                    wait_ms = await self._begin_email(keys=[self._email_key(email)], args=args)
+            else:
+                wait_ms = await self._begin(
+                    keys=[self._email_key(email), self._address_key(address)], args=args
+                )
         except (RedisError, OSError) as exc:
             log.warning("login throttle unavailable, attempt let through: %s", exc)
             return 0.0
@@ -105,7 +119,7 @@ class LoginThrottle:
         key = self._address_key(address)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                # the window starts with the first failure (SET NX EX: Redis 6.2 has no EXPIRE NX)
+                # the window starts with the first failure (SET NX EX: RedisClient 6.2 has no EXPIRE NX)
                 pipe.set(key, 0, ex=self._rules.address_window_seconds, nx=True)
                 pipe.incr(key)
                 await pipe.execute()

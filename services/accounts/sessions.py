@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.infra import audit
 from services.infra.db import single_read
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient, is_cluster, publish
 from services.infra.settings import Settings
 from services.portfolio.holdings_version import HOLDINGS_TOKEN_LUA, TOKEN_TTL_SECONDS, key_prefix
 
@@ -53,7 +53,10 @@ local function session_lookup(key, fresh, ttl, prefix)
   if not ok or type(data) ~= 'table' or type(data['u']) ~= 'string' then
     return {cached}
   end
-  return {cached, holdings_token(prefix .. data['u'], fresh, ttl)}
+  if prefix == '' then  -- a cluster: the user's token is in another slot, read apart
+    return {cached}
+  end
+  return {cached, holdings_token(prefix .. '{' .. data['u'] .. '}', fresh, ttl)}
 end
 """
 )
@@ -69,9 +72,12 @@ class CachedLookup:
     found: list[str] | None
 
 
-def lookup_key_and_args(token_hash: str) -> tuple[str, list[str]]:
-    """The key and arguments of `session_lookup` for the token of `token_hash`."""
-    return _cache_key(token_hash), [uuid.uuid4().hex, str(TOKEN_TTL_SECONDS), key_prefix()]
+def lookup_key_and_args(token_hash: str, *, cluster: bool = False) -> tuple[str, list[str]]:
+    """The key and arguments of `session_lookup` for the token of `token_hash`. In a cluster
+    the user's holdings token lives in the user's slot, not the session's, so the lookup leaves
+    it out (the holdings cache reads it when a request needs it)."""
+    prefix = "" if cluster else key_prefix()
+    return _cache_key(token_hash), [uuid.uuid4().hex, str(TOKEN_TTL_SECONDS), prefix]
 
 
 def revoked_channel() -> str:
@@ -84,7 +90,7 @@ def hash_token(token: str) -> str:
 
 
 def _cache_key(token_hash: str) -> str:
-    return ns(f"tq:session:{token_hash}")
+    return ns(f"tq:session:{tag(token_hash)}")
 
 
 async def issue(conn: AsyncConnection, settings: Settings, user_id: UUID) -> IssuedSession:
@@ -105,7 +111,7 @@ async def issue(conn: AsyncConnection, settings: Settings, user_id: UUID) -> Iss
 class SessionStore:
     """Looks tokens up: Redis first, PostgreSQL (the truth) on a miss."""
 
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, redis: RedisClient, settings: Settings) -> None:
         self._engine = engine
         self._redis = redis
         self._settings = settings
@@ -128,7 +134,7 @@ class SessionStore:
             found = prefetched.found
         else:
             token_hash = hash_token(token)
-            key, args = lookup_key_and_args(token_hash)
+            key, args = lookup_key_and_args(token_hash, cluster=is_cluster(self._redis))
             found = await self._lookup(keys=[key], args=args)
         if found:
             data = json.loads(found[0])
@@ -207,5 +213,5 @@ class SessionStore:
         await self._redis.delete(_cache_key(token_hash))
         if row is None:
             return None
-        await self._redis.publish(revoked_channel(), str(row.id))
+        await publish(self._redis, revoked_channel(), str(row.id))
         return SessionInfo(row.id, row.user_id, row.expires_at)

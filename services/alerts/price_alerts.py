@@ -24,7 +24,6 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.alerts.alert_index import PRICE_PLACES, Condition, WatchedAlert, to_ticks
 from services.errors import InvalidInput, LimitExceeded, NotCancellable, NotFound, UnknownSymbol
 from services.infra import audit
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient, publish, queue_publish
 from services.infra.settings import Settings
 from services.infra.tables import PriceAlertRow, column_list
 from services.market_data.securities import MAX_SYMBOL_LENGTH, is_valid_symbol, normalize_symbol
@@ -70,7 +70,7 @@ def changes_channel() -> str:
 
 
 def alert_channel(user_id: UUID) -> str:
-    return ns(f"alerts:{user_id}")
+    return ns(f"alerts:{tag(user_id)}")
 
 
 class AlertStatus(StrEnum):
@@ -213,23 +213,25 @@ def decode_change(payload: str) -> Change:
     return Change(gone=tuple(UUID(i) for i in data["gone"]))
 
 
-async def publish_change(redis: Redis, change: Change) -> None:
+async def publish_change(redis: RedisClient, change: Change) -> None:
     """Tell the checkers at once; if Redis fails, their re-sync finds the change in seconds."""
     try:
-        await redis.publish(changes_channel(), encode_change(change))
+        await publish(redis, changes_channel(), encode_change(change))
     except (RedisError, OSError) as exc:
         log.warning("alert change not published (the checkers' re-sync will find it): %s", exc)
 
 
-async def publish_triggered(redis: Redis, triggered: Sequence[Triggered]) -> None:
+async def publish_triggered(redis: RedisClient, triggered: Sequence[Triggered]) -> None:
     """Each alert to its owner's channel, and the lot to the checkers (who may still watch them)."""
     if not triggered:
         return
     async with redis.pipeline(transaction=False) as pipe:
         for t in triggered:
-            pipe.publish(alert_channel(t.alert.user_id), encode_triggered(t))
-        pipe.publish(
-            changes_channel(), encode_change(Change(gone=tuple(t.alert.id for t in triggered)))
+            queue_publish(pipe, alert_channel(t.alert.user_id), encode_triggered(t))
+        queue_publish(
+            pipe,
+            changes_channel(),
+            encode_change(Change(gone=tuple(t.alert.id for t in triggered))),
         )
         await pipe.execute()
 
@@ -345,7 +347,7 @@ async def mark_triggered(conn: AsyncConnection, crossings: Sequence[Crossing]) -
 
 # -- the API's side ------------------------------------------------------------------------------
 class PriceAlerts:
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, redis: RedisClient, settings: Settings) -> None:
         self._engine = engine
         self._redis = redis
         self._settings = settings

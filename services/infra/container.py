@@ -7,7 +7,6 @@ import contextlib
 from dataclasses import dataclass, field
 
 from broadcaster import Broadcast
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.accounts.activities import Activities
@@ -20,14 +19,14 @@ from services.alerts.price_alerts import PriceAlerts
 from services.infra import keys
 from services.infra.db import create_engine
 from services.infra.pubsub import create_broadcast
-from services.infra.redis import create_redis
+from services.infra.redis import RedisClient, create_redis
 from services.infra.replica import ReadRouter
 from services.infra.settings import Settings
 from services.market_data.bars import Bars
 from services.market_data.clock import MarketClock
 from services.market_data.quote_hub import QuoteHub
 from services.market_data.quote_mirror import QuoteMirror
-from services.market_data.quote_store import QuoteStore
+from services.market_data.quote_store import QuoteStore, quote_channels
 from services.market_data.securities import Securities
 from services.orders.cancel import OrderCancellation
 from services.orders.closing import PositionClosing
@@ -47,7 +46,7 @@ from services.watchlists.lists import Watchlists
 class Services:
     settings: Settings
     engine: AsyncEngine
-    redis: Redis
+    redis: RedisClient
     replica: AsyncEngine | None = None
     reads: ReadRouter = field(init=False)
     passwords: Passwords = field(init=False)
@@ -108,11 +107,15 @@ class Services:
             always_open=self.settings.market_always_open, session=self.settings.market_session
         )
         assert self.settings.redis_url is not None
-        self.broadcast = create_broadcast(self.settings.redis_url)
+        self.broadcast = create_broadcast(self.settings.redis_url, self.settings.redis_cluster)
         self.quote_mirror = QuoteMirror(
             self.quote_store, self.settings.quote_mirror_max_age_seconds
         )
-        self.quote_hub = QuoteHub(self.broadcast, self.quote_mirror)
+        self.quote_hub = QuoteHub(
+            self.broadcast,
+            self.quote_mirror,
+            quote_channels(self.settings.quote_partitions, self.settings.redis_cluster),
+        )
         self.order_store = OrderStore(self.engine, self.reads)
         self.order_history = OrderHistory(self.engine)
         self.activities = Activities(self.engine)

@@ -7,6 +7,14 @@ number: an instance on db 5 received the quotes of one on db 4. So every name is
 deployment). A plain prefix, without braces, so Redis Cluster hash tags in the names
 (`orders:{3}`) stay valid. A process has one deployment: the namespace is set once, when its
 services are built from the settings (`configure`), before any name is made.
+
+Hash tags (`tag`): in a Redis Cluster only the part of a name between the first `{` and `}`
+decides its hash slot, and a script or multi-key command may only touch one slot. So what is
+used together carries the same tag, in both modes (one layout, one server or a cluster):
+a stream partition's keys (`md:quotes:{3}`, `orders:{3}`, `matcher:lease:{3}`), a user's
+(`holdings:v:{<user id>}`, the channels `user:{<user id>}` and `alerts:{<user id>}`), a session
+token's (`tq:session:{<token hash>}` and its rate-limit bucket `tq:rl:session:{<token hash>}`),
+a symbol's quote (`quote:{AAPL}`). tests/services/test_redis_slots.py checks the layout.
 """
 
 from __future__ import annotations
@@ -48,3 +56,8 @@ def current() -> str:
 def ns(name: str) -> str:
     """`name` (a key or a channel) in this deployment's namespace."""
     return f"{_namespace}:{name}"
+
+
+def tag(value: object) -> str:
+    """`{value}`: a Redis Cluster hash tag, so names that carry the same one share a slot."""
+    return f"{{{value}}}"

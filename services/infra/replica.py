@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.infra import keys
 from services.infra.db import single_read
+from services.infra.redis import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ReadRouter:
         self,
         primary: AsyncEngine,
         replica: AsyncEngine | None,
-        redis: Redis,
+        redis: RedisClient,
         *,
         max_lag_seconds: float,
         wait_seconds: float,
@@ -168,11 +168,13 @@ class ReadRouter:
         try:
             async with single_read(self.primary) as conn:
                 position = int((await conn.execute(_CURRENT_LSN)).scalar_one())
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id in users:
-                    await self._record(
-                        keys=[lsn_key(user_id)], args=[position, self._ttl], client=pipe
-                    )
-                await pipe.execute()
+            # one script call per user's key, sent at once: each key is in its user's slot, so
+            # this works on a Redis Cluster as on one server
+            await asyncio.gather(
+                *(
+                    self._record(keys=[lsn_key(user_id)], args=[position, self._ttl])
+                    for user_id in users
+                )
+            )
         except (DBAPIError, InterfaceError, RedisError, OSError) as exc:
             log.warning("write positions of %d users not recorded: %s", len(users), exc)

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
         description="read plain objects directly instead of field by field "
         "(gateway/event_execution.py); false: graphql-core's executor for everything",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="REDIS_URL names a node of a Redis Cluster (7.0+): the cluster client, "
+        "sharded pub/sub, and every script and multi-key command kept to one hash slot",
+    )
     redis_namespace: str = Field(
         default="",
         description="prefix of every Redis key and channel of this deployment; empty: derived "

@@ -98,8 +98,15 @@ class QuoteSubscription:
 
 
 class QuoteHub:
-    def __init__(self, broadcast: Broadcast, mirror: QuoteMirror | None = None) -> None:
+    def __init__(
+        self,
+        broadcast: Broadcast,
+        mirror: QuoteMirror | None = None,
+        channels: Sequence[str] | None = None,
+    ) -> None:
         self._broadcast = broadcast
+        # One channel on one Redis server; a cluster's are per stream partition.
+        self._channels = list(channels) if channels is not None else [quotes_channel()]
         self._mirror = mirror if mirror is not None and mirror.enabled else None
         self._by_symbol: dict[str, set[QuoteSubscription]] = {}
         self.dispatched = 0
@@ -109,7 +116,13 @@ class QuoteHub:
         return len({s for subs in self._by_symbol.values() for s in subs})
 
     async def run(self) -> None:
-        async with self._broadcast.subscribe(quotes_channel()) as subscriber:
+        if len(self._channels) == 1:
+            await self._run(self._channels[0])
+        else:
+            await asyncio.gather(*(self._run(channel) for channel in self._channels))
+
+    async def _run(self, channel: str) -> None:
+        async with self._broadcast.subscribe(channel) as subscriber:
             while True:
                 try:
                     event = await subscriber.get()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient, is_cluster
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, encode_quote
 
 FIELDS = ("bid", "ask", "bid_size", "ask_size", "last", "volume", "ts")
@@ -15,8 +16,10 @@ FIELDS = ("bid", "ask", "bid_size", "ask_size", "last", "volume", "ts")
 # Writes each quote whose source time is not older than the stored one, in one call for a whole
 # batch sent as one argument (the window's records, as on the stream: packing 8 arguments a quote
 # cost the quote cache more than all its other work); returns the 1-based positions written.
-# The keys are built inside the script, so it runs on one Redis server, not a cluster. Two quote-cache processes that read the same
-# symbol out of order can therefore never move a quote back in time. Source times are nanoseconds,
+# On one server the keys are built inside the script (ARGV[2] the prefix); in a cluster, where a
+# script may touch one hash slot only, each quote is its own call with its key in KEYS (pipelined
+# per node). Two quote-cache processes that read the same symbol out of order can therefore never
+# move a quote back in time. Source times are nanoseconds,
 # beyond the 53 bits of a Lua number (tonumber would round them to 256 ns): they are compared
 # exactly, as strings of decimal digits.
 _WRITE_NEWER = """
@@ -38,7 +41,8 @@ for line in string.gmatch(ARGV[1], '[^\\n]+') do
   for field in string.gmatch(line, '[^|]+') do
     f[#f + 1] = field
   end
-  local key = ARGV[2] .. f[1]
+  local key = KEYS[i] or ('{' .. f[1] .. '}')
+  key = ARGV[2] .. key
   local stored = redis.call('HGET', key, 'ts')
   if (not stored) or not_after(stored, f[8]) then
     redis.call('HSET', key, 'bid', f[2], 'ask', f[3], 'bid_size', f[4], 'ask_size', f[5],
@@ -51,16 +55,30 @@ return written
 
 
 def quotes_channel() -> str:
-    """Where each coalescing window's changed quotes are published (one message a window)."""
+    """Where each coalescing window's changed quotes are published (one message a window), on
+    one Redis server."""
     return ns("md:quotes")
 
 
+def partition_quotes_channel(partition: int) -> str:
+    """In a cluster: a stream partition's share of each window, a sharded channel in the
+    partition's slot (one channel for every quote would put all of them on one node)."""
+    return ns(f"md:quotes:live:{tag(partition)}")
+
+
+def quote_channels(partitions: int, cluster: bool) -> list[str]:
+    """The channels an API process listens to for live quotes."""
+    if cluster:
+        return [partition_quotes_channel(p) for p in range(partitions)]
+    return [quotes_channel()]
+
+
 def quote_key(symbol: str) -> str:
-    return ns(f"quote:{symbol}")
+    return ns(f"quote:{tag(symbol)}")
 
 
 class QuoteStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._write_newer = redis.register_script(_WRITE_NEWER)
 
@@ -76,9 +94,29 @@ class QuoteStore:
         Returns the 0-based positions of the records that were written."""
         if not records:
             return []
+        if is_cluster(self._redis):
+            return await self._write_per_slot(records)
         payload = RECORD_SEPARATOR.join(FIELD_SEPARATOR.join(r) for r in records)
         written = await self._write_newer(keys=[], args=[payload, ns("quote:")])
         return [i - 1 for i in written]
+
+    async def _write_per_slot(self, records: Sequence[list[str]]) -> list[int]:
+        """One script call per quote, each with its key declared, pipelined (a round trip per
+        node); a NOSCRIPT (first use, or a node restarted or flushed its scripts) loads the script
+        on every master and sends the window again."""
+        sha = self._write_newer.sha
+        for attempt in range(2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for record in records:
+                        pipe.evalsha(sha, 1, quote_key(record[0]), FIELD_SEPARATOR.join(record), "")
+                    replies = await pipe.execute()
+                return [i for i, reply in enumerate(replies) if reply]
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self._redis.script_load(_WRITE_NEWER)
+        raise AssertionError("unreachable")
 
     async def read(self, symbols: Sequence[str]) -> list[Quote | None]:
         """Many symbols in one round trip (a pipeline of HGETALL), in the order asked."""

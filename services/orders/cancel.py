@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.errors import NotCancellable, NotFound
+from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
@@ -28,7 +28,7 @@ class OrderCancellation:
     def __init__(
         self,
         engine: AsyncEngine,
-        redis: Redis,
+        redis: RedisClient,
         settings: Settings,
         *,
         reads: ReadRouter | None = None,

@@ -23,10 +23,10 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.retry import until_it_works
 from services.orders import fills, order_events
@@ -45,7 +45,7 @@ class GroupCommit:
     def __init__(
         self,
         engine: AsyncEngine,
-        redis: Redis,
+        redis: RedisClient,
         *,
         max_group: int = 500,
         reads: ReadRouter | None = None,

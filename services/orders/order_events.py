@@ -19,13 +19,12 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.infra.db import single_read
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient, RedisPipeline, queue_publish
 from services.orders.order_model import (
     Event,
     Execution,
@@ -39,7 +38,7 @@ from services.portfolio.holdings_version import forget
 
 
 def user_channel(user_id: UUID) -> str:
-    return ns(f"user:{user_id}")
+    return ns(f"user:{tag(user_id)}")
 
 
 SENT_TTL_SECONDS = 3600  # how long a writer's "sent" mark outlives its minute
@@ -299,7 +298,7 @@ class Outgoing:
     payload: str
 
 
-def queue(pipe: Pipeline, updates: list[OrderUpdate]) -> None:
+def queue(pipe: RedisPipeline, updates: list[OrderUpdate]) -> None:
     """Queue `updates` on a pipeline, after the commit that made them (see `queue_outgoing`)."""
     queue_outgoing(
         pipe,
@@ -307,21 +306,21 @@ def queue(pipe: Pipeline, updates: list[OrderUpdate]) -> None:
     )
 
 
-def queue_outgoing(pipe: Pipeline, events: Sequence[Outgoing]) -> None:
+def queue_outgoing(pipe: RedisPipeline, events: Sequence[Outgoing]) -> None:
     """Queue events on a pipeline and mark them sent, by their writer or by the relay alike. The
     owners' cached holdings are retired first (an order change moves cash or shares, or holds
     them back), so whoever hears an event and reads the portfolio reads the new holdings."""
     forget(pipe, (event.user_id for event in events))
     sent: dict[str, list[str]] = {}
     for event in events:
-        pipe.publish(user_channel(event.user_id), event.payload)
+        queue_publish(pipe, user_channel(event.user_id), event.payload)
         sent.setdefault(sent_key(event.written_at), []).append(str(event.event_id))
     for key, ids in sent.items():
         pipe.sadd(key, *ids)
         pipe.expire(key, SENT_TTL_SECONDS)
 
 
-async def publish(redis: Redis, updates: list[OrderUpdate]) -> None:
+async def publish(redis: RedisClient, updates: list[OrderUpdate]) -> None:
     if not updates:
         return
     async with redis.pipeline(transaction=False) as pipe:

@@ -21,11 +21,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from uuid import UUID
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.infra.db import single_read
+from services.infra.redis import RedisClient
 from services.orders.order_events import Outgoing, queue_outgoing, sent_key
 
 log = logging.getLogger("tradeql.outbox")
@@ -61,7 +61,7 @@ class RelayRound:
 
 class OutboxRelay:
     def __init__(
-        self, engine: AsyncEngine, redis: Redis, *, grace_seconds: float, batch: int = 10_000
+        self, engine: AsyncEngine, redis: RedisClient, *, grace_seconds: float, batch: int = 10_000
     ) -> None:
         self._engine = engine
         self._redis = redis

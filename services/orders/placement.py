@@ -21,7 +21,6 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -37,7 +36,8 @@ from services.errors import (
     UnknownSymbol,
 )
 from services.infra.idempotency import request_fingerprint
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.request_context import current_request_id
 from services.infra.retry import CONFLICT_SQLSTATES
@@ -57,7 +57,7 @@ ZERO = Decimal(0)
 
 
 def order_stream(partition: int) -> str:
-    return ns(f"orders:{partition}")
+    return ns(f"orders:{tag(partition)}")
 
 
 @dataclass
@@ -83,7 +83,7 @@ class OrderPlacement:
     def __init__(
         self,
         engine: AsyncEngine,
-        redis: Redis,
+        redis: RedisClient,
         settings: Settings,
         clock: MarketClock,
         *,

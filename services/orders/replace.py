@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.errors import InsufficientBuyingPower, InsufficientShares, NotFound, NotReplaceable
 from services.infra import idempotency
+from services.infra.redis import RedisClient
 from services.infra.request_context import current_request_id
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
@@ -113,7 +113,7 @@ def check_replaceable(old: Order | None, user_id: UUID) -> Order:
 
 
 class OrderReplacement:
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, redis: RedisClient, settings: Settings) -> None:
         self._engine = engine
         self._redis = redis
         self._settings = settings

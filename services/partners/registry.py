@@ -16,13 +16,13 @@ from typing import Any
 from uuid import UUID
 
 from graphql import GraphQLError, GraphQLSchema, OperationDefinitionNode, parse, validate
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.infra import audit
 from services.infra.keys import ns
+from services.infra.redis import RedisClient
 from services.infra.settings import Settings
 
 APOLLO_FORMAT = "apollo-persisted-query-manifest"
@@ -238,7 +238,7 @@ def _document_cache(partner: Partner, sha256: str) -> str:
 class Partners:
     """Registers partners and their documents (PostgreSQL, the truth) and looks keys up (Redis first)."""
 
-    def __init__(self, engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, redis: RedisClient, settings: Settings) -> None:
         self._engine = engine
         self._redis = redis
         self._settings = settings

@@ -16,6 +16,7 @@ With Redis unreachable, holdings are read from PostgreSQL and nothing is kept.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -23,9 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from uuid import UUID
 
 from cachetools import TTLCache
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.infra.redis import RedisClient, slot_groups
 from services.portfolio.holdings_version import HOLDINGS_TOKEN_LUA, TOKEN_TTL_SECONDS, version_key
 from services.portfolio.valuation import Holdings, Portfolios
 
@@ -48,7 +49,7 @@ class HoldingsCache:
     def __init__(
         self,
         portfolios: Portfolios,
-        redis: Redis,
+        redis: RedisClient,
         *,
         size: int,
         ttl_seconds: float,
@@ -110,8 +111,21 @@ class HoldingsCache:
         return [known.get(u) or read[u] for u in user_ids]
 
     async def _current_tokens(self, user_ids: Sequence[UUID]) -> list[str]:
-        raw = await self._tokens(
-            keys=[version_key(u) for u in user_ids],
-            args=[uuid.uuid4().hex, TOKEN_TTL_SECONDS],
+        keys = [version_key(u) for u in user_ids]
+        groups = slot_groups(self._redis, keys)  # a cluster: one call per user's slot, at once
+        if len(groups) == 1:
+            raw_one = await self._tokens(keys=keys, args=[uuid.uuid4().hex, TOKEN_TTL_SECONDS])
+            return [t.decode() if isinstance(t, bytes) else str(t) for t in raw_one]
+        replies = await asyncio.gather(
+            *(
+                self._tokens(
+                    keys=[keys[i] for i in group], args=[uuid.uuid4().hex, TOKEN_TTL_SECONDS]
+                )
+                for group in groups
+            )
         )
+        raw: list[object] = [None] * len(keys)
+        for group, reply in zip(groups, replies, strict=True):
+            for i, token in zip(group, reply, strict=True):
+                raw[i] = token
         return [t.decode() if isinstance(t, bytes) else str(t) for t in raw]

@@ -6,10 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-
-from services.infra.keys import ns
+from services.infra.keys import ns, tag
+from services.infra.redis import RedisClient, RedisPipeline
 
 TOKEN_TTL_SECONDS = 3600  # a token that expired only costs its user one read of PostgreSQL
 
@@ -33,20 +31,22 @@ def key_prefix() -> str:
 
 
 def version_key(user_id: UUID) -> str:
-    return f"{key_prefix()}{user_id}"
+    """`holdings:v:{<user id>}`: in the user's hash slot (the session lookup script builds it
+    the same way from the prefix)."""
+    return f"{key_prefix()}{tag(user_id)}"
 
 
 def _keys(user_ids: Iterable[UUID]) -> list[str]:
     return sorted({version_key(u) for u in user_ids})
 
 
-def forget(pipe: Pipeline, user_ids: Iterable[UUID]) -> None:
+def forget(pipe: RedisPipeline, user_ids: Iterable[UUID]) -> None:
     """Queue the retirement of these users' tokens: after the commit, before answering."""
     if keys := _keys(user_ids):
         pipe.delete(*keys)
 
 
-async def forget_now(redis: Redis, user_ids: Iterable[UUID]) -> None:
+async def forget_now(redis: RedisClient, user_ids: Iterable[UUID]) -> None:
     """`forget` in a round trip of its own, for a writer that publishes nothing else."""
     if keys := _keys(user_ids):
         await redis.delete(*keys)

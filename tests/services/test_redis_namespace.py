@@ -41,8 +41,8 @@ async def test_one_deployment_hears_nothing_the_other_publishes(
     keys.configure(None, "deployment-b")
     channel_b, key_b = quotes_channel(), quote_key("AAPL")
     assert (channel_a, key_a) != (channel_b, key_b)
-    assert order_stream(3) == "deployment-b:orders:3"
-    assert user_channel(uuid.UUID(int=7)) == f"deployment-b:user:{uuid.UUID(int=7)}"
+    assert order_stream(3) == "deployment-b:orders:{3}"
+    assert user_channel(uuid.UUID(int=7)) == f"deployment-b:user:{{{uuid.UUID(int=7)}}}"
     pubsub = redis.pubsub()
     await pubsub.subscribe(channel_b)
     await pubsub.get_message(timeout=1.0)  # the confirmation
