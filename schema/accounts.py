@@ -10,7 +10,6 @@ from uuid import UUID
 import strawberry
 
 from schema.decimals import (
-    DECIMALS,
     MONEY,
     PERCENT,
     PRICE,
@@ -109,8 +108,7 @@ class Portfolio(Scaled):
     async def day_change(self, info: strawberry.Info) -> Decimal:
         from resolvers.portfolio import portfolio_day_change
 
-        change = (await portfolio_day_change(info, self.user_id))[0]
-        return change.quantize(MONEY.exponent, context=DECIMALS)
+        return to_scale((await portfolio_day_change(info, self.user_id))[0], MONEY)
 
     @strawberry.field(description=described(PERCENT, "the day change of the equity at the close"))
     async def day_change_percent(self, info: strawberry.Info) -> Decimal | None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 from decimal import ROUND_HALF_UP, Context, Decimal
 from enum import Enum
-from typing import Any
+from typing import Any, overload
 
 import strawberry
 
 SCALE = "tradeql_scale"
 # Wide enough for any stored or computed value: quantize must never run out of digits.
-DECIMALS = _CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
+_CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
 
 
 class Kind(Enum):
@@ -56,6 +56,12 @@ def scaled(kind: Kind, description: str | None = None, **field_args: Any) -> Any
     )
 
 
+@overload
+def to_scale(value: Decimal, kind: Kind) -> Decimal: ...
+@overload
+def to_scale(value: None, kind: Kind) -> None: ...
+@overload
+def to_scale(value: Decimal | None, kind: Kind) -> Decimal | None: ...
 def to_scale(value: Decimal | None, kind: Kind) -> Decimal | None:
     """For a resolver field's value (declared with `described`): `Scaled` sees only fields."""
     return None if value is None else value.quantize(kind.exponent, context=_CONTEXT)
