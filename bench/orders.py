@@ -14,7 +14,7 @@ concurrency, with the same client: the ratio. `--pgbench` adds pgbench tpcb-like
 check` at the end says whether the books balance.
 
     python -m bench.orders --concurrency 64 --rate 300 --symbols 6 --market-share 1 \
-        --sell-share 0 --max-quantity 1 --duration 15        # the README's figures
+        --sell-share 0 --max-quantity 1 --duration 15        # the figures in docs/benchmarks.md
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ latency from the scheduled time). Each reports req/s, latency, errors, the serve
 CPU per request of the API and of the bench database's PostgreSQL backends, PostgreSQL
 transactions and sessions per request, pool and pg_stat_activity samples.
 
-    python -m bench.reads --api-workers 2 --live-quotes      # the README's figures
+    python -m bench.reads --api-workers 2 --live-quotes      # the figures in docs/benchmarks.md
     python -m bench.reads --reuse-setup --skip-portfolio --profile
 """
 

@@ -502,7 +502,7 @@ def orders_export(
     ] = None,
     imid: Annotated[str, typer.Option(help="the CATReporterIMID column")] = "TRADEQL",
 ) -> None:
-    """The day's order events as CSV shaped after the FINRA CAT order events (README: Orders)."""
+    """The day's order events as CSV shaped after the FINRA CAT order events (docs/orders.md)."""
     settings = _setup()
     _require_database(settings)
     from services.infra.db import create_engine

@@ -1,6 +1,6 @@
 """A day's order events as CSV shaped after the FINRA CAT order events (`tradeql orders export`).
 
-One row per reportable event, oldest first, with CAT's field names (README, *Orders*, has the
+One row per reportable event, oldest first, with CAT's field names (docs/orders.md has the
 mapping): MENO (new order) for ACCEPTED; MEOR (order route) the first time an order fills at a
 venue (the router's tries that filled nothing are not recorded); MEOT (trade) for each fill;
 MEOM (order modified) for a stop's trigger and a replace; MEOC (order cancelled) for a cancel, an
