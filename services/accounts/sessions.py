@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from prometheus_client import Counter
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -20,6 +24,13 @@ from services.infra.keys import ns, tag
 from services.infra.redis import RedisClient, is_cluster, publish
 from services.infra.settings import Settings
 from services.portfolio.holdings_version import HOLDINGS_TOKEN_LUA, TOKEN_TTL_SECONDS, key_prefix
+
+log = logging.getLogger("tradeql.sessions")
+CACHE_FAILURES = Counter(
+    "tradeql_session_cache_failures_total",
+    "Session cache reads and writes that failed in Redis (the lookup then read PostgreSQL)",
+)
+FAILURE_LOG_INTERVAL_SECONDS = 10.0
 
 MAX_TOKEN_LENGTH = 128
 
@@ -116,6 +127,8 @@ class SessionStore:
         self._redis = redis
         self._settings = settings
         self._lookup = redis.register_script(_LOOKUP)
+        self._failures_since_log = 0
+        self._last_failure_log = float("-inf")
 
     async def authenticate(self, token: str) -> SessionInfo | None:
         return (await self.authenticate_request(token))[0]
@@ -135,7 +148,11 @@ class SessionStore:
         else:
             token_hash = hash_token(token)
             key, args = lookup_key_and_args(token_hash, cluster=is_cluster(self._redis))
-            found = await self._lookup(keys=[key], args=args)
+            try:
+                found = await self._lookup(keys=[key], args=args)
+            except RedisError as exc:  # the cache is down or saturated: PostgreSQL is the truth
+                self._cache_failed(exc)
+                found = None
         if found:
             data = json.loads(found[0])
             session = SessionInfo(
@@ -173,7 +190,24 @@ class SessionStore:
                 "e": session.expires_at.isoformat(),
             }
         )
-        await self._redis.set(_cache_key(token_hash), payload, ex=ttl)
+        try:
+            await self._redis.set(_cache_key(token_hash), payload, ex=ttl)
+        except RedisError as exc:
+            self._cache_failed(exc)
+
+    def _cache_failed(self, exc: RedisError) -> None:
+        """Counted always, logged at most once per interval (an outage fails every request)."""
+        CACHE_FAILURES.inc()
+        self._failures_since_log += 1
+        now = time.monotonic()
+        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_SECONDS:
+            log.warning(
+                "session cache unavailable, reading sessions from PostgreSQL "
+                "(%d since last report): %r",
+                self._failures_since_log,
+                exc,
+            )
+            self._last_failure_log, self._failures_since_log = now, 0
 
     async def ended_among(self, session_ids: Sequence[UUID]) -> set[UUID]:
         """Those of `session_ids` that are revoked or expired now."""

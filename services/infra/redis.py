@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.crc import key_slot
@@ -23,6 +23,9 @@ RedisPipeline: TypeAlias = Pipeline | ClusterPipeline
 
 
 def create_redis(settings: Settings) -> RedisClient:
+    """The process's client. Its connections are bounded (`TRADEQL_REDIS_MAX_CONNECTIONS`); past
+    the bound a command waits for a free connection (a blocking pool) instead of failing at
+    once, which redis-py 8's default pool does past its 100 connections under a burst."""
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (tradeql up starts an embedded server)")
     if settings.redis_cluster:
@@ -31,14 +34,18 @@ def create_redis(settings: Settings) -> RedisClient:
             decode_responses=True,
             health_check_interval=30,
             socket_keepalive=True,
+            max_connections=settings.redis_max_connections,
         )
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_seconds,
         decode_responses=True,
         health_check_interval=30,
         socket_keepalive=True,
         retry_on_timeout=True,
     )
+    return Redis.from_pool(pool)
 
 
 async def publish(redis: RedisClient, channel: str, message: str) -> None:

@@ -147,6 +147,17 @@ class Settings(BaseSettings):
         description="REDIS_URL names a node of a Redis Cluster (7.0+): the cluster client, "
         "sharded pub/sub, and every script and multi-key command kept to one hash slot",
     )
+    redis_max_connections: int = Field(
+        default=200,
+        ge=1,
+        description="Redis connections per process (per node in a cluster); past them a "
+        "command waits for a free one up to redis_pool_timeout_seconds",
+    )
+    redis_pool_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how long a command waits for a free Redis connection before it fails",
+    )
     redis_namespace: str = Field(
         default="",
         description="prefix of every Redis key and channel of this deployment; empty: derived "
