@@ -6,25 +6,16 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxTokensLimiter,
-    ParserCache,
-    ValidationCache,
-)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from gateway.errors import MaskInternalErrors, log_errors
 from gateway.event_execution import ProjectingExecutionContext
 from gateway.guards import code_parse_limit_errors, query_limit_rules
-from gateway.metrics import MetricsExtension
-from resolvers.loaders import LoadersExtension
+from gateway.operation_extension import Documents, OperationExtension
 from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_OVERRIDES
 from services.infra.settings import Settings, get_settings
-
-DOCUMENT_CACHE_SIZE = 4096
 
 
 class TradeQLSchema(strawberry.Schema):
@@ -37,22 +28,16 @@ class TradeQLSchema(strawberry.Schema):
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     settings = settings or get_settings()
-    # Rule classes made once, here: ValidationCache keys on them, so classes made per request
-    # (as QueryDepthLimiter and MaxAliasesLimiter do when constructed) would never hit it.
+    # Rule classes made once, here: the document cache keeps each document's validation errors
+    # with the rules they were found with.
     rules = query_limit_rules(
         max_depth=settings.max_query_depth,
         max_aliases=settings.max_aliases,
         introspection=settings.introspection,
     )
-    max_tokens = settings.max_tokens
+    documents = Documents(max_tokens=settings.max_tokens)
     extensions: list[Any] = [
-        MetricsExtension,
-        LoadersExtension,
-        # strawberry keeps one LRU per maxsize, shared by every request's extension instance.
-        lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
-        lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-        lambda: AddValidationRules(list(rules)),
-        lambda: MaxTokensLimiter(max_token_count=max_tokens),
+        lambda: OperationExtension(documents, rules),
         MaskInternalErrors,
     ]
     return TradeQLSchema(

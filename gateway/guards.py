@@ -430,7 +430,8 @@ def query_limit_rules(
     *, max_depth: int, max_aliases: int, introspection: bool
 ) -> tuple[type[ASTValidationRule], ...]:
     """Validation rules for depth, aliases and (unless allowed) introspection. Build them once per
-    schema: ValidationCache keys on the rule classes, so classes made per request never hit it."""
+    schema: the document cache keeps validation errors per rule tuple, so classes made per
+    request would never hit it."""
     rules: list[type[ASTValidationRule]] = [
         OneSignInPerOperation,
         _coded(depth_validator(max_depth, None), {"code": "QUERY_TOO_DEEP", "maxDepth": max_depth}),

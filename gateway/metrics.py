@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 
 from graphql import GraphQLError
@@ -11,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
-from strawberry.extensions import SchemaExtension
+from strawberry.types import ExecutionContext
 
 from services.infra.replica import ReadRouter
 from services.market_data.quote_mirror import QuoteMirror
@@ -69,21 +68,18 @@ def error_code(error: GraphQLError) -> str:
     return "INTERNAL_SERVER_ERROR" if error.original_error else "GRAPHQL_VALIDATION_FAILED"
 
 
-class MetricsExtension(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        started = time.perf_counter()
-        yield
-        context = self.execution_context
-        try:
-            op_type = context.operation_type.value
-        except Exception:  # the document did not parse: no operation type to report
-            op_type = "unknown"
-        name = operation_label(context.operation_name)
-        errors = getattr(context.result, "errors", None) or context.pre_execution_errors or []
-        OPERATIONS.labels(name, op_type, "error" if errors else "ok").inc()
-        OPERATION_SECONDS.labels(name, op_type).observe(time.perf_counter() - started)
-        for error in errors:
-            ERRORS.labels(error_code(error)).inc()
+def record_operation(context: ExecutionContext, seconds: float) -> None:
+    """An operation's count, duration and errors by code (`gateway.operation_extension`)."""
+    try:
+        op_type = context.operation_type.value
+    except Exception:  # the document did not parse: no operation type to report
+        op_type = "unknown"
+    name = operation_label(context.operation_name)
+    errors = getattr(context.result, "errors", None) or context.pre_execution_errors or []
+    OPERATIONS.labels(name, op_type, "error" if errors else "ok").inc()
+    OPERATION_SECONDS.labels(name, op_type).observe(seconds)
+    for error in errors:
+        ERRORS.labels(error_code(error)).inc()
 
 
 class CacheCollector(Collector):

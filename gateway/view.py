@@ -331,7 +331,7 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def _syntax_errors_as_results(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """strawberry's stream raises the syntax error of a document that does not parse when
-        ParserCache parses it (its `on_parse` hook runs outside the stream's own handling):
+        the document cache parses it (its `on_parse` hook runs outside the stream's own handling):
         answer it as the stream's one result, as an invalid document is."""
         try:
             async with aclosing(stream) as results:  # type: ignore[type-var]

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from functools import cached_property
+from typing import Any
 from uuid import UUID
 
 from strawberry.dataloader import DataLoader
-from strawberry.extensions import SchemaExtension
 
 from services.infra.container import Services
 from services.market_data import marketdata, securities
@@ -189,15 +190,15 @@ def current_loaders(services: Services) -> Loaders:
     return _current.get() or fresh_loaders(services)
 
 
-class LoadersExtension(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        context = self.execution_context.context
-        tokens = getattr(context, "holdings_tokens", None)  # a bare context (tests) has none
-        token = _current.set(build_loaders(context.services, tokens))
+@contextmanager
+def operation_loaders(context: Any) -> Iterator[None]:
+    """Fresh DataLoaders for the operation run inside (`gateway.operation_extension`)."""
+    tokens = getattr(context, "holdings_tokens", None)  # a bare context (tests) has none
+    token = _current.set(build_loaders(context.services, tokens))
+    try:
+        yield
+    finally:
         try:
-            yield
-        finally:
-            try:
-                _current.reset(token)
-            except ValueError:  # a subscription may end in another context than it began
-                _current.set(None)
+            _current.reset(token)
+        except ValueError:  # a subscription may end in another context than it began
+            _current.set(None)

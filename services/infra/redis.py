@@ -7,13 +7,17 @@ few places that do per slot what one server does in one call (`slot_groups`)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 
 from services.infra.settings import Settings
 
@@ -22,10 +26,57 @@ RedisClient: TypeAlias = Redis | RedisCluster
 RedisPipeline: TypeAlias = Pipeline | ClusterPipeline
 
 
+class WaitingConnectionPool(ConnectionPool):
+    """A bounded pool whose callers wait for a released connection when every one is in use.
+
+    redis-py 8's `ConnectionPool` raises `MaxConnectionsError` at once past its bound (100 by
+    default: a burst of requests failed), and its `BlockingConnectionPool` waits but enters an
+    asyncio timeout on every call, the common case included. This one costs nothing extra until
+    the pool is exhausted; then a caller waits, first come first served, up to `timeout` seconds
+    and fails with a `ConnectionError` (a `RedisError`) after it."""
+
+    def __init__(self, *args: Any, timeout: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timeout = timeout
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            try:
+                return await super().get_connection(*args, **kwargs)
+            except MaxConnectionsError:
+                deadline = deadline if deadline is not None else loop.time() + self._timeout
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise RedisConnectionError(
+                        f"no Redis connection free within {self._timeout:g} s "
+                        f"({self.max_connections} in use: TRADEQL_REDIS_MAX_CONNECTIONS)"
+                    ) from None
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(waiter)
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), remaining)
+                except TimeoutError:
+                    pass
+                finally:
+                    if not waiter.done():
+                        waiter.cancel()
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        while self._waiters:  # wake the longest waiter still waiting
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+
 def create_redis(settings: Settings) -> RedisClient:
     """The process's client. Its connections are bounded (`TRADEQL_REDIS_MAX_CONNECTIONS`); past
-    the bound a command waits for a free connection (a blocking pool) instead of failing at
-    once, which redis-py 8's default pool does past its 100 connections under a burst."""
+    the bound a command waits for a free connection (`WaitingConnectionPool`) instead of
+    failing at once, as redis-py 8's default pool does past its 100 connections."""
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (tradeql up starts an embedded server)")
     if settings.redis_cluster:
@@ -36,7 +87,7 @@ def create_redis(settings: Settings) -> RedisClient:
             socket_keepalive=True,
             max_connections=settings.redis_max_connections,
         )
-    pool = BlockingConnectionPool.from_url(
+    pool = WaitingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_seconds,

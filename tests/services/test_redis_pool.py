@@ -10,11 +10,13 @@ import asyncio
 import socket
 from uuid import UUID
 
+import pytest
 from prometheus_client import REGISTRY
+from redis.exceptions import RedisError
 
 from services.accounts.sessions import SessionStore
 from services.infra.container import Services
-from services.infra.redis import create_redis
+from services.infra.redis import WaitingConnectionPool, create_redis
 from services.infra.settings import Settings
 
 
@@ -22,6 +24,7 @@ async def test_a_burst_past_the_pool_waits_for_connections(settings: Settings) -
     small = settings.model_copy(update={"redis_max_connections": 2})
     redis = create_redis(small)
     assert redis.connection_pool.max_connections == 2
+    assert isinstance(redis.connection_pool, WaitingConnectionPool)
     try:
         # Each BLPOP holds its connection for 50 ms: 40 at once need 20 times the pool.
         results = await asyncio.gather(
@@ -59,3 +62,22 @@ async def test_sessions_are_read_from_postgresql_when_redis_fails(
         await redis.aclose()
     after = REGISTRY.get_sample_value("tradeql_session_cache_failures_total") or 0.0
     assert after - before >= 2  # the lookup and the cache write of the first, the second's lookup
+
+
+async def test_a_pool_that_stays_exhausted_fails_with_a_redis_error(settings: Settings) -> None:
+    one = settings.model_copy(
+        update={"redis_max_connections": 1, "redis_pool_timeout_seconds": 0.2}
+    )
+    redis = create_redis(one)
+    try:
+        holder = asyncio.create_task(redis.blpop(["tradeql:test:pool:held"], timeout=1))
+        await asyncio.sleep(0.05)  # the one connection is in BLPOP for a second
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisError, match="no Redis connection free"):
+            await redis.get("tradeql:test:pool:other")
+        waited = asyncio.get_running_loop().time() - started
+        assert 0.15 <= waited < 0.9
+        assert await holder is None
+        assert await redis.get("tradeql:test:pool:other") is None  # free again
+    finally:
+        await redis.aclose()
