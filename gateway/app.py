@@ -24,6 +24,7 @@ from gateway.metrics import (
     HubCollector,
     PoolCollector,
     ReplicaCollector,
+    watch_gc_pauses,
 )
 from gateway.middleware import RequestIdMiddleware
 from gateway.view import GraphQLView
@@ -55,6 +56,7 @@ def freeze_startup_objects() -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+    watch_gc_pauses()
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

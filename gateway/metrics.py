@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import time
 from collections.abc import Iterator
+from typing import Any
 
 from graphql import GraphQLError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -43,6 +46,28 @@ HTTP_REQUESTS = Histogram(
     registry=REGISTRY,
 )
 WEBSOCKETS_OPEN = Gauge("tradeql_websockets_open", "WebSocket connections open", registry=REGISTRY)
+GC_PAUSES = Histogram(
+    "tradeql_gc_pause_seconds",
+    "how long each garbage collection stopped the process (every request waits), by generation",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+    registry=REGISTRY,
+)
+_gc_started: list[float] = []
+
+
+def _time_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[:] = [time.perf_counter()]
+    elif _gc_started:
+        GC_PAUSES.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started[0])
+
+
+def watch_gc_pauses() -> None:
+    """Time every garbage collection of this process (`tradeql_gc_pause_seconds`): a full one
+    stops every request for as long as it walks the heap, the usual cause of a latency tail."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_OPERATION_LABELS = 500

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import re
+
 import pytest
 
 from services.infra.container import Services
@@ -108,6 +111,13 @@ async def test_health_readiness_and_metrics(gql: GraphQLClient) -> None:
     assert "tradeql_websockets_open" in metrics
     assert 'tradeql_db_pool_connections{state="checkedout"}' in metrics
     assert 'tradeql_http_request_seconds_count{method="POST",path="/graphql"' in metrics
+
+
+async def test_metrics_time_the_garbage_collectors_pauses(gql: GraphQLClient) -> None:
+    gc.collect()  # the server runs in this process: its collector is this one
+    metrics = (await gql.http.get("/metrics")).text
+    counted = re.search(r'tradeql_gc_pause_seconds_count\{generation="2"\} (\S+)', metrics)
+    assert counted is not None and float(counted.group(1)) >= 1
 
 
 async def test_readiness_fails_when_redis_is_unreachable(
