@@ -42,7 +42,7 @@ from services.orders.order_events import OrderUpdate
 from services.orders.order_model import Order, OrderType, Side, Status
 from services.orders.order_store import ORDER_COLUMNS, order_from_row
 
-__all__ = ["VENUE", "Crossing", "bound_for", "crossable", "cross", "cross_and_publish"]
+__all__ = ["VENUE", "Crossing", "bound_for", "cross", "cross_and_publish", "crossable"]
 
 log = logging.getLogger("tradeql.internal_cross")
 
@@ -51,6 +51,8 @@ ZERO = Decimal(0)
 # The most resting orders one cross reads: a bound on one transaction's locks. What they cannot
 # fill routes to the venues as any remainder does.
 MAX_RESTING = 100
+# The most rounds one incoming order takes when others take its crossing orders first.
+MAX_ROUNDS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,9 @@ class Crossing:
     incoming: Order
     resting: list[Order]
     updates: list[OrderUpdate]
+    # Some crossing order was taken by someone else between the read and the lock (another
+    # cross, a venue fill, a cancel): another round may find the next ones.
+    contended: bool = False
 
     @property
     def executions(self) -> int:
@@ -79,7 +84,9 @@ def crossable(order: Order) -> bool:
     return order.type in (OrderType.MARKET, OrderType.LIMIT) or order.triggered
 
 
-def bound_for(order: Order, worst_price: Decimal | None, bid: Decimal, ask: Decimal) -> Decimal | None:
+def bound_for(
+    order: Order, worst_price: Decimal | None, bid: Decimal, ask: Decimal
+) -> Decimal | None:
     """The worst resting price the order may trade at: the lower of its worst price (its limit,
     or the collar its hold covers) and the ask, for a buy; the higher of it and the bid, for a
     sell. None without a usable venue price on that side (no quote, no cross)."""
@@ -195,7 +202,9 @@ def _match(
         price = order.limit_price
         assert price is not None  # _still_resting checked it
         taken.append(Fill(VENUE, quantity, price, execution_id(incoming, order, incoming.side)))
-        given.append((order, Fill(VENUE, quantity, price, execution_id(incoming, order, order.side))))
+        given.append(
+            (order, Fill(VENUE, quantity, price, execution_id(incoming, order, order.side)))
+        )
         wanted -= quantity
     if all_or_none and wanted > 0:
         return [], []
@@ -221,9 +230,7 @@ async def cross(
     unchanged = Crossing(incoming, [], [])
     if not crossable(incoming) or (extended_only and not incoming.extended_hours):
         return unchanged
-    candidates = await _candidates(
-        conn, incoming, bound, extended_only=extended_only, skip=skip
-    )
+    candidates = await _candidates(conn, incoming, bound, extended_only=extended_only, skip=skip)
     if not candidates:
         return unchanged
     accounts = {incoming.account_id} | {account for _, account in candidates}
@@ -236,9 +243,10 @@ async def cross(
         for order_id, _ in candidates
         if _still_resting(locked.get(order_id), current, bound)
     ]
+    contended = len(resting) < len(candidates)
     taken, given = _match(current, resting, all_or_none=all_or_none)
     if not taken:
-        return unchanged
+        return Crossing(current, [], [], contended)
     works = [Work(current, Execute(taken), current.request_id)] + [
         Work(order, Execute([fill]), order.request_id) for order, fill in given
     ]
@@ -252,6 +260,7 @@ async def cross(
         outcomes[0].order,
         [o.order for o in outcomes[1:]],
         [u for o in outcomes for u in o.updates],
+        contended,
     )
 
 
@@ -266,14 +275,56 @@ async def cross_and_publish(
     all_or_none: bool = False,
     skip: Collection[UUID] = (),
 ) -> Crossing:
-    """`cross` in a transaction of its own (an outage of PostgreSQL is retried for as long as it
-    lasts), then both sides' events published, as the group commit publishes venue fills (the
-    outbox relays them if Redis fails here)."""
-    crossing = unchanged = Crossing(incoming, [], [])
+    """`cross` in transactions of their own, each round's events published after its commit, as
+    the group commit publishes venue fills (the outbox relays them if Redis fails here).
+
+    A round that lost a crossing order to someone else between its read and its lock (only
+    under contention: the matcher decides a symbol's orders one at a time) is followed by
+    another, at most `MAX_ROUNDS`, so the incoming order still meets the orders behind it. An
+    outage of PostgreSQL is retried for as long as it lasts. StaleOrder if `incoming` changed
+    before the first round."""
+    rounds: list[Crossing] = []
+    current = incoming
+    for _ in range(MAX_ROUNDS):
+        try:
+            crossing = await _round(
+                engine,
+                current,
+                bound,
+                extended_only=extended_only,
+                all_or_none=all_or_none,
+                skip=skip,
+            )
+        except StaleOrder:
+            if not rounds:
+                raise
+            break  # a cancel (or another worker) got to it after our last round: we are done
+        rounds.append(crossing)
+        current = crossing.incoming
+        await _publish(redis, reads, crossing.updates)
+        if not crossing.contended or not crossable(current):
+            break
+    return Crossing(
+        current,
+        [o for c in rounds for o in c.resting],
+        [u for c in rounds for u in c.updates],
+        any(c.contended for c in rounds),
+    )
+
+
+async def _round(
+    engine: AsyncEngine,
+    incoming: Order,
+    bound: Decimal,
+    *,
+    extended_only: bool,
+    all_or_none: bool,
+    skip: Collection[UUID],
+) -> Crossing:
     async for attempt in until_it_works(log, f"the internal cross of {incoming.id}"):
         with attempt:
             async with engine.begin() as conn:
-                crossing = await cross(
+                return await cross(
                     conn,
                     incoming,
                     bound,
@@ -281,13 +332,17 @@ async def cross_and_publish(
                     all_or_none=all_or_none,
                     skip=skip,
                 )
-    if crossing is unchanged or not crossing.updates:
-        return crossing
-    if reads is not None:  # the owners' next history reads wait for the replica
-        await reads.note_commit(u.order.user_id for u in crossing.updates)
-    try:
-        await order_events.publish(redis, crossing.updates)
-    except (RedisError, OSError) as exc:
-        log.warning("%d order events not published: %s", len(crossing.updates), exc)
-    return crossing
+    raise AssertionError("unreachable: the retry loop returns or raises")
 
+
+async def _publish(
+    redis: RedisClient, reads: ReadRouter | None, updates: list[OrderUpdate]
+) -> None:
+    if not updates:
+        return
+    if reads is not None:  # the owners' next history reads wait for the replica
+        await reads.note_commit(u.order.user_id for u in updates)
+    try:
+        await order_events.publish(redis, updates)
+    except (RedisError, OSError) as exc:
+        log.warning("%d order events not published: %s", len(updates), exc)
