@@ -5,9 +5,12 @@ race, fill-or-kill, extended hours, the skip list, and the books balancing after
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -18,6 +21,7 @@ from sqlalchemy import text
 from services.accounts.reconcile import find_differences
 from services.infra.container import Services
 from services.orders import fills, internal_cross
+from services.orders.cat_export import NEW_YORK, export_day
 from services.orders.internal_cross import Crossing
 from services.orders.order_model import Order, OrderType, Side, Status
 from tests.trading import balances, book_fill, listed, place, position, reload, trader
@@ -322,3 +326,23 @@ async def test_crosses_both_ways_over_the_same_accounts_do_not_deadlock(
         assert all(r.user_id != c.incoming.user_id for r in c.resting)
     assert [r for r in caplog.records if "deadlock" in r.getMessage()] == []
     assert all(o.type is OrderType.LIMIT for o in incoming)
+
+
+async def test_an_internal_trade_exports_as_a_trade_with_no_route(
+    services: Services, symbol: str
+) -> None:
+    sell = await resting_sell(services, symbol, "1", "100.01")
+    buyer = await trader(services)
+    buy = await place(services, buyer, symbol, "BUY", type="LIMIT", quantity="1", limit="100.01")
+    await cross(services, buy)
+    out = io.StringIO()
+    await export_day(
+        services.engine, datetime.now(UTC).astimezone(NEW_YORK).date(), out, imid="TQLTEST"
+    )
+    rows = [r for r in csv.DictReader(io.StringIO(out.getvalue())) if r["symbol"] == symbol]
+    for order in (buy, sell):
+        mine = [r for r in rows if r["orderID"] == str(order.id)]
+        assert [r["type"] for r in mine] == ["MENO", "MEOT"]  # no MEOR: nothing was routed
+        trade = mine[1]
+        assert (trade["price"], trade["quantity"], trade["destination"]) == ("100.01", "1", "")
+        assert trade["routedOrderID"] == "" and trade["leavesQty"] == "0"
