@@ -446,7 +446,11 @@ class PartitionMatcher:
         symbol's orders are decided one at a time in arrival order (so an incoming order meets
         the orders that arrived before it, already resting), and the resting orders it trades
         with sit in this partition's book, which is brought up to date at once. Placement stays
-        a batch of short transactions that never waits on other users' orders."""
+        a batch of short transactions that never waits on other users' orders.
+
+        The database is asked only when this book shows another user's order within the bound
+        (a symbol's working orders all rest in its partition's book), so an order with nothing to
+        cross costs no round trip; the database's locked read then decides."""
         session = self.services.clock.session()
         if quote is None or session is MarketSession.CLOSED:
             return order
@@ -460,6 +464,9 @@ class PartitionMatcher:
         )
         if bound is None:
             return order
+        async with self._lock:  # the symbol's resting orders are all in this book
+            if not self.book.crosses_others(order, bound):
+                return order
         try:
             crossing = await internal_cross.cross_and_publish(
                 self.services.engine,
