@@ -102,8 +102,8 @@ def bound_for(
 # running total stops the scan once their remaining quantity covers what it wants. Literal
 # statuses and types, so the planner matches the partial index orders_book_idx.
 _CANDIDATES = """
-SELECT id, account_id FROM (
-    SELECT id, account_id, limit_price, created_at,
+SELECT id, account_id, remaining FROM (
+    SELECT id, account_id, limit_price, created_at, quantity - filled_quantity AS remaining,
            sum(quantity - filled_quantity) OVER (
                ORDER BY limit_price {direction}, created_at, id) - (quantity - filled_quantity)
                AS before
@@ -130,9 +130,9 @@ async def _candidates(
     *,
     extended_only: bool,
     skip: Collection[UUID],
-) -> list[tuple[UUID, UUID]]:
-    """(order id, account id) of the resting orders that cross, best first; read without locks
-    (the caller locks them in the writers' order and judges each again)."""
+) -> list[tuple[UUID, UUID, Decimal]]:
+    """(order id, account id, remaining quantity) of the resting orders that cross, best first;
+    read without locks (the caller locks them in the writers' order and judges each again)."""
     buy = incoming.side is Side.BUY
     sql = _CANDIDATES.format(
         direction="ASC" if buy else "DESC",
@@ -151,7 +151,7 @@ async def _candidates(
             "most": MAX_RESTING,
         },
     )
-    return [(r.id, r.account_id) for r in rows]
+    return [(r.id, r.account_id, r.remaining) for r in rows]
 
 
 async def _lock(
@@ -233,17 +233,21 @@ async def cross(
     candidates = await _candidates(conn, incoming, bound, extended_only=extended_only, skip=skip)
     if not candidates:
         return unchanged
-    accounts = {incoming.account_id} | {account for _, account in candidates}
-    locked = await _lock(conn, accounts, {incoming.id} | {order for order, _ in candidates})
+    accounts = {incoming.account_id} | {account for _, account, _ in candidates}
+    locked = await _lock(conn, accounts, {incoming.id} | {order for order, _, _ in candidates})
     current = locked.get(incoming.id)
     if current is None or current.version != incoming.version or not crossable(current):
         raise StaleOrder(f"order {incoming.id} changed before it could cross")
     resting = [
         locked[order_id]
-        for order_id, _ in candidates
+        for order_id, _, _ in candidates
         if _still_resting(locked.get(order_id), current, bound)
     ]
-    contended = len(resting) < len(candidates)
+    # Someone took (some of) a crossing order between the read and the lock.
+    read = {order_id: remaining for order_id, _, remaining in candidates}
+    contended = len(resting) < len(candidates) or any(
+        order.remaining_quantity < read[order.id] for order in resting
+    )
     taken, given = _match(current, resting, all_or_none=all_or_none)
     if not taken:
         return Crossing(current, [], [], contended)
