@@ -35,7 +35,7 @@ from services.infra.streams import (
 )
 from services.market_data.clock import EXTENDED, MarketSession
 from services.market_data.marketdata import FIELD_SEPARATOR, RECORD_SEPARATOR, Quote, decode_quote
-from services.orders import fills
+from services.orders import fills, internal_cross
 from services.orders.group_commit import GroupCommit
 from services.orders.matching import OrderBook
 from services.orders.order_model import Event, Order, OrderType, Side, Status, TimeInForce
@@ -374,7 +374,7 @@ class PartitionMatcher:
             ),
         )
         if outcome is not None:
-            await self.process(outcome.order, quote)
+            await self.process(outcome.order, quote, incoming=True)
 
     # -- orders ---------------------------------------------------------------------------
     async def process_safely(
@@ -388,9 +388,12 @@ class PartitionMatcher:
         quote: Quote | None = None,
         *,
         current: dict[str, Quote | None] | None = None,
+        incoming: bool = False,
     ) -> None:
         """Decide what a newly seen open order needs: execution now, or a place in the book.
-        `quote` is one that just arrived for it; `current`, the quotes read for its batch."""
+        `quote` is one that just arrived for it; `current`, the quotes read for its batch;
+        `incoming`, a stop that has just triggered (a PENDING order is incoming too): an incoming
+        order first crosses the local book (`_cross`), and what is left goes on as before."""
         if not order.is_open:
             async with self._lock:
                 self.book.remove(order.id)
@@ -410,8 +413,15 @@ class PartitionMatcher:
             if quote is None or not market_open:
                 await self._close(order, Status.CANCELLED, "no market to execute against now")
                 return
-            await self._execute(order, quote)
+            crossed = await self._cross(order, quote)
+            if crossed is not None and crossed.is_open:
+                await self._execute(crossed, quote)
             return
+        if incoming or order.status is Status.PENDING:
+            crossed = await self._cross(order, quote)
+            if crossed is None or not crossed.is_open:
+                return
+            order = crossed
         if order.status is Status.PENDING:
             outcome = await self._transact(
                 order, fills.Mark(status=Status.SUBMITTED, event=Event.ACCEPTED)
@@ -426,6 +436,60 @@ class PartitionMatcher:
                 self.book.add(order)
         if quote is not None:
             await self.on_quote(quote)
+
+    async def _cross(self, order: Order, quote: Quote | None) -> Order | None:
+        """Cross an incoming order with other users' resting limit orders (the local book,
+        `services/orders/internal_cross.py`); the order after it, or None if it moved on.
+
+        Why here, where a new order is first worked, rather than in placement: the order's hold is
+        committed (placement's batch took it), the quote that bounds the cross is in hand, the
+        symbol's orders are decided one at a time in arrival order (so an incoming order meets
+        the orders that arrived before it, already resting), and the resting orders it trades
+        with sit in this partition's book, which is brought up to date at once. Placement stays
+        a batch of short transactions that never waits on other users' orders.
+
+        The database is asked only when this book shows another user's order within the bound
+        (a symbol's working orders all rest in its partition's book), so an order with nothing to
+        cross costs no round trip; the database's locked read then decides."""
+        session = self.services.clock.session()
+        if quote is None or session is MarketSession.CLOSED:
+            return order
+        if not internal_cross.crossable(order):
+            return order
+        bound = internal_cross.bound_for(
+            order,
+            collar_limit(order, quote, self.settings.market_order_collar),
+            quote.bid,
+            quote.ask,
+        )
+        if bound is None:
+            return order
+        async with self._lock:  # the symbol's resting orders are all in this book
+            if not self.book.crosses_others(order, bound):
+                return order
+        try:
+            crossing = await internal_cross.cross_and_publish(
+                self.services.engine,
+                self.services.redis,
+                order,
+                bound,
+                reads=self.services.reads,
+                extended_only=session in EXTENDED,
+                all_or_none=order.time_in_force is TimeInForce.FOK,
+                skip=set(self._executing),  # their route to a venue is in flight
+            )
+        except fills.StaleOrder:
+            await self._refresh(order)
+            return None
+        if crossing.resting:
+            MATCHER_EXECUTIONS.inc(crossing.executions)
+            async with self._lock:
+                for resting in crossing.resting:
+                    if not resting.is_open:
+                        self.book.remove(resting.id)
+                    elif resting.id in self.book:
+                        self.book.replace(resting)
+        return crossing.incoming
 
     async def _execute(self, order: Order, quote: Quote) -> None:
         closes = executes_now(order) or order.time_in_force in (TimeInForce.IOC, TimeInForce.FOK)

@@ -338,7 +338,7 @@ class Bar1mRow(TableModel, table=True):
 
 
 # --- orders: the state machine's pairs, orders by month, executions, positions, equity (0003,
-# 0007, 0008) ---
+# 0007, 0008, 0012) ---
 
 
 class OrderTransitionRow(TableModel, table=True):
@@ -383,6 +383,18 @@ class OrderRow(TableModel, table=True):
             postgresql_where=text("status IN ('PENDING', 'SUBMITTED', 'PARTIALLY_FILLED')"),
         ),
         Index("orders_id_idx", "id"),
+        # 0012: the local order book (services/orders/internal_cross.py)
+        Index(
+            "orders_book_idx",
+            "symbol",
+            "side",
+            "limit_price",
+            "created_at",
+            "id",
+            postgresql_where=text(
+                "status IN ('SUBMITTED', 'PARTIALLY_FILLED') AND type IN ('LIMIT', 'STOP_LIMIT')"
+            ),
+        ),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
 

@@ -2,7 +2,8 @@
 
 One row per reportable event, oldest first, with CAT's field names (docs/orders.md has the
 mapping): MENO (new order) for ACCEPTED; MEOR (order route) the first time an order fills at a
-venue (the router's tries that filled nothing are not recorded); MEOT (trade) for each fill;
+venue (the router's tries that filled nothing are not recorded; an internal cross is no route,
+docs/order-book.md); MEOT (trade) for each fill;
 MEOM (order modified) for a stop's trigger and a replace; MEOC (order cancelled) for a cancel, an
 expiry and a rejection. Internal events (SUBMITTED, UPDATED) are not reportable. The day is a New
 York calendar day; times are UTC, ISO-8601 with microseconds.
@@ -21,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.money import trim_price, trim_quantity
+from services.orders.internal_cross import VENUE as INTERNAL
 
 NEW_YORK = ZoneInfo("America/New_York")
 COLUMNS = [
@@ -121,7 +123,8 @@ def _rows(
         )
     elif kind == "MEOT":
         route = (row.id, row.venue)
-        if route not in routed:  # the first fill at a venue: the order went there
+        internal = row.venue == INTERNAL  # crossed in the local book: routed nowhere
+        if not internal and route not in routed:  # the first fill at a venue: it went there
             routed.add(route)
             out.append(
                 base
@@ -145,9 +148,9 @@ def _rows(
                 "type": "MEOT",
                 "price": _decimal(row.event_price, trim_price),
                 "quantity": _decimal(row.event_quantity, trim_quantity),
-                "destination": row.venue or "",
-                "destinationType": "E",
-                "routedOrderID": f"{row.id}:{row.venue}",
+                "destination": "" if internal else row.venue or "",
+                "destinationType": "" if internal else "E",
+                "routedOrderID": "" if internal else f"{row.id}:{row.venue}",
                 "tradeID": str(row.execution_id or ""),
                 "leavesQty": leaves,
             }

@@ -198,6 +198,29 @@ class OrderBook:
         found.sort(key=lambda order: (order.created_at, order.id))
         return found
 
+    def crosses_others(self, order: Order, bound: Decimal) -> bool:
+        """Whether a resting limit order of another user, on the other side of `order`, is priced
+        within `bound` (at or below it for a buy, at or above for a sell): the matcher's cheap look
+        before it asks the database for an internal cross (services/orders/internal_cross.py).
+
+        O(1) when nothing is within the bound (the heap's top says so); otherwise a scan of the
+        heap stops at the first other user's order, so it is long only when one user's own orders
+        fill the front of the book."""
+        book = self._books.get(order.symbol)
+        if book is None:
+            return False
+        kind = _Kind.SELL_LIMIT if order.side is Side.BUY else _Kind.BUY_LIMIT
+        entries = book.heaps[kind].entries
+        market = _signed(kind, bound)
+        if not entries or entries[0][0] > market:
+            return False
+        return any(
+            entry[0] <= market
+            and self._is_live(entry)
+            and self._slots[entry[2]].order.user_id != order.user_id
+            for entry in entries
+        )
+
     # -- changing ---------------------------------------------------------------------------
 
     def add(self, order: Order) -> None:

@@ -677,3 +677,21 @@ def test_in_extended_hours_only_extended_orders_execute_and_no_stop_triggers() -
     crossed = book.on_quote(quote("99.90", "100.00", "99.95"))
     assert ids(crossed.executable) == [regular.id, extended.id]
     assert ids(crossed.triggered) == [stop.id]
+
+
+def test_crosses_others_sees_another_users_order_within_the_bound() -> None:
+    """The matcher's look before an internal cross: the other side, within the bound, someone
+    else's, live."""
+    other = dataclasses.replace
+    mine = sell("100.01", at=0)
+    theirs = other(sell("100.03", at=1), user_id=uuid.UUID(int=9))
+    book = book_of(mine, theirs, other(buy("99.99", at=2), user_id=uuid.UUID(int=9)))
+    incoming = buy("100.05", status=Status.PENDING)  # user 1, as `mine`
+    assert book.crosses_others(incoming, D("100.03"))
+    assert not book.crosses_others(incoming, D("100.02"))  # only my own sell is within it
+    assert not book.crosses_others(other(incoming, symbol="MSFT"), D("200"))
+    selling = sell("99.00", status=Status.PENDING)
+    assert book.crosses_others(selling, D("99.99"))  # their buy, at or above the bound
+    assert not book.crosses_others(selling, D("100.00"))
+    book.remove(theirs.id)
+    assert not book.crosses_others(incoming, D("100.05"))  # a dead entry does not count
