@@ -16,7 +16,7 @@ from services.infra.replica import ReadRouter
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
-from services.orders import fills, order_events
+from services.orders import fills, order_classes, order_events
 from services.orders.order_model import Order, Status
 from services.orders.order_store import OPEN, ORDER_COLUMNS, order_from_row, orders_by_id
 from services.orders.placement import order_stream
@@ -114,6 +114,9 @@ class OrderCancellation:
                     pipe.xadd(
                         order_stream(partition), {"op": "cancel", "id": str(outcome.order.id)}
                     )
+                order_classes.queue_matcher_messages(  # its legs made, its siblings closed
+                    pipe, [o for c in outcomes for o in c.linked], self._settings.quote_partitions
+                )
                 await pipe.execute()
         except (RedisError, OSError) as exc:  # the matcher's sweep drops closed orders anyway
             log.warning("could not tell the matcher about %d cancels: %s", len(outcomes), exc)
