@@ -94,8 +94,8 @@ class Order(Scaled):
 
     @strawberry.field(description="a bracket, OCO or OTO parent's exit orders")
     async def legs(self, info: strawberry.Info) -> list[Order]:
-        if self.order_class is OrderClass.SIMPLE:
-            return []  # no legs to look for
+        if self.order_class is OrderClass.SIMPLE or self.parent_id is not None:
+            return []  # a simple order or a leg: no legs to look for
         from resolvers.orders import order_legs
 
         return await order_legs(info, self.id)

@@ -64,7 +64,7 @@ def exit_rows(
         "extended_hours": False,
     }
     rows = []
-    holds = quantity
+    holds = quantity if with_take_profit else ZERO  # an OCO's parent holds for the pair
     if with_take_profit and p["take_profit_limit"] is not None:
         rows.append(
             common

@@ -189,6 +189,7 @@ def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
     validate_key(command.idempotency_key)
     if (
         command.order_class is OrderClass.OCO
+        and command.type is OrderType.LIMIT
         and command.limit_price is None
         and command.take_profit_limit is not None
     ):  # an OCO's limit is its take-profit's
