@@ -120,7 +120,7 @@ async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | 
     fallback_request = current_request_id()
     for index, work, change in changes + linked:
         after = _stamped(change.after, at) if change.moved else change.after
-        request_id = works_by_index[index].request_id or fallback_request
+        request_id = work.request_id or fallback_request
         updates = [
             OrderUpdate(
                 event,
@@ -160,9 +160,7 @@ async def _follow_ups(
     no round trip, for a group of simple orders)."""
     if not any(order_classes.is_class_order(c.after) for _, _, c in changes):
         return order_classes.FollowUps()
-    return await order_classes.follow_ups(
-        conn, [(i, c) for i, _, c in changes], orders, positions
-    )
+    return await order_classes.follow_ups(conn, [(i, c) for i, _, c in changes], orders, positions)
 
 
 def _stamped(order: Order, at: datetime) -> Order:

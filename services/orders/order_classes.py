@@ -323,7 +323,8 @@ def queue_matcher_messages(pipe: RedisPipeline, linked: Sequence[Order], partiti
     for order in linked:
         op = "new" if order.version == 0 else "refresh" if order.is_open else "cancel"
         pipe.xadd(
-            placement.order_stream(partition_of(order.symbol, partitions)), {"op": op, "id": str(order.id)}
+            placement.order_stream(partition_of(order.symbol, partitions)),
+            {"op": op, "id": str(order.id)},
         )
 
 

@@ -71,18 +71,22 @@ class PlaceOrder:
             if self.order_class is not OrderClass.SIMPLE
             else {}
         )
-        return extended | exits | {
-            # only when given: the fingerprints of orders without a trail stay as they were
-            **{k: v for k, v in trail.items() if v is not None},
-            "symbol": self.symbol,
-            "side": self.side.value,
-            "type": self.type.value,
-            "tif": self.time_in_force.value,
-            "quantity": text(self.quantity),
-            "notional": text(self.notional),
-            "limit": text(self.limit_price),
-            "stop": text(self.stop_price),
-        }
+        return (
+            extended
+            | exits
+            | {
+                # only when given: the fingerprints of orders without a trail stay as they were
+                **{k: v for k, v in trail.items() if v is not None},
+                "symbol": self.symbol,
+                "side": self.side.value,
+                "type": self.type.value,
+                "tif": self.time_in_force.value,
+                "quantity": text(self.quantity),
+                "notional": text(self.notional),
+                "limit": text(self.limit_price),
+                "stop": text(self.stop_price),
+            }
+        )
 
 
 def tick_for(price: Decimal) -> Decimal:

@@ -18,7 +18,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from redis.exceptions import RedisError
@@ -339,7 +339,9 @@ class OrderPlacement:
                 leg
                 for row in rows
                 if row["order_class"] == OrderClass.OCO.value
-                for leg in order_classes.exit_rows(row, row["quantity"], with_take_profit=False)
+                for leg in order_classes.exit_rows(
+                    row, cast(Decimal, row["quantity"]), with_take_profit=False
+                )
             ],
         )
         await conn.execute(
@@ -544,6 +546,7 @@ def _judge_one(
             field="symbol",
         )
     if command.order_class is not OrderClass.SIMPLE and command.type is OrderType.MARKET:
+        assert quote is not None  # a market buy needs one (above)
         check_exits_around(command, quote.ask)  # a MARKET entry's price: the ask
     mark = None
     if command.type is OrderType.TRAILING_STOP:
