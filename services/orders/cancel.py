@@ -8,7 +8,7 @@ from uuid import UUID
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.errors import NotCancellable, NotFound
 from services.infra.redis import RedisClient
@@ -22,6 +22,26 @@ from services.orders.order_store import OPEN, ORDER_COLUMNS, order_from_row, ord
 from services.orders.placement import order_stream
 
 log = logging.getLogger("tradeql.cancel")
+_ALL = "cancelled by the user (all)"
+
+
+async def _cancel_legs_made(
+    conn: AsyncConnection, results: list[fills.Outcome | fills.StaleOrder]
+) -> list[fills.Outcome | fills.StaleOrder]:
+    """The legs that partly filled entries made as they were cancelled, cancelled in turn (in
+    the same transaction): cancelling every order leaves none working."""
+    made = [
+        order
+        for result in results
+        if isinstance(result, fills.Outcome)
+        for order in result.linked
+        if order.version == 0
+    ]
+    if not made:
+        return []
+    return await fills.apply(
+        conn, [fills.Work(o, fills.Close(Status.CANCELLED, reason=_ALL)) for o in made]
+    )
 
 
 class OrderCancellation:
@@ -83,14 +103,12 @@ class OrderCancellation:
             ]
         if not open_orders:
             return []
-        works = [
-            fills.Work(o, fills.Close(Status.CANCELLED, reason="cancelled by the user (all)"))
-            for o in open_orders
-        ]
+        works = [fills.Work(o, fills.Close(Status.CANCELLED, reason=_ALL)) for o in open_orders]
         for attempt in range(3):
             try:
                 async with self._engine.begin() as conn:
                     results = await fills.apply(conn, works)
+                    results += await _cancel_legs_made(conn, results)
                 break
             except DBAPIError as exc:
                 if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in CONFLICT_SQLSTATES:

@@ -279,6 +279,25 @@ async def test_a_partly_filled_entry_that_expires_gets_day_legs_that_expire_toge
     await check(services)
 
 
+async def test_cancel_all_orders_leaves_no_leg_working(
+    services: Services, matcher: Matcher, client: Client, symbol: str
+) -> None:
+    """A partly filled entry cancelled with every other order makes its legs, and they are
+    cancelled in the same transaction (closeAllPositions may then sell the shares)."""
+    entry = await client.place(symbol, type="LIMIT", limitPrice="99.00", **bracket())
+    await client.wait(entry["id"], status="SUBMITTED")
+    await fill(services, entry["id"], "2", "99.00")
+    cancelled = await client.call(CANCEL_ALL)
+    ended = await client.order(entry["id"])
+    assert ended["status"] == "CANCELLED"
+    assert [leg["status"] for leg in ended["legs"]] == ["CANCELLED", "CANCELLED"]
+    assert {o["id"] for o in cancelled["orders"]} == {entry["id"]} | {
+        leg["id"] for leg in ended["legs"]
+    }
+    assert await position(services, client.user_id, symbol) == (D(2), D(0))
+    await check(services)
+
+
 async def test_cancelling_an_unfilled_bracket_entry_cancels_the_whole_order(
     services: Services, matcher: Matcher, client: Client, symbol: str
 ) -> None:
