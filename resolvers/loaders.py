@@ -61,6 +61,15 @@ class Loaders:
         return DataLoader(load_fn=self._load_executions)
 
     @cached_property
+    def legs(self) -> DataLoader[UUID, list[order_model.Order]]:
+        """Class orders' legs, by parent."""
+        return DataLoader(load_fn=self._load_legs)
+
+    async def _load_legs(self, parent_ids: list[UUID]) -> list[list[order_model.Order]]:
+        found = await self._services.order_store.legs_for(parent_ids)
+        return [found[i] for i in parent_ids]
+
+    @cached_property
     def order_events(self) -> DataLoader[UUID, list[HistoryEvent]]:
         return DataLoader(load_fn=self._load_order_events)
 

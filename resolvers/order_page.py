@@ -79,6 +79,8 @@ ORDER_LEAVES: Mapping[str, str] = {
     "replaces": "o.replaces::text",
     "replacedBy": "o.replaced_by::text",
     "extendedHours": "o.extended_hours",
+    "orderClass": "o.order_class",
+    "parentId": "o.parent_id::text",
 }
 EXECUTION_LEAVES: Mapping[str, str] = {
     "id": "e.id::text",

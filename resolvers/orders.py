@@ -62,6 +62,8 @@ def to_order(
         replaces=strawberry.ID(str(order.replaces)) if order.replaces else None,
         replaced_by=strawberry.ID(str(order.replaced_by)) if order.replaced_by else None,
         extended_hours=order.extended_hours,
+        order_class=order.order_class,
+        parent_id=strawberry.ID(str(order.parent_id)) if order.parent_id else None,
         prefetched_executions=None
         if executions is None
         else [schema.Execution.from_domain(e) for e in executions],
@@ -96,6 +98,10 @@ async def place_order(info: Info, input: schema.PlaceOrderInput) -> schema.Order
         trail_price=_given(input.trail_price),
         trail_percent=_given(input.trail_percent),
         extended_hours=input.extended_hours,
+        order_class=input.order_class,
+        take_profit_limit=input.take_profit.limit_price if input.take_profit else None,
+        stop_loss_stop=input.stop_loss.stop_price if input.stop_loss else None,
+        stop_loss_limit=_given(input.stop_loss.limit_price) if input.stop_loss else None,
     )
     try:
         order = await info.context.services.placement.place(command)
@@ -264,6 +270,12 @@ def selects(fields: Sequence[Selection], path: tuple[str, ...]) -> bool:
         elif field.name == path[0] and (len(path) == 1 or selects(field.selections, path[1:])):
             return True
     return False
+
+
+async def order_legs(info: Info, order_id: strawberry.ID) -> list[schema.Order]:
+    """A parent's legs, through the operation's loader: a page of class orders is one read."""
+    found = await current_loaders(info.context.services).legs.load(UUID(str(order_id)))
+    return [to_order(leg) for leg in found]
 
 
 async def order_executions(info: Info, order_id: strawberry.ID) -> list[schema.Execution]:

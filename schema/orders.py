@@ -19,11 +19,20 @@ strawberry.enum(order_model.OrderType, name="OrderType")
 strawberry.enum(order_model.TimeInForce, name="TimeInForce")
 strawberry.enum(order_model.Status, name="OrderStatus")
 strawberry.enum(order_model.Event, name="OrderEvent")
+strawberry.enum(
+    order_model.OrderClass,
+    name="OrderClass",
+    description="SIMPLE: one order. BRACKET: an entry with a take-profit and a stop-loss exit "
+    "that work once the\nentry fills; one exit filling cancels the other. OCO: two exits of an "
+    "existing position, one\ncancels the other. OTO: an entry whose one exit works once it "
+    "fills.",
+)
 OrderSide = order_model.Side
 OrderKind = order_model.OrderType
 TimeInForce = order_model.TimeInForce
 OrderStatus = order_model.Status
 OrderEvent = order_model.Event
+OrderClass = order_model.OrderClass
 
 
 @strawberry.type
@@ -81,6 +90,17 @@ class Order(Scaled):
         description="grows with every change of the order: of two snapshots, the higher "
         "version is the newer"
     )
+    order_class: OrderClass
+
+    @strawberry.field(description="a bracket, OCO or OTO parent's exit orders")
+    async def legs(self, info: strawberry.Info) -> list[Order]:
+        if self.order_class is OrderClass.SIMPLE or self.parent_id is not None:
+            return []  # a simple order or a leg: no legs to look for
+        from resolvers.orders import order_legs
+
+        return await order_legs(info, self.id)
+
+    parent_id: strawberry.ID | None
     trail_price: Decimal | None = scaled(
         PRICE,
         "TRAILING_STOP: the distance below (sells) or above (buys) the best price seen, in dollars",
@@ -143,6 +163,19 @@ class OrderConnection:
 
 
 @strawberry.input
+class TakeProfitInput:
+    limit_price: Decimal
+
+
+@strawberry.input
+class StopLossInput:
+    stop_price: Decimal
+    limit_price: Decimal | None = strawberry.field(
+        default=UNSET, description="with it the stop-loss becomes a stop-limit"
+    )
+
+
+@strawberry.input
 class PlaceOrderInput:
     symbol: str
     side: OrderSide
@@ -161,6 +194,12 @@ class PlaceOrderInput:
     )
     trail_percent: Decimal | None = UNSET
     extended_hours: bool = strawberry.field(default=False, description="LIMIT DAY orders only")
+    order_class: OrderClass = OrderClass.SIMPLE
+    take_profit: TakeProfitInput | None = strawberry.field(
+        default=UNSET,
+        description="BRACKET and OCO: the limit exit; OTO: give one of takeProfit and stopLoss",
+    )
+    stop_loss: StopLossInput | None = UNSET
     idempotency_key: str = strawberry.field(
         description="chosen by the client: the same key always answers with the same order"
     )

@@ -144,6 +144,7 @@ class PartitionMatcher:
             services.redis,
             max_group=services.settings.matcher_group_max,
             reads=services.reads,
+            partitions=services.settings.quote_partitions,
         )
         # Orders whose execution is routed and waiting for its group to commit: a quote
         # meanwhile must not route them again.
@@ -227,9 +228,21 @@ class PartitionMatcher:
             return
         cancels = [UUID(m.fields["id"]) for m in messages if m.fields.get("op") == "cancel"]
         new_ids = [UUID(m.fields["id"]) for m in messages if m.fields.get("op") == "new"]
+        # Orders changed beside a change of another order (a sibling leg reduced): read again
+        refreshes = [UUID(m.fields["id"]) for m in messages if m.fields.get("op") == "refresh"]
         for order_id in cancels:
             async with self._lock:
                 self.book.remove(order_id)
+        if refreshes:
+            async with single_read(self.services.engine) as conn:
+                fresh = await orders_by_id(conn, refreshes)
+            async with self._lock:
+                for order_id in refreshes:
+                    order = fresh.get(order_id)
+                    if order is None or not order.is_open:
+                        self.book.remove(order_id)
+                    elif order_id in self.book:
+                        self.book.replace(order)
         if new_ids:
             async with single_read(self.services.engine) as conn:
                 found = await orders_by_id(conn, new_ids)
@@ -613,6 +626,7 @@ class Matcher:
             services.redis,
             max_group=settings.matcher_group_max,
             reads=services.reads,
+            partitions=settings.quote_partitions,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -5,13 +5,13 @@ Only working orders are in it (SUBMITTED or PARTIALLY_FILLED, LIMIT or STOP_LIMI
 as small as the book itself. `orders` is partitioned: the index is made on every partition.
 
 Revision ID: 0012
-Revises: 0010 (another branch adds 0011; re-chain this one after it at merge)
+Revises: 0011
 """
 
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -122,6 +122,7 @@ TIMESTAMP = DateTime(timezone=True)
 ORDER_SIDES = ("BUY", "SELL")
 ORDER_TYPES = ("MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING_STOP")
 ORDER_TIMES_IN_FORCE = ("DAY", "GTC", "IOC", "FOK")
+ORDER_CLASSES = ("SIMPLE", "BRACKET", "OCO", "OTO")
 ORDER_STATUSES = (
     "PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED", "EXPIRED",
     "REPLACED",
@@ -383,6 +384,14 @@ class OrderRow(TableModel, table=True):
             postgresql_where=text("status IN ('PENDING', 'SUBMITTED', 'PARTIALLY_FILLED')"),
         ),
         Index("orders_id_idx", "id"),
+        # 0011: a simple order has no parent and no exit terms; an order's legs by parent
+        check(
+            "orders",
+            "simple_has_no_legs",
+            "order_class <> 'SIMPLE' OR (parent_id IS NULL AND num_nonnulls("
+            "take_profit_limit, stop_loss_stop, stop_loss_limit) = 0)",
+        ),
+        Index("orders_parent_idx", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
         # 0012: the local order book (services/orders/internal_cross.py)
         Index(
             "orders_book_idx",
@@ -458,6 +467,22 @@ class OrderRow(TableModel, table=True):
     replaced_by: UUID | None = column(PG_UUID(as_uuid=True), nullable=True)
     # 0010: a LIMIT DAY order that also works in the PRE and POST sessions
     extended_hours: bool = column(Boolean, default="false")
+    # 0011: order classes (BRACKET, OCO, OTO): the class, a leg's parent, an entry's exit terms
+    order_class: str = column(
+        Text,
+        check("orders", "order_class_check", one_of("order_class", ORDER_CLASSES)),
+        default="'SIMPLE'::text",
+    )
+    parent_id: UUID | None = column(PG_UUID(as_uuid=True), nullable=True)
+    take_profit_limit: Decimal | None = column(
+        PRICE, check("orders", "take_profit_limit_check", "take_profit_limit > 0"), nullable=True
+    )
+    stop_loss_stop: Decimal | None = column(
+        PRICE, check("orders", "stop_loss_stop_check", "stop_loss_stop > 0"), nullable=True
+    )
+    stop_loss_limit: Decimal | None = column(
+        PRICE, check("orders", "stop_loss_limit_check", "stop_loss_limit > 0"), nullable=True
+    )
 
 
 class ExecutionRow(TableModel, table=True):

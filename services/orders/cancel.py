@@ -8,7 +8,7 @@ from uuid import UUID
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.errors import NotCancellable, NotFound
 from services.infra.redis import RedisClient
@@ -16,12 +16,32 @@ from services.infra.replica import ReadRouter
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
 from services.infra.streams import partition_of
-from services.orders import fills, order_events
+from services.orders import fills, order_classes, order_events
 from services.orders.order_model import Order, Status
 from services.orders.order_store import OPEN, ORDER_COLUMNS, order_from_row, orders_by_id
 from services.orders.placement import order_stream
 
 log = logging.getLogger("tradeql.cancel")
+_ALL = "cancelled by the user (all)"
+
+
+async def _cancel_legs_made(
+    conn: AsyncConnection, results: list[fills.Outcome | fills.StaleOrder]
+) -> list[fills.Outcome | fills.StaleOrder]:
+    """The legs that partly filled entries made as they were cancelled, cancelled in turn (in
+    the same transaction): cancelling every order leaves none working."""
+    made = [
+        order
+        for result in results
+        if isinstance(result, fills.Outcome)
+        for order in result.linked
+        if order.version == 0
+    ]
+    if not made:
+        return []
+    return await fills.apply(
+        conn, [fills.Work(o, fills.Close(Status.CANCELLED, reason=_ALL)) for o in made]
+    )
 
 
 class OrderCancellation:
@@ -83,14 +103,12 @@ class OrderCancellation:
             ]
         if not open_orders:
             return []
-        works = [
-            fills.Work(o, fills.Close(Status.CANCELLED, reason="cancelled by the user (all)"))
-            for o in open_orders
-        ]
+        works = [fills.Work(o, fills.Close(Status.CANCELLED, reason=_ALL)) for o in open_orders]
         for attempt in range(3):
             try:
                 async with self._engine.begin() as conn:
                     results = await fills.apply(conn, works)
+                    results += await _cancel_legs_made(conn, results)
                 break
             except DBAPIError as exc:
                 if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in CONFLICT_SQLSTATES:
@@ -114,6 +132,9 @@ class OrderCancellation:
                     pipe.xadd(
                         order_stream(partition), {"op": "cancel", "id": str(outcome.order.id)}
                     )
+                order_classes.queue_matcher_messages(  # its legs made, its siblings closed
+                    pipe, [o for c in outcomes for o in c.linked], self._settings.quote_partitions
+                )
                 await pipe.execute()
         except (RedisError, OSError) as exc:  # the matcher's sweep drops closed orders anyway
             log.warning("could not tell the matcher about %d cancels: %s", len(outcomes), exc)

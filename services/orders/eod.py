@@ -18,7 +18,7 @@ from services.infra.container import Services
 from services.infra.streams import partition_of
 from services.market_data.clock import MarketClock
 from services.money import round_cash
-from services.orders import fills, order_events
+from services.orders import fills, order_classes, order_events
 from services.orders.order_model import Status, TimeInForce
 from services.orders.order_store import ORDER_COLUMNS, order_from_row
 from services.orders.placement import order_stream
@@ -72,9 +72,16 @@ async def expire_day_orders(
         except fills.StaleOrder:
             continue  # filled or cancelled meanwhile
         expired += 1
-        await order_events.publish(services.redis, outcome.updates)
-        partition = partition_of(order.symbol, services.settings.quote_partitions)
-        await services.redis.xadd(order_stream(partition), {"op": "cancel", "id": str(order.id)})
+        partitions = services.settings.quote_partitions
+        async with services.redis.pipeline(transaction=False) as pipe:
+            order_events.queue(pipe, outcome.updates)
+            pipe.xadd(
+                order_stream(partition_of(order.symbol, partitions)),
+                {"op": "cancel", "id": str(order.id)},
+            )
+            # an entry's legs made, an exit's sibling expired with it
+            order_classes.queue_matcher_messages(pipe, outcome.linked, partitions)
+            await pipe.execute()
     return expired
 
 

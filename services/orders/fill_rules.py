@@ -179,7 +179,10 @@ def execute(
     # The router never pays past the limit, the collar or the amount, and cash follows the
     # order's rounded running total, so fills stay within the hold; the guard is belt and braces.
     consumed = min(consumed, current.reserved_cash)
-    sold = filled_qty if current.side is Side.SELL else ZERO
+    # The shares a sell's fills take off its hold. A stop-loss leg sells shares its
+    # take-profit sibling holds (a pair holds once): its own hold is nothing, and the sibling,
+    # reduced or cancelled in the same transaction, releases them (services/orders/order_classes.py).
+    sold = min(filled_qty, current.reserved_quantity) if current.side is Side.SELL else ZERO
     after = replace(
         current,
         filled_quantity=current.filled_quantity + filled_qty,

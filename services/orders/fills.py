@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.accounts import ledger
 from services.infra.request_context import current_request_id
-from services.orders import fill_rules, order_events
+from services.orders import fill_rules, order_classes, order_events
 from services.orders.fill_rules import (
     Action,
     Change,
@@ -71,7 +71,10 @@ class Work:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     order: Order
-    updates: list[OrderUpdate]
+    updates: list[OrderUpdate]  # the order's, and its linked orders'
+    # Orders the change moved beside its own (order classes): legs made, siblings reduced or
+    # closed; the caller tells the matcher (order_classes.queue_matcher_messages).
+    linked: list[Order] = field(default_factory=list)
 
 
 async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | StaleOrder]:
@@ -105,10 +108,17 @@ async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | 
         if change.position is not None:
             positions[(current.account_id, current.symbol)] = change.position
         changes.append((index, work, change))
+    follow = await _follow_ups(conn, changes, orders, positions)
+    changes = [(i, w, follow.entries.get(i, c)) for i, w, c in changes]
+    works_by_index = {i: w for i, w, _ in changes}
+    linked = [  # a sibling's change, under the request of the change that caused it
+        (i, Work(c.before, fill_rules.Close(c.after.status), works_by_index[i].request_id), c)
+        for i, c in follow.changes
+    ]
     outcomes: dict[int, Outcome] = {}
     recorded: list[order_events.Recorded] = []
     fallback_request = current_request_id()
-    for index, work, change in changes:
+    for index, work, change in changes + linked:
         after = _stamped(change.after, at) if change.moved else change.after
         request_id = work.request_id or fallback_request
         updates = [
@@ -121,13 +131,36 @@ async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | 
             )
             for event, execution in change.events
         ]
-        outcomes[index] = Outcome(after, updates)
+        if index in outcomes:  # a sibling of the work's order
+            outcomes[index].updates.extend(updates)
+            outcomes[index].linked.append(after)
+        else:
+            outcomes[index] = Outcome(after, updates)
         recorded += updates
         if change.moved and not updates:  # every change is in the order's history
             kind = order_events.silent_kind(change.before, after)
             recorded.append(order_events.HistoryOnly(kind, after, request_id=request_id))
-    await _store(conn, orders, changes, positions, recorded)
+    for index, legs in follow.legs.items():
+        request_id = works_by_index[index].request_id or fallback_request
+        made = [OrderUpdate(Event.ACCEPTED, leg, request_id=request_id) for leg in legs]
+        outcomes[index].updates.extend(made)
+        outcomes[index].linked.extend(legs)
+        recorded += made
+    await _store(conn, orders, changes + linked, positions, recorded)
     return [outcomes[i] if i in outcomes else stale[i] for i in range(len(works))]
+
+
+async def _follow_ups(
+    conn: AsyncConnection,
+    changes: list[tuple[int, Work, Change]],
+    orders: dict[UUID, Order],
+    positions: dict[tuple[UUID, str], PositionState],
+) -> order_classes.FollowUps:
+    """Order classes: siblings moved and legs made by the group's changes (nothing to do, and
+    no round trip, for a group of simple orders)."""
+    if not any(order_classes.is_class_order(c.after) for _, _, c in changes):
+        return order_classes.FollowUps()
+    return await order_classes.follow_ups(conn, [(i, c) for i, _, c in changes], orders, positions)
 
 
 def _stamped(order: Order, at: datetime) -> Order:
@@ -161,13 +194,17 @@ async def _lock(conn: AsyncConnection, works: Sequence[Work]) -> tuple[dict[UUID
         text("SELECT id FROM accounts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
         {"ids": sorted({w.order.account_id for w in works})},
     )
+    ids = sorted({w.order.id for w in works})
+    # An exit's siblings are locked with it, in the same id order (order classes).
+    partners = order_classes.partners_to_lock([w.order for w in works])
+    linked = " OR id = ANY(:partners) OR parent_id = ANY(:partners)" if partners else ""
     rows = (
         await conn.execute(
             text(
-                f"SELECT {ORDER_COLUMNS}, now() AS at FROM orders WHERE id = ANY(:ids) "
+                f"SELECT {ORDER_COLUMNS}, now() AS at FROM orders WHERE id = ANY(:ids){linked} "
                 "ORDER BY id FOR UPDATE"
             ),
-            {"ids": sorted({w.order.id for w in works})},
+            {"ids": ids, "partners": partners} if partners else {"ids": ids},
         )
     ).all()
     at = rows[0].at if rows else datetime.now(UTC)

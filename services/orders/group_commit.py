@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.retry import until_it_works
-from services.orders import fills, order_events
+from services.orders import fills, order_classes, order_events
 from services.orders.fills import Outcome, StaleOrder, Work
 
 log = logging.getLogger("tradeql.group_commit")
@@ -49,11 +49,13 @@ class GroupCommit:
         *,
         max_group: int = 500,
         reads: ReadRouter | None = None,
+        partitions: int = 1,
     ) -> None:
         self._engine = engine
         self._reads = reads
         self._redis = redis
         self._max_group = max_group
+        self._partitions = partitions  # the matcher's stream partitions (quote_partitions)
         self._queue: list[_Submitted] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -150,10 +152,16 @@ class GroupCommit:
         raise AssertionError("unreachable: the retry loop returns or raises")
 
     async def _publish(self, outcomes: list[Outcome]) -> None:
+        """The group's events, and the matcher told of orders its changes moved beside their
+        own (order classes' legs and siblings), in one round trip."""
         updates = [u for o in outcomes for u in o.updates]
-        if not updates:
+        linked = [order for o in outcomes for order in o.linked]
+        if not updates and not linked:
             return
         try:
-            await order_events.publish(self._redis, updates)
-        except (RedisError, OSError) as exc:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                order_events.queue(pipe, updates)
+                order_classes.queue_matcher_messages(pipe, linked, self._partitions)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:  # the matcher's sweep finds the legs anyway
             log.warning("%d order events not published: %s", len(updates), exc)

@@ -29,6 +29,7 @@ from services.orders.order_model import (
     Event,
     Execution,
     Order,
+    OrderClass,
     OrderType,
     Side,
     Status,
@@ -158,6 +159,8 @@ def encode_update(update: OrderUpdate) -> str:
         "replaces": _text(o.replaces),
         "replaced_by": _text(o.replaced_by),
         "extended_hours": o.extended_hours,
+        "class": o.order_class.value,
+        "parent": _text(o.parent_id),
     }
     execution = None
     if update.execution is not None:
@@ -208,6 +211,8 @@ def decode_update(payload: str) -> OrderUpdate:
         replaces=_uuid(o.get("replaces")),
         replaced_by=_uuid(o.get("replaced_by")),
         extended_hours=bool(o.get("extended_hours", False)),
+        order_class=OrderClass(o.get("class", "SIMPLE")),
+        parent_id=_uuid(o.get("parent")),
     )
     e = data.get("execution")
     execution = None

@@ -22,6 +22,17 @@ class OrderType(StrEnum):
     TRAILING_STOP = "TRAILING_STOP"
 
 
+class OrderClass(StrEnum):
+    """SIMPLE: one order. BRACKET: a buy entry whose take-profit and stop-loss exits (its legs)
+    are made when it ends; one filling cancels (or reduces) the other. OTO: the same with one
+    exit. OCO: a take-profit sell (the parent) and its stop-loss leg; one cancels the other."""
+
+    SIMPLE = "SIMPLE"
+    BRACKET = "BRACKET"
+    OCO = "OCO"
+    OTO = "OTO"
+
+
 class TimeInForce(StrEnum):
     DAY = "DAY"
     GTC = "GTC"
@@ -52,6 +63,7 @@ class Event(StrEnum):
 
 
 PRICE_STEP = Decimal("0.0001")
+ENTRY_CLASSES = frozenset({OrderClass.BRACKET, OrderClass.OTO})
 
 OPEN_STATUSES = frozenset({Status.PENDING, Status.SUBMITTED, Status.PARTIALLY_FILLED})
 TERMINAL_STATUSES = frozenset(
@@ -126,6 +138,12 @@ class Order:
     replaces: UUID | None = None  # the order this one replaced
     replaced_by: UUID | None = None  # the order that replaced this one (status REPLACED)
     extended_hours: bool = False  # a LIMIT DAY order that also works in the PRE and POST sessions
+    order_class: OrderClass = OrderClass.SIMPLE
+    parent_id: UUID | None = None  # a leg's parent (an entry, or an OCO's take-profit)
+    # A BRACKET or OTO entry's exits, made into legs when it ends (an OCO's, for the record)
+    take_profit_limit: Decimal | None = None
+    stop_loss_stop: Decimal | None = None
+    stop_loss_limit: Decimal | None = None
 
     @property
     def remaining_quantity(self) -> Decimal:
@@ -138,6 +156,19 @@ class Order:
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    @property
+    def is_entry(self) -> bool:
+        """A BRACKET or OTO entry: its exits are made when it ends."""
+        return self.order_class in ENTRY_CLASSES and self.parent_id is None
+
+    @property
+    def is_exit(self) -> bool:
+        """One of a pair (or a lone OTO exit) whose fill or close moves its siblings: a leg, or
+        an OCO's take-profit parent."""
+        return self.parent_id is not None or (
+            self.order_class is OrderClass.OCO and self.parent_id is None
+        )
 
     @property
     def average_fill_price(self) -> Decimal | None:

@@ -11,7 +11,14 @@ from services.infra.idempotency import validate_key
 from services.infra.settings import Settings
 from services.market_data.securities import is_valid_symbol, normalize_symbol
 from services.money import decimal_places, require_finite, round_cash_up, round_shares_down
-from services.orders.order_model import STOP_TYPES, OrderType, Side, TimeInForce
+from services.orders.order_model import (
+    ENTRY_CLASSES,
+    STOP_TYPES,
+    OrderClass,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 
 CENT = Decimal("0.01")
 SUB_DOLLAR_TICK = Decimal("0.0001")
@@ -41,6 +48,10 @@ class PlaceOrder:
     # position): the idempotency key guards that request, not the quantity worked out from it.
     intent: tuple[tuple[str, str | None], ...] | None = None
     extended_hours: bool = False
+    order_class: OrderClass = OrderClass.SIMPLE
+    take_profit_limit: Decimal | None = None  # takeProfit.limitPrice
+    stop_loss_stop: Decimal | None = None  # stopLoss.stopPrice
+    stop_loss_limit: Decimal | None = None  # stopLoss.limitPrice
 
     def fingerprint_fields(self) -> dict[str, str | None]:
         def text(v: object) -> str | None:
@@ -50,18 +61,32 @@ class PlaceOrder:
             return dict(self.intent)
         trail = {"trail": text(self.trail_price), "trail_pct": text(self.trail_percent)}
         extended = {"extended": "true"} if self.extended_hours else {}
-        return extended | {
-            # only when given: the fingerprints of orders without a trail stay as they were
-            **{k: v for k, v in trail.items() if v is not None},
-            "symbol": self.symbol,
-            "side": self.side.value,
-            "type": self.type.value,
-            "tif": self.time_in_force.value,
-            "quantity": text(self.quantity),
-            "notional": text(self.notional),
-            "limit": text(self.limit_price),
-            "stop": text(self.stop_price),
-        }
+        exits = (
+            {
+                "class": self.order_class.value,
+                "take_profit": text(self.take_profit_limit),
+                "stop_loss": text(self.stop_loss_stop),
+                "stop_loss_limit": text(self.stop_loss_limit),
+            }
+            if self.order_class is not OrderClass.SIMPLE
+            else {}
+        )
+        return (
+            extended
+            | exits
+            | {
+                # only when given: the fingerprints of orders without a trail stay as they were
+                **{k: v for k, v in trail.items() if v is not None},
+                "symbol": self.symbol,
+                "side": self.side.value,
+                "type": self.type.value,
+                "tif": self.time_in_force.value,
+                "quantity": text(self.quantity),
+                "notional": text(self.notional),
+                "limit": text(self.limit_price),
+                "stop": text(self.stop_price),
+            }
+        )
 
 
 def tick_for(price: Decimal) -> Decimal:
@@ -166,6 +191,14 @@ def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
     if not is_valid_symbol(symbol):
         raise InvalidInput(f"{command.symbol!r} is not a symbol", field="symbol")
     validate_key(command.idempotency_key)
+    if (
+        command.order_class is OrderClass.OCO
+        and command.type is OrderType.LIMIT
+        and command.limit_price is None
+        and command.take_profit_limit is not None
+    ):  # an OCO's limit is its take-profit's
+        tp = _price(command.take_profit_limit, "takeProfit.limitPrice", settings)
+        command = replace(command, limit_price=tp)
     _require_prices(command)
     limit = _price(command.limit_price, "limitPrice", settings)
     stop = _price(command.stop_price, "stopPrice", settings)
@@ -185,6 +218,8 @@ def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
         raise InvalidInput(
             "extendedHours is for LIMIT orders with timeInForce DAY", field="extendedHours"
         )
+    command = _order_class(replace(command, limit_price=limit), settings)
+    limit = command.limit_price
     quantity = command.quantity.normalize() if command.quantity is not None else None
     return replace(
         command,
@@ -195,6 +230,114 @@ def validate(command: PlaceOrder, settings: Settings) -> PlaceOrder:
         trail_percent=trail_percent,
         quantity=quantity if quantity is None else quantity.quantize(Decimal("0.000001")),
     )
+
+
+# -- order classes ---------------------------------------------------------------------------
+# Positions never go short: a BRACKET or OTO entry is a buy, its exits (and an OCO's) sells.
+
+
+def _exits(command: PlaceOrder, settings: Settings) -> PlaceOrder:
+    """The exit prices checked on their own (tick grid, bounds), under their input's names."""
+    return replace(
+        command,
+        take_profit_limit=_price(command.take_profit_limit, "takeProfit.limitPrice", settings),
+        stop_loss_stop=_price(command.stop_loss_stop, "stopLoss.stopPrice", settings),
+        stop_loss_limit=_price(command.stop_loss_limit, "stopLoss.limitPrice", settings),
+    )
+
+
+def _require(condition: bool, message: str, field: str) -> None:
+    if not condition:
+        raise InvalidInput(message, field=field)
+
+
+def _order_class(command: PlaceOrder, settings: Settings) -> PlaceOrder:
+    """A class order's shape: its entry (or OCO's take-profit) and its exits."""
+    klass = command.order_class
+    has_tp, has_sl = command.take_profit_limit is not None, command.stop_loss_stop is not None
+    if klass is OrderClass.SIMPLE:
+        _require(not has_tp, "takeProfit is for BRACKET, OTO and OCO orders", "takeProfit")
+        _require(
+            not has_sl and command.stop_loss_limit is None,
+            "stopLoss is for BRACKET, OTO and OCO orders",
+            "stopLoss",
+        )
+        return command
+    _require(
+        command.stop_loss_limit is None or has_sl,
+        "stopLoss.limitPrice needs stopLoss.stopPrice",
+        "stopLoss.stopPrice",
+    )
+    _require(
+        command.quantity is not None, f"a {klass.value} order is placed by quantity", "notional"
+    )
+    _require(
+        command.time_in_force in (TimeInForce.DAY, TimeInForce.GTC),
+        f"a {klass.value} order is DAY or GTC",
+        "timeInForce",
+    )
+    _require(not command.extended_hours, f"a {klass.value} order works in REGULAR hours only",
+             "extendedHours")  # fmt: skip
+    if klass is OrderClass.BRACKET:
+        _require(has_tp, "a BRACKET order needs takeProfit", "takeProfit")
+        _require(has_sl, "a BRACKET order needs stopLoss", "stopLoss")
+    elif klass is OrderClass.OTO:
+        _require(
+            has_tp != has_sl, "an OTO order needs exactly one of takeProfit and stopLoss",
+            "takeProfit",
+        )  # fmt: skip
+    else:
+        _require(has_tp, "an OCO order needs takeProfit", "takeProfit")
+        _require(has_sl, "an OCO order needs stopLoss", "stopLoss")
+    command = _exits(command, settings)
+    if command.stop_loss_limit is not None:
+        assert command.stop_loss_stop is not None
+        _require(
+            command.stop_loss_limit <= command.stop_loss_stop,
+            "stopLoss.limitPrice must be at most stopLoss.stopPrice",
+            "stopLoss.limitPrice",
+        )
+    if klass in ENTRY_CLASSES:
+        _require(command.side is Side.BUY, f"a {klass.value} entry is a BUY", "side")
+        _require(
+            command.type in (OrderType.MARKET, OrderType.LIMIT),
+            f"a {klass.value} entry is a MARKET or LIMIT order",
+            "type",
+        )
+        if command.limit_price is not None:
+            check_exits_around(command, command.limit_price)
+        return command
+    _require(command.side is Side.SELL, "an OCO order sells a position", "side")
+    _require(command.type is OrderType.LIMIT, "an OCO order is a LIMIT order", "type")
+    _require(
+        command.limit_price is None or command.limit_price == command.take_profit_limit,
+        "an OCO's limitPrice is its takeProfit.limitPrice",
+        "limitPrice",
+    )
+    assert command.take_profit_limit is not None and command.stop_loss_stop is not None
+    _require(
+        command.take_profit_limit > command.stop_loss_stop,
+        "takeProfit.limitPrice must be above stopLoss.stopPrice",
+        "takeProfit.limitPrice",
+    )
+    return replace(command, limit_price=command.take_profit_limit)
+
+
+def check_exits_around(command: PlaceOrder, entry_price: Decimal) -> None:
+    """takeProfit.limitPrice > the entry's price > stopLoss.stopPrice (the entry's price is its
+    limit, or the ask for a MARKET entry)."""
+    if command.take_profit_limit is not None:
+        _require(
+            command.take_profit_limit > entry_price,
+            f"takeProfit.limitPrice must be above the entry price {entry_price}",
+            "takeProfit.limitPrice",
+        )
+    if command.stop_loss_stop is not None:
+        _require(
+            command.stop_loss_stop < entry_price,
+            f"stopLoss.stopPrice must be below the entry price {entry_price}",
+            "stopLoss.stopPrice",
+        )
 
 
 @dataclass(frozen=True, slots=True)

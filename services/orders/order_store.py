@@ -22,6 +22,7 @@ from services.orders.order_model import (
     OPEN_STATUSES,
     Execution,
     Order,
+    OrderClass,
     OrderType,
     Side,
     Status,
@@ -39,6 +40,7 @@ _SIDES = {m.value: m for m in Side}
 _TYPES = {m.value: m for m in OrderType}
 _TIFS = {m.value: m for m in TimeInForce}
 _STATUSES = {m.value: m for m in Status}
+_CLASSES = {m.value: m for m in OrderClass}
 _WIDTH = len(ORDER_COLUMNS.split(","))
 
 
@@ -50,7 +52,8 @@ def order_from_row(row: Any) -> Order:
         limit_price, stop_price, status, filled_quantity, filled_value, reserved_cash,
         reserved_quantity, triggered, version, idempotency_key, reject_reason, created_at,
         updated_at, filled_at, request_id, trail_price, trail_percent, high_water_mark,
-        replaces, replaced_by, extended_hours,
+        replaces, replaced_by, extended_hours, order_class, parent_id, take_profit_limit,
+        stop_loss_stop, stop_loss_limit,
     ) = tuple(row[:_WIDTH])  # fmt: skip
     return Order(
         order_id, user_id, account_id, symbol, _SIDES[side], _TYPES[type_], _TIFS[tif],
@@ -58,6 +61,7 @@ def order_from_row(row: Any) -> Order:
         filled_value, reserved_cash, reserved_quantity, triggered, version, idempotency_key,
         reject_reason, created_at, updated_at, filled_at, request_id, trail_price,
         trail_percent, high_water_mark, replaces, replaced_by, extended_hours,
+        _CLASSES[order_class], parent_id, take_profit_limit, stop_loss_stop, stop_loss_limit,
     )  # fmt: skip
 
 
@@ -86,6 +90,22 @@ async def lock_account_and_order(
         )
     ).first()
     return order_from_row(row) if row else None
+
+
+async def legs_of(conn: AsyncConnection, parent_ids: Sequence[UUID]) -> dict[UUID, list[Order]]:
+    """Each parent's legs, oldest first (the take-profit before the stop-loss)."""
+    rows = await conn.execute(
+        text(
+            f"SELECT {ORDER_COLUMNS} FROM orders WHERE parent_id = ANY(:ids) "
+            "ORDER BY created_at, type, id"
+        ),
+        {"ids": list(parent_ids)},
+    )
+    found: dict[UUID, list[Order]] = {i: [] for i in parent_ids}
+    for row in rows:
+        order = order_from_row(row)
+        found[order.parent_id].append(order)  # type: ignore[index]
+    return found
 
 
 async def open_orders(
@@ -299,6 +319,10 @@ class OrderStore:
         )
         rows = await db.fetch_directly(self._engine, sql, *args)
         return [(r[0], r[1]) for r in rows[:first]], len(rows) > first
+
+    async def legs_for(self, parent_ids: Sequence[UUID]) -> dict[UUID, list[Order]]:
+        async with single_read(self._engine) as conn:
+            return await legs_of(conn, parent_ids)
 
     async def executions_for(self, order_ids: Sequence[UUID]) -> dict[UUID, list[Execution]]:
         async with single_read(self._engine) as conn:

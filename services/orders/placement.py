@@ -18,7 +18,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from redis.exceptions import RedisError
@@ -46,9 +46,15 @@ from services.infra.streams import partition_of
 from services.market_data.clock import MarketClock
 from services.market_data.quote_store import QuoteStore
 from services.money import trim_quantity
-from services.orders import order_events, trailing
-from services.orders.order_model import Event, Order, OrderType, Side
-from services.orders.order_rules import PlaceOrder, hold_for, needs_quote, validate
+from services.orders import order_classes, order_events, trailing
+from services.orders.order_model import Event, Order, OrderClass, OrderType, Side
+from services.orders.order_rules import (
+    PlaceOrder,
+    check_exits_around,
+    hold_for,
+    needs_quote,
+    validate,
+)
 from services.orders.order_store import ORDER_COLUMNS, order_from_row, orders_by_id
 
 log = logging.getLogger("tradeql.placement")
@@ -166,10 +172,11 @@ class OrderPlacement:
             try:
                 async with self._engine.begin() as conn:
                     judged = await self._judge(conn, batch, quotes)
-                    placed = await self._apply(conn, judged)
+                    placed, legs = await self._apply(conn, judged)
                     # ACCEPTED in the outbox with the orders: published below, or by the relay
                     accepted = [
-                        order_events.OrderUpdate(Event.ACCEPTED, order) for _, order in placed
+                        order_events.OrderUpdate(Event.ACCEPTED, order)
+                        for order in [o for _, o in placed] + legs
                     ]
                     await order_events.write(conn, accepted)
                 break
@@ -261,9 +268,12 @@ class OrderPlacement:
         await _release_keys(conn, refused_keys)
         return judged
 
-    async def _apply(self, conn: AsyncConnection, judged: _Judged) -> list[tuple[_Request, Order]]:
+    async def _apply(
+        self, conn: AsyncConnection, judged: _Judged
+    ) -> tuple[list[tuple[_Request, Order]], list[Order]]:
+        """The accepted orders, answered, and the legs made with them (an OCO's stop-loss)."""
         if not judged.accepted:
-            return []
+            return [], []
         cash_by_account: dict[UUID, Decimal] = defaultdict(Decimal)
         shares_by_position: dict[tuple[UUID, str], Decimal] = defaultdict(Decimal)
         rows = []
@@ -294,6 +304,10 @@ class OrderPlacement:
                     "key": c.idempotency_key,
                     "request_id": request.request_id,
                     "extended_hours": c.extended_hours,
+                    "order_class": c.order_class.value,
+                    "take_profit_limit": c.take_profit_limit,
+                    "stop_loss_stop": c.stop_loss_stop,
+                    "stop_loss_limit": c.stop_loss_limit,
                 }
             )
         await conn.execute(
@@ -319,6 +333,17 @@ class OrderPlacement:
                 },
             )
         by_id = {o.id: o for o in await _insert_many(conn, rows)}
+        legs = await order_classes.insert_legs(
+            conn,
+            [
+                leg
+                for row in rows
+                if row["order_class"] == OrderClass.OCO.value
+                for leg in order_classes.exit_rows(
+                    row, cast(Decimal, row["quantity"]), with_take_profit=False
+                )
+            ],
+        )
         await conn.execute(
             text(
                 "UPDATE idempotency_keys k SET resource_id = d.order_id FROM unnest("
@@ -346,7 +371,7 @@ class OrderPlacement:
                 "rids": [r.request_id for r, _, _ in judged.accepted],
             },
         )
-        return [(request, by_id[order_id]) for request, order_id, _ in judged.accepted]
+        return [(request, by_id[order_id]) for request, order_id, _ in judged.accepted], legs
 
     async def _load_existing(self, judged: _Judged) -> dict[UUID, Order]:
         if not judged.existing:
@@ -520,6 +545,9 @@ def _judge_one(
             f"{'trailing stop' if command.type is OrderType.TRAILING_STOP else 'market order'}",
             field="symbol",
         )
+    if command.order_class is not OrderClass.SIMPLE and command.type is OrderType.MARKET:
+        assert quote is not None  # a market buy needs one (above)
+        check_exits_around(command, quote.ask)  # a MARKET entry's price: the ask
     mark = None
     if command.type is OrderType.TRAILING_STOP:
         command, mark = _start_trailing(command, quote)
@@ -553,6 +581,9 @@ def _judge_one(
     )
 
 
+_DEFAULTS: dict[str, Any] = {"order_class": "SIMPLE", "extended_hours": False}
+
+
 async def insert_orders(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Order]:
     """New PENDING orders from `rows` (a column left out of a row is NULL)."""
     return await _insert_many(conn, rows)
@@ -580,6 +611,11 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "high_water_mark",
         "replaces",
         "extended_hours",
+        "order_class",
+        "parent_id",
+        "take_profit_limit",
+        "stop_loss_stop",
+        "stop_loss_limit",
     ]
     types = [
         "uuid",
@@ -602,6 +638,11 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
         "numeric",
         "uuid",
         "boolean",
+        "text",
+        "uuid",
+        "numeric",
+        "numeric",
+        "numeric",
     ]
     unnest = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
     result = await conn.execute(
@@ -609,9 +650,10 @@ async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
             "INSERT INTO orders (id, user_id, account_id, symbol, side, type, time_in_force, "
             "quantity, notional, limit_price, stop_price, reserved_cash, reserved_quantity, "
             "idempotency_key, request_id, trail_price, trail_percent, high_water_mark, replaces, "
-            "extended_hours, status) "
+            "extended_hours, order_class, parent_id, take_profit_limit, stop_loss_stop, "
+            "stop_loss_limit, status) "
             f"SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
         ),
-        {c: [r.get(c) for r in rows] for c in columns},
+        {c: [r.get(c, _DEFAULTS.get(c)) for r in rows] for c in columns},
     )
     return [order_from_row(r) for r in result]

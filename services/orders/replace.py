@@ -31,7 +31,7 @@ from services.infra.streams import partition_of
 from services.money import trim_quantity
 from services.orders import order_events, trailing
 from services.orders.order_events import OrderUpdate
-from services.orders.order_model import Event, Order, OrderType, Side, TimeInForce
+from services.orders.order_model import Event, Order, OrderClass, OrderType, Side, TimeInForce
 from services.orders.order_rules import PlaceOrder, hold_for, validate
 from services.orders.order_store import ORDER_COLUMNS, order_from_row, orders_by_id
 from services.orders.placement import SCOPE, insert_orders, order_stream
@@ -105,6 +105,11 @@ def check_replaceable(old: Order | None, user_id: UUID) -> Order:
         raise NotFound("no such order", field="id")
     if not old.is_open:
         raise NotReplaceable(f"the order is {old.status.value}", field="id")
+    if old.order_class is not OrderClass.SIMPLE:  # its legs and siblings are tied to it
+        raise NotReplaceable(
+            f"a {old.order_class.value} order cannot be replaced: cancel it and place another",
+            field="id",
+        )
     if old.type is OrderType.MARKET:
         raise NotReplaceable("a market order executes at once: cancel it instead", field="id")
     if old.triggered:
