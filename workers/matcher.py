@@ -490,6 +490,7 @@ class PartitionMatcher:
                 extended_only=session in EXTENDED,
                 all_or_none=order.time_in_force is TimeInForce.FOK,
                 skip=set(self._executing),  # their route to a venue is in flight
+                partitions=self.settings.quote_partitions,
             )
         except fills.StaleOrder:
             await self._refresh(order)

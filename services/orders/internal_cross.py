@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from uuid import UUID
 
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.retry import until_it_works
-from services.orders import fills, order_events
+from services.orders import fills, order_classes, order_events
 from services.orders.fills import Execute, Fill, Outcome, StaleOrder, Work
 from services.orders.order_events import OrderUpdate
 from services.orders.order_model import Order, OrderType, Side, Status
@@ -66,6 +66,9 @@ class Crossing:
     # Some crossing order was taken by someone else between the read and the lock (another
     # cross, a venue fill, a cancel): another round may find the next ones.
     contended: bool = False
+    # Orders the fills moved beside their own (order classes' new legs, siblings closed or
+    # reduced): the matcher is told of them, as after a venue fill.
+    linked: list[Order] = field(default_factory=list)
 
     @property
     def executions(self) -> int:
@@ -265,6 +268,7 @@ async def cross(
         [o.order for o in outcomes[1:]],
         [u for o in outcomes for u in o.updates],
         contended,
+        [linked for o in outcomes for linked in o.linked],
     )
 
 
@@ -278,6 +282,7 @@ async def cross_and_publish(
     extended_only: bool = False,
     all_or_none: bool = False,
     skip: Collection[UUID] = (),
+    partitions: int = 1,
 ) -> Crossing:
     """`cross` in transactions of their own, each round's events published after its commit, as
     the group commit publishes venue fills (the outbox relays them if Redis fails here).
@@ -305,7 +310,7 @@ async def cross_and_publish(
             break  # a cancel (or another worker) got to it after our last round: we are done
         rounds.append(crossing)
         current = crossing.incoming
-        await _publish(redis, reads, crossing.updates)
+        await _publish(redis, reads, crossing, partitions)
         if not crossing.contended or not crossable(current):
             break
     return Crossing(
@@ -313,6 +318,7 @@ async def cross_and_publish(
         [o for c in rounds for o in c.resting],
         [u for c in rounds for u in c.updates],
         any(c.contended for c in rounds),
+        [o for c in rounds for o in c.linked],
     )
 
 
@@ -340,13 +346,19 @@ async def _round(
 
 
 async def _publish(
-    redis: RedisClient, reads: ReadRouter | None, updates: list[OrderUpdate]
+    redis: RedisClient, reads: ReadRouter | None, crossing: Crossing, partitions: int
 ) -> None:
-    if not updates:
+    """Both sides' events, and the matcher told of the legs and siblings the fills moved
+    (`partitions`: the matcher's stream partitions), in one round trip."""
+    updates = crossing.updates
+    if not updates and not crossing.linked:
         return
     if reads is not None:  # the owners' next history reads wait for the replica
         await reads.note_commit(u.order.user_id for u in updates)
     try:
-        await order_events.publish(redis, updates)
-    except (RedisError, OSError) as exc:
+        async with redis.pipeline(transaction=False) as pipe:
+            order_events.queue(pipe, updates)
+            order_classes.queue_matcher_messages(pipe, crossing.linked, partitions)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:  # the relay and the matcher's sweep catch up
         log.warning("%d order events not published: %s", len(updates), exc)

@@ -415,3 +415,44 @@ async def test_fifty_concurrent_buys_never_overfill_one_resting_sell(
     for b in buyers:
         await b.call(CANCEL_ALL)
     await check(services)
+
+
+async def test_a_bracket_entry_filled_inside_has_its_legs_worked_at_once(
+    services: Services, matcher: Matcher, symbol: str, traders: Callable[..., Any]
+) -> None:
+    """The legs an internal fill creates reach the matcher with the fill's events (not at its
+    next sweep), and the cross moves the entry's holds as a venue fill would."""
+    seller, buyer = await traders(2)
+    await seller.shares(symbol, "4")
+    await seller.rest(symbol, "SELL", "4", "100.01")
+    placed = await buyer.call(
+        PLACE,
+        i={
+            "symbol": symbol,
+            "side": "BUY",
+            "type": "LIMIT",
+            "quantity": "4",
+            "limitPrice": "100.01",
+            "timeInForce": "GTC",
+            "orderClass": "BRACKET",
+            "takeProfit": {"limitPrice": "105.00"},
+            "stopLoss": {"stopPrice": "95.00"},
+            "idempotencyKey": uuid.uuid4().hex,
+        },
+    )
+    assert placed["errors"] == [], placed
+    entry = await buyer.wait(placed["order"]["id"], status="FILLED")
+    assert venues(entry) == [("4.000000", "100.0100", "INTERNAL")]
+    legs = await buyer.call(
+        "query($id: ID!) { order(id: $id) { legs { id type quantity status } } }", id=entry["id"]
+    )
+    assert [(leg["type"], leg["quantity"]) for leg in legs["legs"]] == [
+        ("LIMIT", "4.000000"),
+        ("STOP", "4.000000"),
+    ]
+    sweep = services.settings.matcher_sweep_seconds
+    for leg in legs["legs"]:
+        await buyer.wait(leg["id"], timeout=sweep / 2, status="SUBMITTED")
+    assert await position(services, buyer.user_id, symbol) == (D(4), D(4))  # held once
+    await buyer.call(CANCEL_ALL)
+    await check(services)
