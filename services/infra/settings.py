@@ -294,7 +294,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _partitions_exist(self) -> Settings:
-        beyond = [p for p in parse_partitions(self.matcher_partitions) if p >= self.quote_partitions]
+        beyond = [
+            p for p in parse_partitions(self.matcher_partitions) if p >= self.quote_partitions
+        ]
         if beyond:
             raise ValueError(
                 f"TRADEQL_MATCHER_PARTITIONS names partition {beyond[0]}, but there are only "
