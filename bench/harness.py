@@ -657,6 +657,81 @@ def pg_tree(postmaster: int | None) -> Callable[[], list[int]]:
     return lambda: process_tree(postmaster) if postmaster else []
 
 
+# PostgreSQL WAL and Redis work over a window
+
+
+def server_snapshot(pg_url: str, redis_url: str | None) -> dict[str, Any]:
+    """Cumulative server counters now: the WAL position and pg_stat_wal (whole server: every
+    database writes the one WAL), and Redis's CPU seconds (INFO cpu) and calls per command (INFO
+    commandstats; the whole Redis server, every db)."""
+    snap: dict[str, Any] = {"at": time.monotonic(), "wal": {}, "redis_cpu": None, "calls": {}}
+    with contextlib.suppress(Exception):  # a nicety: never fail a run over it
+        row = pg_fetch(
+            pg_url,
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS lsn, "
+            "w.wal_records::float8 AS records, w.wal_fpi::float8 AS fpi, "
+            "w.wal_bytes::float8 AS bytes FROM pg_stat_wal w",
+        )[0]
+        snap["wal"] = {k: float(row[k]) for k in ("lsn", "records", "fpi", "bytes")}
+    if redis_url:
+        with contextlib.suppress(Exception):
+            client = redis_client(redis_url)
+            cpu = client.info("cpu")
+            snap["redis_cpu"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+            snap["calls"] = {
+                name.removeprefix("cmdstat_"): float(v["calls"])
+                for name, v in client.info("commandstats").items()
+                if isinstance(v, dict)
+            }
+            client.close()
+    return snap
+
+
+def server_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """What the servers did between two snapshots: seconds, WAL bytes (the LSN moved) and records,
+    full-page images, Redis CPU seconds and calls per command (empty where a snapshot had none)."""
+    wal = {
+        k: after["wal"][k] - before["wal"][k]
+        for k in ("lsn", "records", "fpi", "bytes")
+        if k in after["wal"] and k in before["wal"]
+    }
+    calls = {
+        k: v - before["calls"].get(k, 0.0)
+        for k, v in after["calls"].items()
+        if v > before["calls"].get(k, 0.0)
+    }
+    cpu = (
+        after["redis_cpu"] - before["redis_cpu"]
+        if after["redis_cpu"] is not None and before["redis_cpu"] is not None
+        else None
+    )
+    return {"seconds": after["at"] - before["at"], "wal": wal, "redis_cpu_s": cpu, "calls": calls}
+
+
+class ServerWindow:
+    """server_snapshot at start() and stop(): the delta of one window."""
+
+    def __init__(self, pg_url: str, redis_url: str | None) -> None:
+        self.pg_url, self.redis_url = pg_url, redis_url
+        self._before: dict[str, Any] = {}
+        self.delta: dict[str, Any] = {}
+
+    def start(self) -> ServerWindow:
+        self._before = server_snapshot(self.pg_url, self.redis_url)
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        self.delta = server_delta(self._before, server_snapshot(self.pg_url, self.redis_url))
+        return self.delta
+
+
+def database_backends(admin_url: str, database: str) -> Callable[[], list[int]]:
+    """The PostgreSQL backends connected to one database (looked up at every CPU sample), for a
+    CpuWindow group: the CPU the database's own sessions use, not the server's other work."""
+    sql = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+    return lambda: [int(row[0]) for row in pg_fetch(admin_url, sql, database)]
+
+
 # Prometheus metrics and latency histograms
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
