@@ -186,6 +186,52 @@ def recreate_database(admin_url: str, name: str) -> None:
     )
 
 
+class PrivatePostgres:
+    """A PostgreSQL server of the run's own: `initdb` (the newest /usr/lib/postgresql/*/bin) in a
+    temporary folder, a free loopback port, run as the `postgres` user when the run is root, with
+    the server defaults (fsync and synchronous_commit on, as the machine's server). Its WAL and
+    its processes' CPU are then the run's work only. `stop()` ends it and removes the folder."""
+
+    RUN_AS = "postgres"
+
+    def __init__(self, registry: Registry) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts)
+        if not found:
+            raise BenchError("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.bin, self.registry = found[-1].parent, registry
+        self.folder = Path(tempfile.mkdtemp(prefix="tradeql-bench-pg-"))
+        self.data, self.port, self.pid = self.folder / "data", free_port(), 0
+
+    def _run(self, *argv: str) -> None:
+        command = [*(["runuser", "-u", self.RUN_AS, "--"] if os.geteuid() == 0 else []), *argv]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode:
+            raise BenchError(f"{' '.join(argv)} failed: {(done.stdout + done.stderr)[-800:]}")
+
+    def start(self) -> str:
+        """The server's admin URL once it accepts connections."""
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, self.RUN_AS, self.RUN_AS)
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                  "--auth=trust", "-E", "UTF8", "--no-sync")  # fmt: skip
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.folder}'\nmax_connections = 200\n")  # fmt: skip
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
+                  str(self.folder / "server.log"), "-w", "start")  # fmt: skip
+        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        self.registry.add(self.pid)
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        if self.pid:
+            with contextlib.suppress(BenchError):
+                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+            self.registry.remove(self.pid)
+            self.pid = 0
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def postmaster_pid(url: str) -> int | None:
     """The postmaster: the parent of a long-lived auxiliary process."""
     rows = pg_fetch(
@@ -495,6 +541,7 @@ class Run:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(STATE_DIR / f"{name}-pids.json")
         self.children: list[Managed] = []
+        self.keep: set[Managed] = set()  # left running by stop_others (a server parts share)
         ended = self.registry.end_leftovers()
         if ended:
             print(f"ended processes a previous run left behind: {ended}", flush=True)
@@ -517,6 +564,10 @@ class Run:
 
     def stop_all(self) -> None:
         self.stop(*reversed(self.children))
+
+    def stop_others(self) -> None:
+        """Every child but those in `keep`, newest first."""
+        self.stop(*(c for c in reversed(self.children) if c not in self.keep))
 
 
 def wait_until(what: str, watch: Sequence[Managed], check: Callable[[], bool],

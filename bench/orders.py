@@ -457,6 +457,7 @@ class System:
         self.run, self.env, self.args, self.partitions = run, env, args, partitions
         self.api_port, self.quotes_port = h.free_port(), h.free_port()
         self.matcher_ports: list[int] = []
+        self.postmaster: int | None = None  # the PostgreSQL server's, when a caller knows it
         self.redis = h.redis_client(env["REDIS_URL"])
         self.procs: dict[str, h.Managed] = {}
 
@@ -480,7 +481,9 @@ class System:
         for i in range(count):
             first = i * self.partitions // count
             last = (i + 1) * self.partitions // count - 1
-            env = self.env | ({"TRADEQL_MATCHER_PARTITIONS": f"{first}-{last}"} if count > 1 else {})
+            env = self.env | (
+                {"TRADEQL_MATCHER_PARTITIONS": f"{first}-{last}"} if count > 1 else {}
+            )
             port = h.free_port()
             self.matcher_ports.append(port)
             name = "matcher" if i == 0 else f"matcher{i + 1}"

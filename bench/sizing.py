@@ -60,7 +60,9 @@ class Load:
     @property
     def deliveries_per_s(self) -> float:
         """Quote deliveries to sockets (every followed symbol updates at the symbol rate)."""
-        return self.websockets * min(self.symbols_per_socket, self.symbols) * self.updates_per_symbol_s
+        return (
+            self.websockets * min(self.symbols_per_socket, self.symbols) * self.updates_per_symbol_s
+        )
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,9 @@ def size(c: Costs, load: Load, a: Assumptions | None = None) -> Sizing:
         ("alert checker", f"{quotes:,.0f} quotes/s checked", cores(c.alerts_us_per_check, quotes)),
     ):  # fmt: skip
         out.rows.append(Row(name, driver, demand, processes_for(demand, a.utilization)))
-    pg_cores = cores(c.pg_us_per_order, load.orders_per_s) + cores(c.pg_us_per_read, load.reads_per_s)
+    pg_cores = cores(c.pg_us_per_order, load.orders_per_s) + cores(
+        c.pg_us_per_read, load.reads_per_s
+    )
     active = c.pg_active_s_per_order * load.orders_per_s
     wal = c.wal_bytes_per_order * load.orders_per_s
     out.pg = {
@@ -205,12 +209,18 @@ def size(c: Costs, load: Load, a: Assumptions | None = None) -> Sizing:
         "wal_gb_per_hour": wal * 3600 / 1e9,
         "commits_note_orders_per_s": load.orders_per_s,
     }
-    clients = sum(r.processes for r in out.rows if r.component in ("API (tradeql api)", "matcher", "outbox relay"))
+    clients = sum(
+        r.processes
+        for r in out.rows
+        if r.component in ("API (tradeql api)", "matcher", "outbox relay")
+    )
     out.pgbouncer = {
         "server_connections": max(4, math.ceil(active * a.pg_connection_margin)),
         "client_connections": clients * a.pool_per_process,
     }
-    redis_cores = cores(c.redis_us_per_order, load.orders_per_s) + cores(c.redis_us_per_quote, quotes)
+    redis_cores = cores(c.redis_us_per_order, load.orders_per_s) + cores(
+        c.redis_us_per_quote, quotes
+    )
     out.redis = {
         "cores": redis_cores,
         "shards": processes_for(redis_cores, a.redis_core * a.utilization),
