@@ -226,7 +226,9 @@ class PrivatePostgres:
     def stop(self) -> None:
         if self.pid:
             with contextlib.suppress(BenchError):
-                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+                self._run(
+                    str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
+                )
             self.registry.remove(self.pid)
             self.pid = 0
         shutil.rmtree(self.folder, ignore_errors=True)
