@@ -189,7 +189,8 @@ def _measure_orders(args: argparse.Namespace, run: h.Run, redis_base: str) -> di
             "accepted_per_s": result.accepted_rate, "accept_ms": result.accept_ms,
             "fill_ms": result.fill_ms, "failed": sum(result.client.get("failed", {}).values()),
             "refused": dict(result.client.get("refused", {})), "cpu": result.cpu,
-            "notes": result.notes, "costs": order_costs(result, idle),
+            "other_cpu": others(result.cpu), "notes": result.notes,
+            "costs": order_costs(result, idle),
         }  # fmt: skip
         points.append(point)
         print(format_point(point), flush=True)
@@ -204,7 +205,7 @@ def format_point(p: dict[str, Any]) -> str:
         f"  {p['api_workers']} x {p['matchers']}: {p['accepted_per_s']:,.0f} orders/s accepted, "
         f"p95 accept {h.fmt(p['accept_ms'].get('p95'))} ms, p95 fill {h.fmt(p['fill_ms'].get('p95'))} "
         f"ms, {p['failed']} failed; machine CPU {p['cpu'].get('machine', 0):.0f}% of "
-        f"{100 * (os.cpu_count() or 1)}",
+        f"{100 * (os.cpu_count() or 1)}, of which ~{p['other_cpu']:.0f}% others' (not this run's)",
         f"  CPU us: API {c['api_us_per_order']:,.0f}/order, matcher {c['matcher_us_per_fill']:,.0f}/fill "
         f"({c['fills_per_order']:.2f} fills/order), relay {c['relay_us_per_order']:,.0f}/order, "
         f"PostgreSQL (bench db backends) {c['pg_us_per_order']:,.0f}/order "
@@ -353,17 +354,31 @@ def costs_from(parts: dict[str, Any]) -> sizing.Costs:
 
 
 def format_costs(c: sizing.Costs) -> str:
-    return "\n".join(f"  {f.name:<28} {getattr(c, f.name):>14,.2f}" for f in fields(c))
+    def value(x: float) -> str:
+        return f"{x:>14,.1f}" if abs(x) >= 10 else f"{x:>14.4f}"
+
+    return "\n".join(f"  {f.name:<28} {value(getattr(c, f.name))}" for f in fields(c))
+
+
+def others(cpu: dict[str, float]) -> float:
+    """CPU % of the machine not used by the processes measured: other people's work (the
+    machine is shared), the sampling of this run itself."""
+    ours = sum(v for k, v in cpu.items() if k not in ("machine", "postgres (bench db)"))
+    return max(cpu.get("machine", 0.0) - ours, 0.0)
 
 
 def format_curve(points: list[dict[str, Any]]) -> str:
-    head = f"  {'API x matchers':<15} {'orders/s':>9} {'p95 accept ms':>14} {'p95 fill ms':>12} {'machine %':>10}"
+    head = (
+        f"  {'API x matchers':<15} {'orders/s':>9} {'p95 accept ms':>14} {'p95 fill ms':>12} "
+        f"{'machine %':>10} {'others %':>9} {'commits/order':>14}"
+    )
     lines = [head]
     for p in points:
         lines.append(
             f"  {p['api_workers']} x {p['matchers']:<11} {p['accepted_per_s']:>9,.0f} "
             f"{h.fmt(p['accept_ms'].get('p95')):>14} {h.fmt(p['fill_ms'].get('p95')):>12} "
-            f"{p['cpu'].get('machine', 0):>10.0f}"
+            f"{p['cpu'].get('machine', 0):>10.0f} {p.get('other_cpu', 0.0):>9.0f} "
+            f"{p['costs']['pg_commits_per_order']:>14.2f}"
         )
     return "\n".join(lines)
 
@@ -462,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quote-symbols", type=h.positive, default=10_000, help="symbols quoted, 1/s")
     p.add_argument("--quote-subscribers", type=h.positive, nargs=2, default=[100, 1000],
                    help="WebSockets of 10 symbols each, two scenarios")  # fmt: skip
-    p.add_argument("--alerts", type=h.positive, default=100_000, help="active alerts")
+    p.add_argument("--alerts", type=h.positive, default=1_000_000, help="active alerts")
     p.add_argument("--from-json", type=Path, help="only the table, from this run's costs")
     target = p.add_argument_group("the target load and the assumptions of the table")
     target.add_argument("--orders-per-s", type=h.positive_float, default=3000.0)
