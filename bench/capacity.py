@@ -110,7 +110,8 @@ def order_costs(r: orders.Result, idle: dict[str, Any]) -> dict[str, Any]:
         "pg_us_per_order": _per(busy("postgres (bench db)"), rate),
         "pg_server_us_per_order": _per(busy("postgres"), rate),
         "pg_active_backends": r.pg_active,
-        "pg_active_s_per_order": (r.pg_active or 0.0) / rate if rate else 0.0,
+        "pg_in_transaction_backends": r.pg_in_transaction,
+        "pg_held_s_per_order": (r.pg_in_transaction or 0.0) / rate if rate else 0.0,
         "pg_commits_per_order": r.pg.get("xact_commit", 0.0) / max(orders_n, 1e-9),
         "wal_bytes_per_order": minus_idle(s.get("wal", {}).get("lsn"), b.get("wal", {}).get("lsn")),
         "wal_records_per_order": minus_idle(
@@ -213,7 +214,8 @@ def format_point(p: dict[str, Any]) -> str:
         f"  PostgreSQL: {h.fmt(c['wal_bytes_per_order'], ',.0f')} WAL bytes/order "
         f"({h.fmt(c['wal_records_per_order'], '.1f')} records, {h.fmt(c['wal_fpi_per_order'], '.2f')} "
         f"full-page images), {c['pg_commits_per_order']:.2f} commits/order, "
-        f"{h.fmt(c['pg_active_backends'], '.1f')} backends active; Redis "
+        f"{h.fmt(c['pg_active_backends'], '.2f')} backends active, "
+        f"{h.fmt(c['pg_in_transaction_backends'], '.2f')} in a transaction; Redis "
         f"{h.fmt(c['redis_us_per_order'], ',.0f')} us and {c['redis_commands_per_order']:.1f} "
         f"commands/order ({calls})",
         *(f"  note: {n}" for n in p["notes"]),
@@ -337,7 +339,7 @@ def costs_from(parts: dict[str, Any]) -> sizing.Costs:
         # a private server: all its processes (WAL writer, checkpointer...) are the orders' work
         "pg_us_per_order": o["pg_server_us_per_order" if parts["orders"]["private_postgres"]
                              else "pg_us_per_order"],
-        "pg_active_s_per_order": o["pg_active_s_per_order"],
+        "pg_held_s_per_order": o["pg_held_s_per_order"],
         "wal_bytes_per_order": o["wal_bytes_per_order"] or 0.0,
         "redis_us_per_order": o["redis_us_per_order"] or 0.0,
         "redis_commands_per_order": o["redis_commands_per_order"],
@@ -367,10 +369,15 @@ def others(cpu: dict[str, float]) -> float:
     return max(cpu.get("machine", 0.0) - ours, 0.0)
 
 
+def ours_cores(p: dict[str, Any]) -> float:
+    """Cores the point's own processes used (the machine's CPU less others')."""
+    return max(p["cpu"].get("machine", 0.0) - p.get("other_cpu", 0.0), 0.0) / 100
+
+
 def format_curve(points: list[dict[str, Any]]) -> str:
     head = (
         f"  {'API x matchers':<15} {'orders/s':>9} {'p95 accept ms':>14} {'p95 fill ms':>12} "
-        f"{'machine %':>10} {'others %':>9} {'commits/order':>14}"
+        f"{'machine %':>10} {'others %':>9} {'orders/s per core':>18} {'commits/order':>14}"
     )
     lines = [head]
     for p in points:
@@ -378,6 +385,7 @@ def format_curve(points: list[dict[str, Any]]) -> str:
             f"  {p['api_workers']} x {p['matchers']:<11} {p['accepted_per_s']:>9,.0f} "
             f"{h.fmt(p['accept_ms'].get('p95')):>14} {h.fmt(p['fill_ms'].get('p95')):>12} "
             f"{p['cpu'].get('machine', 0):>10.0f} {p.get('other_cpu', 0.0):>9.0f} "
+            f"{p['accepted_per_s'] / max(ours_cores(p), 1e-9):>18,.0f} "
             f"{p['costs']['pg_commits_per_order']:>14.2f}"
         )
     return "\n".join(lines)

@@ -420,6 +420,7 @@ class Result:
     pg: dict[str, float] = field(default_factory=dict)
     pool_checked_out: float | None = None
     pg_active: float | None = None  # bench database backends active on average (sampled)
+    pg_in_transaction: float | None = None  # ... active or idle in a transaction: connections held
     servers: dict[str, Any] = field(default_factory=dict)  # a ServerWindow's delta, if given
     cpu: dict[str, float] = field(default_factory=dict)
     load_average: float | None = None
@@ -624,7 +625,10 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
     if pg_before and pg_after:
         result.pg = {k: pg_after[k] - pg_before.get(k, 0.0) for k in pg_after} | {"seconds": window}
     result.activity = activity.summary()
-    result.pg_active = activity.active / activity.samples if activity.samples else None
+    if activity.samples:
+        result.pg_active = activity.active / activity.samples
+        held = activity.active + activity.idle_in_transaction
+        result.pg_in_transaction = held / activity.samples
     result.profiles = profiler.finish()
     add_notes(result, args)
 

@@ -26,7 +26,7 @@ class Costs:
     relay_us_per_order: float  # the outbox relay publishing the order's events
     fills_per_order: float  # executions per accepted order in the measured mix
     pg_us_per_order: float  # the bench database's PostgreSQL backends
-    pg_active_s_per_order: float  # backend-seconds active (pg_stat_activity) per order
+    pg_held_s_per_order: float  # backend-seconds in a transaction (active or idle in one) per order
     wal_bytes_per_order: float
     redis_us_per_order: float  # Redis main thread (INFO cpu), the idle baseline taken out
     redis_commands_per_order: float  # INFO commandstats, the idle baseline taken out
@@ -70,7 +70,7 @@ class Assumptions:
     utilization: float = 0.6  # plan each core at 60% busy: 40% headroom for bursts and failover
     sockets_per_api: int = 10_000  # open WebSockets one API process is given at most
     redis_core: float = 1.0  # a Redis shard's commands run on one thread
-    pg_connection_margin: float = 2.0  # server connections = active backends x this
+    pg_connection_margin: float = 2.0  # server connections = backends in a transaction x this
     pool_per_process: int = 20  # TRADEQL_DB_POOL_SIZE: client connections each process may open
     standby_matchers: int = 1  # a spare that takes a dead matcher's partitions (its leases)
 
@@ -199,15 +199,15 @@ def size(c: Costs, load: Load, a: Assumptions | None = None) -> Sizing:
     pg_cores = cores(c.pg_us_per_order, load.orders_per_s) + cores(
         c.pg_us_per_read, load.reads_per_s
     )
-    active = c.pg_active_s_per_order * load.orders_per_s
+    held = c.pg_held_s_per_order * load.orders_per_s
     wal = c.wal_bytes_per_order * load.orders_per_s
     out.pg = {
         "backend_cores": pg_cores,
         "cores": pg_cores / a.utilization,
-        "active_backends": active,
+        "backends_in_transaction": held,
         "wal_mb_per_s": wal / 1e6,
         "wal_gb_per_hour": wal * 3600 / 1e9,
-        "commits_note_orders_per_s": load.orders_per_s,
+        "orders_per_s": load.orders_per_s,
     }
     clients = sum(
         r.processes
@@ -215,7 +215,7 @@ def size(c: Costs, load: Load, a: Assumptions | None = None) -> Sizing:
         if r.component in ("API (tradeql api)", "matcher", "outbox relay")
     )
     out.pgbouncer = {
-        "server_connections": max(4, math.ceil(active * a.pg_connection_margin)),
+        "server_connections": max(4, math.ceil(held * a.pg_connection_margin)),
         "client_connections": clients * a.pool_per_process,
     }
     redis_cores = cores(c.redis_us_per_order, load.orders_per_s) + cores(
@@ -246,7 +246,7 @@ def format_table(s: Sizing, load: Load, a: Assumptions) -> str:
         f"{'application':<20} {s.app_cores:>7.2f} {s.app_processes:>6}  "
         f"at {a.utilization:.0%} per core: {s.app_cores / a.utilization:.1f} cores to provision",
         f"{'PostgreSQL':<20} {s.pg['cores']:>7.2f} {'':>6}  backends {s.pg['backend_cores']:.2f} "
-        f"cores busy; {s.pg['active_backends']:.1f} active on average; WAL "
+        f"cores busy; {s.pg['backends_in_transaction']:.1f} in a transaction on average; WAL "
         f"{s.pg['wal_mb_per_s']:.1f} MB/s ({s.pg['wal_gb_per_hour']:.0f} GB/hour)",
         f"{'PgBouncer':<20} {'':>7} {'':>6}  default_pool_size >= "
         f"{s.pgbouncer['server_connections']:.0f} server connections; max_client_conn >= "

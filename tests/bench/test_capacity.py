@@ -21,7 +21,7 @@ from bench.sizing import (
 
 COSTS = Costs(
     api_us_per_order=1000.0, matcher_us_per_fill=500.0, relay_us_per_order=10.0,
-    fills_per_order=1.0, pg_us_per_order=800.0, pg_active_s_per_order=0.002,
+    fills_per_order=1.0, pg_us_per_order=800.0, pg_held_s_per_order=0.002,
     wal_bytes_per_order=10_000.0, redis_us_per_order=100.0, redis_commands_per_order=12.0,
     feed_us_per_quote=20.0, quote_cache_us_per_quote=30.0, redis_us_per_quote=10.0,
     api_dispatch_us_per_quote=5.0, api_us_per_delivery=50.0, api_bytes_per_socket=50_000.0,
@@ -91,7 +91,7 @@ def test_the_target_load_sized_from_known_costs() -> None:
     assert sizing.pg["cores"] == pytest.approx(4.0)
     assert sizing.pg["wal_mb_per_s"] == pytest.approx(30.0)
     assert sizing.pg["wal_gb_per_hour"] == pytest.approx(108.0)
-    assert sizing.pg["active_backends"] == pytest.approx(6.0)
+    assert sizing.pg["backends_in_transaction"] == pytest.approx(6.0)
     assert sizing.pgbouncer["server_connections"] == 12
     # API, matchers (standby included) and the relay each open a pool of 20
     assert sizing.pgbouncer["client_connections"] == (103 + 4 + 1) * 20
