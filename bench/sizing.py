@@ -243,8 +243,8 @@ def format_table(s: Sizing, load: Load, a: Assumptions) -> str:
         if r.note:
             lines.append(f"{'':<36}{r.note}")
     lines += [
-        f"{'application':<20} {s.app_cores:>7.2f} {s.app_processes:>6}  "
-        f"at {a.utilization:.0%} per core: {s.app_cores / a.utilization:.1f} cores to provision",
+        f"{'application':<20} {s.app_cores:>7.2f} {s.app_processes:>6}  single-core processes, "
+        f"each at most {a.utilization:.0%} busy: {s.app_processes} cores to provision",
         f"{'PostgreSQL':<20} {s.pg['cores']:>7.2f} {'':>6}  backends {s.pg['backend_cores']:.2f} "
         f"cores busy; {s.pg['backends_in_transaction']:.1f} in a transaction on average; WAL "
         f"{s.pg['wal_mb_per_s']:.1f} MB/s ({s.pg['wal_gb_per_hour']:.0f} GB/hour)",
