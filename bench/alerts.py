@@ -290,7 +290,8 @@ def checker_p99(before: list[list[h.Sample]], after: list[list[h.Sample]], name:
     return "-" if quantile is None else f"{quantile * 1000:.0f} ms"
 
 
-def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
+def run_e2e(args: argparse.Namespace, run: h.Run) -> dict[str, Any]:
+    """The end-to-end part; its figures (also printed)."""
     from services.infra import keys
 
     env = h.bench_env(args) | {
@@ -323,7 +324,7 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
     try:
         if not ready.wait(10):
             raise h.BenchError("the latency listener did not start")
-        measure(args, env, checkers, ports, ours, stop_listening)
+        return measure(args, env, checkers, ports, ours, stop_listening)
     finally:
         stop_listening.set()
         listener.join(10)
@@ -332,7 +333,7 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
 
 
 def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Managed],
-            ports: list[int], listener: Connection, stop_listening: Any) -> None:  # fmt: skip
+            ports: list[int], listener: Connection, stop_listening: Any) -> dict[str, Any]:  # fmt: skip
     redis_url, sent, stop = env["REDIS_URL"], [0, 0], asyncio.Event()
     postmaster = h.postmaster_pid(h.server_urls()[0])
     groups: dict[str, Any] = {"checkers": [c.pid for c in checkers], "bench feeder": [os.getpid()]}
@@ -406,9 +407,16 @@ def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Mana
     ok = data["received"] == triggered_in_db == audited and data["dups"] == 0
     print(f"e2e: exactly once: {triggered_in_db:,} TRIGGERED in PostgreSQL, {audited:,} audit rows, "
           f"{data['received']:,} pushes received, {data['dups']} duplicates: {'OK' if ok else 'MISMATCH'}", flush=True)  # fmt: skip
+    return {
+        "window_s": window, "offered_per_s": r["offered"], "cpu": r["cpu"],
+        "checked_per_s": d["tradeql_alert_quotes_checked_total"] / window,
+        "triggered_per_s": d["tradeql_alerts_triggered_total"] / window,
+        "latency_ms": {f"p{round(q * 100)}": v for q, v in latency.items()},
+        "exactly_once": ok,
+    }  # fmt: skip
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = h.parser(
         "alerts",
         __doc__,
@@ -428,6 +436,11 @@ def main() -> int:
     p.add_argument("--index-seconds", type=float, default=30.0, help="simulated seconds")
     p.add_argument("--checkers", type=int, default=1)
     p.add_argument("--users", type=int, default=1000)
+    return p
+
+
+def main() -> int:
+    p = build_parser()
     args = p.parse_args()
     if args.symbols < 1 or args.alerts < args.symbols:
         p.error("need at least one alert per symbol")

@@ -186,6 +186,54 @@ def recreate_database(admin_url: str, name: str) -> None:
     )
 
 
+class PrivatePostgres:
+    """A PostgreSQL server of the run's own: `initdb` (the newest /usr/lib/postgresql/*/bin) in a
+    temporary folder, a free loopback port, run as the `postgres` user when the run is root, with
+    the server defaults (fsync and synchronous_commit on, as the machine's server). Its WAL and
+    its processes' CPU are then the run's work only. `stop()` ends it and removes the folder."""
+
+    RUN_AS = "postgres"
+
+    def __init__(self, registry: Registry) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts)
+        if not found:
+            raise BenchError("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.bin, self.registry = found[-1].parent, registry
+        self.folder = Path(tempfile.mkdtemp(prefix="tradeql-bench-pg-"))
+        self.data, self.port, self.pid = self.folder / "data", free_port(), 0
+
+    def _run(self, *argv: str) -> None:
+        command = [*(["runuser", "-u", self.RUN_AS, "--"] if os.geteuid() == 0 else []), *argv]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode:
+            raise BenchError(f"{' '.join(argv)} failed: {(done.stdout + done.stderr)[-800:]}")
+
+    def start(self) -> str:
+        """The server's admin URL once it accepts connections."""
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, self.RUN_AS, self.RUN_AS)
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                  "--auth=trust", "-E", "UTF8", "--no-sync")  # fmt: skip
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.folder}'\nmax_connections = 200\n")  # fmt: skip
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
+                  str(self.folder / "server.log"), "-w", "start")  # fmt: skip
+        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        self.registry.add(self.pid)
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        if self.pid:
+            with contextlib.suppress(BenchError):
+                self._run(
+                    str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
+                )
+            self.registry.remove(self.pid)
+            self.pid = 0
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def postmaster_pid(url: str) -> int | None:
     """The postmaster: the parent of a long-lived auxiliary process."""
     rows = pg_fetch(
@@ -495,6 +543,7 @@ class Run:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(STATE_DIR / f"{name}-pids.json")
         self.children: list[Managed] = []
+        self.keep: set[Managed] = set()  # left running by stop_others (a server parts share)
         ended = self.registry.end_leftovers()
         if ended:
             print(f"ended processes a previous run left behind: {ended}", flush=True)
@@ -517,6 +566,10 @@ class Run:
 
     def stop_all(self) -> None:
         self.stop(*reversed(self.children))
+
+    def stop_others(self) -> None:
+        """Every child but those in `keep`, newest first."""
+        self.stop(*(c for c in reversed(self.children) if c not in self.keep))
 
 
 def wait_until(what: str, watch: Sequence[Managed], check: Callable[[], bool],
@@ -655,6 +708,81 @@ def machine_busy(seconds: float = 1.0) -> float:
 def pg_tree(postmaster: int | None) -> Callable[[], list[int]]:
     """The PostgreSQL server's processes (postmaster and backends), for a CpuWindow group."""
     return lambda: process_tree(postmaster) if postmaster else []
+
+
+# PostgreSQL WAL and Redis work over a window
+
+
+def server_snapshot(pg_url: str, redis_url: str | None) -> dict[str, Any]:
+    """Cumulative server counters now: the WAL position and pg_stat_wal (whole server: every
+    database writes the one WAL), and Redis's CPU seconds (INFO cpu) and calls per command (INFO
+    commandstats; the whole Redis server, every db)."""
+    snap: dict[str, Any] = {"at": time.monotonic(), "wal": {}, "redis_cpu": None, "calls": {}}
+    with contextlib.suppress(Exception):  # a nicety: never fail a run over it
+        row = pg_fetch(
+            pg_url,
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS lsn, "
+            "w.wal_records::float8 AS records, w.wal_fpi::float8 AS fpi, "
+            "w.wal_bytes::float8 AS bytes FROM pg_stat_wal w",
+        )[0]
+        snap["wal"] = {k: float(row[k]) for k in ("lsn", "records", "fpi", "bytes")}
+    if redis_url:
+        with contextlib.suppress(Exception):
+            client = redis_client(redis_url)
+            cpu = client.info("cpu")
+            snap["redis_cpu"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+            snap["calls"] = {
+                name.removeprefix("cmdstat_"): float(v["calls"])
+                for name, v in client.info("commandstats").items()
+                if isinstance(v, dict)
+            }
+            client.close()
+    return snap
+
+
+def server_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """What the servers did between two snapshots: seconds, WAL bytes (the LSN moved) and records,
+    full-page images, Redis CPU seconds and calls per command (empty where a snapshot had none)."""
+    wal = {
+        k: after["wal"][k] - before["wal"][k]
+        for k in ("lsn", "records", "fpi", "bytes")
+        if k in after["wal"] and k in before["wal"]
+    }
+    calls = {
+        k: v - before["calls"].get(k, 0.0)
+        for k, v in after["calls"].items()
+        if v > before["calls"].get(k, 0.0)
+    }
+    cpu = (
+        after["redis_cpu"] - before["redis_cpu"]
+        if after["redis_cpu"] is not None and before["redis_cpu"] is not None
+        else None
+    )
+    return {"seconds": after["at"] - before["at"], "wal": wal, "redis_cpu_s": cpu, "calls": calls}
+
+
+class ServerWindow:
+    """server_snapshot at start() and stop(): the delta of one window."""
+
+    def __init__(self, pg_url: str, redis_url: str | None) -> None:
+        self.pg_url, self.redis_url = pg_url, redis_url
+        self._before: dict[str, Any] = {}
+        self.delta: dict[str, Any] = {}
+
+    def start(self) -> ServerWindow:
+        self._before = server_snapshot(self.pg_url, self.redis_url)
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        self.delta = server_delta(self._before, server_snapshot(self.pg_url, self.redis_url))
+        return self.delta
+
+
+def database_backends(admin_url: str, database: str) -> Callable[[], list[int]]:
+    """The PostgreSQL backends connected to one database (looked up at every CPU sample), for a
+    CpuWindow group: the CPU the database's own sessions use, not the server's other work."""
+    sql = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+    return lambda: [int(row[0]) for row in pg_fetch(admin_url, sql, database)]
 
 
 # Prometheus metrics and latency histograms

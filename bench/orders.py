@@ -419,6 +419,9 @@ class Result:
     catch_up_s: float | None = None
     pg: dict[str, float] = field(default_factory=dict)
     pool_checked_out: float | None = None
+    pg_active: float | None = None  # bench database backends active on average (sampled)
+    pg_in_transaction: float | None = None  # ... active or idle in a transaction: connections held
+    servers: dict[str, Any] = field(default_factory=dict)  # a ServerWindow's delta, if given
     cpu: dict[str, float] = field(default_factory=dict)
     load_average: float | None = None
     reference_rate: float | None = None
@@ -453,15 +456,46 @@ class System:
     def __init__(self, run: h.Run, env: dict[str, str], args: argparse.Namespace,
                  partitions: int) -> None:  # fmt: skip
         self.run, self.env, self.args, self.partitions = run, env, args, partitions
-        self.api_port, self.matcher_port, self.quotes_port = (
-            h.free_port(),
-            h.free_port(),
-            h.free_port(),
-        )
+        self.api_port, self.quotes_port = h.free_port(), h.free_port()
+        self.matcher_ports: list[int] = []
+        self.postmaster: int | None = None  # the PostgreSQL server's, when a caller knows it
         self.redis = h.redis_client(env["REDIS_URL"])
         self.procs: dict[str, h.Managed] = {}
 
-    def start(self, symbols: list[str], api_workers: int) -> None:
+    @property
+    def matcher_port(self) -> int:
+        return self.matcher_ports[0]
+
+    @property
+    def matchers(self) -> list[h.Managed]:
+        return [p for name, p in self.procs.items() if name.startswith("matcher")]
+
+    def scrape_matchers(self, notes: list[str]) -> list[h.Sample]:
+        """Every matcher's metrics together (h.total sums over them)."""
+        return [s for port in self.matcher_ports for s in h.scrape_or_empty(port, notes, "matcher")]
+
+    def start_matchers(self, count: int) -> None:
+        """`count` matcher processes, each given its share of the partitions
+        (TRADEQL_MATCHER_PARTITIONS), until together they hold every one."""
+        if count > self.partitions:
+            raise h.BenchError(f"{count} matchers for {self.partitions} partitions")
+        for i in range(count):
+            first = i * self.partitions // count
+            last = (i + 1) * self.partitions // count - 1
+            env = self.env | (
+                {"TRADEQL_MATCHER_PARTITIONS": f"{first}-{last}"} if count > 1 else {}
+            )
+            port = h.free_port()
+            self.matcher_ports.append(port)
+            name = "matcher" if i == 0 else f"matcher{i + 1}"
+            argv = h.tradeql_argv("matcher", "--metrics-port", str(port))
+            self.procs[name] = self.run.start(name, argv, env)
+        h.wait_until(
+            f"{count} matcher(s) holding all {self.partitions} partitions", self.servers,
+            lambda: h.total(self.scrape_matchers([]), "tradeql_matcher_partitions") >= self.partitions,
+        )  # fmt: skip
+
+    def start(self, symbols: list[str], api_workers: int, matchers: int = 1) -> None:
         a, start = self.args, self.run.start
         self.procs["quotes"] = start(
             "quotes", h.tradeql_argv("quotes", "--metrics-port", str(self.quotes_port)), self.env
@@ -473,12 +507,10 @@ class System:
         api = f"api --host 127.0.0.1 --port {self.api_port} --workers {api_workers}"
         self.procs["api"] = start("api", h.tradeql_argv(*api.split()), self.env)
         h.wait_until("API /readyz", self.servers, h.answers(self.api_port))
-        matcher = h.tradeql_argv("matcher", "--metrics-port", str(self.matcher_port))
-        self.procs["matcher"] = start("matcher", matcher, self.env)
-        h.wait_until(
-            f"matcher holding all {self.partitions} partitions", self.servers,
-            lambda: h.total(h.scrape(self.matcher_port), "tradeql_matcher_partitions") >= self.partitions,
-        )  # fmt: skip
+        if api_workers > 1:  # every worker up, not just the first
+            h.wait_until(f"{api_workers} API workers", self.servers,
+                         lambda: len(h.process_tree(self.procs["api"].pid)) > api_workers)  # fmt: skip
+        self.start_matchers(matchers)
         from services.market_data.quote_store import quote_key
 
         h.wait_until(f"quotes of all {len(symbols)} symbols in Redis", self.servers,
@@ -508,7 +540,9 @@ class System:
 
 
 def run_scenario(result: Result, system: System, client: h.Managed, args: argparse.Namespace,
-                 postmaster: int | None, profiler: h.Profiler) -> None:  # fmt: skip
+                 postmaster: int | None, profiler: h.Profiler,
+                 servers: h.ServerWindow | None = None) -> None:  # fmt: skip
+    """One scenario; with `servers`, also the WAL and Redis counters over the window."""
     if h.wait_idle(lambda: h.process_tree(system.procs["api"].pid), args.settle) is None:
         result.notes.append(f"the API was still placing earlier orders after {args.settle:g} s")
     if system.wait_for_matcher(args.settle) is None:
@@ -523,21 +557,25 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
     }  # fmt: skip
     p = system.procs
     groups: dict[str, Any] = {"api": lambda: h.process_tree(p["api"].pid), "client": [client.pid]}
-    groups |= {name: [p[name].pid] for name in ("matcher", "quotes", "feed", "relay")}
+    groups |= {name: [p[name].pid] for name in ("quotes", "feed", "relay")}
+    groups["matcher"] = lambda: [m.pid for m in system.matchers]
     if (rpid := h.redis_pid(system.env["REDIS_URL"])) is not None:
         groups["redis"] = [rpid]
+    database_url, database = system.env["DATABASE_URL"], args.database
     if postmaster:
         groups["postgres"] = h.pg_tree(postmaster)
+        groups["postgres (bench db)"] = h.database_backends(database_url, database)
     cpu = h.CpuWindow(groups)
-    database_url, database = system.env["DATABASE_URL"], args.database
     activity = h.Activity(database_url, database, args.pg_sample_ms / 1000)
     client.send_line("RUN " + json.dumps(spec))
     watch = system.servers
     try:
         client.read_tagged("MEASURING", args.warmup + 60, watch)
         cpu.start()
+        if servers is not None:
+            servers.start()
         measured_from = time.monotonic()
-        matcher_before = h.scrape_or_empty(system.matcher_port, result.notes, "matcher")
+        matcher_before = system.scrape_matchers(result.notes)
         api_before = h.scrape_or_empty(system.api_port, result.notes, "API")
         pg_before = h.database_stats(database_url, database)
         result.backlog_start = system.backlog()
@@ -549,12 +587,14 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
         )
         client.read_tagged("MEASURED", args.duration + 60, watch)
         result.cpu = cpu.stop()
+        if servers is not None:
+            result.servers = servers.stop()
         with contextlib.suppress(OSError):
             result.load_average = os.getloadavg()[0]
         window = time.monotonic() - measured_from
     finally:
         activity.stop()
-    matcher_after = h.scrape_or_empty(system.matcher_port, result.notes, "matcher")
+    matcher_after = system.scrape_matchers(result.notes)
     api_after = h.scrape_or_empty(system.api_port, result.notes, "API")
     result.backlog_end = system.backlog()
     outcome = json.loads(
@@ -585,6 +625,10 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
     if pg_before and pg_after:
         result.pg = {k: pg_after[k] - pg_before.get(k, 0.0) for k in pg_after} | {"seconds": window}
     result.activity = activity.summary()
+    if activity.samples:
+        result.pg_active = activity.active / activity.samples
+        held = activity.active + activity.idle_in_transaction
+        result.pg_in_transaction = held / activity.samples
     result.profiles = profiler.finish()
     add_notes(result, args)
 
@@ -800,6 +844,30 @@ def run_pgbench(admin: str, args: argparse.Namespace) -> str:
 # Run
 
 
+def start_client(run: h.Run, system: System, args: argparse.Namespace, symbols_file: Path,
+                 scenarios: int) -> tuple[h.Managed, dict[str, Any]]:  # fmt: skip
+    """The client process, its users registered, funded and subscribed: (it, its READY line)."""
+    budget = 600 + scenarios * (args.warmup + args.duration + args.drain + args.settle + 300)
+    client_args = (
+        f"-m bench.orders --client --port {system.api_port} --symbols-file {symbols_file} "
+        f"--users {args.users} --subscribers {args.subscribers or args.users} --deposit "
+        f"{args.deposit} --seed {args.seed} --run-id {args.run_id} --request-timeout "
+        f"{args.request_timeout:g} --setup-concurrency {args.setup_concurrency} "
+        f"--client-max-seconds {budget:.0f}"
+    )
+    client = run.start("client", [sys.executable, *client_args.split()], system.env, pipe=True)
+    ready = json.loads(client.read_tagged("READY", 300 + args.users, system.servers))
+    print(
+        f"client ready: {ready['users']} users registered and funded in {ready['register_s']:.1f} "
+        f"s, {ready['subscribed']} orderUpdates sockets ({ready['subscribe_failed']} failed), "
+        f"quotes for {ready['quotes']} symbols",
+        flush=True,
+    )
+    if ready.get("user_failures") or ready.get("socket_errors"):
+        print(f"  setup errors: {ready['user_failures']} {ready['socket_errors']}", flush=True)
+    return client, ready
+
+
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     env = h.bench_env(args) | {
         "TRADEQL_VENUE_FAULTS": "EDGX=0,ARCA=0,IEXG=0",
@@ -847,25 +915,8 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     (symbols_file := run.log_dir / "symbols.json").write_text(json.dumps(symbols))
     h.redis_client(env["REDIS_URL"]).flushdb()
     system = System(run, env, args, partitions)
-    system.start(symbols, api_workers)
-    budget = 600 + len(scenarios) * (args.warmup + args.duration + args.drain + args.settle + 300)
-    client_args = (
-        f"-m bench.orders --client --port {system.api_port} --symbols-file {symbols_file} "
-        f"--users {args.users} --subscribers {args.subscribers or args.users} --deposit "
-        f"{args.deposit} --seed {args.seed} --run-id {args.run_id} --request-timeout "
-        f"{args.request_timeout:g} --setup-concurrency {args.setup_concurrency} "
-        f"--client-max-seconds {budget:.0f}"
-    )
-    client = run.start("client", [sys.executable, *client_args.split()], env, pipe=True)
-    ready = json.loads(client.read_tagged("READY", 300 + args.users, system.servers))
-    print(
-        f"client ready: {ready['users']} users registered and funded in {ready['register_s']:.1f} "
-        f"s, {ready['subscribed']} orderUpdates sockets ({ready['subscribe_failed']} failed), "
-        f"quotes for {ready['quotes']} symbols",
-        flush=True,
-    )
-    if ready.get("user_failures") or ready.get("socket_errors"):
-        print(f"  setup errors: {ready['user_failures']} {ready['socket_errors']}", flush=True)
+    system.start(symbols, api_workers, args.matchers)
+    client, ready = start_client(run, system, args, symbols_file, len(scenarios))
     results: list[Result] = []
     started = time.monotonic()
     try:
@@ -941,6 +992,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=h.positive,
         help="API processes (default: TRADEQL_API_WORKERS, else one per core)",
     )
+    p.add_argument("--matchers", type=h.positive, default=1,
+                   help="matcher processes, the partitions split between them")  # fmt: skip
     p.add_argument(
         "--pg-sample-ms", type=h.positive, default=100, help="pg_stat_activity sampling interval"
     )

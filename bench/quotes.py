@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench import harness as h
 from bench.client import close_all, serve, subscribe
@@ -191,6 +194,7 @@ class Result:
     connected: int = 0
     connect_s: float = 0.0
     websockets_open: float | None = None
+    api_rss: tuple[float, float] = (0.0, 0.0)  # API resident bytes before and after the sockets
     cpu: dict[str, float] = field(default_factory=dict)
     background_before: float | None = None  # machine CPU % just before the scenario
     profiles: list[str] = field(default_factory=list)
@@ -236,6 +240,7 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
         log=tag + "api.log",
     )
     h.wait_until("API /readyz", [quotes, api], h.answers(api_port))
+    rss_before = api_rss(api)
     # Subscribers connect before the market opens: handshakes then measure the API's connection
     # cost, not how long a saturated event loop makes them wait.
     procs = min(args.client_procs, r.subscribers)  # 0 subscribers: ingest only
@@ -263,6 +268,7 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
         ready = json.loads(client.read_tagged("READY", ready_timeout, [api]))
         r.connected, failed = r.connected + ready["connected"], failed + ready["failed"]
     r.connect_s = time.monotonic() - connecting
+    r.api_rss = (rss_before, api_rss(api))
     if r.subscribers and r.connected == 0:
         raise h.BenchError(f"no subscriber could connect; see {clients[0].log_path}")
     if failed:
@@ -331,6 +337,15 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
                        "meanwhile were lost (see the API log)")  # fmt: skip
     if "could not dispatch" in api_log:
         r.notes.append("the API logged 'could not dispatch a quote batch'")
+
+
+def api_rss(api: h.Managed) -> float:
+    """The API's resident memory in bytes (its worker processes included)."""
+    total = 0.0
+    for pid in h.process_tree(api.pid):
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(pid).memory_info().rss
+    return total
 
 
 def fill_result(

@@ -458,6 +458,46 @@ def format_summary(results: list[Result]) -> str:
 # Run
 
 
+def start(args: argparse.Namespace, run: h.Run, env: dict[str, str],
+          scenarios: int) -> tuple[h.Managed, h.Managed, int, list[h.Managed]]:  # fmt: skip
+    """The data (setup), the API (and with --live-quotes the feed and the quote cache), and the
+    client process, checked against the seeded data: (api, client, port, market processes)."""
+    tokens = setup(env, args)
+    (tokens_path := run.log_dir / "tokens.json").write_text(json.dumps(tokens))
+    tokens_path.chmod(0o600)
+    port = h.free_port()
+    argv = h.tradeql_argv("api", "--host", "127.0.0.1", "--port", str(port))
+    api = run.start(
+        "api", argv + (["--workers", str(args.api_workers)] if args.api_workers > 1 else []), env
+    )
+    market: list[h.Managed] = []
+    if args.live_quotes:  # every quote moves ~once a second through the real path
+        market = [run.start(name, h.tradeql_argv(name), env) for name in ("feed", "quotes")]
+    h.wait_until("the API's /readyz", [api], h.answers(port))
+    if args.api_workers > 1:  # every worker up, not just the first
+        h.wait_until(
+            f"{args.api_workers} API workers",
+            [api],
+            lambda: len(h.process_tree(api.pid)) > args.api_workers,
+        )
+        time.sleep(2.0)
+    print(f"API up on 127.0.0.1:{port} (pids {h.process_tree(api.pid)})", flush=True)
+    budget = 300 + scenarios * (args.warmup + args.duration + args.timeout + 120)
+    client_argv = f"-m bench.reads --client --port {port} --tokens {tokens_path} --timeout {args.timeout} --client-max-seconds {budget}"
+    client = run.start("client", [sys.executable, *client_argv.split()], env, pipe=True)
+    ready = json.loads(client.read_tagged("READY", 120, [api]))
+    print(
+        f"client check (user 0): {ready['positions']} positions ({ready['quoted_positions']} with a "
+        f"quote), equity {ready['equity']}, realized {ready['realized_pnl']}, unrealized "
+        f"{ready['unrealized_pnl']}; order history {ready['orders']} orders in {ready['pages']} "
+        f"pages with {ready['executions']} executions",
+        flush=True,
+    )
+    if ready["positions"] != args.positions or ready["orders"] != args.orders:
+        raise h.BenchError(f"the API does not show the seeded data: {ready}")
+    return api, client, port, market
+
+
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     env = h.bench_env(args)
     scenarios = []
@@ -481,38 +521,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
         flush=True,
     )
     profiler = h.Profiler(args, run.log_dir)
-    tokens = setup(env, args)
-    (tokens_path := run.log_dir / "tokens.json").write_text(json.dumps(tokens))
-    tokens_path.chmod(0o600)
-    port = h.free_port()
-    argv = h.tradeql_argv("api", "--host", "127.0.0.1", "--port", str(port))
-    api = run.start(
-        "api", argv + (["--workers", str(args.api_workers)] if args.api_workers > 1 else []), env
-    )
-    if args.live_quotes:  # every quote moves ~once a second through the real path
-        market = [run.start(name, h.tradeql_argv(name), env) for name in ("feed", "quotes")]
-    h.wait_until("the API's /readyz", [api], h.answers(port))
-    if args.api_workers > 1:  # every worker up, not just the first
-        h.wait_until(
-            f"{args.api_workers} API workers",
-            [api],
-            lambda: len(h.process_tree(api.pid)) > args.api_workers,
-        )
-        time.sleep(2.0)
-    print(f"API up on 127.0.0.1:{port} (pids {h.process_tree(api.pid)})", flush=True)
-    budget = 300 + len(scenarios) * (args.warmup + args.duration + args.timeout + 120)
-    client_argv = f"-m bench.reads --client --port {port} --tokens {tokens_path} --timeout {args.timeout} --client-max-seconds {budget}"
-    client = run.start("client", [sys.executable, *client_argv.split()], env, pipe=True)
-    ready = json.loads(client.read_tagged("READY", 120, [api]))
-    print(
-        f"client check (user 0): {ready['positions']} positions ({ready['quoted_positions']} with a "
-        f"quote), equity {ready['equity']}, realized {ready['realized_pnl']}, unrealized "
-        f"{ready['unrealized_pnl']}; order history {ready['orders']} orders in {ready['pages']} "
-        f"pages with {ready['executions']} executions",
-        flush=True,
-    )
-    if ready["positions"] != args.positions or ready["orders"] != args.orders:
-        raise h.BenchError(f"the API does not show the seeded data: {ready}")
+    api, client, port, market = start(args, run, env, len(scenarios))
     postmaster = h.postmaster_pid(h.server_urls()[0])
     results: list[Result] = []
     started = time.monotonic()
@@ -526,7 +535,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
             run_scenario(r, env, api, client, port, args, postmaster, profiler)
             results.append(r)
             print(format_result(r, index, len(scenarios)), flush=True)
-            for process in market if args.live_quotes else []:
+            for process in market:
                 process.check_alive()
     finally:
         if results:

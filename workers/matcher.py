@@ -5,6 +5,8 @@ acknowledged only after the transaction that acts on them commits) and quotes fr
 `md:quotes:{p}`. Working orders sit in an OrderBook indexed by price, so a quote touches only
 the orders it crosses. On taking a partition the matcher rebuilds its book from PostgreSQL, and a
 periodic sweep picks up any committed order whose hand-off to the stream was lost.
+TRADEQL_MATCHER_PARTITIONS limits the partitions a process may lease (`0-1`), so several
+matcher processes on one machine split the symbols instead of the first holding them all.
 """
 
 from __future__ import annotations
@@ -607,7 +609,8 @@ class PartitionMatcher:
 
 
 class Matcher:
-    """Takes every partition it can lease, runs one PartitionMatcher per partition it holds."""
+    """Takes every partition it can lease (of those TRADEQL_MATCHER_PARTITIONS allows), runs one
+    PartitionMatcher per partition it holds."""
 
     def __init__(self, services: Services) -> None:
         settings = services.settings
@@ -620,6 +623,8 @@ class Matcher:
             timeout_ms=settings.venue_timeout_ms,
             faults=parse_faults(settings.venue_faults),
         )
+        # TRADEQL_MATCHER_PARTITIONS: only these are ever leased (default: every partition)
+        self.partitions = settings.matcher_partition_list()
         self.running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self.order_slots = asyncio.Semaphore(settings.matcher_order_concurrency)
         self.committer = GroupCommit(
@@ -643,7 +648,7 @@ class Matcher:
             await self.committer.close()
 
     async def _tend_leases(self) -> None:
-        for partition in range(self.services.settings.quote_partitions):
+        for partition in self.partitions:
             held = partition in self.running
             try:
                 ok = await (self.lease.renew(partition) if held else self.lease.acquire(partition))

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -236,6 +236,11 @@ class Settings(BaseSettings):
     order_batch_ms: float = Field(default=2.0, ge=0)
     order_batch_max: int = Field(default=256, ge=1)
     matcher_lease_seconds: float = Field(default=10.0, gt=0)
+    matcher_partitions: str = Field(
+        default="",
+        description="the partitions a matcher process may lease, e.g. 0-1 or 0,2 (empty: all): "
+        "several matchers on one machine split the symbols instead of one holding everything",
+    )
     matcher_sweep_seconds: float = Field(default=5.0, gt=0)
     matcher_order_concurrency: int = Field(
         default=64,
@@ -281,6 +286,28 @@ class Settings(BaseSettings):
             return "false"
         return text
 
+    @field_validator("matcher_partitions")
+    @classmethod
+    def _partition_list(cls, value: str) -> str:
+        parse_partitions(value)  # ValueError names the bad part
+        return value
+
+    @model_validator(mode="after")
+    def _partitions_exist(self) -> Settings:
+        beyond = [
+            p for p in parse_partitions(self.matcher_partitions) if p >= self.quote_partitions
+        ]
+        if beyond:
+            raise ValueError(
+                f"TRADEQL_MATCHER_PARTITIONS names partition {beyond[0]}, but there are only "
+                f"{self.quote_partitions} (TRADEQL_QUOTE_PARTITIONS: 0-{self.quote_partitions - 1})"
+            )
+        return self
+
+    def matcher_partition_list(self) -> list[int]:
+        """The partitions this matcher process may lease, in order."""
+        return parse_partitions(self.matcher_partitions) or list(range(self.quote_partitions))
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -288,6 +315,23 @@ class Settings(BaseSettings):
             if part.strip():
                 ipaddress.ip_network(part.strip(), strict=False)  # ValueError names the bad one
         return value
+
+
+def parse_partitions(text: str) -> list[int]:
+    """`0-1`, `0,2`, `3` or `0-1,5`: sorted partition numbers without repeats; empty text: []."""
+    found: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise ValueError(f"partition range {part!r}: expected N or N-M") from None
+        if first < 0 or last < first:
+            raise ValueError(f"partition range {part!r}: expected 0 <= N <= M")
+        found.update(range(first, last + 1))
+    return sorted(found)
 
 
 @lru_cache(maxsize=1)
