@@ -128,18 +128,25 @@ def bearer(token: str) -> bytes:
     return f"Authorization: Bearer {token}\r\n".encode()
 
 
+async def post_graphql(conn: HttpConnection, body: bytes,
+                       headers: bytes = b"") -> tuple[dict[str, Any], int]:  # fmt: skip
+    """The `data` of the answer to a GraphQL request body and the answer's size in bytes;
+    HttpError (its text starting `HTTP <status>` or `GraphQL errors`) for anything else."""
+    status, data = await conn.post(body, headers)
+    if status != 200:
+        raise HttpError(f"HTTP {status}: {data[:200]!r}")
+    answer = orjson.loads(data)
+    if answer.get("errors"):
+        raise HttpError(f"GraphQL errors: {str(answer['errors'])[:300]}")
+    return answer["data"], len(data)
+
+
 async def graphql(conn: HttpConnection, query: str, variables: Mapping[str, Any] | None = None,
                   headers: bytes = b"", timeout: float = 60.0) -> dict[str, Any]:  # fmt: skip
     """The `data` of one GraphQL request; HttpError for anything else."""
     body = orjson.dumps({"query": query, "variables": variables or {}})
     async with asyncio.timeout(timeout):
-        status, data = await conn.post(body, headers)
-    if status != 200:
-        raise HttpError(f"HTTP {status}: {data[:200]!r}")
-    answer: dict[str, Any] = orjson.loads(data)
-    if answer.get("errors"):
-        raise HttpError(f"GraphQL errors: {str(answer['errors'])[:300]}")
-    return answer["data"]  # type: ignore[no-any-return]
+        return (await post_graphql(conn, body, headers))[0]
 
 
 async def subscribe(url: str, query: str, variables: Mapping[str, Any] | None = None, *,
