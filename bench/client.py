@@ -103,7 +103,6 @@ class Pool:
     def __init__(self, port: int) -> None:
         self.port = port
         self.idle: list[HttpConnection] = []
-        self.created = 0
 
     def take(self) -> HttpConnection:
         stale = time.monotonic() - IDLE_REUSE_SECONDS
@@ -112,7 +111,6 @@ class Pool:
             if conn.last_used >= stale:
                 return conn
             conn.close()
-        self.created += 1
         return HttpConnection(self.port)
 
     def give(self, conn: HttpConnection) -> None:
@@ -264,7 +262,8 @@ Request = tuple[str, dict[str, Any], bytes]
 
 
 async def closed_loop(port: int, make: Callable[[random.Random], Request], *, concurrency: int,
-                      warmup: float, duration: float, pids: Sequence[int] = ()) -> dict[str, float]:  # fmt: skip
+                      warmup: float, duration: float,
+                      pids: Sequence[int] = ()) -> dict[str, float]:  # fmt: skip
     """`concurrency` requests always in flight, each made by `make` (query, variables, header
     lines): answers/s, p50/p95/p99 ms, failures, and the CPU of `pids` (the server's processes)
     per answer, from the end of the warm-up to the last answer."""

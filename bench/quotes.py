@@ -1,12 +1,12 @@
 """Live quotes end to end: simulated feed -> streams -> quote cache -> pub/sub -> API -> WebSockets.
 
 For each scenario (symbols x updates/s per symbol, subscribers) it starts, on its own database
-and Redis (by default a redis-server of its own: pub/sub channels are not per db), the quote
-cache, one API process and the feed; client processes (this module with `--client`) hold one
-WebSocket per subscriber on 10 random symbols. Over a window: the feed's appended and the quote
-cache's consumed and written quotes/s, the stream backlog; quotes/s delivered and their latency
-(receive time - the source's ISO-8601 ms stamp); CPU of every process, Redis and the machine,
-and per quote.
+and a redis-server of its own (pub/sub channels are not per db), the quote cache, one API
+process and the feed; client processes (this module with `--client`) hold one WebSocket per
+subscriber on 10 random symbols. Over a window: the feed's appended and the quote cache's
+consumed and written quotes/s, the stream backlog; quotes/s delivered and their latency (receive
+time - the source's ISO-8601 ms stamp); CPU of every process, Redis and the machine, and per
+quote.
 
     python -m bench.quotes                      # the four default scenarios
     python -m bench.quotes --rates 10 --subscribers 1000 --profile
@@ -59,7 +59,6 @@ class Subscribers:
         self.tasks: list[asyncio.Task[None]] = []
         self.errors: list[str] = []
         self.measuring = False
-        self.attempted = 0
         self.seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ms
         self._zero()
 
@@ -70,30 +69,21 @@ class Subscribers:
 
     async def ready(self) -> dict[str, Any]:
         limiter = asyncio.Semaphore(self.args.connect_concurrency)
-        started = time.monotonic()
 
-        async def one(symbols: list[str]) -> None:
+        async def connect(symbols: list[str]) -> None:
             async with limiter:
                 try:
                     ws = await subscribe(self.args.url, QUOTES, {"s": symbols})
                 except Exception as exc:  # refused, timed out: counted as failed
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     return
-                finally:
-                    self.attempted += 1
-                    if self.attempted == len(self.sets):
-                        tried.set()
             self.sockets.append(ws)
-            await self._receive(ws)  # read at once: an unread socket pushes back on the server
+            # read at once: an unread socket pushes back on the server
+            self.tasks.append(asyncio.create_task(self._receive(ws)))
 
-        tried = asyncio.Event()
-        self.tasks = [asyncio.create_task(one(s)) for s in self.sets]
-        if self.sets:
-            await tried.wait()
-        elapsed = time.monotonic() - started
-        print(f"{len(self.sockets)} subscribed, {len(self.errors)} failed, in {elapsed:.1f}s; "
-              f"e.g. {self.errors[:3]}", file=sys.stderr)  # fmt: skip
-        return {"connected": len(self.sockets), "failed": len(self.sets) - len(self.sockets)}
+        await asyncio.gather(*(connect(s) for s in self.sets))
+        failed = len(self.sets) - len(self.sockets)
+        return {"connected": len(self.sockets), "failed": failed, "errors": self.errors[:2]}
 
     def _epoch_ms(self, text: str) -> int:
         """'2024-06-03T14:30:01.234Z' -> milliseconds since the epoch (a cache per second)."""
@@ -179,7 +169,6 @@ class Result:
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     connected: int = 0
     connect_s: float = 0.0
-    websockets_open: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)
     background_before: float | None = None  # machine CPU % just before the scenario
     profiles: list[str] = field(default_factory=list)
@@ -239,15 +228,14 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
                 )  # fmt: skip
         clients.append(run.start(f"client{i}", [sys.executable, *argv.split()], env, pipe=True,
                                  log=f"{tag}client{i}.log"))  # fmt: skip
-    failed = 0
-    for client in clients:
-        ready = json.loads(client.read_tagged("READY", ready_timeout, [api]))
-        r.connected, failed = r.connected + ready["connected"], failed + ready["failed"]
+    readies = [json.loads(c.read_tagged("READY", ready_timeout, [api])) for c in clients]
     r.connect_s = time.monotonic() - connecting
+    r.connected = sum(ready["connected"] for ready in readies)
+    errors = [e for ready in readies for e in ready["errors"]][:2]
     if r.subscribers and r.connected == 0:
-        raise h.BenchError(f"no subscriber could connect; see {clients[0].log_path}")
-    if failed:
-        r.notes.append(f"{failed} subscribers could not connect")
+        raise h.BenchError(f"no subscriber could connect, e.g. {errors}")
+    if failed := sum(ready["failed"] for ready in readies):
+        r.notes.append(f"{failed} subscribers could not connect, e.g. {errors}")
     feed_argv = h.tradeql_argv("feed", "--source", "sim", "--symbols", str(r.symbols), "--seed",
                                str(args.feed_seed), "--metrics-port", str(feed_port))  # fmt: skip
     feed = run.start("feed", feed_argv, env, log=tag + "feed.log")
@@ -278,8 +266,6 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
     r.cpu = cpu.stop()
     after = sample()
     outcomes = [json.loads(c.read_tagged("RESULT", 60)) for c in clients]
-    api_metrics = h.scrape_or_empty(api_port, r.notes, "API")
-    r.websockets_open = h.total(api_metrics, "tradeql_websockets_open")
     r.profiles = profiler.finish()
     run.stop(*clients, feed, api, quotes)
     redis.close()
@@ -302,9 +288,8 @@ def fill_result(
     r.feed_rate = appended / window
     dropped0 = h.by_label(feed0, "tradeql_feed_dropped_total", "reason")
     dropped1 = h.by_label(feed1, "tradeql_feed_dropped_total", "reason")
-    r.feed_dropped = {
-        k: v - dropped0.get(k, 0.0) for k, v in dropped1.items() if v > dropped0.get(k, 0.0)
-    }
+    r.feed_dropped = {k: v - dropped0.get(k, 0.0) for k, v in dropped1.items()
+                      if v > dropped0.get(k, 0.0)}  # fmt: skip
     written = "tradeql_quotes_written_total"
     r.written_rate = (h.total(cache1, written) - h.total(cache0, written)) / window
     r.quotes_per_entry = appended / (added1 - added0) if added1 > added0 else 0.0
@@ -392,8 +377,7 @@ def format_result(r: Result, index: int, count: int) -> str:
         f"  written by quote cache       {r.written_rate:>10,.0f} quotes/s",
         f"  delivered to subscribers     {r.delivered_rate:>10,.0f} quotes/s   of "
         f"{r.expected_delivery:,.0f}/s without conflation ({r.delivered_share:.1f}%); "
-        f"{r.connected:,} subscribed in {r.connect_s:.1f} s, "
-        f"{h.fmt(r.websockets_open, ',.0f')} open at the API at the end",
+        f"{r.connected:,} subscribed in {r.connect_s:.1f} s",
         f"  CPU cost per quote (us)      {cost_line(r)}",
         "  latency source->subscriber   " + "  ".join(f"{k} {h.fmt(v)}" for k, v in lat.items())
         + f" ms   (n={r.received:,})",
@@ -410,25 +394,18 @@ def format_result(r: Result, index: int, count: int) -> str:
 
 
 def format_summary(results: list[Result]) -> str:
-    header = (
-        f"{'scenario':<34} {'offered/s':>9} {'feed/s':>9} {'cache in/s':>10} {'written/s':>9} "
-        f"{'deliv/s':>9} {'expect/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} "
-        f"{'feed%':>5} {'cache%':>6} {'api%':>5} {'clnt%':>5} {'redis%':>6} {'mach%':>5} "
-        f"{'other%':>6}"
-    )
-    lines = [header, "-" * len(header)]
+    columns = ("offered/s", "feed/s", "cache in/s", "deliv/s", "expect/s", "p50", "p90", "p99",
+               "max", "feed%", "cache%", "api%", "client%", "redis%", "machine%", "other%")
+    lines = [f"{'scenario':<30}" + "".join(f" {c:>10}" for c in columns)]
+    lines.append("-" * len(lines[0]))
     for r in results:
-        lat, cpu = r.latency_ms, r.cpu
-        name = f"{r.symbols // 1000}k sym x {r.rate:g}/s, {r.subscribers:,} subs"
-        lines.append(
-            f"{name:<34} {r.offered:>9,.0f} {r.feed_rate:>9,.0f} {r.consumed_rate:>10,.0f} "
-            f"{r.written_rate:>9,.0f} {r.delivered_rate:>9,.0f} {r.expected_delivery:>9,.0f} "
-            + " ".join(f"{h.fmt(lat.get(k)):>7}" for k in ("p50", "p90", "p99", "max"))
-            + f" {cpu.get('feed', 0):>5.0f} {cpu.get('quotes', 0):>6.0f} "
-            f"{cpu.get('api', 0):>5.0f} "
-            f"{cpu.get('client', 0):>5.0f} {h.fmt(cpu.get('redis'), '.0f'):>6} "
-            f"{cpu.get('machine', 0):>5.0f} {other_cpu(cpu):>6.0f}"
-        )
+        rates = (r.offered, r.feed_rate, r.consumed_rate, r.delivered_rate, r.expected_delivery)
+        values = [h.fmt(v, ",.0f") for v in rates]
+        values += [h.fmt(r.latency_ms.get(k)) for k in ("p50", "p90", "p99", "max")]
+        cpu = [r.cpu.get(k) for k in ("feed", "quotes", "api", "client", "redis", "machine")]
+        values += [h.fmt(v, ".0f") for v in (*cpu, other_cpu(r.cpu))]
+        name = f"{r.symbols:,} x {r.rate:g}/s, {r.subscribers:,} subs"
+        lines.append(f"{name:<30}" + "".join(f" {v:>10}" for v in values))
     lines.append(
         "latency in ms, receive time - source timestamp (the timestamp has ms resolution, "
         "truncated: up to +1 ms); CPU in % of one core, machine = all cores, other = machine "
@@ -458,8 +435,7 @@ def private_redis(run: h.Run) -> str:
 
 
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
-    redis_base = private_redis(run) if args.redis == "private" else None
-    env = h.bench_env(args, redis_base)
+    env = h.bench_env(args, private_redis(run))
     settings = h.settings_for(env)
     scenarios = [Result(args.symbols, rate, subs, args.per_subscriber)
                  for rate in args.rates for subs in args.subscribers]  # fmt: skip
@@ -467,8 +443,8 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
         f"quotes benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
         f"{args.duration:g} s each; {os.cpu_count()} cores; quote window "
         f"{settings.quote_window_ms} ms, {settings.quote_partitions} partitions, feed batch "
-        f"{settings.feed_batch_ms} ms; db {args.database}, {args.redis} redis "
-        f"{h.urlsplit(env['REDIS_URL']).netloc} db {args.redis_db}; logs in {run.log_dir}",
+        f"{settings.feed_batch_ms} ms; db {args.database}, its own redis-server "
+        f"{h.urlsplit(env['REDIS_URL']).netloc}; logs in {run.log_dir}",
         flush=True,
     )
     profiler = h.Profiler(args, run.log_dir)
@@ -509,10 +485,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-subscriber", type=h.positive, default=10, help="symbols per WebSocket")
     p.add_argument("--seed", type=int, default=1, help="seed of the subscribers' symbol choice")
     p.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
-    p.add_argument("--redis", choices=("private", "shared"), default="private",
-                   help="private: a redis-server of its own on a free port; shared: "
-                   "REDIS_URL (else 127.0.0.1:6379), whose other users then see the quotes "
-                   "channel")  # fmt: skip
     p.add_argument("--client-procs", type=h.positive, default=1, help="client processes")
     p.add_argument("--connect-concurrency", type=h.positive, default=50,
                    help="WebSocket handshakes at once")  # fmt: skip

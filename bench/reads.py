@@ -230,7 +230,6 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)
     pg_backends: int = 0
     pg: dict[str, float] = field(default_factory=dict)
-    pool: str = ""
     load: tuple[float, ...] = (0.0, 0.0, 0.0)
     profiles: list[str] = field(default_factory=list)
 
@@ -259,7 +258,7 @@ class Result:
         return int(sum(self.client.get("errors", {}).values()))
 
 
-def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Managed, port: int,
+def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Managed,
                  args: argparse.Namespace, postmaster: int | None,
                  profiler: h.Profiler) -> None:  # fmt: skip
     admin, database = h.server_urls()[0], args.database
@@ -277,19 +276,8 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
     if (rpid := h.redis_pid(env["REDIS_URL"])) is not None:
         groups["redis"] = [rpid]
     cpu = h.CpuWindow(groups)
-    pool: list[float] = []
-    size = [0.0]
-
-    def sample_pool() -> None:
-        samples = h.scrape(port)
-        size[0] = h.total(samples, "tradeql_db_pool_connections", state="size")
-        pool.append(h.total(samples, "tradeql_db_pool_connections", state="checkedout"))
-
-    pool_ticker = h.Ticker(sample_pool, 1.0)
     counters_before = h.database_stats(admin, database)
     cpu.start()
-    if args.api_workers == 1:  # with more, each scrape would reach one worker of several
-        pool_ticker.start()
     servers = h.process_tree(api.pid)
     servers = servers[1:] or servers  # the processes that serve, not the supervisor
     tag = r.short.replace(" ", "-").replace("/", "")
@@ -300,14 +288,10 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
         r.cpu = cpu.stop()
         r.pg_backends = cpu.count(BACKENDS)
         r.load = os.getloadavg()
-        pool_ticker.stop()
     counters_after = h.database_stats(admin, database)
     r.client = json.loads(client.read_tagged("RESULT", args.timeout + 60, [api]))
     r.latency = h.percentiles(r.client["hist"], QS)
     r.pg = {k: (v - counters_before.get(k, 0.0)) / r.window for k, v in counters_after.items()}
-    r.pool = (f"checked out mean {sum(pool) / len(pool):.1f}, max {max(pool):.0f} (pool_size "
-              f"{size[0]:.0f}; {len(pool)} samples)" if pool
-              else "(not sampled with --api-workers > 1)")  # fmt: skip
     r.profiles = profiler.finish()
 
 
@@ -367,8 +351,7 @@ def format_result(r: Result, index: int, count: int) -> str:
             f"{100 * hits / max(hits + reads, 1):.1f}%, {pg.get('sessions', 0):.1f} sessions "
             "opened/s (connection churn)"
         )
-    load = " ".join(f"{x:.2f}" for x in r.load)
-    lines += [f"  pool: {r.pool}", f"  load average at the end of the window: {load}"]
+    lines.append("  load average at the end of the window: " + " ".join(f"{x:.2f}" for x in r.load))
     if target := verdict(r):
         lines.append(f"  {target}")
     lines += [f"  {line}" for profile in r.profiles for line in profile.splitlines()]
@@ -457,7 +440,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
                 after = f"after {idle:.0f} s" if idle else f"NOT within {args.drain:g} s"
                 print(f"  the API went idle {after} (requests the client gave up on still run to "
                       "the end on the server)", flush=True)  # fmt: skip
-            run_scenario(r, env, api, client, port, args, postmaster, profiler)
+            run_scenario(r, env, api, client, args, postmaster, profiler)
             results.append(r)
             print(format_result(r, index, len(scenarios)), flush=True)
             for process in market:

@@ -185,9 +185,7 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         rows = await conn.fetch("SELECT symbol FROM securities WHERE active ORDER BY symbol")
         symbols = [r["symbol"] for r in rows]
         if len(symbols) < plan.positions:
-            raise RuntimeError(
-                f"{len(symbols)} securities, fewer than the {plan.positions} positions"
-            )
+            raise RuntimeError(f"{len(symbols)} securities, fewer than {plan.positions} positions")
         # Enough monthly partitions for the history (it reaches back `orders` hours at most).
         await conn.execute(
             "SELECT ensure_order_partition(m::date) FROM generate_series("
@@ -200,8 +198,8 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
                 "CREATE TEMP TABLE bench_symbols (idx int PRIMARY KEY, symbol text NOT NULL, "
                 "base numeric NOT NULL) ON COMMIT DROP"
             )
-            symbol_rows = [(i, s, base_price(i)) for i, s in enumerate(symbols)]
-            await conn.copy_records_to_table("bench_symbols", records=symbol_rows)
+            records = [(i, s, base_price(i)) for i, s in enumerate(symbols)]
+            await conn.copy_records_to_table("bench_symbols", records=records)
             await conn.execute(
                 "CREATE TEMP TABLE bench_users (idx int PRIMARY KEY, user_id uuid NOT NULL, "
                 "account_id uuid NOT NULL, token_hash text NOT NULL) ON COMMIT DROP"
@@ -233,9 +231,8 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    return SeedResult(
-        tokens, symbols, orders, executions, positions, entries, time.perf_counter() - started
-    )
+    seconds = time.perf_counter() - started
+    return SeedResult(tokens, symbols, orders, executions, positions, entries, seconds)
 
 
 def _count(status: str) -> int:
@@ -252,25 +249,24 @@ def seed_database(database_url: str, plan: SeedPlan) -> SeedResult:
     return asyncio.run(_seed(database_url, plan))
 
 
-async def _write_quotes(redis_url: str, symbols: list[str]) -> int:
+def write_quotes(redis_url: str, symbols: list[str]) -> int:
+    """The current quote of every symbol, 1% above its base price, into `quote:{SYM}`
+    (QuoteStore.write): how many."""
     from redis.asyncio import Redis
 
     from services.market_data.marketdata import Quote
     from services.market_data.quote_store import QuoteStore
 
-    redis: Any = Redis.from_url(redis_url, decode_responses=True)
-    try:
-        now, cent = time.time_ns(), Decimal("0.01")
-        lasts = [(base_price(i) * Decimal("1.01")).quantize(cent) for i in range(len(symbols))]
-        quotes = [
-            Quote(s, p - cent, p + cent, 100, 200, p, 10_000, now)
-            for s, p in zip(symbols, lasts, strict=True)
-        ]
-        return len(await QuoteStore(redis).write(quotes))
-    finally:
-        await redis.aclose()
+    now, cent = time.time_ns(), Decimal("0.01")
+    lasts = [(base_price(i) * Decimal("1.01")).quantize(cent) for i in range(len(symbols))]
+    quotes = [Quote(s, p - cent, p + cent, 100, 200, p, 10_000, now)
+              for s, p in zip(symbols, lasts, strict=True)]  # fmt: skip
 
+    async def write() -> int:
+        redis: Any = Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return len(await QuoteStore(redis).write(quotes))
+        finally:
+            await redis.aclose()
 
-def write_quotes(redis_url: str, symbols: list[str]) -> int:
-    """The current quote of every symbol into `quote:{SYM}` (QuoteStore.write): how many."""
-    return asyncio.run(_write_quotes(redis_url, symbols))
+    return asyncio.run(write())
