@@ -170,7 +170,6 @@ class Result:
     connected: int = 0
     connect_s: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
-    background_before: float | None = None  # machine CPU % just before the scenario
     profiles: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -190,6 +189,10 @@ class Result:
     @property
     def label(self) -> str:
         return f"{self.symbols:,} symbols x {self.rate:g}/s, {self.subscribers:,} subscribers"
+
+    def cost(self, process: str, rate: float) -> float | None:
+        """CPU microseconds of a process per unit of work at `rate` a second."""
+        return 1e4 * self.cpu[process] / rate if process in self.cpu and rate > 0 else None
 
 
 def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
@@ -330,12 +333,9 @@ def cost_line(r: Result) -> str:
     """CPU microseconds per unit of work: unlike CPU %, these hold roughly steady when other
     work on the machine takes CPU away from the processes."""
 
-    def per(name: str, rate: float) -> float | None:
-        return 1e4 * r.cpu[name] / rate if name in r.cpu and rate > 0 else None
-
-    costs = {"feed": per("feed", r.feed_rate), "quotes": per("quotes", r.consumed_rate),
-             "redis": per("redis", r.consumed_rate), "api": per("api", r.delivered_rate),
-             "client": per("client", r.delivered_rate)}  # fmt: skip
+    costs = {"feed": r.cost("feed", r.feed_rate), "quotes": r.cost("quotes", r.consumed_rate),
+             "redis": r.cost("redis", r.consumed_rate), "api": r.cost("api", r.delivered_rate),
+             "client": r.cost("client", r.delivered_rate)}  # fmt: skip
     need = {k: (costs[k] or 0) * (r.expected_delivery if k == "api" else r.offered) / 1e6
             for k in ("feed", "quotes", "redis", "api")}  # fmt: skip
     return (
@@ -384,8 +384,7 @@ def format_result(r: Result, index: int, count: int) -> str:
         "  CPU % of one core            "
         + "  ".join(f"{n} {cpu[n]:.0f}" for n in PROCESSES if n in cpu)
         + f"   | machine {cpu.get('machine', 0):.0f} of {100 * (os.cpu_count() or 1)}, of which "
-        f"other processes ~{other_cpu(cpu):.0f} (background before the scenario: "
-        f"{h.fmt(r.background_before, '.0f')})",
+        f"other processes ~{other_cpu(cpu):.0f}",
         *([f"  {v}"] if (v := target_verdict(r)) else []),
         *(f"  note: {n}" for n in r.notes),
         *(f"  {line}" for profile in r.profiles for line in ["", *profile.splitlines()]),
@@ -394,23 +393,16 @@ def format_result(r: Result, index: int, count: int) -> str:
 
 
 def format_summary(results: list[Result]) -> str:
-    columns = ("offered/s", "feed/s", "cache in/s", "deliv/s", "expect/s", "p50", "p90", "p99",
-               "max", "feed%", "cache%", "api%", "client%", "redis%", "machine%", "other%")
-    lines = [f"{'scenario':<30}" + "".join(f" {c:>10}" for c in columns)]
-    lines.append("-" * len(lines[0]))
+    """A line a scenario: the figures docs/benchmarks.md tabulates."""
+    lines = []
     for r in results:
-        rates = (r.offered, r.feed_rate, r.consumed_rate, r.delivered_rate, r.expected_delivery)
-        values = [h.fmt(v, ",.0f") for v in rates]
-        values += [h.fmt(r.latency_ms.get(k)) for k in ("p50", "p90", "p99", "max")]
-        cpu = [r.cpu.get(k) for k in ("feed", "quotes", "api", "client", "redis", "machine")]
-        values += [h.fmt(v, ".0f") for v in (*cpu, other_cpu(r.cpu))]
-        name = f"{r.symbols:,} x {r.rate:g}/s, {r.subscribers:,} subs"
-        lines.append(f"{name:<30}" + "".join(f" {v:>10}" for v in values))
-    lines.append(
-        "latency in ms, receive time - source timestamp (the timestamp has ms resolution, "
-        "truncated: up to +1 ms); CPU in % of one core, machine = all cores, other = machine "
-        "minus the processes measured (work of others on a shared machine)"
-    )
+        latency = "/".join(h.fmt(r.latency_ms.get(k)) for k in ("p50", "p90", "p99"))
+        lines.append(
+            f"{r.label}: ingested {r.consumed_rate:,.0f}/s of {r.offered:,.0f}, delivered "
+            f"{r.delivered_rate:,.0f}/s of {r.expected_delivery:,.0f}, p50/p90/p99 {latency} ms, "
+            f"API {h.fmt(r.cost('api', r.delivered_rate), '.0f')} us per delivery; machine "
+            f"{r.cpu.get('machine', 0):.0f}% (others ~{other_cpu(r.cpu):.0f}%)"
+        )
     return "\n".join(lines)
 
 
@@ -460,18 +452,13 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     try:
         for index, r in enumerate(scenarios, start=1):
             print(f"\nrunning {r.label} ...", flush=True)
-            # the machine may be shared: wait (at most --quiet-wait s) for others' work to ebb
-            deadline = time.monotonic() + args.quiet_wait
-            while (busy := h.machine_busy()) >= args.quiet_below and time.monotonic() < deadline:
-                pass
-            r.background_before = busy
             run_scenario(r, run, env, settings.quote_partitions, args, symbols_file, profiler)
             results.append(r)
             print(format_result(r, index, len(scenarios)), flush=True)
     finally:
         if results:
-            print(f"\nsummary ({time.monotonic() - started:.0f} s in all)")
-            print(format_summary(results))
+            print(f"\nsummary ({time.monotonic() - started:.0f} s in all; latency from the "
+                  f"source's ms stamp, truncated: up to +1 ms)\n{format_summary(results)}")
     return 0
 
 
@@ -488,11 +475,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-procs", type=h.positive, default=1, help="client processes")
     p.add_argument("--connect-concurrency", type=h.positive, default=50,
                    help="WebSocket handshakes at once")  # fmt: skip
-    p.add_argument("--quiet-below", type=float, default=25.0,
-                   help="before each scenario, wait for the machine's CPU use (%% of all cores, "
-                   "others' work) to fall below this...")  # fmt: skip
-    p.add_argument("--quiet-wait", type=float, default=30.0,
-                   help="...for at most this many seconds")  # fmt: skip
     internal = p.add_argument_group("internal (the benchmark runs itself with these)")
     internal.add_argument("--client", action="store_true", help="run the client half")
     internal.add_argument("--url", help="client: ws://127.0.0.1:PORT/graphql")

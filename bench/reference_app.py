@@ -21,7 +21,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import strawberry
@@ -48,6 +47,7 @@ LOAD = (
     "{ placeOrder(account: $a, symbol: $s, quantity: $q, price: $p) { id status } }"
 )
 SYMBOLS = ("AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META")
+POOL: list[asyncpg.Pool] = []  # the app's one pool, made at startup
 
 
 @strawberry.type
@@ -67,12 +67,11 @@ class Query:
 class Mutation:
     @strawberry.mutation
     async def place_order(
-        self, info: strawberry.Info, account: int, symbol: str, quantity: str, price: str
+        self, account: int, symbol: str, quantity: str, price: str
     ) -> PlacedOrder:
-        pool: asyncpg.Pool = info.context["pool"]
         qty, px = Decimal(quantity), Decimal(price)
         order_id = uuid.uuid4()
-        async with pool.acquire() as conn, conn.transaction():
+        async with POOL[0].acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE ref_accounts SET cash = cash - $2 WHERE id = $1", account, qty * px
             )
@@ -83,26 +82,21 @@ class Mutation:
         return PlacedOrder(id=strawberry.ID(str(order_id)), status="ACCEPTED")
 
 
-class _App(GraphQL[dict[str, Any], None]):
-    pool: asyncpg.Pool
-
-    async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
-        return {"pool": self.pool}
-
-
 def build(database_url: str) -> Starlette:
     extensions = [ParserCache, ValidationCache]
-    graphql = _App(strawberry.Schema(Query, Mutation, extensions=extensions), graphql_ide=None)
+    graphql = GraphQL(strawberry.Schema(Query, Mutation, extensions=extensions), graphql_ide=None)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        graphql.pool = pool = await asyncpg.create_pool(database_url, min_size=10, max_size=10)
+        pool = await asyncpg.create_pool(database_url, min_size=10, max_size=10)
+        POOL.append(pool)
         async with pool.acquire() as conn:
             await conn.execute(SCHEMA_SQL)
         yield
         await pool.close()
 
-    return Starlette(routes=[Route("/graphql", graphql, methods=["GET", "POST"])], lifespan=lifespan)
+    routes = [Route("/graphql", graphql, methods=["GET", "POST"])]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def order(rng: random.Random) -> Request:
