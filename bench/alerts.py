@@ -152,7 +152,7 @@ def run_index(args: argparse.Namespace) -> None:
 # Part 2: end to end, with the real checker
 _INSERT_ALERTS = """
 INSERT INTO price_alerts (user_id, symbol, condition, threshold)
-SELECT u.id,
+SELECT ($4::uuid[])[(s.i * $2::int + a.j) % cardinality($4::uuid[]) + 1],
        'SYN' || lpad(s.i::text, 5, '0'),
        CASE WHEN a.j % 2 = 0 THEN 'ABOVE' ELSE 'BELOW' END,
        greatest(1, round((1000 + (s.i * 7919) % 49000)
@@ -160,7 +160,6 @@ SELECT u.id,
                               * $3::float8 * (a.j / 2 + 1) / greatest(1, $2::int / 2)))) / 100.0
 FROM generate_series(0, $1::int - 1) AS s(i)
 CROSS JOIN generate_series(0, $2::int - 1) AS a(j)
-JOIN bench_users u ON u.n = (s.i * $2::int + a.j) % $4::int
 """
 
 
@@ -175,17 +174,15 @@ async def prepare_database(url: str, args: argparse.Namespace) -> int:
             "'0'), 'Synthetic security ' || i, 'SIM' FROM generate_series(0, $1::int - 1) AS i",
             args.symbols,
         )
+        users = [uuid.uuid4() for _ in range(args.users)]
         await conn.execute(
-            "INSERT INTO users (email, password_hash) SELECT 'alerts-bench-' || n || "
-            "'@example.com', 'not-a-hash' FROM generate_series(0, $1::int - 1) AS n", args.users
-        )  # fmt: skip
-        await conn.execute("CREATE TEMP TABLE bench_users AS "
-                           "SELECT id, row_number() OVER () - 1 AS n FROM users")  # fmt: skip
-        await conn.execute("CREATE INDEX ON bench_users (n)")
-        started = time.perf_counter()
-        await conn.execute(
-            _INSERT_ALERTS, args.symbols, args.alerts // args.symbols, args.spread, args.users
+            "INSERT INTO users (id, email, password_hash) SELECT id, 'alerts-bench-' || n || "
+            "'@example.com', 'not-a-hash' FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n)",
+            users,
         )
+        started = time.perf_counter()
+        per_symbol = args.alerts // args.symbols
+        await conn.execute(_INSERT_ALERTS, args.symbols, per_symbol, args.spread, users)
         active = "SELECT count(*) FROM price_alerts WHERE status = 'ACTIVE'"
         inserted = int(await conn.fetchval(active))
         print(f"e2e: {inserted:,} ACTIVE alerts inserted in {time.perf_counter() - started:.1f}s "

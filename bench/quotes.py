@@ -158,7 +158,7 @@ class Result:
     per_subscriber: int
     window_s: float = 0.0
     feed_rate: float = 0.0
-    feed_dropped: dict[str, float] = field(default_factory=dict)
+    feed_dropped: float = 0.0
     consumed_rate: float = 0.0  # feed rate minus backlog growth
     written_rate: float = 0.0
     lag: tuple[int | None, int | None] = (None, None)
@@ -286,15 +286,14 @@ def fill_result(
 ) -> None:
     (t0, feed0, cache0, (lag0, _, added0)), (t1, feed1, cache1, (lag1, _, added1)) = before, after
     window = r.window_s = max(t1 - t0, 1e-9)
-    fed = "tradeql_feed_quotes_total"
-    appended = h.total(feed1, fed) - h.total(feed0, fed)
+
+    def grew(name: str, before: list[h.Sample], after: list[h.Sample]) -> float:
+        return h.total(after, name) - h.total(before, name)
+
+    appended = grew("tradeql_feed_quotes_total", feed0, feed1)
     r.feed_rate = appended / window
-    dropped0 = h.by_label(feed0, "tradeql_feed_dropped_total", "reason")
-    dropped1 = h.by_label(feed1, "tradeql_feed_dropped_total", "reason")
-    r.feed_dropped = {k: v - dropped0.get(k, 0.0) for k, v in dropped1.items()
-                      if v > dropped0.get(k, 0.0)}  # fmt: skip
-    written = "tradeql_quotes_written_total"
-    r.written_rate = (h.total(cache1, written) - h.total(cache0, written)) / window
+    r.feed_dropped = grew("tradeql_feed_dropped_total", feed0, feed1)
+    r.written_rate = grew("tradeql_quotes_written_total", cache0, cache1) / window
     r.quotes_per_entry = appended / (added1 - added0) if added1 > added0 else 0.0
     r.lag = (lag0, lag1)
     if lag0 is not None and lag1 is not None:
@@ -364,13 +363,12 @@ def target_verdict(r: Result) -> str | None:
 
 def format_result(r: Result, index: int, count: int) -> str:
     lat, cpu = r.latency_ms, r.cpu
-    dropped = ", ".join(f"{k}: {v:,.0f}" for k, v in r.feed_dropped.items())
     lines = [
         f"== scenario {index}/{count}: {r.label} ({r.per_subscriber} symbols each); "
         f"measured {r.window_s:.1f} s ==",
         f"  offered (simulator)          {r.offered:>10,.0f} quotes/s",
         f"  feed appended to streams     {r.feed_rate:>10,.0f} quotes/s   dropped "
-        f"{sum(r.feed_dropped.values()):,.0f}{f' ({dropped})' if dropped else ''}",
+        f"{r.feed_dropped:,.0f}",
         f"  consumed by quote cache      {r.consumed_rate:>10,.0f} quotes/s   stream lag "
         f"{h.fmt(r.lag[0], ',')} -> {h.fmt(r.lag[1], ',')} entries (~{r.quotes_per_entry:,.0f} "
         f"quotes each), backlog {h.fmt(r.backlog_growth, '+,.0f')} quotes/s",

@@ -157,8 +157,6 @@ class Reader:
             return {
                 "positions": len(positions), "equity": portfolio["equity"],
                 "quoted_positions": sum(1 for p in positions if p["quote"] and p["quote"]["last"]),
-                "realized_pnl": portfolio["realizedPnl"],
-                "unrealized_pnl": portfolio["unrealizedPnl"],
                 "orders": orders, "executions": executions, "pages": pages,
             }  # fmt: skip
         finally:
@@ -168,8 +166,8 @@ class Reader:
 # Setup
 
 
-def setup(env: dict[str, str], args: argparse.Namespace) -> list[str]:
-    """The database, Redis and data; the users' session tokens."""
+def setup(env: dict[str, str], args: argparse.Namespace) -> Path:
+    """The database, Redis and data; the file of the users' session tokens."""
     from bench import reads_seed
 
     url, started = env["DATABASE_URL"], time.perf_counter()
@@ -212,7 +210,7 @@ def setup(env: dict[str, str], args: argparse.Namespace) -> list[str]:
     written = reads_seed.write_quotes(env["REDIS_URL"], symbols)
     print(f"redis db {args.redis_db} flushed; {written} quotes written", flush=True)
     print(f"setup took {time.perf_counter() - started:.1f} s in all", flush=True)
-    return tokens
+    return files[0]
 
 
 # One scenario
@@ -233,15 +231,9 @@ class Result:
 
     @property
     def label(self) -> str:
-        what = "portfolio" if self.kind == "portfolio" else "order history (cursor walk)"
         if self.mode == "closed":
-            return f"{what}, closed loop, {self.value:g} concurrent users"
-        return f"{what}, open loop at {self.value:,.0f} req/s"
-
-    @property
-    def short(self) -> str:
-        loop = f"closed {self.value:g}" if self.mode == "closed" else f"open {self.value:g}/s"
-        return f"{self.kind} {loop}"
+            return f"{self.kind} closed loop of {self.value:g}"
+        return f"{self.kind} open loop at {self.value:g}/s"
 
     @property
     def window(self) -> float:
@@ -278,7 +270,7 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
     cpu.start()
     servers = h.process_tree(api.pid)
     servers = servers[1:] or servers  # the processes that serve, not the supervisor
-    tag = r.short.replace(" ", "-").replace("/", "")
+    tag = r.label.replace(" ", "-").replace("/", "")
     profiler.start({f"api{i}": pid for i, pid in enumerate(servers)}, args.duration, tag)
     try:
         client.read_tagged("MEASURED", args.duration + 60, [api])
@@ -347,12 +339,12 @@ def format_result(r: Result, index: int, count: int) -> str:
 
 
 def format_summary(results: list[Result]) -> str:
-    lines = [f"{'scenario':<26} {'req/s':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'errors':>6} "
+    lines = [f"{'scenario':<30} {'req/s':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'errors':>6} "
              f"{'api%':>5} {'pg%':>5} {'client%':>7} {'load1':>6}"]  # fmt: skip
     for r in results:
         cpu = {k: h.fmt(r.cpu.get(k), ".0f") for k in ("api", BACKENDS, "client")}
         lines.append(
-            f"{r.short:<26} {r.rate:>8,.0f} "
+            f"{r.label:<30} {r.rate:>8,.0f} "
             + " ".join(f"{h.fmt(r.latency.get(q)):>7}" for q in QS)
             + f" {r.errors:>6} {cpu['api']:>5} {cpu[BACKENDS]:>5} {cpu['client']:>7} "
             f"{r.load[0]:>6.2f}"
@@ -389,9 +381,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
         flush=True,
     )
     profiler = h.Profiler(args, run.log_dir)
-    tokens = setup(env, args)
-    (tokens_path := run.log_dir / "tokens.json").write_text(json.dumps(tokens))
-    tokens_path.chmod(0o600)
+    tokens_path = setup(env, args)
     port = h.free_port()
     argv = h.tradeql_argv("api", "--host", "127.0.0.1", "--port", str(port))
     if args.api_workers > 1:
@@ -412,8 +402,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     client = run.start("client", [sys.executable, *client_argv.split()], env, pipe=True)
     ready = json.loads(client.read_tagged("READY", 120, [api]))
     print(f"client check (user 0): {ready['positions']} positions ({ready['quoted_positions']} "
-          f"with a quote), equity {ready['equity']}, realized {ready['realized_pnl']}, "
-          f"unrealized {ready['unrealized_pnl']}; order history {ready['orders']} orders in "
+          f"with a quote), equity {ready['equity']}; order history {ready['orders']} orders in "
           f"{ready['pages']} pages with {ready['executions']} executions", flush=True)  # fmt: skip
     if ready["positions"] != args.positions or ready["orders"] != args.orders:
         raise h.BenchError(f"the API does not show the seeded data: {ready}")
