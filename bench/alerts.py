@@ -39,7 +39,7 @@ from bench import harness as h
 
 TARGET_P99_MS = 100.0
 BATCH_SECONDS = 0.01  # the feed's batching window
-LATENCY_QS = (0.5, 0.9, 0.99, 0.999, 1.0)
+LATENCY_QS = {0.5: "p50", 0.9: "p90", 0.99: "p99", 0.999: "p99.9", 1.0: "max"}
 PARTITIONS = 4
 
 
@@ -84,11 +84,6 @@ class Walk:
                       f"{price_text(last)}|{self.volume}|{ts_ns}")  # fmt: skip
             by_partition.setdefault(partition_of(names[i], PARTITIONS), []).append(record)
         return by_partition
-
-
-def fmt_percentiles(values: dict[float, float | None]) -> str:
-    names = {0.5: "p50", 0.9: "p90", 0.99: "p99", 0.999: "p99.9", 1.0: "max"}
-    return ", ".join(f"{names[q]} {h.fmt(v)} ms" for q, v in values.items())
 
 
 # Part 1: the index in process
@@ -255,16 +250,6 @@ async def feed(
         await redis.aclose()
 
 
-def stream_backlog(redis_url: str) -> tuple[int | None, int]:
-    """(entries not yet delivered to the group "alerts", delivered but not acknowledged)."""
-    from services.infra.streams import quote_stream
-
-    lag, pending, _ = h.group_backlog(
-        h.redis_client(redis_url), map(quote_stream, range(PARTITIONS)), "alerts"
-    )
-    return lag, pending
-
-
 def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
     from services.infra import keys
 
@@ -307,7 +292,15 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
 
 def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Managed],
             ports: list[int], listener: Connection, stop_listening: Any) -> None:  # fmt: skip
+    from services.infra.streams import quote_stream
+
     redis_url, sent, stop = env["REDIS_URL"], [0, 0], asyncio.Event()
+    streams = [quote_stream(p) for p in range(PARTITIONS)]
+
+    def backlog() -> tuple[int | None, int]:
+        """(entries not yet delivered to the group "alerts", delivered but not acknowledged)."""
+        return h.group_backlog(h.redis_client(redis_url), streams, "alerts")[:2]
+
     postmaster = h.postmaster_pid(h.server_urls()[0])
     groups: dict[str, Any] = {"checkers": [c.pid for c in checkers], "bench feeder": [os.getpid()]}
     if (rpid := h.redis_pid(redis_url)) is not None:
@@ -332,14 +325,14 @@ def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Mana
         for key, name in counters.items():
             out[key] = sum(h.total(a, name) - h.total(b, name)
                            for a, b in zip(after, before, strict=True))  # fmt: skip
-        out["backlog"] = stream_backlog(redis_url)
+        out["backlog"] = backlog()
         stop.set()
         await feeder
         return out
 
     r = asyncio.run(feed_and_measure())
     for _ in range(300):  # the checkers finish what the feed wrote, at most 60 s
-        if stream_backlog(redis_url) == (0, 0):
+        if backlog() == (0, 0):
             break
         time.sleep(0.2)
     time.sleep(1.0)  # and the last pushes arrive
@@ -359,7 +352,8 @@ def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Mana
     latency = h.percentiles(data["window"], LATENCY_QS)
     p99 = latency.get(0.99)
     verdict = "" if p99 is None else (" MEETS" if p99 < TARGET_P99_MS else " MISSES")
-    print(f"e2e: quote source time -> triggered alert received: {fmt_percentiles(latency)};"
+    shown = ", ".join(f"{LATENCY_QS[q]} {h.fmt(v)} ms" for q, v in latency.items())
+    print(f"e2e: quote source time -> triggered alert received: {shown};"
           f"{verdict} the p99 < {TARGET_P99_MS:.0f} ms target", flush=True)  # fmt: skip
     print("e2e: CPU (% of one core): " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu"].items())
           + f" (machine has {psutil.cpu_count()} cores)", flush=True)  # fmt: skip

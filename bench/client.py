@@ -1,12 +1,10 @@
 """The load side every benchmark shares: a minimal HTTP/1.1 client on keep-alive loopback
-connections (much cheaper per request than httpx, so the client is not what limits the rate),
-graphql-transport-ws subscriptions over `websockets`, closed- and open-loop drivers over a
-measured window, and the line protocol between a client process and its benchmark.
-
-A client process prints `READY <json>` once set up, then obeys commands, one line each:
-`RUN <json spec>` loads for `warmup` seconds, prints `MEASURING`, loads for `duration` seconds
-(requests *sent* in this window are the measured ones), prints `MEASURED`, waits for the requests
-in flight and prints `RESULT <json>`. End of input or `QUIT` ends it, as does its time limit.
+connections (much cheaper per request than httpx), graphql-transport-ws subscriptions, closed-
+and open-loop drivers over a measured window, and the line protocol of a client process: it
+prints `READY <json>` once set up, then answers commands, one line each: `RUN <json spec>` loads
+for `warmup` s, prints `MEASURING`, loads for `duration` s (requests *sent* in this window are
+the measured ones), prints `MEASURED`, waits for those in flight and prints `RESULT <json>`.
+End of input or `QUIT` ends it, as does its time limit.
 """
 
 from __future__ import annotations

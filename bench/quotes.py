@@ -139,10 +139,9 @@ class Subscribers:
 async def client_main(args: argparse.Namespace) -> int:
     h.require_loopback(args.url.replace("ws://", "http://"), "--url")
     subs = Subscribers(args)
+    commands = {"START": subs.start, "STOP": subs.stop}
     try:
-        return await serve(
-            subs.ready, {"START": subs.start, "STOP": subs.stop}, args.client_max_seconds
-        )
+        return await serve(subs.ready, commands, args.client_max_seconds)
     finally:
         await close_all(subs.tasks, subs.sockets)
 
@@ -168,7 +167,6 @@ class Result:
     received: int = 0
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     connected: int = 0
-    connect_s: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     profiles: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -221,7 +219,6 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
     rounds = math.ceil(r.subscribers / max(procs, 1) / args.connect_concurrency)
     ready_timeout = 30.0 * rounds + 60
     clients = []
-    connecting = time.monotonic()
     for i in range(procs):
         count = r.subscribers // procs + (i < r.subscribers % procs)
         argv = (f"-m bench.quotes --client --url ws://127.0.0.1:{api_port}/graphql --symbols-file "
@@ -232,7 +229,6 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
         clients.append(run.start(f"client{i}", [sys.executable, *argv.split()], env, pipe=True,
                                  log=f"{tag}client{i}.log"))  # fmt: skip
     readies = [json.loads(c.read_tagged("READY", ready_timeout, [api])) for c in clients]
-    r.connect_s = time.monotonic() - connecting
     r.connected = sum(ready["connected"] for ready in readies)
     errors = [e for ready in readies for e in ready["errors"]][:2]
     if r.subscribers and r.connected == 0:
@@ -331,7 +327,6 @@ def other_cpu(cpu: dict[str, float]) -> float:
 def cost_line(r: Result) -> str:
     """CPU microseconds per unit of work: unlike CPU %, these hold roughly steady when other
     work on the machine takes CPU away from the processes."""
-
     costs = {"feed": r.cost("feed", r.feed_rate), "quotes": r.cost("quotes", r.consumed_rate),
              "redis": r.cost("redis", r.consumed_rate), "api": r.cost("api", r.delivered_rate),
              "client": r.cost("client", r.delivered_rate)}  # fmt: skip
@@ -366,16 +361,15 @@ def format_result(r: Result, index: int, count: int) -> str:
     lines = [
         f"== scenario {index}/{count}: {r.label} ({r.per_subscriber} symbols each); "
         f"measured {r.window_s:.1f} s ==",
-        f"  offered (simulator)          {r.offered:>10,.0f} quotes/s",
-        f"  feed appended to streams     {r.feed_rate:>10,.0f} quotes/s   dropped "
-        f"{r.feed_dropped:,.0f}",
+        f"  feed appended to streams     {r.feed_rate:>10,.0f} quotes/s   of {r.offered:,.0f} "
+        f"offered by the simulator, dropped {r.feed_dropped:,.0f}",
         f"  consumed by quote cache      {r.consumed_rate:>10,.0f} quotes/s   stream lag "
         f"{h.fmt(r.lag[0], ',')} -> {h.fmt(r.lag[1], ',')} entries (~{r.quotes_per_entry:,.0f} "
-        f"quotes each), backlog {h.fmt(r.backlog_growth, '+,.0f')} quotes/s",
-        f"  written by quote cache       {r.written_rate:>10,.0f} quotes/s",
+        f"quotes each), backlog {h.fmt(r.backlog_growth, '+,.0f')} quotes/s; written to "
+        f"quote:{{SYMBOL}} {r.written_rate:,.0f}/s",
         f"  delivered to subscribers     {r.delivered_rate:>10,.0f} quotes/s   of "
         f"{r.expected_delivery:,.0f}/s without conflation ({r.delivered_share:.1f}%); "
-        f"{r.connected:,} subscribed in {r.connect_s:.1f} s",
+        f"{r.connected:,} subscribed",
         f"  CPU cost per quote (us)      {cost_line(r)}",
         "  latency source->subscriber   " + "  ".join(f"{k} {h.fmt(v)}" for k, v in lat.items())
         + f" ms   (n={r.received:,})",

@@ -247,6 +247,10 @@ class Result:
     def errors(self) -> int:
         return int(sum(self.client.get("errors", {}).values()))
 
+    def cpu_ms(self, group: str) -> float:
+        """Milliseconds of CPU of a group of processes per answered request."""
+        return 10.0 * (self.cpu.get(group) or 0.0) / max(self.rate, 1e-9)
+
 
 def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Managed,
                  args: argparse.Namespace, postmaster: int | None,
@@ -317,15 +321,13 @@ def format_result(r: Result, index: int, count: int) -> str:
     if r.mode == "open":
         lines.append(f"  scheduled {c.get('scheduled', 0):,}, skipped at the in-flight cap "
                      f"{c.get('skipped', 0):,}")  # fmt: skip
-    pg_cpu, per = cpu.get(BACKENDS), 10.0 / max(r.rate, 1e-9)  # CPU ms a request at 1% of a core
-    api_ms, pg_ms = (cpu.get("api") or 0.0) * per, (pg_cpu or 0.0) * per
+    percent = {k: h.fmt(v, ".0f") for k, v in cpu.items()}
     lines.append(
-        f"  CPU per request: api {api_ms:.2f} ms, postgres {pg_ms:.2f} ms ({r.pg_backends} "
-        f"backends of the bench db); % of one core: api {h.fmt(cpu.get('api'), '.0f')}, postgres "
-        f"{h.fmt(pg_cpu, '.0f')} (whole server {h.fmt(cpu.get('postgres'), '.0f')}), redis "
-        f"{h.fmt(cpu.get('redis'), '.0f')} (shared server), client "
-        f"{h.fmt(cpu.get('client'), '.0f')}; machine {h.fmt(cpu.get('machine'), '.0f')} of "
-        f"{100 * (os.cpu_count() or 1)}"
+        f"  CPU per request: api {r.cpu_ms('api'):.2f} ms, postgres {r.cpu_ms(BACKENDS):.2f} ms "
+        f"({r.pg_backends} backends of the bench db); % of one core: api {percent['api']}, "
+        f"postgres {percent[BACKENDS]} (whole server {percent['postgres']}), redis "
+        f"{percent.get('redis', '-')} (shared server), client {percent['client']}; machine "
+        f"{percent['machine']} of {100 * (os.cpu_count() or 1)}"
     )
     if pg:
         xacts = pg.get("xact_commit", 0.0) + pg.get("xact_rollback", 0.0)
@@ -339,18 +341,14 @@ def format_result(r: Result, index: int, count: int) -> str:
 
 
 def format_summary(results: list[Result]) -> str:
-    lines = [f"{'scenario':<30} {'req/s':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'errors':>6} "
-             f"{'api%':>5} {'pg%':>5} {'client%':>7} {'load1':>6}"]  # fmt: skip
+    """A line a scenario: the figures docs/benchmarks.md tabulates."""
+    lines = []
     for r in results:
-        cpu = {k: h.fmt(r.cpu.get(k), ".0f") for k in ("api", BACKENDS, "client")}
-        lines.append(
-            f"{r.label:<30} {r.rate:>8,.0f} "
-            + " ".join(f"{h.fmt(r.latency.get(q)):>7}" for q in QS)
-            + f" {r.errors:>6} {cpu['api']:>5} {cpu[BACKENDS]:>5} {cpu['client']:>7} "
-            f"{r.load[0]:>6.2f}"
-        )
-    lines.append("(latency in ms; open loop: from the scheduled send time)")
-    return "\n".join(lines)
+        latency = "/".join(h.fmt(r.latency.get(q)) for q in QS)
+        lines.append(f"{r.label}: {r.rate:,.0f} req/s, p50/p95/p99 {latency} ms, {r.errors} "
+                     f"errors; CPU per request: api {r.cpu_ms('api'):.2f} ms, postgres "
+                     f"{r.cpu_ms(BACKENDS):.2f} ms; load {r.load[0]:.2f}")  # fmt: skip
+    return "\n".join([*lines, *filter(None, map(verdict, results))])
 
 
 # Run
@@ -427,8 +425,6 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
             print(f"\nsummary ({time.monotonic() - started:.0f} s in all; load average at start "
                   f"{load_start}, at end {loadavg()}; {os.cpu_count()} cores)")  # fmt: skip
             print(format_summary(results))
-            for target in filter(None, map(verdict, results)):
-                print(target)
     return 0
 
 

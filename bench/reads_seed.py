@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -186,7 +185,7 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         symbols = [r["symbol"] for r in rows]
         if len(symbols) < plan.positions:
             raise RuntimeError(f"{len(symbols)} securities, fewer than {plan.positions} positions")
-        # Enough monthly partitions for the history (it reaches back `orders` hours at most).
+        # Enough monthly partitions for the history (it reaches back 20 days).
         await conn.execute(
             "SELECT ensure_order_partition(m::date) FROM generate_series("
             "date_trunc('month', now() - interval '40 days'), date_trunc('month', now()), "
@@ -195,18 +194,16 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         step_ms = 20 * 86_400_000 // plan.orders  # the history spans 20 days, evenly
         async with conn.transaction():
             await conn.execute(
-                "CREATE TEMP TABLE bench_symbols (idx int PRIMARY KEY, symbol text NOT NULL, "
-                "base numeric NOT NULL) ON COMMIT DROP"
-            )
-            records = [(i, s, base_price(i)) for i, s in enumerate(symbols)]
-            await conn.copy_records_to_table("bench_symbols", records=records)
+                "CREATE TEMP TABLE bench_symbols ON COMMIT DROP AS SELECT i::int - 1 AS idx, "
+                "symbol, base FROM unnest($1::text[], $2::numeric[]) WITH ORDINALITY AS s(symbol, "
+                "base, i)", symbols, [base_price(i) for i in range(len(symbols))],
+            )  # fmt: skip
+            hashes = [hashlib.sha256(t.encode()).hexdigest() for t in tokens]
             await conn.execute(
-                "CREATE TEMP TABLE bench_users (idx int PRIMARY KEY, user_id uuid NOT NULL, "
-                "account_id uuid NOT NULL, token_hash text NOT NULL) ON COMMIT DROP"
-            )
-            user_rows = [(i, uuid.uuid4(), uuid.uuid4(), hashlib.sha256(t.encode()).hexdigest())
-                         for i, t in enumerate(tokens)]  # fmt: skip
-            await conn.copy_records_to_table("bench_users", records=user_rows)
+                "CREATE TEMP TABLE bench_users ON COMMIT DROP AS SELECT i::int - 1 AS idx, "
+                "gen_random_uuid() AS user_id, gen_random_uuid() AS account_id, token_hash "
+                "FROM unnest($1::text[]) WITH ORDINALITY AS u(token_hash, i)", hashes,
+            )  # fmt: skip
             await conn.execute(
                 "INSERT INTO users (id, email, password_hash) "
                 "SELECT user_id, 'reads-' || idx || '@bench.tradeql.dev', $1 FROM bench_users",

@@ -2,10 +2,9 @@
 order, measured in the same run on the same machine as TradeQL.
 
 One uvicorn process, strawberry with its parser and validation caches, a raw asyncpg pool of 10,
-two tables of its own (created if missing), no auth, no batching: `placeOrder` is one transaction
-that UPDATEs an account's cash and INSERTs an order row. With `--load`, the closed-loop load on
-it instead (C requests in flight, each a 1-share order for a random account), which prints
-`RESULT {json}`: accepted/s and p50/p95/p99 over the window after the warm-up.
+two tables of its own, no auth: `placeOrder` is one transaction that UPDATEs an account's cash
+and INSERTs an order row. `--load` puts the closed-loop load on it instead (1-share orders for
+random accounts) and prints `RESULT {json}`: accepted/s and p50/p95/p99 after the warm-up.
 
     python -m bench.reference_app --database-url postgresql://... --port 8100
     python -m bench.reference_app --load --port 8100 --concurrency 64 --duration 15 --warmup 5
