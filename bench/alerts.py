@@ -220,9 +220,8 @@ def listen(redis_url: str, pattern: str, ready: Any, stop: Any, out: Connection)
     client.close()
 
 
-async def feed(
-    redis_url: str, args: argparse.Namespace, stop: asyncio.Event, sent: list[int]
-) -> None:
+async def feed(redis_url: str, args: argparse.Namespace, stop: asyncio.Event,
+               sent: list[int]) -> None:  # fmt: skip
     """10 ms batches of rate/100 quotes, one stream entry per partition, paced on the clock."""
     from redis.asyncio import Redis
 
@@ -275,9 +274,8 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
     ctx = multiprocessing.get_context("spawn")
     ready, stop_listening = ctx.Event(), ctx.Event()
     ours, theirs = ctx.Pipe()
-    listener = ctx.Process(
-        target=listen, args=(redis_url, keys.ns("alerts:*"), ready, stop_listening, theirs)
-    )
+    listener_args = (redis_url, keys.ns("alerts:*"), ready, stop_listening, theirs)
+    listener = ctx.Process(target=listen, args=listener_args)
     listener.start()
     try:
         if not ready.wait(10):

@@ -62,9 +62,7 @@ class HttpConnection:
                     "127.0.0.1", self.port, limit=HEAD_LIMIT
                 )
             reader, writer = self._reader, self._writer
-            writer.write(
-                self._prefix + str(len(body)).encode() + b"\r\n" + headers + b"\r\n" + body
-            )
+            writer.write(b"%s%d\r\n%s\r\n%s" % (self._prefix, len(body), headers, body))
             head = await reader.readuntil(b"\r\n\r\n")
             length, chunked, close = -1, False, False
             for line in head.split(b"\r\n")[1:]:
@@ -345,9 +343,8 @@ def run_client(main: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(main)
 
 
-async def close_all(
-    tasks: Sequence[asyncio.Task[Any]], sockets: Sequence[ClientConnection]
-) -> None:
+async def close_all(tasks: Sequence[asyncio.Task[Any]],
+                    sockets: Sequence[ClientConnection]) -> None:  # fmt: skip
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

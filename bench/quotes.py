@@ -51,10 +51,8 @@ class Subscribers:
         symbols = json.loads(args.symbols_file.read_text())
         rng = random.Random(args.seed)
         self.args = args
-        self.sets = [
-            rng.sample(symbols, min(args.per_subscriber, len(symbols)))
-            for _ in range(args.client_subscribers)
-        ]
+        self.sets = [rng.sample(symbols, min(args.per_subscriber, len(symbols)))
+                     for _ in range(args.client_subscribers)]  # fmt: skip
         self.sockets: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.errors: list[str] = []
@@ -108,14 +106,12 @@ class Subscribers:
                         self.received += 1
                     continue
                 message = json.loads(text)
-                if message.get("type") == "ping":
+                if (kind := message.get("type")) == "ping":
                     await ws.send('{"type":"pong"}')
-                elif message.get("type") in ("error", "complete") or message.get(
-                    "payload", {}
-                ).get("errors"):
+                elif kind in ("error", "complete") or message.get("payload", {}).get("errors"):
                     self.errored += 1
                     self.errors.append(text[:300])
-                    if message.get("type") != "next":
+                    if kind != "next":
                         return
         except Exception as exc:  # the socket closed or broke
             self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -277,9 +273,8 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
         r.notes.append("the API logged 'could not dispatch a quote batch'")
 
 
-def fill_result(
-    r: Result, before: tuple[Any, ...], after: tuple[Any, ...], outcomes: list[dict[str, Any]]
-) -> None:
+def fill_result(r: Result, before: tuple[Any, ...], after: tuple[Any, ...],
+                outcomes: list[dict[str, Any]]) -> None:  # fmt: skip
     (t0, feed0, cache0, (lag0, _, added0)), (t1, feed1, cache1, (lag1, _, added1)) = before, after
     window = r.window_s = max(t1 - t0, 1e-9)
 
@@ -423,14 +418,11 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     settings = h.settings_for(env)
     scenarios = [Result(args.symbols, rate, subs, args.per_subscriber)
                  for rate in args.rates for subs in args.subscribers]  # fmt: skip
-    print(
-        f"quotes benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
-        f"{args.duration:g} s each; {os.cpu_count()} cores; quote window "
-        f"{settings.quote_window_ms} ms, {settings.quote_partitions} partitions, feed batch "
-        f"{settings.feed_batch_ms} ms; db {args.database}, its own redis-server "
-        f"{h.urlsplit(env['REDIS_URL']).netloc}; logs in {run.log_dir}",
-        flush=True,
-    )
+    print(f"quotes benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
+          f"{args.duration:g} s each; {os.cpu_count()} cores; quote window "
+          f"{settings.quote_window_ms} ms, {settings.quote_partitions} partitions, feed batch "
+          f"{settings.feed_batch_ms} ms; db {args.database}, its own redis-server "
+          f"{h.urlsplit(env['REDIS_URL']).netloc}; logs in {run.log_dir}", flush=True)  # fmt: skip
     profiler = h.Profiler(args, run.log_dir)
     admin = h.server_urls()[0]
     if not h.pg_fetch(admin, "SELECT 1 FROM pg_database WHERE datname = $1", args.database):

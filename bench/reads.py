@@ -370,14 +370,11 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
         raise h.BenchError("nothing to run (every scenario skipped)")
     load_start = loadavg()
     settings = " ".join(f"{k}={v}" for k, v in h.child_env(env).items() if k.startswith("TRADEQL_"))
-    print(
-        f"reads benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
-        f"{args.duration:g} s each; {args.users} users x {args.positions} positions x "
-        f"{args.orders} orders; API workers {args.api_workers}; API settings {settings}; "
-        f"{os.cpu_count()} cores; load average {load_start}; db {args.database}, redis db "
-        f"{args.redis_db}; logs in {run.log_dir}",
-        flush=True,
-    )
+    print(f"reads benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
+          f"{args.duration:g} s each; {args.users} users x {args.positions} positions x "
+          f"{args.orders} orders; API workers {args.api_workers}; API settings {settings}; "
+          f"{os.cpu_count()} cores; load average {load_start}; db {args.database}, redis db "
+          f"{args.redis_db}; logs in {run.log_dir}", flush=True)  # fmt: skip
     profiler = h.Profiler(args, run.log_dir)
     tokens_path = setup(env, args)
     port = h.free_port()
