@@ -249,7 +249,8 @@ async def feed(redis_url: str, args: argparse.Namespace, stop: asyncio.Event,
         await redis.aclose()
 
 
-def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
+def run_e2e(args: argparse.Namespace, run: h.Run) -> dict[str, Any]:
+    """The end-to-end part; its figures (also printed)."""
     from services.infra import keys
 
     env = h.bench_env(args)
@@ -280,7 +281,7 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
     try:
         if not ready.wait(10):
             raise h.BenchError("the latency listener did not start")
-        measure(args, env, checkers, ports, ours, stop_listening)
+        return measure(args, env, checkers, ports, ours, stop_listening)
     finally:
         stop_listening.set()
         listener.join(10)
@@ -289,7 +290,8 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> None:
 
 
 def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Managed],
-            ports: list[int], listener: Connection, stop_listening: Any) -> None:  # fmt: skip
+            ports: list[int], listener: Connection,
+            stop_listening: Any) -> dict[str, Any]:  # fmt: skip
     from services.infra.streams import quote_stream
 
     redis_url, sent, stop = env["REDIS_URL"], [0, 0], asyncio.Event()
@@ -361,9 +363,13 @@ def measure(args: argparse.Namespace, env: dict[str, str], checkers: list[h.Mana
     print(f"e2e: exactly once: {triggered:,} TRIGGERED in PostgreSQL, {audited:,} audit rows, "
           f"{data['received']:,} pushes received, {data['dups']} duplicates: "
           f"{'OK' if ok else 'MISMATCH'}", flush=True)  # fmt: skip
+    return {"window_s": window, "offered_per_s": r["offered"], "cpu": r["cpu"],
+            "checked_per_s": r["checked"] / window, "triggered_per_s": r["triggered"] / window,
+            "latency_ms": {LATENCY_QS[q]: v for q, v in latency.items()},
+            "exactly_once": ok}  # fmt: skip
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = h.parser("alerts", __doc__, database="tradeql_bench_alerts", redis_db=11, duration=30.0,
                  warmup=3.0, profile=False)  # fmt: skip
     p.add_argument("--part", choices=["index", "e2e", "both"], default="both")
@@ -377,8 +383,13 @@ def main() -> int:
                    help="simulated seconds")  # fmt: skip
     p.add_argument("--checkers", type=h.positive, default=1)
     p.add_argument("--users", type=h.positive, default=1000)
+    return p
+
+
+def main() -> int:
+    p = build_parser()
     args = p.parse_args()
-    if args.symbols < 1 or args.alerts < args.symbols:
+    if args.alerts < args.symbols:
         p.error("need at least one alert per symbol")
     run = h.Run("alerts", args.log_dir)
 

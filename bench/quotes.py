@@ -217,11 +217,11 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
     clients = []
     for i in range(procs):
         count = r.subscribers // procs + (i < r.subscribers % procs)
+        limit = ready_timeout + args.warmup + args.duration + 180
         argv = (f"-m bench.quotes --client --url ws://127.0.0.1:{api_port}/graphql --symbols-file "
                 f"{symbols_file} --client-subscribers {count} --per-subscriber {r.per_subscriber} "
                 f"--seed {args.seed * 1000 + i} --connect-concurrency {args.connect_concurrency} "
-                f"--client-max-seconds {ready_timeout + args.warmup + args.duration + 180:.0f}"
-                )  # fmt: skip
+                f"--client-max-seconds {limit:.0f}")  # fmt: skip
         clients.append(run.start(f"client{i}", [sys.executable, *argv.split()], env, pipe=True,
                                  log=f"{tag}client{i}.log"))  # fmt: skip
     readies = [json.loads(c.read_tagged("READY", ready_timeout, [api])) for c in clients]

@@ -226,6 +226,7 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)
     pg_backends: int = 0
     pg: dict[str, float] = field(default_factory=dict)
+    pool: tuple[float, ...] = ()  # the API's database connections: (checked out, pool size)
     load: tuple[float, ...] = (0.0, 0.0, 0.0)
     profiles: list[str] = field(default_factory=list)
 
@@ -252,7 +253,7 @@ class Result:
         return 10.0 * (self.cpu.get(group) or 0.0) / max(self.rate, 1e-9)
 
 
-def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Managed,
+def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Managed, port: int,
                  args: argparse.Namespace, postmaster: int | None,
                  profiler: h.Profiler) -> None:  # fmt: skip
     admin, database = h.server_urls()[0], args.database
@@ -283,6 +284,9 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
         r.pg_backends = cpu.count(BACKENDS)
         r.load = os.getloadavg()
     counters_after = h.database_stats(admin, database)
+    pool = h.scrape_or_empty(port, [], "API")  # with --api-workers > 1: one worker's pool
+    r.pool = tuple(h.total(pool, "tradeql_db_pool_connections", state=s)
+                   for s in ("checkedout", "size"))  # fmt: skip
     r.client = json.loads(client.read_tagged("RESULT", args.timeout + 60, [api]))
     r.latency = h.percentiles(r.client["hist"], QS)
     r.pg = {k: (v - counters_before.get(k, 0.0)) / r.window for k, v in counters_after.items()}
@@ -329,10 +333,11 @@ def format_result(r: Result, index: int, count: int) -> str:
         f"{percent.get('redis', '-')} (shared server), client {percent['client']}; machine "
         f"{percent['machine']} of {100 * (os.cpu_count() or 1)}"
     )
-    if pg:
-        xacts = pg.get("xact_commit", 0.0) + pg.get("xact_rollback", 0.0)
-        lines.append(f"  postgres: {xacts / max(r.rate, 1e-9):.1f} transactions per ok request, "
-                     f"{pg.get('sessions', 0):.1f} sessions opened/s (connection churn)")
+    xacts = pg.get("xact_commit", 0.0) + pg.get("xact_rollback", 0.0)
+    pool = "/".join(f"{n:.0f}" for n in r.pool) or "-"
+    lines.append(f"  postgres: {xacts / max(r.rate, 1e-9):.1f} transactions per ok request, "
+                 f"{pg.get('sessions', 0):.1f} sessions opened/s (connection churn); the API's "
+                 f"pool: {pool} checked out/size at the end")  # fmt: skip
     lines.append("  load average at the end of the window: " + " ".join(f"{x:.2f}" for x in r.load))
     if target := verdict(r):
         lines.append(f"  {target}")
@@ -376,6 +381,35 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
           f"{os.cpu_count()} cores; load average {load_start}; db {args.database}, redis db "
           f"{args.redis_db}; logs in {run.log_dir}", flush=True)  # fmt: skip
     profiler = h.Profiler(args, run.log_dir)
+    api, client, port, market = start(args, run, env, len(scenarios))
+    postmaster = h.postmaster_pid(h.server_urls()[0])
+    results: list[Result] = []
+    started = time.monotonic()
+    try:
+        for index, r in enumerate(scenarios, start=1):
+            print(f"\nrunning {r.label} ...", flush=True)
+            idle = h.wait_idle(lambda: h.process_tree(api.pid), args.drain)
+            if idle is None or idle > 1.5:
+                after = f"after {idle:.0f} s" if idle else f"NOT within {args.drain:g} s"
+                print(f"  the API went idle {after} (requests the client gave up on still run to "
+                      "the end on the server)", flush=True)  # fmt: skip
+            run_scenario(r, env, api, client, port, args, postmaster, profiler)
+            results.append(r)
+            print(format_result(r, index, len(scenarios)), flush=True)
+            for process in market:
+                process.check_alive()
+    finally:
+        if results:
+            print(f"\nsummary ({time.monotonic() - started:.0f} s in all; load average at start "
+                  f"{load_start}, at end {loadavg()}; {os.cpu_count()} cores)")  # fmt: skip
+            print(format_summary(results))
+    return 0
+
+
+def start(args: argparse.Namespace, run: h.Run, env: dict[str, str],
+          scenarios: int) -> tuple[h.Managed, h.Managed, int, list[h.Managed]]:  # fmt: skip
+    """The data (setup), the API (and with --live-quotes the feed and the quote cache), and the
+    client process, checked against the seeded data: (api, client, port, market processes)."""
     tokens_path = setup(env, args)
     port = h.free_port()
     argv = h.tradeql_argv("api", "--host", "127.0.0.1", "--port", str(port))
@@ -391,7 +425,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
                      lambda: len(h.process_tree(api.pid)) > args.api_workers)  # fmt: skip
         time.sleep(2.0)
     print(f"API up on 127.0.0.1:{port} (pids {h.process_tree(api.pid)})", flush=True)
-    budget = 300 + len(scenarios) * (args.warmup + args.duration + args.timeout + 120)
+    budget = 300 + scenarios * (args.warmup + args.duration + args.timeout + 120)
     client_argv = (f"-m bench.reads --client --port {port} --tokens {tokens_path} --timeout "
                    f"{args.timeout} --client-max-seconds {budget}")  # fmt: skip
     client = run.start("client", [sys.executable, *client_argv.split()], env, pipe=True)
@@ -401,28 +435,7 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
           f"{ready['pages']} pages with {ready['executions']} executions", flush=True)  # fmt: skip
     if ready["positions"] != args.positions or ready["orders"] != args.orders:
         raise h.BenchError(f"the API does not show the seeded data: {ready}")
-    postmaster = h.postmaster_pid(h.server_urls()[0])
-    results: list[Result] = []
-    started = time.monotonic()
-    try:
-        for index, r in enumerate(scenarios, start=1):
-            print(f"\nrunning {r.label} ...", flush=True)
-            idle = h.wait_idle(lambda: h.process_tree(api.pid), args.drain)
-            if idle is None or idle > 1.5:
-                after = f"after {idle:.0f} s" if idle else f"NOT within {args.drain:g} s"
-                print(f"  the API went idle {after} (requests the client gave up on still run to "
-                      "the end on the server)", flush=True)  # fmt: skip
-            run_scenario(r, env, api, client, args, postmaster, profiler)
-            results.append(r)
-            print(format_result(r, index, len(scenarios)), flush=True)
-            for process in market:
-                process.check_alive()
-    finally:
-        if results:
-            print(f"\nsummary ({time.monotonic() - started:.0f} s in all; load average at start "
-                  f"{load_start}, at end {loadavg()}; {os.cpu_count()} cores)")  # fmt: skip
-            print(format_summary(results))
-    return 0
+    return api, client, port, market
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from typing import Any
 
 SYMBOL_STRIDE = 13  # user u holds symbols (u * 13 + j) % N, j < positions: distinct per user
 DEPOSIT_HEADROOM = Decimal("100000")
-PASSWORD = "violet-harbor-lantern-42"
+PASSWORD = "violet-harbor-lantern-42"  # every user's, one real argon2id hash: `signIn` works
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,6 @@ class SeedResult:
     positions: int
     ledger_entries: int
     seconds: float
-
-
-def _password_hash() -> str:
-    """One real argon2id hash shared by every user (so `signIn` works), computed once."""
-    from argon2 import PasswordHasher
-
-    return PasswordHasher(time_cost=3, memory_cost=65_536, parallelism=2).hash(PASSWORD)
 
 
 # Per-order facts, computed once into a temporary table; everything else is derived from it.
@@ -175,9 +168,11 @@ SELECT t.id, e.account_id, e.book, p.symbol, e.amount
 
 async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
     import asyncpg
+    from argon2 import PasswordHasher
 
     started = time.perf_counter()
-    password_hash = await asyncio.to_thread(_password_hash)
+    hasher = PasswordHasher(time_cost=3, memory_cost=65_536, parallelism=2)
+    password_hash = await asyncio.to_thread(hasher.hash, PASSWORD)
     tokens = [secrets.token_urlsafe(32) for _ in range(plan.users)]
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
@@ -218,8 +213,8 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
                 stride=SYMBOL_STRIDE, symbols=len(symbols)))  # fmt: skip
             # Accounts first: positions reference them.
             await conn.execute(_ACCOUNTS_SQL.replace("$1", str(DEPOSIT_HEADROOM)))
-            orders = _count(await conn.execute(_ORDERS_SQL))
-            executions = _count(await conn.execute(_EXECUTIONS_SQL))
+            orders = int((await conn.execute(_ORDERS_SQL)).split()[-1])  # "INSERT 0 <rows>"
+            executions = int((await conn.execute(_EXECUTIONS_SQL)).split()[-1])
             await conn.execute(_EVENTS_SQL)
             await conn.execute(_POSITIONS_SQL)
             positions = int(await conn.fetchval("SELECT count(*) FROM bench_positions"))
@@ -230,11 +225,6 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         await conn.close()
     seconds = time.perf_counter() - started
     return SeedResult(tokens, symbols, orders, executions, positions, entries, seconds)
-
-
-def _count(status: str) -> int:
-    """'INSERT 0 12345' -> 12345."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 def base_price(index: int) -> Decimal:
