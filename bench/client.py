@@ -1,12 +1,10 @@
 """The load side every benchmark shares: a minimal HTTP/1.1 client on keep-alive loopback
-connections (much cheaper per request than httpx, so the client is not what limits the rate),
-graphql-transport-ws subscriptions over `websockets`, closed- and open-loop drivers over a
-measured window, and the line protocol between a client process and its benchmark.
-
-A client process prints `READY <json>` once set up, then obeys commands, one line each:
-`RUN <json spec>` loads for `warmup` seconds, prints `MEASURING`, loads for `duration` seconds
-(requests *sent* in this window are the measured ones), prints `MEASURED`, waits for the requests
-in flight and prints `RESULT <json>`. End of input or `QUIT` ends it, as does its time limit.
+connections (much cheaper per request than httpx), graphql-transport-ws subscriptions, closed-
+and open-loop drivers over a measured window, and the line protocol of a client process: it
+prints `READY <json>` once set up, then answers commands, one line each: `RUN <json spec>` loads
+for `warmup` s, prints `MEASURING`, loads for `duration` s (requests *sent* in this window are
+the measured ones), prints `MEASURED`, waits for those in flight and prints `RESULT <json>`.
+End of input or `QUIT` ends it, as does its time limit.
 """
 
 from __future__ import annotations
@@ -64,9 +62,7 @@ class HttpConnection:
                     "127.0.0.1", self.port, limit=HEAD_LIMIT
                 )
             reader, writer = self._reader, self._writer
-            writer.write(
-                self._prefix + str(len(body)).encode() + b"\r\n" + headers + b"\r\n" + body
-            )
+            writer.write(b"%s%d\r\n%s\r\n%s" % (self._prefix, len(body), headers, body))
             head = await reader.readuntil(b"\r\n\r\n")
             length, chunked, close = -1, False, False
             for line in head.split(b"\r\n")[1:]:
@@ -103,7 +99,6 @@ class Pool:
     def __init__(self, port: int) -> None:
         self.port = port
         self.idle: list[HttpConnection] = []
-        self.created = 0
 
     def take(self) -> HttpConnection:
         stale = time.monotonic() - IDLE_REUSE_SECONDS
@@ -112,7 +107,6 @@ class Pool:
             if conn.last_used >= stale:
                 return conn
             conn.close()
-        self.created += 1
         return HttpConnection(self.port)
 
     def give(self, conn: HttpConnection) -> None:
@@ -128,18 +122,25 @@ def bearer(token: str) -> bytes:
     return f"Authorization: Bearer {token}\r\n".encode()
 
 
+async def post_graphql(conn: HttpConnection, body: bytes,
+                       headers: bytes = b"") -> tuple[dict[str, Any], int]:  # fmt: skip
+    """The `data` of the answer to a GraphQL request body and the answer's size in bytes;
+    HttpError (its text starting `HTTP <status>` or `GraphQL errors`) for anything else."""
+    status, data = await conn.post(body, headers)
+    if status != 200:
+        raise HttpError(f"HTTP {status}: {data[:200]!r}")
+    answer = orjson.loads(data)
+    if answer.get("errors"):
+        raise HttpError(f"GraphQL errors: {str(answer['errors'])[:300]}")
+    return answer["data"], len(data)
+
+
 async def graphql(conn: HttpConnection, query: str, variables: Mapping[str, Any] | None = None,
                   headers: bytes = b"", timeout: float = 60.0) -> dict[str, Any]:  # fmt: skip
     """The `data` of one GraphQL request; HttpError for anything else."""
     body = orjson.dumps({"query": query, "variables": variables or {}})
     async with asyncio.timeout(timeout):
-        status, data = await conn.post(body, headers)
-    if status != 200:
-        raise HttpError(f"HTTP {status}: {data[:200]!r}")
-    answer: dict[str, Any] = orjson.loads(data)
-    if answer.get("errors"):
-        raise HttpError(f"GraphQL errors: {str(answer['errors'])[:300]}")
-    return answer["data"]  # type: ignore[no-any-return]
+        return (await post_graphql(conn, body, headers))[0]
 
 
 async def subscribe(url: str, query: str, variables: Mapping[str, Any] | None = None, *,
@@ -257,7 +258,8 @@ Request = tuple[str, dict[str, Any], bytes]
 
 
 async def closed_loop(port: int, make: Callable[[random.Random], Request], *, concurrency: int,
-                      warmup: float, duration: float, pids: Sequence[int] = ()) -> dict[str, float]:  # fmt: skip
+                      warmup: float, duration: float,
+                      pids: Sequence[int] = ()) -> dict[str, float]:  # fmt: skip
     """`concurrency` requests always in flight, each made by `make` (query, variables, header
     lines): answers/s, p50/p95/p99 ms, failures, and the CPU of `pids` (the server's processes)
     per answer, from the end of the warm-up to the last answer."""
@@ -341,9 +343,8 @@ def run_client(main: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(main)
 
 
-async def close_all(
-    tasks: Sequence[asyncio.Task[Any]], sockets: Sequence[ClientConnection]
-) -> None:
+async def close_all(tasks: Sequence[asyncio.Task[Any]],
+                    sockets: Sequence[ClientConnection]) -> None:  # fmt: skip
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

