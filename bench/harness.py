@@ -288,33 +288,6 @@ def run_tradeql(env: Mapping[str, str], *args: str, check: bool = True) -> tuple
     return done.returncode, out
 
 
-class Ticker:
-    """Calls `tick()` every `interval` seconds in a daemon thread from `start()` to `stop()`."""
-
-    def __init__(self, tick: Callable[[], None], interval: float) -> None:
-        self.tick, self.interval = tick, interval
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Ticker:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception as exc:  # a sampler never ends the benchmark
-                self.error = f"{type(exc).__name__}: {exc}"
-            self._stop.wait(self.interval)
-
-
 class Activity:
     """pg_stat_activity of one database, sampled every `interval` s in a thread of its own: the
     backends active on average, on what they wait (or CPU), the statements they run."""
@@ -324,23 +297,31 @@ class Activity:
         self.samples = self.active = self.idle_in_transaction = 0
         self.waits: Counter[str] = Counter()
         self.statements: Counter[str] = Counter()
-        self._loop = asyncio.new_event_loop()
-        self._conn: Any = None
-        self.ticker = Ticker(self._sample, interval)
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
+    def _run(self) -> None:
         import asyncpg
 
-        run = self._loop.run_until_complete
-        if self._conn is None:
-            self._conn = run(asyncpg.connect(self.url, timeout=10))
-        rows = run(
-            self._conn.fetch(
-                "SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity WHERE "
-                "datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-                self.database,
-            )
-        )
+        loop = asyncio.new_event_loop()
+        conn: Any = None
+        sql = ("SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity WHERE "
+               "datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'")  # fmt: skip
+        while not self._stop.is_set():
+            try:  # a sampler never ends the benchmark
+                if conn is None:
+                    conn = loop.run_until_complete(asyncpg.connect(self.url, timeout=10))
+                self._count(loop.run_until_complete(conn.fetch(sql, self.database)))
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+            self._stop.wait(self.interval)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(conn.close())
+        loop.close()
+
+    def _count(self, rows: list[Any]) -> None:
         self.samples += 1
         for row in rows:
             self.idle_in_transaction += row["state"] == "idle in transaction"
@@ -351,18 +332,16 @@ class Activity:
                 self.statements[" ".join((row["query"] or "").split())[:90]] += 1
 
     def start(self) -> None:
-        self.ticker.start()
+        self._thread.start()
 
     def stop(self) -> None:
-        self.ticker.stop()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._loop.run_until_complete(self._conn.close())
-        self._loop.close()
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
 
     def summary(self, top: int = 6) -> str:
         if not self.samples:
-            return f"pg_stat_activity: no samples ({self.ticker.error or 'none taken'})"
+            return f"pg_stat_activity: no samples ({self.error or 'none taken'})"
         n = self.samples
         lines = [
             f"pg_stat_activity ({n} samples every {self.interval * 1000:.0f} ms): "
@@ -698,13 +677,6 @@ def wait_idle(pids: Callable[[], Sequence[int]], max_seconds: float) -> float | 
     return None
 
 
-def machine_busy(seconds: float = 1.0) -> float:
-    """Machine CPU % (all cores) over the next `seconds`."""
-    window = CpuWindow({}).start()
-    time.sleep(seconds)
-    return window.stop()["machine"]
-
-
 def pg_tree(postmaster: int | None) -> Callable[[], list[int]]:
     """The PostgreSQL server's processes (postmaster and backends), for a CpuWindow group."""
     return lambda: process_tree(postmaster) if postmaster else []
@@ -713,69 +685,45 @@ def pg_tree(postmaster: int | None) -> Callable[[], list[int]]:
 # PostgreSQL WAL and Redis work over a window
 
 
-def server_snapshot(pg_url: str, redis_url: str | None) -> dict[str, Any]:
-    """Cumulative server counters now: the WAL position and pg_stat_wal (whole server: every
-    database writes the one WAL), and Redis's CPU seconds (INFO cpu) and calls per command (INFO
-    commandstats; the whole Redis server, every db)."""
-    snap: dict[str, Any] = {"at": time.monotonic(), "wal": {}, "redis_cpu": None, "calls": {}}
-    with contextlib.suppress(Exception):  # a nicety: never fail a run over it
-        row = pg_fetch(
-            pg_url,
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS lsn, "
-            "w.wal_records::float8 AS records, w.wal_fpi::float8 AS fpi, "
-            "w.wal_bytes::float8 AS bytes FROM pg_stat_wal w",
-        )[0]
-        snap["wal"] = {k: float(row[k]) for k in ("lsn", "records", "fpi", "bytes")}
-    if redis_url:
-        with contextlib.suppress(Exception):
-            client = redis_client(redis_url)
-            cpu = client.info("cpu")
-            snap["redis_cpu"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
-            snap["calls"] = {
-                name.removeprefix("cmdstat_"): float(v["calls"])
-                for name, v in client.info("commandstats").items()
-                if isinstance(v, dict)
-            }
-            client.close()
-    return snap
-
-
-def server_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """What the servers did between two snapshots: seconds, WAL bytes (the LSN moved) and records,
-    full-page images, Redis CPU seconds and calls per command (empty where a snapshot had none)."""
-    wal = {
-        k: after["wal"][k] - before["wal"][k]
-        for k in ("lsn", "records", "fpi", "bytes")
-        if k in after["wal"] and k in before["wal"]
-    }
-    calls = {
-        k: v - before["calls"].get(k, 0.0)
-        for k, v in after["calls"].items()
-        if v > before["calls"].get(k, 0.0)
-    }
-    cpu = (
-        after["redis_cpu"] - before["redis_cpu"]
-        if after["redis_cpu"] is not None and before["redis_cpu"] is not None
-        else None
-    )
-    return {"seconds": after["at"] - before["at"], "wal": wal, "redis_cpu_s": cpu, "calls": calls}
-
-
 class ServerWindow:
-    """server_snapshot at start() and stop(): the delta of one window."""
+    """What the servers did over one window (start() to stop()): seconds, WAL bytes (the LSN moved),
+    records and full-page images (pg_stat_wal: the whole server, every database writes the one
+    WAL), Redis CPU seconds (INFO cpu) and calls per command (INFO commandstats: every db); a
+    counter a snapshot could not read is left out."""
 
     def __init__(self, pg_url: str, redis_url: str | None) -> None:
         self.pg_url, self.redis_url = pg_url, redis_url
         self._before: dict[str, Any] = {}
-        self.delta: dict[str, Any] = {}
+
+    def _snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {"at": time.monotonic(), "wal": {}, "redis_cpu": None, "calls": {}}
+        with contextlib.suppress(Exception):  # a nicety: never fail a run over it
+            sql = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS lsn, "
+                   "wal_records::float8 AS records, wal_fpi::float8 AS fpi, "
+                   "wal_bytes::float8 AS bytes FROM pg_stat_wal")  # fmt: skip
+            snap["wal"] = {k: float(v) for k, v in dict(pg_fetch(self.pg_url, sql)[0]).items()}
+        with contextlib.suppress(Exception):
+            client = redis_client(self.redis_url or "")
+            cpu = client.info("cpu")
+            snap["redis_cpu"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+            stats = client.info("commandstats").items()
+            snap["calls"] = {k.removeprefix("cmdstat_"): float(v["calls"]) for k, v in stats}
+            client.close()
+        return snap
 
     def start(self) -> ServerWindow:
-        self._before = server_snapshot(self.pg_url, self.redis_url)
+        self._before = self._snapshot()
         return self
 
     def stop(self) -> dict[str, Any]:
-        self.delta = server_delta(self._before, server_snapshot(self.pg_url, self.redis_url))
-        return self.delta
+        before, after = self._before, self._snapshot()
+        wal = {k: v - before["wal"][k] for k, v in after["wal"].items() if k in before["wal"]}
+        calls = {k: v - before["calls"].get(k, 0.0) for k, v in after["calls"].items()}
+        cpu = None
+        if after["redis_cpu"] is not None and before["redis_cpu"] is not None:
+            cpu = after["redis_cpu"] - before["redis_cpu"]
+        return {"seconds": after["at"] - before["at"], "wal": wal, "redis_cpu_s": cpu,
+                "calls": {k: v for k, v in calls.items() if v > 0}}  # fmt: skip
 
 
 def database_backends(admin_url: str, database: str) -> Callable[[], list[int]]:
@@ -841,14 +789,6 @@ def _matches(s: Sample, name: str, labels: Mapping[str, str]) -> bool:
 def total(samples: Iterable[Sample], name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     return sum(s.value for s in samples if _matches(s, name, labels))
-
-
-def by_label(samples: Iterable[Sample], name: str, label: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for s in samples:
-        if s.name == name:
-            out[s.labels.get(label, "")] = out.get(s.labels.get(label, ""), 0.0) + s.value
-    return out
 
 
 def histogram_delta(before: Iterable[Sample], after: Iterable[Sample], name: str,

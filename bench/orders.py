@@ -463,10 +463,6 @@ class System:
         self.procs: dict[str, h.Managed] = {}
 
     @property
-    def matcher_port(self) -> int:
-        return self.matcher_ports[0]
-
-    @property
     def matchers(self) -> list[h.Managed]:
         return [p for name, p in self.procs.items() if name.startswith("matcher")]
 
@@ -566,7 +562,7 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
         groups["postgres"] = h.pg_tree(postmaster)
         groups["postgres (bench db)"] = h.database_backends(database_url, database)
     cpu = h.CpuWindow(groups)
-    activity = h.Activity(database_url, database, args.pg_sample_ms / 1000)
+    activity = h.Activity(database_url, database)
     client.send_line("RUN " + json.dumps(spec))
     watch = system.servers
     try:
@@ -582,9 +578,7 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
         activity.start()
         tag = f"{result.mode}{result.value:g}"
         targets = {"api": h.process_tree(p["api"].pid)[-1], "matcher": p["matcher"].pid}  # a worker
-        profiler.start(
-            {k: v for k, v in targets.items() if k in args.profile_procs}, args.duration, tag
-        )
+        profiler.start(targets, args.duration, tag)
         client.read_tagged("MEASURED", args.duration + 60, watch)
         result.cpu = cpu.stop()
         if servers is not None:
@@ -945,80 +939,39 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = h.parser("orders", __doc__, database="tradeql_bench_orders", redis_db=13)
-    p.add_argument(
-        "--concurrency",
-        type=h.positive,
-        nargs="+",
-        help="closed loop: requests in flight (default, without --rate: 50)",
-    )
-    p.add_argument("--rate", type=h.positive_float, nargs="+", help="open loop: orders/s offered")
-    p.add_argument(
-        "--drain", type=h.positive_float, default=15.0, help="max wait for the window's fills"
-    )
-    p.add_argument(
-        "--settle",
-        type=h.positive_float,
-        default=60.0,
-        help="max wait for the matcher's backlog between scenarios",
-    )
-    p.add_argument("--users", type=h.positive, default=200, help="simulated users")
-    p.add_argument(
-        "--subscribers", type=int, default=0, help="users with an orderUpdates socket (0: all)"
-    )
-    p.add_argument("--symbols", type=h.positive, default=28, help="symbols traded and simulated")
-    p.add_argument("--market-share", type=h.share, default=0.7, help="share of market orders")
-    p.add_argument(
-        "--sell-share", type=h.share, default=0.4, help="share of sells when the user holds shares"
-    )
-    p.add_argument("--max-quantity", type=h.positive, default=5, help="shares per order, at most")
-    p.add_argument(
-        "--limit-spread",
-        type=h.share,
-        default=0.003,
-        help="limit prices within this fraction of the quote",
-    )
-    p.add_argument("--deposit", default="1000000", help="cash each user deposits")
-    p.add_argument("--max-inflight", type=h.positive, default=2000, help="open loop bound")
-    p.add_argument(
-        "--request-timeout", type=h.positive_float, default=30.0, help="placeOrder timeout, s"
-    )
-    p.add_argument("--seed", type=int, default=1, help="seed of the order flow")
-    p.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
-    p.add_argument(
-        "--quote-rate", type=h.positive_float, default=5.0, help="quote updates/s per symbol"
-    )
-    p.add_argument(
-        "--api-workers",
-        type=h.positive,
-        help="API processes (default: TRADEQL_API_WORKERS, else one per core)",
-    )
-    p.add_argument("--matchers", type=h.positive, default=1,
-                   help="matcher processes, the partitions split between them")  # fmt: skip
-    p.add_argument(
-        "--pg-sample-ms", type=h.positive, default=100, help="pg_stat_activity sampling interval"
-    )
-    p.add_argument("--setup-concurrency", type=h.positive, default=8, help="registrations at once")
-    p.add_argument(
-        "--profile-procs", nargs="+", choices=("api", "matcher"), default=["api", "matcher"]
-    )
-    p.add_argument(
-        "--no-reference",
-        dest="reference",
-        action="store_false",
-        help="skip the one-transaction reference",
-    )
-    p.add_argument(
-        "--pgbench",
-        action="store_true",
-        help="also run pgbench tpcb-like: scale 10, 8 clients, 2 threads",
-    )
-    p.add_argument("--pgbench-seconds", type=h.positive, default=15)
-    internal = p.add_argument_group("internal (the benchmark runs itself with these)")
-    internal.add_argument("--client", action="store_true", help="run the client half")
-    internal.add_argument("--port", type=int, help="client: the API's port")
-    internal.add_argument("--symbols-file", type=Path, help="client: JSON list of symbols")
-    internal.add_argument("--run-id", type=int, default=int(time.time()), help="client: key prefix")
-    internal.add_argument("--client-max-seconds", type=h.positive_float, default=3600.0)
+    add, count, seconds = p.add_argument, h.positive, h.positive_float
+    add("--concurrency", type=count, nargs="+",
+        help="closed loop: requests in flight (default, without --rate: 50)")  # fmt: skip
+    add("--rate", type=seconds, nargs="+", help="open loop: orders/s offered")
+    add("--drain", type=seconds, default=15.0, help="max wait for the window's fills")
+    add("--settle", type=seconds, default=60.0, help="max wait for the matcher's backlog")
+    add("--users", type=count, default=200, help="simulated users")
+    add("--subscribers", type=int, default=0, help="users with an orderUpdates socket (0: all)")
+    add("--symbols", type=count, default=28, help="symbols traded and simulated")
+    add("--market-share", type=h.share, default=0.7, help="share of market orders")
+    add("--sell-share", type=h.share, default=0.4, help="share of sells of shares held")
+    add("--max-quantity", type=count, default=5, help="shares per order, at most")
+    add("--limit-spread", type=h.share, default=0.003, help="limit prices within this of quotes")
+    add("--deposit", default="1000000", help="cash each user deposits")
+    add("--max-inflight", type=count, default=2000, help="open loop bound")
+    add("--request-timeout", type=seconds, default=30.0, help="placeOrder timeout, s")
+    add("--seed", type=int, default=1, help="seed of the order flow")
+    add("--feed-seed", type=int, default=1, help="seed of the simulator")
+    add("--quote-rate", type=seconds, default=5.0, help="quote updates/s per symbol")
+    add("--api-workers", type=count,
+        help="API processes (default: TRADEQL_API_WORKERS, else one per core)")  # fmt: skip
+    add("--matchers", type=count, default=1, help="matchers, the partitions split between them")
+    add("--setup-concurrency", type=count, default=8, help="registrations at once")
+    add("--no-reference", dest="reference", action="store_false",
+        help="skip the one-transaction reference")  # fmt: skip
+    add("--pgbench", action="store_true", help="also pgbench tpcb-like: scale 10, -c 8 -j 2")
+    add("--pgbench-seconds", type=count, default=15)
+    internal = p.add_argument_group("internal (the benchmark runs itself with these)").add_argument
+    internal("--client", action="store_true", help="run the client half")
+    internal("--port", type=int, help="client: the API's port")
+    internal("--symbols-file", type=Path, help="client: JSON list of symbols")
+    internal("--run-id", type=int, default=int(time.time()), help="client: key prefix")
+    internal("--client-max-seconds", type=seconds, default=3600.0)
     return p
 
 
