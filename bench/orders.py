@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -60,23 +62,15 @@ REFERENCE_DATABASE, PGBENCH_DATABASE = "tradeql_bench_reference", "tradeql_bench
 
 
 # The client process: users placing orders, fills over WebSockets
-PLACE = (
-    "mutation PlaceOrder($i: PlaceOrderInput!) "
-    "{ placeOrder(input: $i) { order { id status } errors { code } } }"
-)
-ORDER_UPDATES = (
-    "subscription OrderUpdates { orderUpdates "
-    "{ event order { id status } execution { price quantity } } }"
-)
+PLACE = ("mutation PlaceOrder($i: PlaceOrderInput!) "
+         "{ placeOrder(input: $i) { order { id status } errors { code } } }")  # fmt: skip
+ORDER_UPDATES = ("subscription OrderUpdates "
+                 "{ orderUpdates { event order { id status } execution { price quantity } } }")  # fmt: skip
 QUOTES = "query Quotes($s: [String!]!) { quotes(symbols: $s) { symbol bid ask } }"
-REGISTER = (
-    "mutation Register($e: String!, $p: String!) "
-    "{ register(email: $e, password: $p) { token errors { code message } } }"
-)
-DEPOSIT = (
-    "mutation Deposit($a: Decimal!, $k: String!) "
-    "{ deposit(amount: $a, idempotencyKey: $k) { portfolio { cash } errors { code message } } }"
-)
+REGISTER = ("mutation Register($e: String!, $p: String!) "
+            "{ register(email: $e, password: $p) { token errors { code message } } }")  # fmt: skip
+DEPOSIT = ("mutation Deposit($a: Decimal!, $k: String!) "
+           "{ deposit(amount: $a, idempotencyKey: $k) { portfolio { cash } errors { code message } } }")  # fmt: skip
 TERMINAL_EVENTS = frozenset({"FILL", "CANCELLED", "EXPIRED", "REJECTED"})
 FILL_EVENTS = frozenset({"FILL", "PARTIAL_FILL"})
 MAX_TRACKED_ORDERS, MAX_EARLY_EVENTS = 5_000_000, 100_000
@@ -251,12 +245,8 @@ class OrdersClient:
             if event != "FILL" and placed.side == "SELL":
                 left = placed.quantity - placed.filled
                 shares[placed.symbol] = shares.get(placed.symbol, 0.0) + left
-            if (
-                event != "FILL"
-                and placed.measured
-                and placed.kind == "MARKET"
-                and not placed.filled
-            ):
+            unfilled = placed.measured and placed.kind == "MARKET" and not placed.filled
+            if event != "FILL" and unfilled:
                 window.market_closed_unfilled += 1
 
     async def _refresh_quotes(self) -> None:
@@ -377,12 +367,7 @@ class OrdersClient:
         finally:
             stop.set()
             await quotes
-        fields = ("scheduled", "skipped", "sent", "accepted", "accepted_market", "accepted_by_kind",
-                  "refused", "failed", "accept_hist", "fill_hist", "max_accept_ms", "max_fill_ms",
-                  "market_filled", "market_closed_unfilled", "limit_filled", "fill_events",
-                  "sample_errors")  # fmt: skip
-        result = {k: getattr(window, k) for k in fields}
-        result |= {
+        result = dataclasses.asdict(window) | {
             "window_seconds": window.seconds, "market_unfilled_after_drain": self._open_market(),
             "sockets_open": len(self.sockets) - self.sockets_closed,
             "socket_errors": self.socket_errors[-5:],
@@ -431,11 +416,9 @@ class Result:
 
     @property
     def label(self) -> str:
-        return (
-            f"closed loop, concurrency {self.value:g}"
-            if self.mode == "closed"
-            else f"open loop, rate {self.value:,.0f}/s"
-        )
+        if self.mode == "closed":
+            return f"closed loop, concurrency {self.value:g}"
+        return f"open loop, rate {self.value:,.0f}/s"
 
     @property
     def short(self) -> str:
@@ -478,9 +461,8 @@ class System:
         for i in range(count):
             first = i * self.partitions // count
             last = (i + 1) * self.partitions // count - 1
-            env = self.env | (
-                {"TRADEQL_MATCHER_PARTITIONS": f"{first}-{last}"} if count > 1 else {}
-            )
+            split = {"TRADEQL_MATCHER_PARTITIONS": f"{first}-{last}"} if count > 1 else {}
+            env = self.env | split
             port = h.free_port()
             self.matcher_ports.append(port)
             name = "matcher" if i == 0 else f"matcher{i + 1}"
@@ -493,9 +475,8 @@ class System:
 
     def start(self, symbols: list[str], api_workers: int, matchers: int = 1) -> None:
         a, start = self.args, self.run.start
-        self.procs["quotes"] = start(
-            "quotes", h.tradeql_argv("quotes", "--metrics-port", str(self.quotes_port)), self.env
-        )
+        quotes = h.tradeql_argv("quotes", "--metrics-port", str(self.quotes_port))
+        self.procs["quotes"] = start("quotes", quotes, self.env)
         h.wait_until("quote cache metrics", self.servers, h.answers(self.quotes_port, "/metrics"))
         feed = f"feed --source sim --symbols {a.symbols} --seed {a.feed_seed}"
         self.procs["feed"] = start("feed", h.tradeql_argv(*feed.split()), self.env)
@@ -520,9 +501,8 @@ class System:
         """Orders handed off, not yet acknowledged by the matcher: lag + pending, all partitions."""
         from services.orders.placement import order_stream
 
-        lag, pending, _ = h.group_backlog(
-            self.redis, map(order_stream, range(self.partitions)), "matcher"
-        )
+        streams = map(order_stream, range(self.partitions))
+        lag, pending, _ = h.group_backlog(self.redis, streams, "matcher")
         return None if lag is None else lag + pending
 
     def wait_for_matcher(self, seconds: float) -> float | None:
@@ -591,31 +571,23 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
     matcher_after = system.scrape_matchers(result.notes)
     api_after = h.scrape_or_empty(system.api_port, result.notes, "API")
     result.backlog_end = system.backlog()
-    outcome = json.loads(
-        client.read_tagged("RESULT", args.request_timeout + args.drain + 120, watch)
-    )
+    wait = args.request_timeout + args.drain + 120
+    outcome = json.loads(client.read_tagged("RESULT", wait, watch))
     pg_after = h.database_stats(database_url, database)
     result.catch_up_s = system.wait_for_matcher(args.settle)
     result.client, result.window_s = outcome, float(outcome.get("window_seconds") or window)
-    accept, fill = (
-        h.percentiles(outcome["accept_hist"], QS),
-        h.percentiles(outcome["fill_hist"], QS),
-    )
-    result.accept_ms = {f"p{round(q * 100)}": accept[q] for q in QS} | {
-        "max": outcome["max_accept_ms"]
-    }
-    result.fill_ms = {f"p{round(q * 100)}": fill[q] for q in QS}
+    result.accept_ms = named(h.percentiles(outcome["accept_hist"], QS).get)
+    result.accept_ms["max"] = outcome["max_accept_ms"]
+    result.fill_ms = named(h.percentiles(outcome["fill_hist"], QS).get)
     result.fill_ms["max"] = outcome["max_fill_ms"] if outcome["market_filled"] else None
-    rows = h.histogram_delta(
-        api_before, api_after, "tradeql_graphql_operation_seconds", operation="PlaceOrder"
-    )
-    result.server_accept_ms = {f"p{round(q * 100)}": h.histogram_quantile(rows, q) for q in QS}
+    name = "tradeql_graphql_operation_seconds"
+    rows = h.histogram_delta(api_before, api_after, name, operation="PlaceOrder")
+    result.server_accept_ms = named(lambda q: h.histogram_quantile(rows, q))
     name = "tradeql_matcher_executions_total"
     result.executions_rate = (h.total(matcher_after, name) - h.total(matcher_before, name)) / window
     if api_after:
-        result.pool_checked_out = h.total(
-            api_after, "tradeql_db_pool_connections", state="checkedout"
-        )
+        name = "tradeql_db_pool_connections"
+        result.pool_checked_out = h.total(api_after, name, state="checkedout")
     if pg_before and pg_after:
         result.pg = {k: pg_after[k] - pg_before.get(k, 0.0) for k in pg_after} | {"seconds": window}
     result.activity = activity.summary()
@@ -625,6 +597,11 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
         result.pg_in_transaction = held / activity.samples
     result.profiles = profiler.finish()
     add_notes(result, args)
+
+
+def named(quantile: Callable[[float], float | None]) -> dict[str, float | None]:
+    """{"p50": quantile(0.5), "p95": ..., "p99": ...}"""
+    return {f"p{round(q * 100)}": quantile(q) for q in QS}
 
 
 def add_notes(result: Result, args: argparse.Namespace) -> None:
@@ -775,16 +752,12 @@ def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency:
     h.recreate_database(admin, REFERENCE_DATABASE)
     port = h.free_port()
     url = h.with_path(admin, "/" + REFERENCE_DATABASE)
-    app = run.start(
-        "reference",
-        [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)],
-        {},
-    )
+    argv = [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)]
+    app = run.start("reference", argv, {})
     try:
         h.wait_until("reference app", [app], h.answers(port, "/graphql?query=%7Bok%7D"))
-        cpu = h.CpuWindow(
-            {"app": lambda: h.process_tree(app.pid), "postgres": h.pg_tree(postmaster)}
-        ).start()
+        groups = {"app": lambda: h.process_tree(app.pid), "postgres": h.pg_tree(postmaster)}
+        cpu = h.CpuWindow(groups).start()
         load = f"-m bench.reference_app --load --port {port} --concurrency {concurrency} --warmup {args.warmup} --duration {args.duration}"
         done = subprocess.run([sys.executable, *load.split()], cwd=h.ROOT, capture_output=True, text=True,
                               timeout=args.warmup + args.duration + 120, check=False)  # fmt: skip
@@ -929,11 +902,9 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
             )
     code, text = h.run_tradeql(env, "check", check=False)
     lines = text.splitlines()
-    text = "\n".join(
-        lines[:20] + ([f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else [])
-    )
+    lines[20:] = [f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else []
     print(f"\ntradeql check: {'books balance' if code == 0 else 'BOOKS DO NOT BALANCE'}")
-    print("  " + text.replace("\n", "\n  "))
+    print("  " + "\n  ".join(lines))
     return 1 if code else 0
 
 
