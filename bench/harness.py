@@ -181,9 +181,8 @@ def pg_execute(url: str, *statements: str) -> None:
 
 def recreate_database(admin_url: str, name: str) -> None:
     """DROP (forcing other sessions off) and CREATE: every run starts from nothing."""
-    pg_execute(
-        admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
-    )
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    pg_execute(admin_url, drop, f'CREATE DATABASE "{name}"')
 
 
 class PrivatePostgres:
@@ -226,9 +225,7 @@ class PrivatePostgres:
     def stop(self) -> None:
         if self.pid:
             with contextlib.suppress(BenchError):
-                self._run(
-                    str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
-                )
+                self._run(f"{self.bin}/pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
             self.registry.remove(self.pid)
             self.pid = 0
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -236,12 +233,9 @@ class PrivatePostgres:
 
 def postmaster_pid(url: str) -> int | None:
     """The postmaster: the parent of a long-lived auxiliary process."""
-    rows = pg_fetch(
-        url,
-        "SELECT pid FROM pg_stat_activity WHERE backend_type IN "
-        "('checkpointer', 'background writer', 'walwriter') ORDER BY backend_type",
-    )
-    for row in rows:
+    sql = ("SELECT pid FROM pg_stat_activity WHERE backend_type IN "
+           "('checkpointer', 'background writer', 'walwriter') ORDER BY backend_type")  # fmt: skip
+    for row in pg_fetch(url, sql):
         with contextlib.suppress(psutil.Error):
             return psutil.Process(int(row["pid"])).ppid()
     return None
@@ -351,9 +345,8 @@ class Activity:
         for title, counts in (("wait event", self.waits), ("statement", self.statements)):
             if self.active:
                 lines.append(f"  active backends by {title} (share of active samples):")
-                lines += [
-                    f"    {100 * c / self.active:5.1f}%  {k}" for k, c in counts.most_common(top)
-                ]
+                common = counts.most_common(top)
+                lines += [f"    {100 * c / self.active:5.1f}%  {k}" for k, c in common]
         return "\n".join(lines)
 
 
@@ -635,13 +628,10 @@ class CpuWindow:
             for pid in group() if callable(group) else group:
                 with contextlib.suppress(psutil.Error):
                     process = psutil.Process(pid)
-                    times = process.cpu_times()
-                    key = (pid, process.create_time())
+                    key, times = (pid, process.create_time()), process.cpu_times()
+                    self._last[name][key] = used = times.user + times.system
                     # a process first seen after the start was born in the window: from zero
-                    self._first[name].setdefault(
-                        key, 0.0 if self._wall else times.user + times.system
-                    )
-                    self._last[name][key] = times.user + times.system
+                    self._first[name].setdefault(key, 0.0 if self._wall else used)
 
     def start(self) -> CpuWindow:
         self._wall = 0.0
@@ -832,12 +822,10 @@ def merge_histograms(histograms: Iterable[Mapping[Any, Any]]) -> dict[int, int]:
 
 def percentiles(histogram: Mapping[Any, Any], qs: Iterable[float]) -> dict[float, float | None]:
     """Percentiles in ms from a 0.1 ms-bucket histogram (each bucket at its upper edge)."""
-    hist = merge_histograms([histogram])
-    wanted = sorted(qs)
-    count = sum(hist.values())
-    out: dict[float, float | None] = dict.fromkeys(wanted)
-    cumulative = 0
-    pending = list(wanted) if count else []
+    hist, pending = merge_histograms([histogram]), sorted(qs)
+    count, cumulative = sum(hist.values()), 0
+    out: dict[float, float | None] = dict.fromkeys(pending)
+    pending = pending if count else []
     for bucket in sorted(hist):
         cumulative += hist[bucket]
         while pending and cumulative >= pending[0] * count:
@@ -870,14 +858,13 @@ class Profiler:
         self.recordings: list[tuple[str, int, Path, subprocess.Popen[bytes]]] = []
         self.seconds = 1
         if args.profile:
-            self.exe = shutil.which(
-                "py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-            )
+            venv = Path(sys.executable).parent
+            self.exe = shutil.which("py-spy", path=f"{venv}:{os.environ.get('PATH', '')}")
             if self.exe is None:
                 print("installing py-spy into the venv (pip install py-spy)", flush=True)
                 subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"],
                                check=False, timeout=300)  # fmt: skip
-                self.exe = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+                self.exe = shutil.which("py-spy", path=str(venv))
             if self.exe is None:
                 print("py-spy is not available: no profiles", flush=True)
 

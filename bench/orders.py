@@ -148,13 +148,12 @@ class OrdersClient:
             try:
                 async with limiter:
                     email = f"bench-orders-{self.args.run_id}-{user.index}@tradeql.dev"
-                    reg = (
-                        await graphql(conn, REGISTER, {"e": email, "p": "violet-harbor-lantern-42"})
-                    )["register"]
+                    variables = {"e": email, "p": "violet-harbor-lantern-42"}
+                    reg = (await graphql(conn, REGISTER, variables))["register"]
                     if reg["errors"] or not reg["token"]:
                         raise HttpError(f"register: {reg['errors']}")
-                    variables = {"a": self.args.deposit, "k": f"fund-{user.index}"}
-                    data = await graphql(conn, DEPOSIT, variables, bearer(reg["token"]))
+                    funds = {"a": self.args.deposit, "k": f"fund-{user.index}"}
+                    data = await graphql(conn, DEPOSIT, funds, bearer(reg["token"]))
                     if data["deposit"]["errors"]:
                         raise HttpError(f"deposit: {data['deposit']['errors']}")
                     user.token = reg["token"]
@@ -650,11 +649,8 @@ def format_result(r: Result, index: int, count: int, users: int) -> str:
     backlog = f"{h.fmt(r.backlog_start, ',.0f')} -> {h.fmt(r.backlog_end, ',.0f')} orders"
     if r.backlog_start is not None and r.backlog_end is not None:
         backlog += f" ({(r.backlog_end - r.backlog_start) / max(w, 1e-9):+,.0f}/s)"
-    backlog += (
-        f"; caught up {h.fmt(r.catch_up_s)} s after the results"
-        if r.catch_up_s is not None
-        else "; NOT caught up"
-    )
+    caught_up = f"caught up {h.fmt(r.catch_up_s)} s after the results"
+    backlog += f"; {caught_up if r.catch_up_s is not None else 'NOT caught up'}"
     pg_line = "  PostgreSQL                    (no pg_stat_database numbers)"
     if pg := r.pg:
         s = max(pg["seconds"], 1e-9)
@@ -703,11 +699,8 @@ def format_result(r: Result, index: int, count: int, users: int) -> str:
 
 def target_verdict(r: Result) -> str:
     accept, fill = r.accept_ms.get("p95"), r.fill_ms.get("p95")
-    met = (
-        r.accepted_rate >= 0.98 * TARGET_RATE
-        and (accept or 1e9) < TARGET_ACCEPT_P95_MS
-        and (fill or 1e9) < TARGET_FILL_P95_MS
-    )
+    met = r.accepted_rate >= 0.98 * TARGET_RATE and (accept or 1e9) < TARGET_ACCEPT_P95_MS
+    met = met and (fill or 1e9) < TARGET_FILL_P95_MS
     return (f"target ({TARGET_RATE:,.0f} orders/s, p95 accept < {TARGET_ACCEPT_P95_MS:.0f} ms, p95 placement-to-fill "
             f"< {TARGET_FILL_P95_MS:.0f} ms): {'MET' if met else 'MISSED'} - {r.accepted_rate:,.0f}/s, "
             f"p95 accept {h.fmt(accept)} ms, p95 fill {h.fmt(fill)} ms")  # fmt: skip
@@ -779,9 +772,8 @@ def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency:
 
 def run_pgbench(admin: str, args: argparse.Namespace) -> str:
     """`pgbench -i -s SCALE` in a scratch database, then a tpcb-like run; the scratch dropped."""
-    exe = shutil.which("pgbench") or next(
-        iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)), None
-    )
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)
+    exe = shutil.which("pgbench") or next(iter(found), None)
     if exe is None:
         return "pgbench reference: failed: pgbench not found (PATH, /usr/lib/postgresql/*/bin)"
     parts = h.urlsplit(admin)
@@ -844,16 +836,13 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     }
     admin = h.server_urls()[0]
     partitions = h.settings_for(env).quote_partitions
-    api_workers = (
-        args.api_workers or int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
-    )
+    api_workers = args.api_workers or int(os.environ.get("TRADEQL_API_WORKERS") or 0)
+    api_workers = api_workers or os.cpu_count() or 1
     scenarios = [Result("closed", float(c)) for c in args.concurrency or []]
     scenarios += [Result("open", float(r)) for r in args.rate or []]
     scenarios = scenarios or [Result("closed", 50.0)]
-    facts = {
-        n: h.pg_fetch(admin, f"SHOW {n}")[0][0]
-        for n in ("server_version", "synchronous_commit", "fsync", "shared_buffers")
-    }
+    shown = ("server_version", "synchronous_commit", "fsync", "shared_buffers")
+    facts = {n: h.pg_fetch(admin, f"SHOW {n}")[0][0] for n in shown}
     postmaster = h.postmaster_pid(admin)
     print(
         f"orders benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
@@ -897,9 +886,8 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     finally:
         run.stop_all()
         if results:
-            print(
-                f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}"
-            )
+            print(f"\nsummary ({time.monotonic() - started:.0f} s in all)")
+            print(format_summary(results))
     code, text = h.run_tradeql(env, "check", check=False)
     lines = text.splitlines()
     lines[20:] = [f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else []
