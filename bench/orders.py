@@ -1,17 +1,12 @@
 """Order placement and fills end to end: HTTP placeOrder -> batched placement -> matcher -> fills.
 
-On a recreated database and a flushed Redis db it starts the quote cache, the simulated feed, the
-outbox relay, the API (as `tradeql up` runs it: `--api-workers`, else TRADEQL_API_WORKERS, else
-one process per core) and the matcher. A client process (this module with `--client`) registers
-and funds the users, holds one `orderUpdates` WebSocket each and places market and limit orders
-(buys, and sells of shares it saw filled), closed loop (`--concurrency C` in flight) or open loop
-(`--rate R` orders/s whatever the answers do). Each scenario reports accepted orders/s, refusals,
-failures; accept latency (the placeOrder round trip) and placement-to-FILL latency of market
-orders p50/p95/p99; executions/s, the matcher's backlog, PostgreSQL commits and rows per order
-and its wait events; CPU per process and per order; with `--profile`, py-spy of the API and the
-matcher. The one-transaction reference (bench/reference_app.py) runs first at each closed-loop
-concurrency, with the same client: the ratio. `--pgbench` adds pgbench tpcb-like; `tradeql
-check` at the end says whether the books balance.
+On a recreated database and a flushed Redis db: the quote cache, the simulated feed, the relay,
+the API (`--api-workers`, else TRADEQL_API_WORKERS, else one per core) and `--matchers`. A client
+process (`--client`) registers and funds users, holds an `orderUpdates` socket each and places
+market and limit orders, closed loop (`--concurrency`) or open loop (`--rate`). Per scenario:
+orders/s, accept and placement-to-FILL latency, executions/s, the matcher's backlog, PostgreSQL
+work and CPU per order (py-spy with `--profile`), and the one-transaction reference
+(bench/reference_app.py) at each concurrency; `--pgbench`; `tradeql check` at the end.
 
     python -m bench.orders --concurrency 64 --rate 300 --symbols 6 --market-share 1 \
         --sell-share 0 --max-quantity 1 --duration 15        # the figures in docs/benchmarks.md
