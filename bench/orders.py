@@ -648,15 +648,13 @@ def format_result(r: Result, index: int, count: int, users: int) -> str:
     backlog += f"; {caught_up if r.catch_up_s is not None else 'NOT caught up'}"
     pg_line = "  PostgreSQL                    (no pg_stat_database numbers)"
     if pg := r.pg:
-        s = max(pg["seconds"], 1e-9)
-        commits = pg.get("xact_commit", 0.0) / s
+        keys = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated")
+        commits, rollbacks, ins, upd = (pg.get(k, 0.0) / max(pg["seconds"], 1e-9) for k in keys)
         pg_line = (
             f"  PostgreSQL                    {commits:>9,.0f} commits/s ({commits / rate:.2f} per "
-            f"accepted order), {pg.get('xact_rollback', 0) / s:,.0f} rollbacks/s, "
-            f"{pg.get('tup_inserted', 0) / s:,.0f} rows inserted/s "
-            f"({pg.get('tup_inserted', 0) / s / rate:.1f} per order), "
-            f"{pg.get('tup_updated', 0) / s:,.0f} updated/s ({pg.get('tup_updated', 0) / s / rate:.1f}"
-            f" per order), deadlocks {pg.get('deadlocks', 0):,.0f}"
+            f"accepted order), {rollbacks:,.0f} rollbacks/s, {ins:,.0f} rows inserted/s "
+            f"({ins / rate:.1f} per order), {upd:,.0f} updated/s ({upd / rate:.1f} per order), "
+            f"deadlocks {pg.get('deadlocks', 0):,.0f}"
         )  # fmt: skip
     cpu_line = "  ".join(f"{n} {cpu[n]:.0f}" for n in PROCESS_NAMES if n in cpu)
     other = max(0.0, cpu.get("machine", 0.0) - sum(cpu.get(n, 0.0) for n in PROCESS_NAMES))
