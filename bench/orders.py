@@ -361,7 +361,7 @@ class OrdersClient:
         finally:
             stop.set()
             await quotes
-        result = dataclasses.asdict(window) | {
+        result = {f.name: getattr(window, f.name) for f in dataclasses.fields(window)} | {
             "window_seconds": window.seconds, "market_unfilled_after_drain": self._open_market(),
             "sockets_open": len(self.sockets) - self.sockets_closed,
             "socket_errors": self.socket_errors[-5:],
