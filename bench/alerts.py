@@ -262,10 +262,8 @@ def run_e2e(args: argparse.Namespace, run: h.Run) -> dict[str, Any]:
     h.redis_client(redis_url).flushdb()
     ports = [h.free_port() for _ in range(args.checkers)]
     started = time.perf_counter()
-    checkers = [
-        run.start(f"checker-{n}", h.tradeql_argv("alerts", "--metrics-port", str(port)), env)
-        for n, port in enumerate(ports)
-    ]
+    argv = [h.tradeql_argv("alerts", "--metrics-port", str(port)) for port in ports]
+    checkers = [run.start(f"checker-{n}", a, env) for n, a in enumerate(argv)]
     h.wait_until("checkers loading the alerts", checkers, timeout=600, interval=0.5,
                  check=lambda: all(h.total(h.scrape(port), "tradeql_alerts_watched") >= alerts
                                    for port in ports))  # fmt: skip

@@ -58,9 +58,8 @@ class HttpConnection:
         Raises HttpError, and drops the socket on any failure or cancel (it is out of step)."""
         try:
             if self._reader is None or self._writer is None:
-                self._reader, self._writer = await asyncio.open_connection(
-                    "127.0.0.1", self.port, limit=HEAD_LIMIT
-                )
+                opened = asyncio.open_connection("127.0.0.1", self.port, limit=HEAD_LIMIT)
+                self._reader, self._writer = await opened
             reader, writer = self._reader, self._writer
             writer.write(b"%s%d\r\n%s\r\n%s" % (self._prefix, len(body), headers, body))
             head = await reader.readuntil(b"\r\n\r\n")

@@ -181,9 +181,8 @@ def pg_execute(url: str, *statements: str) -> None:
 
 def recreate_database(admin_url: str, name: str) -> None:
     """DROP (forcing other sessions off) and CREATE: every run starts from nothing."""
-    pg_execute(
-        admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
-    )
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    pg_execute(admin_url, drop, f'CREATE DATABASE "{name}"')
 
 
 class PrivatePostgres:
@@ -226,9 +225,7 @@ class PrivatePostgres:
     def stop(self) -> None:
         if self.pid:
             with contextlib.suppress(BenchError):
-                self._run(
-                    str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
-                )
+                self._run(f"{self.bin}/pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
             self.registry.remove(self.pid)
             self.pid = 0
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -236,12 +233,9 @@ class PrivatePostgres:
 
 def postmaster_pid(url: str) -> int | None:
     """The postmaster: the parent of a long-lived auxiliary process."""
-    rows = pg_fetch(
-        url,
-        "SELECT pid FROM pg_stat_activity WHERE backend_type IN "
-        "('checkpointer', 'background writer', 'walwriter') ORDER BY backend_type",
-    )
-    for row in rows:
+    sql = ("SELECT pid FROM pg_stat_activity WHERE backend_type IN "
+           "('checkpointer', 'background writer', 'walwriter') ORDER BY backend_type")  # fmt: skip
+    for row in pg_fetch(url, sql):
         with contextlib.suppress(psutil.Error):
             return psutil.Process(int(row["pid"])).ppid()
     return None
@@ -288,33 +282,6 @@ def run_tradeql(env: Mapping[str, str], *args: str, check: bool = True) -> tuple
     return done.returncode, out
 
 
-class Ticker:
-    """Calls `tick()` every `interval` seconds in a daemon thread from `start()` to `stop()`."""
-
-    def __init__(self, tick: Callable[[], None], interval: float) -> None:
-        self.tick, self.interval = tick, interval
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Ticker:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception as exc:  # a sampler never ends the benchmark
-                self.error = f"{type(exc).__name__}: {exc}"
-            self._stop.wait(self.interval)
-
-
 class Activity:
     """pg_stat_activity of one database, sampled every `interval` s in a thread of its own: the
     backends active on average, on what they wait (or CPU), the statements they run."""
@@ -324,23 +291,31 @@ class Activity:
         self.samples = self.active = self.idle_in_transaction = 0
         self.waits: Counter[str] = Counter()
         self.statements: Counter[str] = Counter()
-        self._loop = asyncio.new_event_loop()
-        self._conn: Any = None
-        self.ticker = Ticker(self._sample, interval)
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
+    def _run(self) -> None:
         import asyncpg
 
-        run = self._loop.run_until_complete
-        if self._conn is None:
-            self._conn = run(asyncpg.connect(self.url, timeout=10))
-        rows = run(
-            self._conn.fetch(
-                "SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity WHERE "
-                "datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-                self.database,
-            )
-        )
+        loop = asyncio.new_event_loop()
+        conn: Any = None
+        sql = ("SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity WHERE "
+               "datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'")  # fmt: skip
+        while not self._stop.is_set():
+            try:  # a sampler never ends the benchmark
+                if conn is None:
+                    conn = loop.run_until_complete(asyncpg.connect(self.url, timeout=10))
+                self._count(loop.run_until_complete(conn.fetch(sql, self.database)))
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+            self._stop.wait(self.interval)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(conn.close())
+        loop.close()
+
+    def _count(self, rows: list[Any]) -> None:
         self.samples += 1
         for row in rows:
             self.idle_in_transaction += row["state"] == "idle in transaction"
@@ -351,18 +326,16 @@ class Activity:
                 self.statements[" ".join((row["query"] or "").split())[:90]] += 1
 
     def start(self) -> None:
-        self.ticker.start()
+        self._thread.start()
 
     def stop(self) -> None:
-        self.ticker.stop()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._loop.run_until_complete(self._conn.close())
-        self._loop.close()
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
 
     def summary(self, top: int = 6) -> str:
         if not self.samples:
-            return f"pg_stat_activity: no samples ({self.ticker.error or 'none taken'})"
+            return f"pg_stat_activity: no samples ({self.error or 'none taken'})"
         n = self.samples
         lines = [
             f"pg_stat_activity ({n} samples every {self.interval * 1000:.0f} ms): "
@@ -372,9 +345,8 @@ class Activity:
         for title, counts in (("wait event", self.waits), ("statement", self.statements)):
             if self.active:
                 lines.append(f"  active backends by {title} (share of active samples):")
-                lines += [
-                    f"    {100 * c / self.active:5.1f}%  {k}" for k, c in counts.most_common(top)
-                ]
+                common = counts.most_common(top)
+                lines += [f"    {100 * c / self.active:5.1f}%  {k}" for k, c in common]
         return "\n".join(lines)
 
 
@@ -656,13 +628,10 @@ class CpuWindow:
             for pid in group() if callable(group) else group:
                 with contextlib.suppress(psutil.Error):
                     process = psutil.Process(pid)
-                    times = process.cpu_times()
-                    key = (pid, process.create_time())
+                    key, times = (pid, process.create_time()), process.cpu_times()
+                    self._last[name][key] = used = times.user + times.system
                     # a process first seen after the start was born in the window: from zero
-                    self._first[name].setdefault(
-                        key, 0.0 if self._wall else times.user + times.system
-                    )
-                    self._last[name][key] = times.user + times.system
+                    self._first[name].setdefault(key, 0.0 if self._wall else used)
 
     def start(self) -> CpuWindow:
         self._wall = 0.0
@@ -698,13 +667,6 @@ def wait_idle(pids: Callable[[], Sequence[int]], max_seconds: float) -> float | 
     return None
 
 
-def machine_busy(seconds: float = 1.0) -> float:
-    """Machine CPU % (all cores) over the next `seconds`."""
-    window = CpuWindow({}).start()
-    time.sleep(seconds)
-    return window.stop()["machine"]
-
-
 def pg_tree(postmaster: int | None) -> Callable[[], list[int]]:
     """The PostgreSQL server's processes (postmaster and backends), for a CpuWindow group."""
     return lambda: process_tree(postmaster) if postmaster else []
@@ -713,69 +675,45 @@ def pg_tree(postmaster: int | None) -> Callable[[], list[int]]:
 # PostgreSQL WAL and Redis work over a window
 
 
-def server_snapshot(pg_url: str, redis_url: str | None) -> dict[str, Any]:
-    """Cumulative server counters now: the WAL position and pg_stat_wal (whole server: every
-    database writes the one WAL), and Redis's CPU seconds (INFO cpu) and calls per command (INFO
-    commandstats; the whole Redis server, every db)."""
-    snap: dict[str, Any] = {"at": time.monotonic(), "wal": {}, "redis_cpu": None, "calls": {}}
-    with contextlib.suppress(Exception):  # a nicety: never fail a run over it
-        row = pg_fetch(
-            pg_url,
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS lsn, "
-            "w.wal_records::float8 AS records, w.wal_fpi::float8 AS fpi, "
-            "w.wal_bytes::float8 AS bytes FROM pg_stat_wal w",
-        )[0]
-        snap["wal"] = {k: float(row[k]) for k in ("lsn", "records", "fpi", "bytes")}
-    if redis_url:
-        with contextlib.suppress(Exception):
-            client = redis_client(redis_url)
-            cpu = client.info("cpu")
-            snap["redis_cpu"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
-            snap["calls"] = {
-                name.removeprefix("cmdstat_"): float(v["calls"])
-                for name, v in client.info("commandstats").items()
-                if isinstance(v, dict)
-            }
-            client.close()
-    return snap
-
-
-def server_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """What the servers did between two snapshots: seconds, WAL bytes (the LSN moved) and records,
-    full-page images, Redis CPU seconds and calls per command (empty where a snapshot had none)."""
-    wal = {
-        k: after["wal"][k] - before["wal"][k]
-        for k in ("lsn", "records", "fpi", "bytes")
-        if k in after["wal"] and k in before["wal"]
-    }
-    calls = {
-        k: v - before["calls"].get(k, 0.0)
-        for k, v in after["calls"].items()
-        if v > before["calls"].get(k, 0.0)
-    }
-    cpu = (
-        after["redis_cpu"] - before["redis_cpu"]
-        if after["redis_cpu"] is not None and before["redis_cpu"] is not None
-        else None
-    )
-    return {"seconds": after["at"] - before["at"], "wal": wal, "redis_cpu_s": cpu, "calls": calls}
-
-
 class ServerWindow:
-    """server_snapshot at start() and stop(): the delta of one window."""
+    """What the servers did over one window (start() to stop()): seconds, WAL bytes (the LSN moved),
+    records and full-page images (pg_stat_wal: the whole server, every database writes the one
+    WAL), Redis CPU seconds (INFO cpu) and calls per command (INFO commandstats: every db); a
+    counter a snapshot could not read is left out."""
 
     def __init__(self, pg_url: str, redis_url: str | None) -> None:
         self.pg_url, self.redis_url = pg_url, redis_url
         self._before: dict[str, Any] = {}
-        self.delta: dict[str, Any] = {}
+
+    def _snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {"at": time.monotonic(), "wal": {}, "redis_cpu": None, "calls": {}}
+        with contextlib.suppress(Exception):  # a nicety: never fail a run over it
+            sql = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS lsn, "
+                   "wal_records::float8 AS records, wal_fpi::float8 AS fpi, "
+                   "wal_bytes::float8 AS bytes FROM pg_stat_wal")  # fmt: skip
+            snap["wal"] = {k: float(v) for k, v in dict(pg_fetch(self.pg_url, sql)[0]).items()}
+        with contextlib.suppress(Exception):
+            client = redis_client(self.redis_url or "")
+            cpu = client.info("cpu")
+            snap["redis_cpu"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+            stats = client.info("commandstats").items()
+            snap["calls"] = {k.removeprefix("cmdstat_"): float(v["calls"]) for k, v in stats}
+            client.close()
+        return snap
 
     def start(self) -> ServerWindow:
-        self._before = server_snapshot(self.pg_url, self.redis_url)
+        self._before = self._snapshot()
         return self
 
     def stop(self) -> dict[str, Any]:
-        self.delta = server_delta(self._before, server_snapshot(self.pg_url, self.redis_url))
-        return self.delta
+        before, after = self._before, self._snapshot()
+        wal = {k: v - before["wal"][k] for k, v in after["wal"].items() if k in before["wal"]}
+        calls = {k: v - before["calls"].get(k, 0.0) for k, v in after["calls"].items()}
+        cpu = None
+        if after["redis_cpu"] is not None and before["redis_cpu"] is not None:
+            cpu = after["redis_cpu"] - before["redis_cpu"]
+        return {"seconds": after["at"] - before["at"], "wal": wal, "redis_cpu_s": cpu,
+                "calls": {k: v for k, v in calls.items() if v > 0}}  # fmt: skip
 
 
 def database_backends(admin_url: str, database: str) -> Callable[[], list[int]]:
@@ -843,14 +781,6 @@ def total(samples: Iterable[Sample], name: str, **labels: str) -> float:
     return sum(s.value for s in samples if _matches(s, name, labels))
 
 
-def by_label(samples: Iterable[Sample], name: str, label: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for s in samples:
-        if s.name == name:
-            out[s.labels.get(label, "")] = out.get(s.labels.get(label, ""), 0.0) + s.value
-    return out
-
-
 def histogram_delta(before: Iterable[Sample], after: Iterable[Sample], name: str,
                     **labels: str) -> list[tuple[float, float]]:  # fmt: skip
     """[(upper bound s, cumulative count)] of a Prometheus histogram over an interval, summed
@@ -892,12 +822,10 @@ def merge_histograms(histograms: Iterable[Mapping[Any, Any]]) -> dict[int, int]:
 
 def percentiles(histogram: Mapping[Any, Any], qs: Iterable[float]) -> dict[float, float | None]:
     """Percentiles in ms from a 0.1 ms-bucket histogram (each bucket at its upper edge)."""
-    hist = merge_histograms([histogram])
-    wanted = sorted(qs)
-    count = sum(hist.values())
-    out: dict[float, float | None] = dict.fromkeys(wanted)
-    cumulative = 0
-    pending = list(wanted) if count else []
+    hist, pending = merge_histograms([histogram]), sorted(qs)
+    count, cumulative = sum(hist.values()), 0
+    out: dict[float, float | None] = dict.fromkeys(pending)
+    pending = pending if count else []
     for bucket in sorted(hist):
         cumulative += hist[bucket]
         while pending and cumulative >= pending[0] * count:
@@ -930,14 +858,13 @@ class Profiler:
         self.recordings: list[tuple[str, int, Path, subprocess.Popen[bytes]]] = []
         self.seconds = 1
         if args.profile:
-            self.exe = shutil.which(
-                "py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-            )
+            venv = Path(sys.executable).parent
+            self.exe = shutil.which("py-spy", path=f"{venv}:{os.environ.get('PATH', '')}")
             if self.exe is None:
                 print("installing py-spy into the venv (pip install py-spy)", flush=True)
                 subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"],
                                check=False, timeout=300)  # fmt: skip
-                self.exe = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+                self.exe = shutil.which("py-spy", path=str(venv))
             if self.exe is None:
                 print("py-spy is not available: no profiles", flush=True)
 

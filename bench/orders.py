@@ -1,17 +1,12 @@
 """Order placement and fills end to end: HTTP placeOrder -> batched placement -> matcher -> fills.
 
-On a recreated database and a flushed Redis db it starts the quote cache, the simulated feed, the
-outbox relay, the API (as `tradeql up` runs it: `--api-workers`, else TRADEQL_API_WORKERS, else
-one process per core) and the matcher. A client process (this module with `--client`) registers
-and funds the users, holds one `orderUpdates` WebSocket each and places market and limit orders
-(buys, and sells of shares it saw filled), closed loop (`--concurrency C` in flight) or open loop
-(`--rate R` orders/s whatever the answers do). Each scenario reports accepted orders/s, refusals,
-failures; accept latency (the placeOrder round trip) and placement-to-FILL latency of market
-orders p50/p95/p99; executions/s, the matcher's backlog, PostgreSQL commits and rows per order
-and its wait events; CPU per process and per order; with `--profile`, py-spy of the API and the
-matcher. The one-transaction reference (bench/reference_app.py) runs first at each closed-loop
-concurrency, with the same client: the ratio. `--pgbench` adds pgbench tpcb-like; `tradeql
-check` at the end says whether the books balance.
+On a recreated database and a flushed Redis db: the quote cache, the simulated feed, the relay,
+the API (`--api-workers`, else TRADEQL_API_WORKERS, else one per core) and `--matchers`. A client
+process (`--client`) registers and funds users, holds an `orderUpdates` socket each and places
+market and limit orders, closed loop (`--concurrency`) or open loop (`--rate`). Per scenario:
+orders/s, accept and placement-to-FILL latency, executions/s, the matcher's backlog, PostgreSQL
+work and CPU per order (py-spy with `--profile`), and the one-transaction reference
+(bench/reference_app.py) at each concurrency; `--pgbench`; `tradeql check` at the end.
 
     python -m bench.orders --concurrency 64 --rate 300 --symbols 6 --market-share 1 \
         --sell-share 0 --max-quantity 1 --duration 15        # the figures in docs/benchmarks.md
@@ -22,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -31,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -60,23 +57,15 @@ REFERENCE_DATABASE, PGBENCH_DATABASE = "tradeql_bench_reference", "tradeql_bench
 
 
 # The client process: users placing orders, fills over WebSockets
-PLACE = (
-    "mutation PlaceOrder($i: PlaceOrderInput!) "
-    "{ placeOrder(input: $i) { order { id status } errors { code } } }"
-)
-ORDER_UPDATES = (
-    "subscription OrderUpdates { orderUpdates "
-    "{ event order { id status } execution { price quantity } } }"
-)
+PLACE = ("mutation PlaceOrder($i: PlaceOrderInput!) "
+         "{ placeOrder(input: $i) { order { id status } errors { code } } }")  # fmt: skip
+ORDER_UPDATES = ("subscription OrderUpdates "
+                 "{ orderUpdates { event order { id status } execution { price quantity } } }")  # fmt: skip
 QUOTES = "query Quotes($s: [String!]!) { quotes(symbols: $s) { symbol bid ask } }"
-REGISTER = (
-    "mutation Register($e: String!, $p: String!) "
-    "{ register(email: $e, password: $p) { token errors { code message } } }"
-)
-DEPOSIT = (
-    "mutation Deposit($a: Decimal!, $k: String!) "
-    "{ deposit(amount: $a, idempotencyKey: $k) { portfolio { cash } errors { code message } } }"
-)
+REGISTER = ("mutation Register($e: String!, $p: String!) "
+            "{ register(email: $e, password: $p) { token errors { code message } } }")  # fmt: skip
+DEPOSIT = ("mutation Deposit($a: Decimal!, $k: String!) "
+           "{ deposit(amount: $a, idempotencyKey: $k) { portfolio { cash } errors { code message } } }")  # fmt: skip
 TERMINAL_EVENTS = frozenset({"FILL", "CANCELLED", "EXPIRED", "REJECTED"})
 FILL_EVENTS = frozenset({"FILL", "PARTIAL_FILL"})
 MAX_TRACKED_ORDERS, MAX_EARLY_EVENTS = 5_000_000, 100_000
@@ -154,13 +143,12 @@ class OrdersClient:
             try:
                 async with limiter:
                     email = f"bench-orders-{self.args.run_id}-{user.index}@tradeql.dev"
-                    reg = (
-                        await graphql(conn, REGISTER, {"e": email, "p": "violet-harbor-lantern-42"})
-                    )["register"]
+                    variables = {"e": email, "p": "violet-harbor-lantern-42"}
+                    reg = (await graphql(conn, REGISTER, variables))["register"]
                     if reg["errors"] or not reg["token"]:
                         raise HttpError(f"register: {reg['errors']}")
-                    variables = {"a": self.args.deposit, "k": f"fund-{user.index}"}
-                    data = await graphql(conn, DEPOSIT, variables, bearer(reg["token"]))
+                    funds = {"a": self.args.deposit, "k": f"fund-{user.index}"}
+                    data = await graphql(conn, DEPOSIT, funds, bearer(reg["token"]))
                     if data["deposit"]["errors"]:
                         raise HttpError(f"deposit: {data['deposit']['errors']}")
                     user.token = reg["token"]
@@ -251,12 +239,8 @@ class OrdersClient:
             if event != "FILL" and placed.side == "SELL":
                 left = placed.quantity - placed.filled
                 shares[placed.symbol] = shares.get(placed.symbol, 0.0) + left
-            if (
-                event != "FILL"
-                and placed.measured
-                and placed.kind == "MARKET"
-                and not placed.filled
-            ):
+            unfilled = placed.measured and placed.kind == "MARKET" and not placed.filled
+            if event != "FILL" and unfilled:
                 window.market_closed_unfilled += 1
 
     async def _refresh_quotes(self) -> None:
@@ -377,12 +361,7 @@ class OrdersClient:
         finally:
             stop.set()
             await quotes
-        fields = ("scheduled", "skipped", "sent", "accepted", "accepted_market", "accepted_by_kind",
-                  "refused", "failed", "accept_hist", "fill_hist", "max_accept_ms", "max_fill_ms",
-                  "market_filled", "market_closed_unfilled", "limit_filled", "fill_events",
-                  "sample_errors")  # fmt: skip
-        result = {k: getattr(window, k) for k in fields}
-        result |= {
+        result = {f.name: getattr(window, f.name) for f in dataclasses.fields(window)} | {
             "window_seconds": window.seconds, "market_unfilled_after_drain": self._open_market(),
             "sockets_open": len(self.sockets) - self.sockets_closed,
             "socket_errors": self.socket_errors[-5:],
@@ -431,11 +410,9 @@ class Result:
 
     @property
     def label(self) -> str:
-        return (
-            f"closed loop, concurrency {self.value:g}"
-            if self.mode == "closed"
-            else f"open loop, rate {self.value:,.0f}/s"
-        )
+        if self.mode == "closed":
+            return f"closed loop, concurrency {self.value:g}"
+        return f"open loop, rate {self.value:,.0f}/s"
 
     @property
     def short(self) -> str:
@@ -463,10 +440,6 @@ class System:
         self.procs: dict[str, h.Managed] = {}
 
     @property
-    def matcher_port(self) -> int:
-        return self.matcher_ports[0]
-
-    @property
     def matchers(self) -> list[h.Managed]:
         return [p for name, p in self.procs.items() if name.startswith("matcher")]
 
@@ -482,9 +455,8 @@ class System:
         for i in range(count):
             first = i * self.partitions // count
             last = (i + 1) * self.partitions // count - 1
-            env = self.env | (
-                {"TRADEQL_MATCHER_PARTITIONS": f"{first}-{last}"} if count > 1 else {}
-            )
+            split = {"TRADEQL_MATCHER_PARTITIONS": f"{first}-{last}"} if count > 1 else {}
+            env = self.env | split
             port = h.free_port()
             self.matcher_ports.append(port)
             name = "matcher" if i == 0 else f"matcher{i + 1}"
@@ -497,9 +469,8 @@ class System:
 
     def start(self, symbols: list[str], api_workers: int, matchers: int = 1) -> None:
         a, start = self.args, self.run.start
-        self.procs["quotes"] = start(
-            "quotes", h.tradeql_argv("quotes", "--metrics-port", str(self.quotes_port)), self.env
-        )
+        quotes = h.tradeql_argv("quotes", "--metrics-port", str(self.quotes_port))
+        self.procs["quotes"] = start("quotes", quotes, self.env)
         h.wait_until("quote cache metrics", self.servers, h.answers(self.quotes_port, "/metrics"))
         feed = f"feed --source sim --symbols {a.symbols} --seed {a.feed_seed}"
         self.procs["feed"] = start("feed", h.tradeql_argv(*feed.split()), self.env)
@@ -524,9 +495,8 @@ class System:
         """Orders handed off, not yet acknowledged by the matcher: lag + pending, all partitions."""
         from services.orders.placement import order_stream
 
-        lag, pending, _ = h.group_backlog(
-            self.redis, map(order_stream, range(self.partitions)), "matcher"
-        )
+        streams = map(order_stream, range(self.partitions))
+        lag, pending, _ = h.group_backlog(self.redis, streams, "matcher")
         return None if lag is None else lag + pending
 
     def wait_for_matcher(self, seconds: float) -> float | None:
@@ -566,7 +536,7 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
         groups["postgres"] = h.pg_tree(postmaster)
         groups["postgres (bench db)"] = h.database_backends(database_url, database)
     cpu = h.CpuWindow(groups)
-    activity = h.Activity(database_url, database, args.pg_sample_ms / 1000)
+    activity = h.Activity(database_url, database)
     client.send_line("RUN " + json.dumps(spec))
     watch = system.servers
     try:
@@ -582,9 +552,7 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
         activity.start()
         tag = f"{result.mode}{result.value:g}"
         targets = {"api": h.process_tree(p["api"].pid)[-1], "matcher": p["matcher"].pid}  # a worker
-        profiler.start(
-            {k: v for k, v in targets.items() if k in args.profile_procs}, args.duration, tag
-        )
+        profiler.start(targets, args.duration, tag)
         client.read_tagged("MEASURED", args.duration + 60, watch)
         result.cpu = cpu.stop()
         if servers is not None:
@@ -597,31 +565,23 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
     matcher_after = system.scrape_matchers(result.notes)
     api_after = h.scrape_or_empty(system.api_port, result.notes, "API")
     result.backlog_end = system.backlog()
-    outcome = json.loads(
-        client.read_tagged("RESULT", args.request_timeout + args.drain + 120, watch)
-    )
+    wait = args.request_timeout + args.drain + 120
+    outcome = json.loads(client.read_tagged("RESULT", wait, watch))
     pg_after = h.database_stats(database_url, database)
     result.catch_up_s = system.wait_for_matcher(args.settle)
     result.client, result.window_s = outcome, float(outcome.get("window_seconds") or window)
-    accept, fill = (
-        h.percentiles(outcome["accept_hist"], QS),
-        h.percentiles(outcome["fill_hist"], QS),
-    )
-    result.accept_ms = {f"p{round(q * 100)}": accept[q] for q in QS} | {
-        "max": outcome["max_accept_ms"]
-    }
-    result.fill_ms = {f"p{round(q * 100)}": fill[q] for q in QS}
+    result.accept_ms = named(h.percentiles(outcome["accept_hist"], QS).get)
+    result.accept_ms["max"] = outcome["max_accept_ms"]
+    result.fill_ms = named(h.percentiles(outcome["fill_hist"], QS).get)
     result.fill_ms["max"] = outcome["max_fill_ms"] if outcome["market_filled"] else None
-    rows = h.histogram_delta(
-        api_before, api_after, "tradeql_graphql_operation_seconds", operation="PlaceOrder"
-    )
-    result.server_accept_ms = {f"p{round(q * 100)}": h.histogram_quantile(rows, q) for q in QS}
+    name = "tradeql_graphql_operation_seconds"
+    rows = h.histogram_delta(api_before, api_after, name, operation="PlaceOrder")
+    result.server_accept_ms = named(lambda q: h.histogram_quantile(rows, q))
     name = "tradeql_matcher_executions_total"
     result.executions_rate = (h.total(matcher_after, name) - h.total(matcher_before, name)) / window
     if api_after:
-        result.pool_checked_out = h.total(
-            api_after, "tradeql_db_pool_connections", state="checkedout"
-        )
+        name = "tradeql_db_pool_connections"
+        result.pool_checked_out = h.total(api_after, name, state="checkedout")
     if pg_before and pg_after:
         result.pg = {k: pg_after[k] - pg_before.get(k, 0.0) for k in pg_after} | {"seconds": window}
     result.activity = activity.summary()
@@ -631,6 +591,11 @@ def run_scenario(result: Result, system: System, client: h.Managed, args: argpar
         result.pg_in_transaction = held / activity.samples
     result.profiles = profiler.finish()
     add_notes(result, args)
+
+
+def named(quantile: Callable[[float], float | None]) -> dict[str, float | None]:
+    """{"p50": quantile(0.5), "p95": ..., "p99": ...}"""
+    return {f"p{round(q * 100)}": quantile(q) for q in QS}
 
 
 def add_notes(result: Result, args: argparse.Namespace) -> None:
@@ -679,22 +644,17 @@ def format_result(r: Result, index: int, count: int, users: int) -> str:
     backlog = f"{h.fmt(r.backlog_start, ',.0f')} -> {h.fmt(r.backlog_end, ',.0f')} orders"
     if r.backlog_start is not None and r.backlog_end is not None:
         backlog += f" ({(r.backlog_end - r.backlog_start) / max(w, 1e-9):+,.0f}/s)"
-    backlog += (
-        f"; caught up {h.fmt(r.catch_up_s)} s after the results"
-        if r.catch_up_s is not None
-        else "; NOT caught up"
-    )
+    caught_up = f"caught up {h.fmt(r.catch_up_s)} s after the results"
+    backlog += f"; {caught_up if r.catch_up_s is not None else 'NOT caught up'}"
     pg_line = "  PostgreSQL                    (no pg_stat_database numbers)"
     if pg := r.pg:
-        s = max(pg["seconds"], 1e-9)
-        commits = pg.get("xact_commit", 0.0) / s
+        keys = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated")
+        commits, rollbacks, ins, upd = (pg.get(k, 0.0) / max(pg["seconds"], 1e-9) for k in keys)
         pg_line = (
             f"  PostgreSQL                    {commits:>9,.0f} commits/s ({commits / rate:.2f} per "
-            f"accepted order), {pg.get('xact_rollback', 0) / s:,.0f} rollbacks/s, "
-            f"{pg.get('tup_inserted', 0) / s:,.0f} rows inserted/s "
-            f"({pg.get('tup_inserted', 0) / s / rate:.1f} per order), "
-            f"{pg.get('tup_updated', 0) / s:,.0f} updated/s ({pg.get('tup_updated', 0) / s / rate:.1f}"
-            f" per order), deadlocks {pg.get('deadlocks', 0):,.0f}"
+            f"accepted order), {rollbacks:,.0f} rollbacks/s, {ins:,.0f} rows inserted/s "
+            f"({ins / rate:.1f} per order), {upd:,.0f} updated/s ({upd / rate:.1f} per order), "
+            f"deadlocks {pg.get('deadlocks', 0):,.0f}"
         )  # fmt: skip
     cpu_line = "  ".join(f"{n} {cpu[n]:.0f}" for n in PROCESS_NAMES if n in cpu)
     other = max(0.0, cpu.get("machine", 0.0) - sum(cpu.get(n, 0.0) for n in PROCESS_NAMES))
@@ -732,11 +692,8 @@ def format_result(r: Result, index: int, count: int, users: int) -> str:
 
 def target_verdict(r: Result) -> str:
     accept, fill = r.accept_ms.get("p95"), r.fill_ms.get("p95")
-    met = (
-        r.accepted_rate >= 0.98 * TARGET_RATE
-        and (accept or 1e9) < TARGET_ACCEPT_P95_MS
-        and (fill or 1e9) < TARGET_FILL_P95_MS
-    )
+    met = r.accepted_rate >= 0.98 * TARGET_RATE and (accept or 1e9) < TARGET_ACCEPT_P95_MS
+    met = met and (fill or 1e9) < TARGET_FILL_P95_MS
     return (f"target ({TARGET_RATE:,.0f} orders/s, p95 accept < {TARGET_ACCEPT_P95_MS:.0f} ms, p95 placement-to-fill "
             f"< {TARGET_FILL_P95_MS:.0f} ms): {'MET' if met else 'MISSED'} - {r.accepted_rate:,.0f}/s, "
             f"p95 accept {h.fmt(accept)} ms, p95 fill {h.fmt(fill)} ms")  # fmt: skip
@@ -781,16 +738,12 @@ def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency:
     h.recreate_database(admin, REFERENCE_DATABASE)
     port = h.free_port()
     url = h.with_path(admin, "/" + REFERENCE_DATABASE)
-    app = run.start(
-        "reference",
-        [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)],
-        {},
-    )
+    argv = [sys.executable, "-m", "bench.reference_app", "--database-url", url, "--port", str(port)]
+    app = run.start("reference", argv, {})
     try:
         h.wait_until("reference app", [app], h.answers(port, "/graphql?query=%7Bok%7D"))
-        cpu = h.CpuWindow(
-            {"app": lambda: h.process_tree(app.pid), "postgres": h.pg_tree(postmaster)}
-        ).start()
+        groups = {"app": lambda: h.process_tree(app.pid), "postgres": h.pg_tree(postmaster)}
+        cpu = h.CpuWindow(groups).start()
         load = f"-m bench.reference_app --load --port {port} --concurrency {concurrency} --warmup {args.warmup} --duration {args.duration}"
         done = subprocess.run([sys.executable, *load.split()], cwd=h.ROOT, capture_output=True, text=True,
                               timeout=args.warmup + args.duration + 120, check=False)  # fmt: skip
@@ -812,9 +765,8 @@ def run_reference(run: h.Run, admin: str, args: argparse.Namespace, concurrency:
 
 def run_pgbench(admin: str, args: argparse.Namespace) -> str:
     """`pgbench -i -s SCALE` in a scratch database, then a tpcb-like run; the scratch dropped."""
-    exe = shutil.which("pgbench") or next(
-        iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)), None
-    )
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)
+    exe = shutil.which("pgbench") or next(iter(found), None)
     if exe is None:
         return "pgbench reference: failed: pgbench not found (PATH, /usr/lib/postgresql/*/bin)"
     parts = h.urlsplit(admin)
@@ -877,16 +829,13 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     }
     admin = h.server_urls()[0]
     partitions = h.settings_for(env).quote_partitions
-    api_workers = (
-        args.api_workers or int(os.environ.get("TRADEQL_API_WORKERS") or 0) or os.cpu_count() or 1
-    )
+    api_workers = args.api_workers or int(os.environ.get("TRADEQL_API_WORKERS") or 0)
+    api_workers = api_workers or os.cpu_count() or 1
     scenarios = [Result("closed", float(c)) for c in args.concurrency or []]
     scenarios += [Result("open", float(r)) for r in args.rate or []]
     scenarios = scenarios or [Result("closed", 50.0)]
-    facts = {
-        n: h.pg_fetch(admin, f"SHOW {n}")[0][0]
-        for n in ("server_version", "synchronous_commit", "fsync", "shared_buffers")
-    }
+    shown = ("server_version", "synchronous_commit", "fsync", "shared_buffers")
+    facts = {n: h.pg_fetch(admin, f"SHOW {n}")[0][0] for n in shown}
     postmaster = h.postmaster_pid(admin)
     print(
         f"orders benchmark: {len(scenarios)} scenario(s), {args.warmup:g} s warm-up + "
@@ -930,95 +879,51 @@ def benchmark(args: argparse.Namespace, run: h.Run) -> int:
     finally:
         run.stop_all()
         if results:
-            print(
-                f"\nsummary ({time.monotonic() - started:.0f} s in all)\n{format_summary(results)}"
-            )
+            print(f"\nsummary ({time.monotonic() - started:.0f} s in all)")
+            print(format_summary(results))
     code, text = h.run_tradeql(env, "check", check=False)
     lines = text.splitlines()
-    text = "\n".join(
-        lines[:20] + ([f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else [])
-    )
+    lines[20:] = [f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else []
     print(f"\ntradeql check: {'books balance' if code == 0 else 'BOOKS DO NOT BALANCE'}")
-    print("  " + text.replace("\n", "\n  "))
+    print("  " + "\n  ".join(lines))
     return 1 if code else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = h.parser("orders", __doc__, database="tradeql_bench_orders", redis_db=13)
-    p.add_argument(
-        "--concurrency",
-        type=h.positive,
-        nargs="+",
-        help="closed loop: requests in flight (default, without --rate: 50)",
-    )
-    p.add_argument("--rate", type=h.positive_float, nargs="+", help="open loop: orders/s offered")
-    p.add_argument(
-        "--drain", type=h.positive_float, default=15.0, help="max wait for the window's fills"
-    )
-    p.add_argument(
-        "--settle",
-        type=h.positive_float,
-        default=60.0,
-        help="max wait for the matcher's backlog between scenarios",
-    )
-    p.add_argument("--users", type=h.positive, default=200, help="simulated users")
-    p.add_argument(
-        "--subscribers", type=int, default=0, help="users with an orderUpdates socket (0: all)"
-    )
-    p.add_argument("--symbols", type=h.positive, default=28, help="symbols traded and simulated")
-    p.add_argument("--market-share", type=h.share, default=0.7, help="share of market orders")
-    p.add_argument(
-        "--sell-share", type=h.share, default=0.4, help="share of sells when the user holds shares"
-    )
-    p.add_argument("--max-quantity", type=h.positive, default=5, help="shares per order, at most")
-    p.add_argument(
-        "--limit-spread",
-        type=h.share,
-        default=0.003,
-        help="limit prices within this fraction of the quote",
-    )
-    p.add_argument("--deposit", default="1000000", help="cash each user deposits")
-    p.add_argument("--max-inflight", type=h.positive, default=2000, help="open loop bound")
-    p.add_argument(
-        "--request-timeout", type=h.positive_float, default=30.0, help="placeOrder timeout, s"
-    )
-    p.add_argument("--seed", type=int, default=1, help="seed of the order flow")
-    p.add_argument("--feed-seed", type=int, default=1, help="seed of the simulator")
-    p.add_argument(
-        "--quote-rate", type=h.positive_float, default=5.0, help="quote updates/s per symbol"
-    )
-    p.add_argument(
-        "--api-workers",
-        type=h.positive,
-        help="API processes (default: TRADEQL_API_WORKERS, else one per core)",
-    )
-    p.add_argument("--matchers", type=h.positive, default=1,
-                   help="matcher processes, the partitions split between them")  # fmt: skip
-    p.add_argument(
-        "--pg-sample-ms", type=h.positive, default=100, help="pg_stat_activity sampling interval"
-    )
-    p.add_argument("--setup-concurrency", type=h.positive, default=8, help="registrations at once")
-    p.add_argument(
-        "--profile-procs", nargs="+", choices=("api", "matcher"), default=["api", "matcher"]
-    )
-    p.add_argument(
-        "--no-reference",
-        dest="reference",
-        action="store_false",
-        help="skip the one-transaction reference",
-    )
-    p.add_argument(
-        "--pgbench",
-        action="store_true",
-        help="also run pgbench tpcb-like: scale 10, 8 clients, 2 threads",
-    )
-    p.add_argument("--pgbench-seconds", type=h.positive, default=15)
-    internal = p.add_argument_group("internal (the benchmark runs itself with these)")
-    internal.add_argument("--client", action="store_true", help="run the client half")
-    internal.add_argument("--port", type=int, help="client: the API's port")
-    internal.add_argument("--symbols-file", type=Path, help="client: JSON list of symbols")
-    internal.add_argument("--run-id", type=int, default=int(time.time()), help="client: key prefix")
-    internal.add_argument("--client-max-seconds", type=h.positive_float, default=3600.0)
+    add, count, seconds = p.add_argument, h.positive, h.positive_float
+    add("--concurrency", type=count, nargs="+",
+        help="closed loop: requests in flight (default, without --rate: 50)")  # fmt: skip
+    add("--rate", type=seconds, nargs="+", help="open loop: orders/s offered")
+    add("--drain", type=seconds, default=15.0, help="max wait for the window's fills")
+    add("--settle", type=seconds, default=60.0, help="max wait for the matcher's backlog")
+    add("--users", type=count, default=200, help="simulated users")
+    add("--subscribers", type=int, default=0, help="users with an orderUpdates socket (0: all)")
+    add("--symbols", type=count, default=28, help="symbols traded and simulated")
+    add("--market-share", type=h.share, default=0.7, help="share of market orders")
+    add("--sell-share", type=h.share, default=0.4, help="share of sells of shares held")
+    add("--max-quantity", type=count, default=5, help="shares per order, at most")
+    add("--limit-spread", type=h.share, default=0.003, help="limit prices within this of quotes")
+    add("--deposit", default="1000000", help="cash each user deposits")
+    add("--max-inflight", type=count, default=2000, help="open loop bound")
+    add("--request-timeout", type=seconds, default=30.0, help="placeOrder timeout, s")
+    add("--seed", type=int, default=1, help="seed of the order flow")
+    add("--feed-seed", type=int, default=1, help="seed of the simulator")
+    add("--quote-rate", type=seconds, default=5.0, help="quote updates/s per symbol")
+    add("--api-workers", type=count,
+        help="API processes (default: TRADEQL_API_WORKERS, else one per core)")  # fmt: skip
+    add("--matchers", type=count, default=1, help="matchers, the partitions split between them")
+    add("--setup-concurrency", type=count, default=8, help="registrations at once")
+    add("--no-reference", dest="reference", action="store_false",
+        help="skip the one-transaction reference")  # fmt: skip
+    add("--pgbench", action="store_true", help="also pgbench tpcb-like: scale 10, -c 8 -j 2")
+    add("--pgbench-seconds", type=count, default=15)
+    internal = p.add_argument_group("internal (the benchmark runs itself with these)").add_argument
+    internal("--client", action="store_true", help="run the client half")
+    internal("--port", type=int, help="client: the API's port")
+    internal("--symbols-file", type=Path, help="client: JSON list of symbols")
+    internal("--run-id", type=int, default=int(time.time()), help="client: key prefix")
+    internal("--client-max-seconds", type=seconds, default=3600.0)
     return p
 
 

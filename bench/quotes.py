@@ -37,10 +37,8 @@ from bench.client import close_all, serve, subscribe
 TARGET_RATE, TARGET_P99_MS, TARGET_SUBSCRIBERS = 100_000.0, 100.0, 1000
 LATENCY_QS = (0.5, 0.9, 0.99, 1.0)
 PROCESSES = ("feed", "quotes", "api", "client", "redis")
-QUOTES = (
-    "subscription Quotes($s: [String!]!) "
-    "{ quotes(symbols: $s) { symbol bid ask last volume timestamp } }"
-)
+QUOTES = ("subscription Quotes($s: [String!]!) "
+          "{ quotes(symbols: $s) { symbol bid ask last volume timestamp } }")  # fmt: skip
 
 
 # The client process: subscribers timing every quote

@@ -44,16 +44,12 @@ from bench.client import (
 
 TARGET_RATE, TARGET_P95_MS = 1000.0, 20.0
 QS = (0.5, 0.95, 0.99)
-PORTFOLIO = (
-    "query Portfolio { portfolio { cash buyingPower marketValue equity realizedPnl "
-    "unrealizedPnl positions { symbol quantity averageCost marketValue unrealizedPnl "
-    "quote { last } } } }"
-)
-ORDERS = (
-    "query Orders($after: String) { orders(first: 50, after: $after) { edges { node { id "
-    "status filledQuantity averageFillPrice executions { price } } } "
-    "pageInfo { hasNextPage endCursor } } }"
-)
+PORTFOLIO = ("query Portfolio { portfolio { cash buyingPower marketValue equity realizedPnl "
+             "unrealizedPnl positions { symbol quantity averageCost marketValue unrealizedPnl "
+             "quote { last } } } }")  # fmt: skip
+ORDERS = ("query Orders($after: String) { orders(first: 50, after: $after) { edges { node { id "
+          "status filledQuantity averageFillPrice executions { price } } } "
+          "pageInfo { hasNextPage endCursor } } }")  # fmt: skip
 BACKENDS = "postgres (bench db backends)"
 
 
@@ -262,11 +258,9 @@ def run_scenario(r: Result, env: dict[str, str], api: h.Managed, client: h.Manag
             "max_in_flight": args.max_in_flight}  # fmt: skip
     client.send_line("RUN " + json.dumps(spec))
     client.read_tagged("MEASURING", args.warmup + 60, [api])
-    backends = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
     groups: dict[str, Any] = {
         "api": lambda: h.process_tree(api.pid), "client": [client.pid],
-        "postgres": h.pg_tree(postmaster),
-        BACKENDS: lambda: [x[0] for x in h.pg_fetch(admin, backends, database)],
+        "postgres": h.pg_tree(postmaster), BACKENDS: h.database_backends(admin, database),
     }  # fmt: skip
     if (rpid := h.redis_pid(env["REDIS_URL"])) is not None:
         groups["redis"] = [rpid]

@@ -41,10 +41,8 @@ CREATE TABLE IF NOT EXISTS ref_orders (
 INSERT INTO ref_accounts SELECT g, 1000000000 FROM generate_series(1, {ACCOUNTS}) g
 ON CONFLICT DO NOTHING;
 """
-LOAD = (
-    "mutation P($a: Int!, $s: String!, $q: String!, $p: String!) "
-    "{ placeOrder(account: $a, symbol: $s, quantity: $q, price: $p) { id status } }"
-)
+LOAD = ("mutation P($a: Int!, $s: String!, $q: String!, $p: String!) "
+        "{ placeOrder(account: $a, symbol: $s, quantity: $q, price: $p) { id status } }")  # fmt: skip
 SYMBOLS = ("AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META")
 POOL: list[asyncpg.Pool] = []  # the app's one pool, made at startup
 
