@@ -93,26 +93,30 @@ class HttpConnection:
 
 
 class Pool:
-    """Idle connections reused; a new one whenever none is idle (the caller bounds in-flight)."""
+    """Idle connections reused; a new one whenever none is idle (the caller bounds in-flight).
+    A key keeps connections apart (one simulated user's, as a browser keeps its own): a shared
+    pool reused from its top leaves the rest idle until they expire, and every burst then opens
+    a hundred new connections at once, which the server pays for in the middle of the burst."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.idle: list[HttpConnection] = []
+        self.idle: dict[int, list[HttpConnection]] = {}
 
-    def take(self) -> HttpConnection:
+    def take(self, key: int = 0) -> HttpConnection:
         stale = time.monotonic() - IDLE_REUSE_SECONDS
-        while self.idle:
-            conn = self.idle.pop()
+        idle = self.idle.get(key, [])
+        while idle:
+            conn = idle.pop()
             if conn.last_used >= stale:
                 return conn
             conn.close()
         return HttpConnection(self.port)
 
-    def give(self, conn: HttpConnection) -> None:
-        self.idle.append(conn)
+    def give(self, conn: HttpConnection, key: int = 0) -> None:
+        self.idle.setdefault(key, []).append(conn)
 
     def close(self) -> None:
-        for conn in self.idle:
+        for conn in (c for idle in self.idle.values() for c in idle):
             conn.close()
         self.idle.clear()
 
@@ -190,8 +194,9 @@ async def drive(port: int, spec: Mapping[str, Any], one: One, window: Window,
     `mark("MEASURED")` at the edges of the window. Closed loop (`mode` closed): `concurrency`
     workers, each on its own connection with one request in flight; `one(conn, now, worker, n)`
     for its n-th request. Open loop: `rate` requests/s on a fixed schedule whatever the answers
-    do, never more than `max_in_flight` at once; `one(conn, due, n, n)` with its scheduled time.
-    Then waits (at most `timeout` s) for the requests in flight."""
+    do, never more than `max_in_flight` at once; `one(conn, due, n, n)` with its scheduled time,
+    on a connection of client n % `clients` (each simulated user its own, as browsers keep
+    theirs; default one pool for all). Then waits (at most `timeout` s) for the requests in flight."""
     start = time.perf_counter()
     measure_at = start + float(spec["warmup"])
     end_at = measure_at + float(spec["duration"])
@@ -216,12 +221,14 @@ async def drive(port: int, spec: Mapping[str, Any], one: One, window: Window,
         finally:
             conn.close()
 
+    clients = int(spec.get("clients") or 1)  # open loop: request n is client n % clients
+
     async def scheduled(n: int, due: float) -> None:
-        conn = pool.take()
+        conn = pool.take(n % clients)
         try:
             await one(conn, due, n, n)
         finally:
-            pool.give(conn)
+            pool.give(conn, n % clients)
 
     marker = asyncio.create_task(marks())
     try:

@@ -130,6 +130,7 @@ class Reader:
             else:
                 await self.one(conn, kind, users[n % len(users)], due)
 
+        spec["clients"] = len(users)  # every user on connections of their own, as a browser
         await drive(self.port, spec, one, self.window, emit, self.timeout)
         return "RESULT " + json.dumps(vars(self.window) | {"window_s": self.window.seconds})
 

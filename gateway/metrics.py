@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import re
 import time
@@ -93,6 +94,13 @@ def error_code(error: GraphQLError) -> str:
     return "INTERNAL_SERVER_ERROR" if error.original_error else "GRAPHQL_VALIDATION_FAILED"
 
 
+@functools.cache
+def _operation_series(name: str, op_type: str, outcome: str) -> tuple[Counter, Histogram]:
+    """An operation's series, looked up once (`labels` validates and locks on every call);
+    `operation_label` bounds the names, so this stays small."""
+    return OPERATIONS.labels(name, op_type, outcome), OPERATION_SECONDS.labels(name, op_type)
+
+
 def record_operation(context: ExecutionContext, seconds: float) -> None:
     """An operation's count, duration and errors by code (`gateway.operation_extension`)."""
     try:
@@ -101,8 +109,9 @@ def record_operation(context: ExecutionContext, seconds: float) -> None:
         op_type = "unknown"
     name = operation_label(context.operation_name)
     errors = getattr(context.result, "errors", None) or context.pre_execution_errors or []
-    OPERATIONS.labels(name, op_type, "error" if errors else "ok").inc()
-    OPERATION_SECONDS.labels(name, op_type).observe(seconds)
+    count, duration = _operation_series(name, op_type, "error" if errors else "ok")
+    count.inc()
+    duration.observe(seconds)
     for error in errors:
         ERRORS.labels(error_code(error)).inc()
 

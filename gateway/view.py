@@ -224,6 +224,42 @@ class GraphQLView(GraphQL[Context, None]):
             return parsed
         raise HTTPException(400, "The request body must be a JSON object")
 
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """Nearly every request is a JSON POST that asks for no stream: read it directly.
+        strawberry's parser takes the content type apart with `email.message` and tries each
+        stream transport against the Accept header first (a tenth of a `{ __typename }`
+        request's CPU); anything else (GET, multipart bodies, an Accept naming a stream or
+        multipart, a batch, ill-typed fields) still goes through it, with its checks and words."""
+        media_type = (request.content_type or "").partition(";")[0].strip().lower()
+        accept = request.headers.get("accept", "").lower()
+        if (
+            request.method != "POST"
+            or media_type != "application/json"
+            or "stream" in accept
+            or "multipart" in accept
+        ):
+            return await super().parse_http_body(request)
+        data = self.parse_json(await request.get_body())
+        if not isinstance(data, dict):
+            return await super().parse_http_body(request)
+        query, variables = data.get("query"), data.get("variables")
+        extensions = data.get("extensions")
+        if not (
+            isinstance(query, str | None)
+            and isinstance(variables, dict | None)
+            and isinstance(extensions, dict | None)
+        ):
+            return await super().parse_http_body(request)  # its refusal, its wording
+        return GraphQLRequestData(
+            query=query,
+            variables=variables,
+            operation_name=data.get("operationName"),
+            extensions=extensions,
+            protocol="http",
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             WEBSOCKETS_OPEN.inc()

@@ -6,7 +6,9 @@ import gc
 import re
 
 import pytest
+from strawberry.http.async_base_view import AsyncBaseHTTPView
 
+from gateway.view import GraphQLView
 from services.infra.container import Services
 from tests.graphql_client import GraphQLClient
 
@@ -259,3 +261,42 @@ async def test_plain_json_clients_keep_application_json_and_read_request_errors_
         assert bad.headers["content-type"].startswith("application/json")
         assert bad.status_code == 200 and "data" not in bad.json()
         assert bad.json()["errors"][0]["extensions"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"query": "{ __typename }"}', "application/json"),
+        (b'{"query": "{ __typename }", "variables": null}', "application/json; charset=utf-8"),
+        (
+            b'{"query": "query Q($b: Boolean!) { __typename @include(if: $b) }", '
+            b'"variables": {"b": true}, "operationName": "Q", "extensions": {"x": 1}}',
+            "application/json",
+        ),
+        (b'{"query": 7}', "application/json"),
+        (b'{"query": "{ __typename }", "variables": [1]}', "application/json"),
+        (b'{"query": "{ __typename }", "extensions": "x"}', "application/json"),
+        (b'[{"query": "{ __typename }"}]', "application/json"),
+        (b'{"variables": {}}', "application/json"),
+    ],
+)
+async def test_json_posts_read_directly_answer_as_strawberrys_parser_would(
+    gql: GraphQLClient, body: bytes, content_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view reads plain JSON POSTs itself (gateway/view.py `parse_http_body`): the same
+    status and body as strawberry's own parser gives for each."""
+    headers = {"Content-Type": content_type}
+    direct = await gql.http.post("/graphql", content=body, headers=headers)
+    monkeypatch.setattr(GraphQLView, "parse_http_body", AsyncBaseHTTPView.parse_http_body)
+    strawberrys = await gql.http.post("/graphql", content=body, headers=headers)
+    assert (direct.status_code, direct.json()) == (strawberrys.status_code, strawberrys.json())
+
+
+async def test_a_media_type_in_capitals_is_json_too(gql: GraphQLClient) -> None:
+    """Media types are case-insensitive (RFC 9110); strawberry's own parser refuses this one."""
+    response = await gql.http.post(
+        "/graphql",
+        content=b'{"query": "{ __typename }"}',
+        headers={"Content-Type": "Application/JSON"},
+    )
+    assert (response.status_code, response.json()) == (200, {"data": {"__typename": "Query"}})
