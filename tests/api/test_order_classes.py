@@ -14,6 +14,7 @@ from uuid import UUID
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 
 from services.accounts.reconcile import find_differences
 from services.infra.container import Services
@@ -221,6 +222,17 @@ async def test_a_partly_filled_take_profit_reduces_its_stop_loss(
     assert (await client.order(take_profit["id"]))["status"] == "PARTIALLY_FILLED"
     reduced = await client.order(stop_loss["id"])
     assert (reduced["quantity"], reduced["status"]) == ("6.000000", "SUBMITTED")
+    async with services.engine.connect() as conn:  # its owner's screens are told, as ACCEPTED
+        told = (
+            await conn.execute(
+                text(
+                    "SELECT event, kind, payload::jsonb -> 'order' ->> 'quantity' FROM order_events "
+                    "WHERE order_id = :o ORDER BY version DESC, seq DESC LIMIT 1"
+                ),
+                {"o": UUID(stop_loss["id"])},
+            )
+        ).one()
+    assert (told[0], told[1], D(told[2])) == ("ACCEPTED", "UPDATED", D(6))
     assert await position(services, client.user_id, symbol) == (D(6), D(6))
     await check(services)
 
