@@ -493,7 +493,7 @@ class System:
 
     def backlog(self) -> int | None:
         """Orders handed off, not yet acknowledged by the matcher: lag + pending, all partitions."""
-        from services.orders.placement import order_stream
+        from services.orders.order_store import order_stream
 
         streams = map(order_stream, range(self.partitions))
         lag, pending, _ = h.group_backlog(self.redis, streams, "matcher")

@@ -42,8 +42,13 @@ from services.orders.group_commit import GroupCommit
 from services.orders.matching import OrderBook
 from services.orders.order_model import Event, Order, OrderType, Side, Status, TimeInForce
 from services.orders.order_rules import tick_for
-from services.orders.order_store import open_order_ids, open_orders, orders_by_id, store_marks
-from services.orders.placement import order_stream
+from services.orders.order_store import (
+    open_order_ids,
+    open_orders,
+    order_stream,
+    orders_by_id,
+    store_marks,
+)
 from services.orders.routing import VenueRouter, parse_faults
 from workers.metrics import MATCHER_EXECUTIONS, MATCHER_PARTITIONS, MATCHER_WORKING
 

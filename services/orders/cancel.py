@@ -18,8 +18,13 @@ from services.infra.settings import Settings
 from services.infra.streams import partition_of
 from services.orders import fills, order_classes, order_events
 from services.orders.order_model import Order, Status
-from services.orders.order_store import OPEN, ORDER_COLUMNS, order_from_row, orders_by_id
-from services.orders.placement import order_stream
+from services.orders.order_store import (
+    OPEN,
+    ORDER_COLUMNS,
+    order_from_row,
+    order_stream,
+    orders_by_id,
+)
 
 log = logging.getLogger("tradeql.cancel")
 _ALL = "cancelled by the user (all)"

@@ -20,8 +20,7 @@ from services.market_data.clock import MarketClock
 from services.money import round_cash
 from services.orders import fills, order_classes, order_events
 from services.orders.order_model import Status, TimeInForce
-from services.orders.order_store import ORDER_COLUMNS, order_from_row
-from services.orders.placement import order_stream
+from services.orders.order_store import ORDER_COLUMNS, order_from_row, order_stream
 
 log = logging.getLogger("tradeql.eod")
 PARTITION_NAME = re.compile(r"^orders_(\d{4})_(\d{2})$")

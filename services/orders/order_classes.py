@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.infra.redis import RedisPipeline
 from services.infra.streams import partition_of
-from services.orders import fill_rules, placement
+from services.orders import fill_rules
 from services.orders.fill_rules import Change, Close, StaleOrder
 from services.orders.order_model import (
     TERMINAL_STATUSES,
@@ -37,6 +37,7 @@ from services.orders.order_model import (
     Side,
     Status,
 )
+from services.orders.order_store import insert_orders, order_stream
 from services.portfolio.positions import PositionState
 
 ZERO = Decimal(0)
@@ -46,7 +47,7 @@ TAKE_PROFIT, STOP_LOSS = "take-profit", "stop-loss"
 def exit_rows(
     parent: Order | dict[str, Any], quantity: Decimal, *, with_take_profit: bool
 ) -> list[dict[str, Any]]:
-    """The rows of a parent's exit legs (placement.insert_orders' columns) for `quantity`
+    """The rows of a parent's exit legs (order_store.insert_orders' columns) for `quantity`
     shares: the take-profit (when `with_take_profit`: a BRACKET's or OTO's, not an OCO's, whose
     take-profit is the parent itself) holding them, then the stop-loss holding none."""
     p = _as_dict(parent)
@@ -116,7 +117,7 @@ async def insert_legs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list
     the caller's to write, with its other events)."""
     if not rows:
         return []
-    legs = await placement.insert_orders(conn, rows)
+    legs = await insert_orders(conn, rows)
     await conn.execute(
         text(
             "INSERT INTO audit_log (user_id, action, entity_type, entity_id, details, request_id) "
@@ -323,7 +324,7 @@ def queue_matcher_messages(pipe: RedisPipeline, linked: Sequence[Order], partiti
     for order in linked:
         op = "new" if order.version == 0 else "refresh" if order.is_open else "cancel"
         pipe.xadd(
-            placement.order_stream(partition_of(order.symbol, partitions)),
+            order_stream(partition_of(order.symbol, partitions)),
             {"op": op, "id": str(order.id)},
         )
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.errors import InvalidInput
 from services.infra import db
 from services.infra.db import single_read
+from services.infra.keys import ns, tag
 from services.infra.replica import ReadRouter
 from services.infra.tables import OrderRow, column_list
 from services.market_data.securities import is_valid_symbol, normalize_symbol
@@ -347,3 +348,82 @@ class OrderStore:
                     )
                 )
         return found
+
+
+def order_stream(partition: int) -> str:
+    """The matcher's stream of order hand-offs for a symbol partition."""
+    return ns(f"orders:{tag(partition)}")
+
+
+_DEFAULTS: dict[str, Any] = {"order_class": "SIMPLE", "extended_hours": False}
+
+
+async def insert_orders(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Order]:
+    """New PENDING orders from `rows` (a column left out of a row is NULL), in one statement."""
+    columns = [
+        "id",
+        "user_id",
+        "account_id",
+        "symbol",
+        "side",
+        "type",
+        "tif",
+        "quantity",
+        "notional",
+        "limit_price",
+        "stop_price",
+        "reserved_cash",
+        "reserved_quantity",
+        "key",
+        "request_id",
+        "trail_price",
+        "trail_percent",
+        "high_water_mark",
+        "replaces",
+        "extended_hours",
+        "order_class",
+        "parent_id",
+        "take_profit_limit",
+        "stop_loss_stop",
+        "stop_loss_limit",
+    ]
+    types = [
+        "uuid",
+        "uuid",
+        "uuid",
+        "text",
+        "text",
+        "text",
+        "text",
+        "numeric",
+        "numeric",
+        "numeric",
+        "numeric",
+        "numeric",
+        "numeric",
+        "text",
+        "text",
+        "numeric",
+        "numeric",
+        "numeric",
+        "uuid",
+        "boolean",
+        "text",
+        "uuid",
+        "numeric",
+        "numeric",
+        "numeric",
+    ]
+    unnest = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
+    result = await conn.execute(
+        text(
+            "INSERT INTO orders (id, user_id, account_id, symbol, side, type, time_in_force, "
+            "quantity, notional, limit_price, stop_price, reserved_cash, reserved_quantity, "
+            "idempotency_key, request_id, trail_price, trail_percent, high_water_mark, replaces, "
+            "extended_hours, order_class, parent_id, take_profit_limit, stop_loss_stop, "
+            "stop_loss_limit, status) "
+            f"SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
+        ),
+        {c: [r.get(c, _DEFAULTS.get(c)) for r in rows] for c in columns},
+    )
+    return [order_from_row(r) for r in result]

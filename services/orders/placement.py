@@ -36,7 +36,6 @@ from services.errors import (
     UnknownSymbol,
 )
 from services.infra.idempotency import request_fingerprint
-from services.infra.keys import ns, tag
 from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.request_context import current_request_id
@@ -55,15 +54,15 @@ from services.orders.order_rules import (
     needs_quote,
     validate,
 )
-from services.orders.order_store import ORDER_COLUMNS, order_from_row, orders_by_id
+from services.orders.order_store import (
+    insert_orders,
+    order_stream,
+    orders_by_id,
+)
 
 log = logging.getLogger("tradeql.placement")
 SCOPE = "order"
 ZERO = Decimal(0)
-
-
-def order_stream(partition: int) -> str:
-    return ns(f"orders:{tag(partition)}")
 
 
 @dataclass
@@ -332,7 +331,7 @@ class OrderPlacement:
                     "qty": list(shares_by_position.values()),
                 },
             )
-        by_id = {o.id: o for o in await _insert_many(conn, rows)}
+        by_id = {o.id: o for o in await insert_orders(conn, rows)}
         legs = await order_classes.insert_legs(
             conn,
             [
@@ -581,79 +580,3 @@ def _judge_one(
     )
 
 
-_DEFAULTS: dict[str, Any] = {"order_class": "SIMPLE", "extended_hours": False}
-
-
-async def insert_orders(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Order]:
-    """New PENDING orders from `rows` (a column left out of a row is NULL)."""
-    return await _insert_many(conn, rows)
-
-
-async def _insert_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Order]:
-    columns = [
-        "id",
-        "user_id",
-        "account_id",
-        "symbol",
-        "side",
-        "type",
-        "tif",
-        "quantity",
-        "notional",
-        "limit_price",
-        "stop_price",
-        "reserved_cash",
-        "reserved_quantity",
-        "key",
-        "request_id",
-        "trail_price",
-        "trail_percent",
-        "high_water_mark",
-        "replaces",
-        "extended_hours",
-        "order_class",
-        "parent_id",
-        "take_profit_limit",
-        "stop_loss_stop",
-        "stop_loss_limit",
-    ]
-    types = [
-        "uuid",
-        "uuid",
-        "uuid",
-        "text",
-        "text",
-        "text",
-        "text",
-        "numeric",
-        "numeric",
-        "numeric",
-        "numeric",
-        "numeric",
-        "numeric",
-        "text",
-        "text",
-        "numeric",
-        "numeric",
-        "numeric",
-        "uuid",
-        "boolean",
-        "text",
-        "uuid",
-        "numeric",
-        "numeric",
-        "numeric",
-    ]
-    unnest = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
-    result = await conn.execute(
-        text(
-            "INSERT INTO orders (id, user_id, account_id, symbol, side, type, time_in_force, "
-            "quantity, notional, limit_price, stop_price, reserved_cash, reserved_quantity, "
-            "idempotency_key, request_id, trail_price, trail_percent, high_water_mark, replaces, "
-            "extended_hours, order_class, parent_id, take_profit_limit, stop_loss_stop, "
-            "stop_loss_limit, status) "
-            f"SELECT *, 'PENDING' FROM unnest({unnest}) RETURNING {ORDER_COLUMNS}"
-        ),
-        {c: [r.get(c, _DEFAULTS.get(c)) for r in rows] for c in columns},
-    )
-    return [order_from_row(r) for r in result]

@@ -33,8 +33,14 @@ from services.orders import order_events, trailing
 from services.orders.order_events import OrderUpdate
 from services.orders.order_model import Event, Order, OrderClass, OrderType, Side, TimeInForce
 from services.orders.order_rules import PlaceOrder, hold_for, validate
-from services.orders.order_store import ORDER_COLUMNS, order_from_row, orders_by_id
-from services.orders.placement import SCOPE, insert_orders, order_stream
+from services.orders.order_store import (
+    ORDER_COLUMNS,
+    insert_orders,
+    order_from_row,
+    order_stream,
+    orders_by_id,
+)
+from services.orders.placement import SCOPE
 
 log = logging.getLogger("tradeql.replace")
 ZERO = Decimal(0)

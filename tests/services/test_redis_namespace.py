@@ -12,7 +12,7 @@ from services.infra import keys
 from services.infra.container import Services
 from services.market_data.quote_store import quote_key, quotes_channel
 from services.orders.order_events import user_channel
-from services.orders.placement import order_stream
+from services.orders.order_store import order_stream
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from services.infra.redis import slot_groups, slot_of
 from services.infra.streams import quote_stream
 from services.market_data.quote_store import partition_quotes_channel, quote_channels, quote_key
 from services.orders.order_events import user_channel
-from services.orders.placement import order_stream
+from services.orders.order_store import order_stream
 from services.portfolio.holdings_version import key_prefix, version_key
 from workers.matcher import lease_key
 
