@@ -241,15 +241,7 @@ class PartitionMatcher:
             async with self._lock:
                 self.book.remove(order_id)
         if refreshes:
-            async with single_read(self.services.engine) as conn:
-                fresh = await orders_by_id(conn, refreshes)
-            async with self._lock:
-                for order_id in refreshes:
-                    order = fresh.get(order_id)
-                    if order is None or not order.is_open:
-                        self.book.remove(order_id)
-                    elif order_id in self.book:
-                        self.book.replace(order)
+            await self._refresh(*refreshes)
         if new_ids:
             async with single_read(self.services.engine) as conn:
                 found = await orders_by_id(conn, new_ids)
@@ -500,16 +492,11 @@ class PartitionMatcher:
                 partitions=self.settings.quote_partitions,
             )
         except fills.StaleOrder:
-            await self._refresh(order)
+            await self._refresh(order.id)
             return None
         if crossing.resting:
             MATCHER_EXECUTIONS.inc(crossing.executions)
-            async with self._lock:
-                for resting in crossing.resting:
-                    if not resting.is_open:
-                        self.book.remove(resting.id)
-                    elif resting.id in self.book:
-                        self.book.replace(resting)
+            await self._keep_in_book({r.id: r for r in crossing.resting})
         return crossing.incoming
 
     async def _execute(self, order: Order, quote: Quote) -> None:
@@ -554,7 +541,7 @@ class PartitionMatcher:
         try:
             outcome = await future
         except fills.StaleOrder:
-            await self._refresh(order)
+            await self._refresh(order.id)
             return
         except Exception as exc:
             if is_transient(exc):
@@ -590,17 +577,24 @@ class PartitionMatcher:
         try:
             return await self.committer.submit(fills.Work(order, action, order.request_id))
         except fills.StaleOrder:
-            await self._refresh(order)
+            await self._refresh(order.id)
             return None
 
-    async def _refresh(self, order: Order) -> None:
+    async def _refresh(self, *order_ids: UUID) -> None:
+        """The book brought up to date with these orders as PostgreSQL has them now."""
         async with single_read(self.services.engine) as conn:
-            fresh = (await orders_by_id(conn, [order.id])).get(order.id)
+            fresh = await orders_by_id(conn, list(order_ids))
+        await self._keep_in_book({order_id: fresh.get(order_id) for order_id in order_ids})
+
+    async def _keep_in_book(self, current: dict[UUID, Order | None]) -> None:
+        """Orders' current versions into the book: a closed (or vanished) one leaves it, an
+        open one that rests here takes its new version's place."""
         async with self._lock:
-            if fresh is None or not fresh.is_open:
-                self.book.remove(order.id)
-            elif order.id in self.book:
-                self.book.replace(fresh)
+            for order_id, order in current.items():
+                if order is None or not order.is_open:
+                    self.book.remove(order_id)
+                elif order_id in self.book:
+                    self.book.replace(order)
 
     async def _current_quotes(self, symbols: list[str]) -> dict[str, Quote | None]:
         """The consolidated quotes as the quote cache holds them now, in one round trip (the
