@@ -15,14 +15,12 @@ from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.retry import CONFLICT_SQLSTATES
 from services.infra.settings import Settings
-from services.infra.streams import partition_of
-from services.orders import fills, order_classes, order_events
+from services.orders import fills
 from services.orders.order_model import Order, Status
 from services.orders.order_store import (
     OPEN,
     ORDER_COLUMNS,
     order_from_row,
-    order_stream,
     orders_by_id,
 )
 
@@ -130,16 +128,12 @@ class OrderCancellation:
         if self._reads is not None:
             await self._reads.note_commit(list({o.order.user_id for o in outcomes}))
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                order_events.queue(pipe, [u for o in outcomes for u in o.updates])
-                for outcome in outcomes:
-                    partition = partition_of(outcome.order.symbol, self._settings.quote_partitions)
-                    pipe.xadd(
-                        order_stream(partition), {"op": "cancel", "id": str(outcome.order.id)}
-                    )
-                order_classes.queue_matcher_messages(  # its legs made, its siblings closed
-                    pipe, [o for c in outcomes for o in c.linked], self._settings.quote_partitions
-                )
-                await pipe.execute()
+            await fills.publish(
+                self._redis,
+                [u for o in outcomes for u in o.updates],
+                # the orders closed, the legs they made, their siblings closed
+                [o.order for o in outcomes] + [o for c in outcomes for o in c.linked],
+                self._settings.quote_partitions,
+            )
         except (RedisError, OSError) as exc:  # the matcher's sweep drops closed orders anyway
             log.warning("could not tell the matcher about %d cancels: %s", len(outcomes), exc)

@@ -15,12 +15,11 @@ from decimal import Decimal
 from sqlalchemy import text
 
 from services.infra.container import Services
-from services.infra.streams import partition_of
 from services.market_data.clock import MarketClock
 from services.money import round_cash
-from services.orders import fills, order_classes, order_events
+from services.orders import fills
 from services.orders.order_model import Status, TimeInForce
-from services.orders.order_store import ORDER_COLUMNS, order_from_row, order_stream
+from services.orders.order_store import ORDER_COLUMNS, order_from_row
 
 log = logging.getLogger("tradeql.eod")
 PARTITION_NAME = re.compile(r"^orders_(\d{4})_(\d{2})$")
@@ -71,16 +70,13 @@ async def expire_day_orders(
         except fills.StaleOrder:
             continue  # filled or cancelled meanwhile
         expired += 1
-        partitions = services.settings.quote_partitions
-        async with services.redis.pipeline(transaction=False) as pipe:
-            order_events.queue(pipe, outcome.updates)
-            pipe.xadd(
-                order_stream(partition_of(order.symbol, partitions)),
-                {"op": "cancel", "id": str(order.id)},
-            )
-            # an entry's legs made, an exit's sibling expired with it
-            order_classes.queue_matcher_messages(pipe, outcome.linked, partitions)
-            await pipe.execute()
+        # the order expired, an entry's legs made, an exit's sibling expired with it
+        await fills.publish(
+            services.redis,
+            outcome.updates,
+            [outcome.order, *outcome.linked],
+            services.settings.quote_partitions,
+        )
     return expired
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.accounts import ledger
+from services.infra.redis import RedisClient
 from services.infra.request_context import current_request_id
 from services.orders import fill_rules, order_classes, order_events
 from services.orders.fill_rules import (
@@ -38,7 +39,7 @@ from services.orders.fill_rules import (
 )
 from services.orders.order_events import OrderUpdate
 from services.orders.order_model import Event, Execution, Order, Status
-from services.orders.order_store import ORDER_COLUMNS, order_from_row
+from services.orders.order_store import ORDER_COLUMNS, order_from_row, queue_matcher_messages
 from services.portfolio.positions import PositionState
 
 __all__ = [
@@ -73,8 +74,23 @@ class Outcome:
     order: Order
     updates: list[OrderUpdate]  # the order's, and its linked orders'
     # Orders the change moved beside its own (order classes): legs made, siblings reduced or
-    # closed; the caller tells the matcher (order_classes.queue_matcher_messages).
+    # closed; the caller tells the matcher (`publish`).
     linked: list[Order] = field(default_factory=list)
+
+
+async def publish(
+    redis: RedisClient, updates: Sequence[OrderUpdate], moved: Sequence[Order], partitions: int
+) -> None:
+    """After the commit, in one round trip: the events, and the matcher told about the orders
+    it must work, read again or drop (`moved`: legs made, siblings moved, orders closed);
+    `partitions`: the matcher's stream partitions. Redis errors propagate: the relay and the
+    matcher's sweep catch up with what a caller could not send."""
+    if not updates and not moved:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        order_events.queue(pipe, list(updates))
+        queue_matcher_messages(pipe, moved, partitions)
+        await pipe.execute()
 
 
 async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | StaleOrder]:

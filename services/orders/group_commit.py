@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.retry import until_it_works
-from services.orders import fills, order_classes, order_events
+from services.orders import fills
 from services.orders.fills import Outcome, StaleOrder, Work
 
 log = logging.getLogger("tradeql.group_commit")
@@ -156,12 +156,7 @@ class GroupCommit:
         own (order classes' legs and siblings), in one round trip."""
         updates = [u for o in outcomes for u in o.updates]
         linked = [order for o in outcomes for order in o.linked]
-        if not updates and not linked:
-            return
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                order_events.queue(pipe, updates)
-                order_classes.queue_matcher_messages(pipe, linked, self._partitions)
-                await pipe.execute()
+            await fills.publish(self._redis, updates, linked, self._partitions)
         except (RedisError, OSError) as exc:  # the matcher's sweep finds the legs anyway
             log.warning("%d order events not published: %s", len(updates), exc)

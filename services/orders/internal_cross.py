@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.infra.redis import RedisClient
 from services.infra.replica import ReadRouter
 from services.infra.retry import until_it_works
-from services.orders import fills, order_classes, order_events
+from services.orders import fills
 from services.orders.fills import Execute, Fill, Outcome, StaleOrder, Work
 from services.orders.order_events import OrderUpdate
 from services.orders.order_model import Order, OrderType, Side, Status
@@ -356,9 +356,6 @@ async def _publish(
     if reads is not None:  # the owners' next history reads wait for the replica
         await reads.note_commit(u.order.user_id for u in updates)
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            order_events.queue(pipe, updates)
-            order_classes.queue_matcher_messages(pipe, crossing.linked, partitions)
-            await pipe.execute()
+        await fills.publish(redis, updates, crossing.linked, partitions)
     except (RedisError, OSError) as exc:  # the relay and the matcher's sweep catch up
         log.warning("%d order events not published: %s", len(updates), exc)

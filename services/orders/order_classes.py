@@ -25,8 +25,6 @@ from uuid import UUID
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.infra.redis import RedisPipeline
-from services.infra.streams import partition_of
 from services.orders import fill_rules
 from services.orders.fill_rules import Change, Close, StaleOrder
 from services.orders.order_model import (
@@ -37,7 +35,7 @@ from services.orders.order_model import (
     Side,
     Status,
 )
-from services.orders.order_store import insert_orders, order_stream
+from services.orders.order_store import insert_orders
 from services.portfolio.positions import PositionState
 
 ZERO = Decimal(0)
@@ -316,17 +314,6 @@ async def _free_shares(
         )
         free[key] = quantity - (r.reserved_quantity - released)
     return free
-
-
-def queue_matcher_messages(pipe: RedisPipeline, linked: Sequence[Order], partitions: int) -> None:
-    """Tell the matcher about orders a change moved beside its own: new legs to work, siblings
-    closed to drop, reduced ones to read again."""
-    for order in linked:
-        op = "new" if order.version == 0 else "refresh" if order.is_open else "cancel"
-        pipe.xadd(
-            order_stream(partition_of(order.symbol, partitions)),
-            {"op": op, "id": str(order.id)},
-        )
 
 
 def is_class_order(order: Order) -> bool:

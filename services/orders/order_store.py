@@ -16,7 +16,9 @@ from services.errors import InvalidInput
 from services.infra import db
 from services.infra.db import single_read
 from services.infra.keys import ns, tag
+from services.infra.redis import RedisPipeline
 from services.infra.replica import ReadRouter
+from services.infra.streams import partition_of
 from services.infra.tables import OrderRow, column_list
 from services.market_data.securities import is_valid_symbol, normalize_symbol
 from services.orders.order_model import (
@@ -353,6 +355,17 @@ class OrderStore:
 def order_stream(partition: int) -> str:
     """The matcher's stream of order hand-offs for a symbol partition."""
     return ns(f"orders:{tag(partition)}")
+
+
+def queue_matcher_messages(pipe: RedisPipeline, orders: Sequence[Order], partitions: int) -> None:
+    """Tell the matcher, after the commit, about orders a change made or moved: a new one
+    (version 0) to work, an open one to read again, a closed one to drop."""
+    for order in orders:
+        op = "new" if order.version == 0 else "refresh" if order.is_open else "cancel"
+        pipe.xadd(
+            order_stream(partition_of(order.symbol, partitions)),
+            {"op": op, "id": str(order.id)},
+        )
 
 
 _DEFAULTS: dict[str, Any] = {"order_class": "SIMPLE", "extended_hours": False}

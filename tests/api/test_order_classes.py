@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from services.accounts.reconcile import find_differences
 from services.infra.container import Services
-from services.orders import fills, order_classes
+from services.orders import fills
 from services.orders.eod import expire_day_orders
 from tests.graphql_client import GraphQLClient
 from tests.trading import balances, eventually, listed, position, quote, reload, unique_symbol
@@ -146,11 +146,7 @@ async def fill(services: Services, order_id: str, quantity: str, price: str) -> 
             break
         except fills.StaleOrder:
             continue
-    async with services.redis.pipeline(transaction=False) as pipe:
-        order_classes.queue_matcher_messages(
-            pipe, outcome.linked, services.settings.quote_partitions
-        )
-        await pipe.execute()
+    await fills.publish(services.redis, [], outcome.linked, services.settings.quote_partitions)
     return outcome
 
 
