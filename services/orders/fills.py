@@ -14,7 +14,7 @@ unique venue execution id: a replay after a crash inserts nothing and moves noth
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -209,15 +209,29 @@ def _judge(
 
 # -- locks ------------------------------------------------------------------------------------
 async def _lock(conn: AsyncConnection, works: Sequence[Work]) -> tuple[dict[UUID, Order], datetime]:
-    """The accounts, then the orders, locked in id order; the orders as they are now, and the
-    transaction's time."""
+    """The works' accounts and orders locked, an exit's siblings with it (order classes)."""
+    return await lock(
+        conn,
+        {w.order.account_id for w in works},
+        {w.order.id for w in works},
+        order_classes.partners_to_lock([w.order for w in works]),
+    )
+
+
+async def lock(
+    conn: AsyncConnection,
+    account_ids: Collection[UUID],
+    order_ids: Collection[UUID],
+    partners: Sequence[UUID] = (),
+) -> tuple[dict[UUID, Order], datetime]:
+    """The accounts, then the orders (with `partners`, also those orders' pairs: the ids and
+    the legs whose parent they are), locked in id order, as every writer locks them; the orders
+    as they are now, and the transaction's time."""
     await conn.execute(
         text("SELECT id FROM accounts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
-        {"ids": sorted({w.order.account_id for w in works})},
+        {"ids": sorted(account_ids)},
     )
-    ids = sorted({w.order.id for w in works})
-    # An exit's siblings are locked with it, in the same id order (order classes).
-    partners = order_classes.partners_to_lock([w.order for w in works])
+    ids = sorted(order_ids)
     linked = " OR id = ANY(:partners) OR parent_id = ANY(:partners)" if partners else ""
     rows = (
         await conn.execute(
@@ -225,7 +239,7 @@ async def _lock(conn: AsyncConnection, works: Sequence[Work]) -> tuple[dict[UUID
                 f"SELECT {ORDER_COLUMNS}, now() AS at FROM orders WHERE id = ANY(:ids){linked} "
                 "ORDER BY id FOR UPDATE"
             ),
-            {"ids": ids, "partners": partners} if partners else {"ids": ids},
+            {"ids": ids, "partners": list(partners)} if partners else {"ids": ids},
         )
     ).all()
     at = rows[0].at if rows else datetime.now(UTC)

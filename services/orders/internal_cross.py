@@ -40,7 +40,6 @@ from services.orders import fills
 from services.orders.fills import Execute, Fill, Outcome, StaleOrder, Work
 from services.orders.order_events import OrderUpdate
 from services.orders.order_model import Order, OrderType, Side, Status
-from services.orders.order_store import ORDER_COLUMNS, order_from_row
 
 __all__ = ["VENUE", "Crossing", "bound_for", "cross", "cross_and_publish", "crossable"]
 
@@ -157,21 +156,6 @@ async def _candidates(
     return [(r.id, r.account_id, r.remaining) for r in rows]
 
 
-async def _lock(
-    conn: AsyncConnection, accounts: Collection[UUID], orders: Collection[UUID]
-) -> dict[UUID, Order]:
-    """The accounts, then the orders, locked in id order (as every writer locks them)."""
-    await conn.execute(
-        text("SELECT id FROM accounts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
-        {"ids": sorted(accounts)},
-    )
-    rows = await conn.execute(
-        text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
-        {"ids": sorted(orders)},
-    )
-    return {r.id: order_from_row(r) for r in rows}
-
-
 def _still_resting(order: Order | None, incoming: Order, bound: Decimal) -> bool:
     """Judged again under the lock: a resting order that is still working and still crosses."""
     if order is None or order.status not in (Status.SUBMITTED, Status.PARTIALLY_FILLED):
@@ -237,7 +221,7 @@ async def cross(
     if not candidates:
         return unchanged
     accounts = {incoming.account_id} | {account for _, account, _ in candidates}
-    locked = await _lock(conn, accounts, {incoming.id} | {order for order, _, _ in candidates})
+    locked, _ = await fills.lock(conn, accounts, {incoming.id} | {o for o, _, _ in candidates})
     current = locked.get(incoming.id)
     if current is None or current.version != incoming.version or not crossable(current):
         raise StaleOrder(f"order {incoming.id} changed before it could cross")
