@@ -5,7 +5,6 @@ rest routes to the venues. `tradeql check` after each test and after the module.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from decimal import Decimal
@@ -19,8 +18,8 @@ from gql import gql as document
 from gql.transport.websockets import WebsocketsTransport
 from sqlalchemy import text
 
-from services.accounts.reconcile import find_differences
 from services.infra.container import Services
+from tests.api_trader import ApiTrader, check, deposit, running_matcher
 from tests.graphql_client import GraphQLClient
 from tests.trading import balances, eventually, listed, position, quote, unique_symbol
 from workers.matcher import Matcher
@@ -30,32 +29,19 @@ CASH = D("100000")
 EXECUTIONS = "executions { quantity price venue }"
 ORDER = f"""id side type timeInForce quantity limitPrice status filledQuantity averageFillPrice
             version {EXECUTIONS}"""
-PLACE = f"""mutation($i: PlaceOrderInput!) {{ placeOrder(input: $i) {{
-  order {{ {ORDER} }} errors {{ code message field }} }} }}"""
-GET = f"query($id: ID!) {{ order(id: $id) {{ {ORDER} }} }}"
 CANCEL_ALL = "mutation { cancelAllOrders { orders { id } errors { code } } }"
-DEPOSIT = """mutation($a: Decimal!, $k: String!) {
-  deposit(amount: $a, idempotencyKey: $k) { errors { code } } }"""
 
 
 @pytest_asyncio.fixture(scope="module", autouse=True)
 async def books_balance(services: Services) -> AsyncIterator[None]:
     yield
-    assert await find_differences(services.engine) == []
+    await check(services)
 
 
 @pytest_asyncio.fixture(scope="module")
 async def matcher(services: Services) -> AsyncIterator[Matcher]:
-    stop = asyncio.Event()
-    running = Matcher(services)
-    task = asyncio.create_task(running.run(stop))
-    for _ in range(200):
-        if len(running.running) == services.settings.quote_partitions:
-            break
-        await asyncio.sleep(0.05)
-    yield running
-    stop.set()
-    await asyncio.wait_for(task, 20)
+    async with running_matcher(services) as running:
+        yield running
 
 
 @pytest.fixture
@@ -66,44 +52,9 @@ async def symbol(services: Services) -> str:
     return name
 
 
-class Trader:
-    """One user's calls through the API, each asserted to have no top-level error."""
-
+class Trader(ApiTrader):
     def __init__(self, gql: GraphQLClient, user: dict[str, str]) -> None:
-        self.gql = gql
-        self.user = user
-        self.token = user["token"]
-        self.user_id = UUID(user["id"])
-
-    async def call(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = await self.gql(query, variables, token=self.token)
-        assert "errors" not in body, body
-        return next(iter(body["data"].values()))  # type: ignore[no-any-return]
-
-    async def place(self, symbol: str, **fields: Any) -> dict[str, Any]:
-        order = {"symbol": symbol, "side": "BUY", "quantity": "10"} | fields
-        order.setdefault("idempotencyKey", uuid.uuid4().hex)
-        payload = await self.call(PLACE, i=order)
-        assert payload["errors"] == [], payload
-        return payload["order"]  # type: ignore[no-any-return]
-
-    async def order(self, order_id: str) -> dict[str, Any]:
-        return await self.call(GET, id=order_id)
-
-    async def wait(self, order_id: str, timeout: float = 10.0, **expected: str) -> dict[str, Any]:
-        seen: list[dict[str, Any]] = []
-
-        async def reached() -> bool:
-            seen[:] = [await self.order(order_id)]
-            return all(seen[0][k] == v for k, v in expected.items())
-
-        try:
-            await eventually(reached, timeout)
-        except AssertionError:
-            raise AssertionError(
-                f"order is {seen[0] if seen else '?'}, wanted {expected}"
-            ) from None
-        return seen[0]
+        super().__init__(gql, user, ORDER)
 
     async def shares(self, symbol: str, quantity: str) -> None:
         """A market buy at the venues (100.02, the ask), before any other user's sell rests."""
@@ -125,8 +76,7 @@ def traders(gql: GraphQLClient) -> Callable[[int], Awaitable[list[Trader]]]:
         made = []
         for _ in range(count):
             user = await gql.register_user()
-            body = await gql(DEPOSIT, {"a": str(CASH), "k": uuid.uuid4().hex}, token=user["token"])
-            assert body["data"]["deposit"]["errors"] == []
+            await deposit(gql, user["token"], CASH)
             made.append(Trader(gql, user))
         return made
 
@@ -160,10 +110,6 @@ async def ledger_cash(services: Services, reference: str) -> list[Decimal]:
             {"r": reference},
         )
         return list(rows.scalars())
-
-
-async def check(services: Services) -> None:
-    assert await find_differences(services.engine) == []
 
 
 async def test_an_internal_cross_moves_both_accounts_exactly(
@@ -425,20 +371,15 @@ async def test_a_bracket_entry_filled_inside_has_its_legs_worked_at_once(
     seller, buyer = await traders(2)
     await seller.shares(symbol, "4")
     await seller.rest(symbol, "SELL", "4", "100.01")
-    placed = await buyer.call(
-        PLACE,
-        i={
-            "symbol": symbol,
-            "side": "BUY",
-            "type": "LIMIT",
-            "quantity": "4",
-            "limitPrice": "100.01",
-            "timeInForce": "GTC",
-            "orderClass": "BRACKET",
-            "takeProfit": {"limitPrice": "105.00"},
-            "stopLoss": {"stopPrice": "95.00"},
-            "idempotencyKey": uuid.uuid4().hex,
-        },
+    placed = await buyer.try_place(
+        symbol,
+        type="LIMIT",
+        quantity="4",
+        limitPrice="100.01",
+        timeInForce="GTC",
+        orderClass="BRACKET",
+        takeProfit={"limitPrice": "105.00"},
+        stopLoss={"stopPrice": "95.00"},
     )
     assert placed["errors"] == [], placed
     entry = await buyer.wait(placed["order"]["id"], status="FILLED")

@@ -18,14 +18,13 @@ from gql import gql as document
 from gql.transport.websockets import WebsocketsTransport
 from sqlalchemy import text
 
-from services.accounts.reconcile import find_differences
 from services.infra.container import Services
 from services.orders import fills
 from services.orders.order_model import Status
+from tests.api_trader import ApiTrader, check, deposit, running_matcher
 from tests.graphql_client import GraphQLClient
 from tests.trading import (
     balances,
-    eventually,
     listed,
     position,
     quote,
@@ -38,8 +37,6 @@ from workers.matcher import Matcher
 ORDER = """id idempotencyKey symbol side type timeInForce quantity limitPrice stopPrice status
            filledQuantity averageFillPrice trailPrice trailPercent highWaterMark replaces
            replacedBy version"""
-PLACE = f"""mutation($i: PlaceOrderInput!) {{ placeOrder(input: $i) {{
-  order {{ {ORDER} }} errors {{ code message field }} }} }}"""
 REPLACE = f"""mutation($id: ID!, $i: ReplaceOrderInput!) {{ replaceOrder(id: $id, input: $i) {{
   order {{ {ORDER} }} errors {{ code message field }} }} }}"""
 CLOSE = f"""mutation($s: String!, $q: Decimal, $p: Decimal, $k: String!) {{
@@ -49,10 +46,7 @@ CLOSE_ALL = f"""mutation($c: Boolean!, $k: String!) {{
   closeAllPositions(cancelOrders: $c, idempotencyKey: $k) {{
     orders {{ {ORDER} }} errors {{ code message field }} }} }}"""
 CANCEL_ALL = f"""mutation {{ cancelAllOrders {{ orders {{ {ORDER} }} errors {{ code }} }} }}"""
-GET = f"""query($id: ID!) {{ order(id: $id) {{ {ORDER} }} }}"""
 PORTFOLIO = "{ portfolio { cash buyingPower positions { symbol quantity reservedQuantity } } }"
-DEPOSIT = """mutation($a: Decimal!, $k: String!) {
-  deposit(amount: $a, idempotencyKey: $k) { errors { code } } }"""
 D = Decimal
 CASH = D("100000")
 
@@ -61,21 +55,13 @@ CASH = D("100000")
 async def books_balance(services: Services) -> AsyncIterator[None]:
     """`tradeql check` once the module is done (each test checks its own too)."""
     yield
-    assert await find_differences(services.engine) == []
+    await check(services)
 
 
 @pytest_asyncio.fixture(scope="module")
 async def matcher(services: Services) -> AsyncIterator[Matcher]:
-    stop = asyncio.Event()
-    running = Matcher(services)
-    task = asyncio.create_task(running.run(stop))
-    for _ in range(200):
-        if len(running.running) == services.settings.quote_partitions:
-            break
-        await asyncio.sleep(0.05)
-    yield running
-    stop.set()
-    await asyncio.wait_for(task, 20)
+    async with running_matcher(services) as running:
+        yield running
 
 
 @pytest.fixture
@@ -88,37 +74,17 @@ async def symbol(services: Services) -> str:
 
 @pytest.fixture
 async def trader(gql: GraphQLClient, user: dict[str, str]) -> dict[str, str]:
-    body = await gql(DEPOSIT, {"a": str(CASH), "k": uuid.uuid4().hex}, token=user["token"])
-    assert body["data"]["deposit"]["errors"] == []
+    await deposit(gql, user["token"], CASH)
     return user
 
 
-class Client:
-    """One trader's calls, each asserted to have no top-level error."""
-
+class Client(ApiTrader):
     def __init__(self, gql: GraphQLClient, user: dict[str, str]) -> None:
-        self.gql = gql
-        self.token = user["token"]
-        self.user_id = UUID(user["id"])
-
-    async def call(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = await self.gql(query, variables, token=self.token)
-        assert "errors" not in body, body
-        return next(iter(body["data"].values()))  # type: ignore[no-any-return]
-
-    async def place(self, symbol: str, **fields: Any) -> dict[str, Any]:
-        order = {"symbol": symbol, "side": "BUY", "quantity": "10"} | fields
-        order.setdefault("idempotencyKey", uuid.uuid4().hex)
-        payload = await self.call(PLACE, i=order)
-        assert payload["errors"] == [], payload
-        return payload["order"]  # type: ignore[no-any-return]
+        super().__init__(gql, user, ORDER)
 
     async def replace(self, order_id: str, **fields: Any) -> dict[str, Any]:
         fields.setdefault("idempotencyKey", uuid.uuid4().hex)
         return await self.call(REPLACE, id=order_id, i=fields)
-
-    async def order(self, order_id: str) -> dict[str, Any]:
-        return await self.call(GET, id=order_id)
 
     async def portfolio(self) -> dict[str, Any]:
         return await self.call(PORTFOLIO)
@@ -127,22 +93,6 @@ class Client:
 @pytest.fixture
 def client(gql: GraphQLClient, trader: dict[str, str]) -> Client:
     return Client(gql, trader)
-
-
-async def wait_order(
-    client: Client, order_id: str, timeout: float = 10.0, **expected: str
-) -> dict[str, Any]:
-    seen: list[dict[str, Any]] = []
-
-    async def reached() -> bool:
-        seen[:] = [await client.order(order_id)]
-        return all(seen[0][k] == v for k, v in expected.items())
-
-    try:
-        await eventually(reached, timeout)
-    except AssertionError:
-        raise AssertionError(f"order is {seen[0] if seen else '?'}, wanted {expected}") from None
-    return seen[0]
 
 
 async def events_of(services: Services, order_id: str) -> list[str]:
@@ -157,11 +107,7 @@ async def events_of(services: Services, order_id: str) -> list[str]:
 async def bought(client: Client, symbol: str, quantity: str) -> dict[str, Any]:
     """A market buy, filled by the matcher at the ask."""
     order = await client.place(symbol, quantity=quantity)
-    return await wait_order(client, order["id"], status="FILLED")
-
-
-async def check(services: Services) -> None:
-    assert await find_differences(services.engine) == []
+    return await client.wait(order["id"], status="FILLED")
 
 
 # -- trailing stops ----------------------------------------------------------------------------
@@ -180,11 +126,11 @@ async def test_a_trailing_stop_follows_a_rising_price_and_triggers_on_the_fall(
         None,
     )
     assert (order["highWaterMark"], order["stopPrice"]) == ("100.0000", "98.0000")
-    await wait_order(client, order["id"], status="SUBMITTED")
+    await client.wait(order["id"], status="SUBMITTED")
     assert (await position(services, client.user_id, symbol)) == (D(10), D(10))  # held
 
     await quote(services, symbol, "103.00", "103.02", "103.00")  # up: the stop follows
-    await wait_order(client, order["id"], highWaterMark="103.0000", stopPrice="101.0000")
+    await client.wait(order["id"], highWaterMark="103.0000", stopPrice="101.0000")
     await quote(services, symbol, "102.00", "102.02", "102.00")  # down a little: it stays
     await quote(services, symbol, "101.50", "101.52", "101.50")  # above the stop
     await asyncio.sleep(1.2)  # a second for any store of the mark
@@ -196,7 +142,7 @@ async def test_a_trailing_stop_follows_a_rising_price_and_triggers_on_the_fall(
     )
 
     await quote(services, symbol, "100.90", "100.92", "100.90")  # through the stop: sold
-    filled = await wait_order(client, order["id"], status="FILLED")
+    filled = await client.wait(order["id"], status="FILLED")
     assert (filled["averageFillPrice"], filled["highWaterMark"], filled["stopPrice"]) == (
         "100.9000",
         "103.0000",
@@ -223,12 +169,12 @@ async def test_a_buy_trailing_stop_holds_at_its_initial_stop_and_triggers_on_the
     collar = services.settings.market_order_collar
     hold = (D(10) * D("105.00") * (1 + collar)).quantize(D("0.01"))
     assert D((await client.portfolio())["buyingPower"]) == CASH - hold
-    await wait_order(client, order["id"], status="SUBMITTED")
+    await client.wait(order["id"], status="SUBMITTED")
     await quote(services, symbol, "90.00", "90.02", "90.00")  # down: the buy stop follows
-    await wait_order(client, order["id"], highWaterMark="90.0000", stopPrice="94.5000")
+    await client.wait(order["id"], highWaterMark="90.0000", stopPrice="94.5000")
     assert D((await client.portfolio())["buyingPower"]) == CASH - hold  # the hold stays
     await quote(services, symbol, "94.50", "94.52", "94.50")
-    filled = await wait_order(client, order["id"], status="FILLED")
+    filled = await client.wait(order["id"], status="FILLED")
     assert filled["averageFillPrice"] == "94.5200"
     assert await balances(services, client.user_id) == (CASH - D("945.20"), D(0))
     await check(services)
@@ -254,9 +200,9 @@ async def test_stops_announce_their_trigger(
     order = await client.place(
         symbol, side="SELL", type=kind, quantity="2", stopPrice="97.00", **extra
     )
-    await wait_order(client, order["id"], status="SUBMITTED")
+    await client.wait(order["id"], status="SUBMITTED")
     await quote(services, symbol, "96.90", "96.92", "96.90")
-    await wait_order(client, order["id"], status="FILLED")
+    await client.wait(order["id"], status="FILLED")
     assert await events_of(services, order["id"]) == events
     await check(services)
 
@@ -273,7 +219,7 @@ async def test_trailing_stop_input_errors_name_the_field(client: Client, symbol:
     for fields, field in cases:
         order = {"symbol": symbol, "side": "BUY", "type": "TRAILING_STOP", "quantity": "1"}
         order |= fields | {"idempotencyKey": uuid.uuid4().hex}
-        payload = await client.call(PLACE, i=order)
+        payload = await client.call(client.place_document, i=order)
         assert payload["order"] is None
         assert [(e["code"], e["field"]) for e in payload["errors"]] in (
             [("INVALID_INPUT", field)],
@@ -324,9 +270,9 @@ async def test_a_replaced_trailing_stop_keeps_following_from_its_mark(
     old = await client.place(
         symbol, side="SELL", type="TRAILING_STOP", trailPrice="2.00", quantity="4"
     )
-    await wait_order(client, old["id"], status="SUBMITTED")
+    await client.wait(old["id"], status="SUBMITTED")
     await quote(services, symbol, "103.00", "103.02", "103.00")
-    await wait_order(client, old["id"], highWaterMark="103.0000")
+    await client.wait(old["id"], highWaterMark="103.0000")
     payload = await client.replace(old["id"], trailPercent="1")
     assert payload["errors"] == []
     new = payload["order"]
@@ -336,10 +282,10 @@ async def test_a_replaced_trailing_stop_keeps_following_from_its_mark(
         "103.0000",
         "101.9700",
     )
-    await wait_order(client, new["id"], status="SUBMITTED")  # the matcher took the new one
+    await client.wait(new["id"], status="SUBMITTED")  # the matcher took the new one
     assert await position(services, client.user_id, symbol) == (D(4), D(4))
     await quote(services, symbol, "101.90", "101.92", "101.90")
-    filled = await wait_order(client, new["id"], status="FILLED")
+    filled = await client.wait(new["id"], status="FILLED")
     assert filled["averageFillPrice"] == "101.9000"
     assert (await client.order(old["id"]))["status"] == "REPLACED"
     await check(services)
@@ -453,7 +399,7 @@ async def test_close_position_by_percentage_quantity_and_whole(
         "MARKET",
         "2.500000",
     )
-    await wait_order(client, half["order"]["id"], status="FILLED")
+    await client.wait(half["order"]["id"], status="FILLED")
     again = await client.call(CLOSE, s=symbol, p="25", k=key)  # a retry: the same order
     assert again["order"]["id"] == half["order"]["id"]
     conflict = await client.call(CLOSE, s=symbol, p="50", k=key)
@@ -474,12 +420,12 @@ async def test_close_position_by_percentage_quantity_and_whole(
         payload = await client.call(CLOSE, s=symbol, k=uuid.uuid4().hex, **variables)
         assert [(e["code"], e["field"]) for e in payload["errors"]] == [(code, field)], variables
     some = await client.call(CLOSE, s=symbol, q="4.5", k=uuid.uuid4().hex)
-    await wait_order(client, some["order"]["id"], status="FILLED")
+    await client.wait(some["order"]["id"], status="FILLED")
     assert await position(services, client.user_id, symbol) == (D(3), D(3))
     await client.call(CANCEL_ALL)
     rest = await client.call(CLOSE, s=symbol, k=uuid.uuid4().hex)
     assert rest["order"]["quantity"] == "3.000000"
-    await wait_order(client, rest["order"]["id"], status="FILLED")
+    await client.wait(rest["order"]["id"], status="FILLED")
     assert await position(services, client.user_id, symbol) == (D(0), D(0))
     gone = await client.call(CLOSE, s=symbol, k=uuid.uuid4().hex)
     assert [(e["code"], e["field"]) for e in gone["errors"]] == [("NOT_FOUND", "symbol")]
@@ -497,14 +443,14 @@ async def test_close_all_positions_cancels_first_and_is_idempotent(
     await bought(client, second, "8")
     sell = await client.place(symbol, side="SELL", type="LIMIT", limitPrice="150.00", quantity="5")
     buy = await client.place(second, type="LIMIT", limitPrice="10.00", quantity="1")
-    await wait_order(client, sell["id"], status="SUBMITTED")
+    await client.wait(sell["id"], status="SUBMITTED")
 
     kept = await client.call(CLOSE_ALL, c=False, k=uuid.uuid4().hex)  # the limit holds symbol
     assert [(e["code"], e["message"].split(":")[0]) for e in kept["errors"]] == [
         ("INSUFFICIENT_SHARES", symbol)
     ]
     assert [(o["symbol"], o["quantity"]) for o in kept["orders"]] == [(second, "8.000000")]
-    await wait_order(client, kept["orders"][0]["id"], status="FILLED")
+    await client.wait(kept["orders"][0]["id"], status="FILLED")
     await bought(client, second, "8")
 
     key = uuid.uuid4().hex
@@ -517,7 +463,7 @@ async def test_close_all_positions_cancels_first_and_is_idempotent(
     assert (await client.order(sell["id"]))["status"] == "CANCELLED"
     assert (await client.order(buy["id"]))["status"] == "CANCELLED"
     for order in orders:
-        await wait_order(client, order["id"], status="FILLED")
+        await client.wait(order["id"], status="FILLED")
     retry = await client.call(CLOSE_ALL, c=True, k=key)
     assert sorted(o["id"] for o in retry["orders"]) == sorted(o["id"] for o in orders)
     portfolio = await client.portfolio()
@@ -582,7 +528,7 @@ async def test_triggered_and_replaced_reach_order_updates(
             symbol, side="SELL", type="TRAILING_STOP", quantity="3", trailPrice="1.00"
         )
         await until("ACCEPTED", stop["id"])
-        await wait_order(client, stop["id"], status="SUBMITTED")
+        await client.wait(stop["id"], status="SUBMITTED")
         await quote(services, symbol, "98.90", "98.92", "98.90")
         triggered = await until("TRIGGERED", stop["id"])
         assert (triggered["order"]["stopPrice"], triggered["order"]["highWaterMark"]) == (

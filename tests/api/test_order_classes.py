@@ -16,30 +16,23 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from services.accounts.reconcile import find_differences
 from services.infra.container import Services
 from services.orders import fills
 from services.orders.eod import expire_day_orders
+from tests.api_trader import ApiTrader, check, deposit, running_matcher
 from tests.graphql_client import GraphQLClient
-from tests.trading import balances, eventually, listed, position, quote, reload, unique_symbol
+from tests.trading import balances, listed, position, quote, reload, unique_symbol
 from workers.matcher import Matcher
 
 LEG = "id side type timeInForce quantity limitPrice stopPrice status orderClass parentId"
 ORDER = f"""id idempotencyKey side type timeInForce quantity limitPrice stopPrice status
             filledQuantity averageFillPrice orderClass parentId rejectReason version
             legs {{ {LEG} }}"""
-PLACE = f"""mutation($i: PlaceOrderInput!) {{ placeOrder(input: $i) {{
-  order {{ {ORDER} }} errors {{ code message field }} }} }}"""
-CANCEL = f"""mutation($id: ID!) {{ cancelOrder(id: $id) {{
-  order {{ {ORDER} }} errors {{ code message field }} }} }}"""
 REPLACE = """mutation($id: ID!, $i: ReplaceOrderInput!) { replaceOrder(id: $id, input: $i) {
   order { id } errors { code message field } } }"""
 CANCEL_ALL = "mutation { cancelAllOrders { orders { id } errors { code } } }"
-GET = f"""query($id: ID!) {{ order(id: $id) {{ {ORDER} }} }}"""
 PAGE = f"""{{ orders(first: 50) {{ edges {{ node {{ {ORDER} }} }} }} }}"""
 PORTFOLIO = "{ portfolio { cash buyingPower positions { symbol quantity reservedQuantity } } }"
-DEPOSIT = """mutation($a: Decimal!, $k: String!) {
-  deposit(amount: $a, idempotencyKey: $k) { errors { code } } }"""
 D = Decimal
 CASH = D("100000")
 
@@ -48,21 +41,13 @@ CASH = D("100000")
 async def books_balance(services: Services) -> AsyncIterator[None]:
     """`tradeql check` once the module is done (each test checks its own too)."""
     yield
-    assert await find_differences(services.engine) == []
+    await check(services)
 
 
 @pytest_asyncio.fixture(scope="module")
 async def matcher(services: Services) -> AsyncIterator[Matcher]:
-    stop = asyncio.Event()
-    running = Matcher(services)
-    task = asyncio.create_task(running.run(stop))
-    for _ in range(200):
-        if len(running.running) == services.settings.quote_partitions:
-            break
-        await asyncio.sleep(0.05)
-    yield running
-    stop.set()
-    await asyncio.wait_for(task, 20)
+    async with running_matcher(services) as running:
+        yield running
 
 
 @pytest.fixture
@@ -73,62 +58,15 @@ async def symbol(services: Services) -> str:
     return name
 
 
-class Client:
-    """One trader's calls, each asserted to have no top-level error."""
-
+class Client(ApiTrader):
     def __init__(self, gql: GraphQLClient, user: dict[str, str]) -> None:
-        self.gql = gql
-        self.token = user["token"]
-        self.user_id = UUID(user["id"])
-
-    async def call(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = await self.gql(query, variables, token=self.token)
-        assert "errors" not in body, body
-        return next(iter(body["data"].values()))  # type: ignore[no-any-return]
-
-    async def try_place(self, symbol: str, **fields: Any) -> dict[str, Any]:
-        order = {"symbol": symbol, "side": "BUY", "quantity": "10"} | fields
-        order.setdefault("idempotencyKey", uuid.uuid4().hex)
-        return await self.call(PLACE, i=order)
-
-    async def place(self, symbol: str, **fields: Any) -> dict[str, Any]:
-        payload = await self.try_place(symbol, **fields)
-        assert payload["errors"] == [], payload
-        return payload["order"]  # type: ignore[no-any-return]
-
-    async def cancel(self, order_id: str) -> dict[str, Any]:
-        payload = await self.call(CANCEL, id=order_id)
-        assert payload["errors"] == [], payload
-        return payload["order"]  # type: ignore[no-any-return]
-
-    async def order(self, order_id: str) -> dict[str, Any]:
-        return await self.call(GET, id=order_id)
-
-    async def wait(self, order_id: str, timeout: float = 10.0, **expected: Any) -> dict[str, Any]:
-        seen: list[dict[str, Any]] = []
-
-        async def reached() -> bool:
-            seen[:] = [await self.order(order_id)]
-            return all(seen[0][k] == v for k, v in expected.items())
-
-        try:
-            await eventually(reached, timeout)
-        except AssertionError:
-            raise AssertionError(
-                f"order is {seen[0] if seen else '?'}, wanted {expected}"
-            ) from None
-        return seen[0]
+        super().__init__(gql, user, ORDER)
 
 
 @pytest.fixture
 async def client(gql: GraphQLClient, user: dict[str, str]) -> Client:
-    body = await gql(DEPOSIT, {"a": str(CASH), "k": uuid.uuid4().hex}, token=user["token"])
-    assert body["data"]["deposit"]["errors"] == []
+    await deposit(gql, user["token"], CASH)
     return Client(gql, user)
-
-
-async def check(services: Services) -> None:
-    assert await find_differences(services.engine) == []
 
 
 async def fill(services: Services, order_id: str, quantity: str, price: str) -> fills.Outcome:

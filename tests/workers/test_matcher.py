@@ -20,6 +20,7 @@ from services.orders.eod import expire_day_orders
 from services.orders.order_model import Order, Status
 from services.orders.routing import DEFAULT_VENUES as VENUES
 from services.orders.routing import VenueRouter
+from tests.api_trader import running_matcher
 from tests.services.test_matching import make_order
 from tests.trading import (
     balances,
@@ -38,17 +39,8 @@ from workers.matcher import Matcher, PartitionMatcher
 
 @pytest.fixture
 async def matcher(services: Services) -> AsyncIterator[Matcher]:
-    stop = asyncio.Event()
-    running = Matcher(services)
-    task = asyncio.create_task(running.run(stop))
-    # Wait until it holds every partition (a previous test's matcher released them on stop).
-    for _ in range(200):
-        if len(running.running) == services.settings.quote_partitions:
-            break
-        await asyncio.sleep(0.05)
-    yield running
-    stop.set()
-    await asyncio.wait_for(task, 20)
+    async with running_matcher(services) as running:
+        yield running
 
 
 @pytest.fixture
