@@ -256,8 +256,9 @@ def partners_add(
             max_document_bytes=settings.persisted_document_max_bytes,
         )
         from gateway.graphql_schema import build_schema
+        from services.infra.compat import graphql_core_schema
 
-        check_against_schema(documents, build_schema()._schema)
+        check_against_schema(documents, graphql_core_schema(build_schema()))
         done = asyncio.run(
             _with_services(
                 settings, lambda s: s.partners.register(name, documents, rotate_key=rotate_key)

@@ -23,6 +23,7 @@ from strawberry.schema.schema import validate_document
 
 from gateway.metrics import record_operation
 from resolvers.loaders import operation_loaders
+from services.infra.compat import graphql_core_schema
 
 DOCUMENT_CACHE_SIZE = 4096
 
@@ -85,7 +86,7 @@ class OperationExtension(SchemaExtension):
         context = self.execution_context
         if context.query and context.graphql_document is not None:
             context.pre_execution_errors = self._documents.validate(
-                context.schema._schema,
+                graphql_core_schema(context.schema),
                 context.query,
                 context.graphql_document,
                 context.validation_rules,

@@ -102,6 +102,12 @@ def raw_info(info: Any) -> Any:
     return info._raw_info
 
 
+def graphql_core_schema(schema: Any) -> Any:
+    """The graphql-core `GraphQLSchema` a strawberry `Schema` was built into (strawberry keeps it
+    as `_schema`; validation and the CLI's document checks need it)."""
+    return schema._schema
+
+
 def embedded_pg_ctl() -> Callable[..., Any]:
     """pgserver's `pg_ctl` runner (it has no public stop that waits)."""
     from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
@@ -116,5 +122,6 @@ __all__ = [
     "StrawberryGraphQLCoreExecutionContext",
     "Unsubscribed",
     "embedded_pg_ctl",
+    "graphql_core_schema",
     "raw_info",
 ]
