@@ -147,11 +147,6 @@ async def apply(conn: AsyncConnection, works: Sequence[Work]) -> list[Outcome | 
             )
             for event, execution in change.events
         ]
-        if index in outcomes and not updates and after.is_open and change.moved:
-            # a sibling reduced by its pair's fill: its owner's screens hear its new quantity, as
-            # ACCEPTED again (the contract has no "changed" event); its history says UPDATED
-            kind = order_events.UPDATED
-            updates = [OrderUpdate(Event.ACCEPTED, after, kind=kind, request_id=request_id)]
         if index in outcomes:  # a sibling of the work's order
             outcomes[index].updates.extend(updates)
             outcomes[index].linked.append(after)

@@ -29,6 +29,7 @@ from services.orders import fill_rules
 from services.orders.fill_rules import Change, Close, StaleOrder
 from services.orders.order_model import (
     TERMINAL_STATUSES,
+    Event,
     Order,
     OrderClass,
     OrderType,
@@ -200,6 +201,8 @@ def sibling_change(sibling: Order, before: Order, after: Order) -> Change | None
                 },
             )
         ],
+        # its owner's screens hear the new quantity (recorded as UPDATED: order_events.kind_of)
+        events=[(Event.ACCEPTED, None)],
     )
 
 

@@ -47,7 +47,8 @@ SENT_TTL_SECONDS = 3600  # how long a writer's "sent" mark outlives its minute
 
 # What order_events records beyond the published events: SUBMITTED (an accepted order starts
 # working; subscribers are told ACCEPTED again), TRIGGERED (a stop's price was crossed) and
-# UPDATED (any other change without money).
+# UPDATED (any other change without money; subscribers are told ACCEPTED again when the
+# working order's terms changed).
 SUBMITTED, TRIGGERED, UPDATED = "SUBMITTED", "TRIGGERED", "UPDATED"
 CLOSING_KINDS = frozenset({"CANCELLED", "EXPIRED", "REJECTED", "REPLACED"})
 
@@ -77,14 +78,13 @@ Recorded = OrderUpdate | HistoryOnly
 
 
 def kind_of(event: Event, before: Order, after: Order) -> str:
-    """What the history records for `event`: SUBMITTED for the second ACCEPTED (PENDING ->
-    SUBMITTED), else the event itself."""
-    if (
-        event.value == "ACCEPTED"
-        and before.status is Status.PENDING
-        and after.status is not (Status.PENDING)
-    ):
-        return SUBMITTED
+    """What the history records for `event`: an ACCEPTED told again is SUBMITTED when the order
+    starts working (PENDING -> SUBMITTED) and UPDATED when a working order changed (a sibling
+    leg reduced: the contract has no event of its own for it), else the event itself."""
+    if event.value == "ACCEPTED" and before.status is Status.PENDING:
+        return SUBMITTED if after.status is not Status.PENDING else event.value
+    if event.value == "ACCEPTED":
+        return UPDATED
     return event.value
 
 

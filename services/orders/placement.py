@@ -54,11 +54,7 @@ from services.orders.order_rules import (
     needs_quote,
     validate,
 )
-from services.orders.order_store import (
-    insert_orders,
-    order_stream,
-    orders_by_id,
-)
+from services.orders.order_store import insert_orders, order_stream, orders_by_id
 
 log = logging.getLogger("tradeql.placement")
 SCOPE = "order"
